@@ -1,0 +1,41 @@
+"""Exception types raised by altdiff-modeling.
+
+Every error the library raises on purpose derives from :class:`AltDiffError`, so a
+training loop can catch the library's failures without catching unrelated bugs.
+"""
+
+from __future__ import annotations
+
+__all__ = ["AltDiffError", "ProblemError", "InputError", "SolverError"]
+
+
+class AltDiffError(Exception):
+    """Base class of every exception raised by altdiff-modeling on purpose."""
+
+
+class ProblemError(AltDiffError, ValueError):
+    """The CVXPY problem cannot be turned into a layer.
+
+    Raised at layer construction: the problem is not DPP or not DCP, a constraint or
+    atom is not polyhedral (second-order, exponential, PSD or power cones), the
+    ``parameters`` or ``variables`` lists do not match the problem, or a variable is
+    integer or boolean. The message names the offending object.
+    """
+
+
+class InputError(AltDiffError, ValueError):
+    """A call received inputs that do not fit the layer or the solver.
+
+    Raised before any solving: the wrong number of tensors, a tensor of the wrong shape,
+    dtype or device, inconsistent batch sizes, NaN or Inf values, or invalid
+    ``solver_args``. The message names the parameter (or argument) and what was
+    expected.
+    """
+
+
+class SolverError(AltDiffError, RuntimeError):
+    """The solver failed on at least one instance of a batch.
+
+    The message names the batch indices and their statuses (for example
+    ``primal_infeasible`` or ``max_iter``).
+    """
