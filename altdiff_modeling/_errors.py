@@ -6,7 +6,7 @@ training loop can catch the library's failures without catching unrelated bugs.
 
 from __future__ import annotations
 
-__all__ = ["AltDiffError", "ProblemError", "InputError", "SolverError"]
+__all__ = ["AltDiffError", "InputError", "ProblemError", "SolverError"]
 
 
 class AltDiffError(Exception):

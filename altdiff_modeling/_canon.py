@@ -1,0 +1,300 @@
+"""Canonicalization: a CVXPY problem to a ParametricQP. The only module that touches
+CVXPY's internals.
+
+CVXPY (>= 1.9) reduces a DPP problem to ``min 1/2 x'Px + q'x + d  s.t.
+AF x + bg in Zero x NonNeg``, each entry an affine function of its own parameter vector
+(``ParamConeProg``). This module reads those affine maps, splits the cone rows into
+``A = AF[:n_eq]``, ``b = -bg[:n_eq]``, ``G = -AF[n_eq:]``, ``h = bg[n_eq:]``, and rewrites
+them over the *user's* parameter vector (the user's parameters flattened column-major in
+the order given), composing CVXPY's replacement of symmetric, PSD, diagonal and sparse
+parameters by reduced ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import cvxpy as cp
+import numpy as np
+import scipy.sparse as sp
+from cvxpy.constraints import NonNeg, Zero
+from cvxpy.utilities import scopes
+
+from ._errors import ProblemError
+from ._parametric import AffineBlock, ParameterSpec, ParametricQP, VariableSpec
+
+__all__ = ["canonicalize"]
+
+_SYMMETRIC_ATTRIBUTES = ("symmetric", "PSD", "NSD")
+_DIM_REDUCING_ATTRIBUTES = (*_SYMMETRIC_ATTRIBUTES, "diag")
+
+
+def _describe(expr: Any) -> str:
+    text = str(expr)
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+def _check_lists(problem: cp.Problem, parameters: Sequence[Any], variables: Sequence[Any]) -> None:
+    if not isinstance(problem, cp.Problem):
+        raise ProblemError(f"problem must be a cvxpy.Problem, got {type(problem).__name__}")
+    for kind, items, cls in (
+        ("parameters", parameters, cp.Parameter),
+        ("variables", variables, cp.Variable),
+    ):
+        if isinstance(items, str | bytes) or not isinstance(items, Sequence):
+            raise ProblemError(
+                f"{kind} must be a list of cvxpy {cls.__name__}s, got {type(items).__name__}"
+            )
+        for position, item in enumerate(items):
+            if not isinstance(item, cls):
+                raise ProblemError(
+                    f"{kind}[{position}] must be a cvxpy {cls.__name__}, got {type(item).__name__}"
+                )
+        seen: set[int] = set()
+        for item in items:
+            if item.id in seen:
+                raise ProblemError(f"{cls.__name__} '{item.name()}' appears twice in {kind}")
+            seen.add(item.id)
+
+    in_problem = {param.id: param for param in problem.parameters()}
+    given = {param.id for param in parameters}
+    extra = [param.name() for param in parameters if param.id not in in_problem]
+    missing = [param.name() for pid, param in in_problem.items() if pid not in given]
+    if extra or missing:
+        parts = []
+        if extra:
+            parts.append(f"not in the problem: {extra}")
+        if missing:
+            parts.append(f"in the problem but not listed: {missing}")
+        raise ProblemError(
+            "parameters must list exactly the problem's parameters; " + "; ".join(parts)
+        )
+    problem_vars = {var.id for var in problem.variables()}
+    if not problem_vars:
+        raise ProblemError("the problem has no variables")
+    absent = [var.name() for var in variables if var.id not in problem_vars]
+    if absent:
+        raise ProblemError(f"variables {absent} do not appear in the problem")
+    if not variables:
+        raise ProblemError("variables must name at least one variable of the problem")
+    for var in problem.variables():
+        for attribute in ("integer", "boolean"):
+            if var.attributes.get(attribute):
+                raise ProblemError(
+                    f"variable '{var.name()}' is {attribute}; only continuous problems can be "
+                    "differentiated"
+                )
+        if var.attributes.get("PSD") or var.attributes.get("NSD"):
+            raise ProblemError(
+                f"variable '{var.name()}' is declared PSD/NSD, which needs a semidefinite cone; "
+                "only polyhedral (QP) problems are supported"
+            )
+
+
+def _check_dcp_dpp(problem: cp.Problem) -> None:
+    parts = [("the objective", problem.objective)] + [
+        (f"constraint {i} ({_describe(c)})", c) for i, c in enumerate(problem.constraints)
+    ]
+    if not problem.is_dcp():
+        culprits = [name for name, part in parts if not part.is_dcp()]
+        raise ProblemError(
+            "the problem is not DCP (not recognizably convex): " + ", ".join(culprits) + " "
+            "violates the DCP rules"
+        )
+    if problem.is_dpp() or problem.is_dpp("dcp", quad_form_dpp="qp"):
+        return
+    with scopes.quad_form_dpp_scope():
+        objective_ok = problem.objective.is_dcp(dpp=True)
+    culprits = [] if objective_ok else ["the objective"]
+    culprits += [name for name, part in parts[1:] if not part.is_dcp(dpp=True)]
+    raise ProblemError(
+        "the problem is not DPP (parameters must enter affinely, e.g. not parameter * "
+        "parameter nor a parameter inside a nonlinear atom; quad_form(x, Q) with a "
+        "parameter Q is allowed in the objective only): " + ", ".join(culprits or ["the problem"])
+    )
+
+
+def _cone_types(problem: cp.Problem) -> list[str]:
+    data, _, _ = problem.get_problem_data(cp.CLARABEL, enforce_dpp=True)
+    return sorted(
+        {
+            type(c).__name__
+            for c in data[cp.settings.PARAM_PROB].constraints
+            if not isinstance(c, Zero | NonNeg)
+        }
+    )
+
+
+def _name_non_polyhedral(problem: cp.Problem) -> str:
+    """Describe which part of the problem needs a non-polyhedral cone."""
+    culprits = []
+    if _cone_types(cp.Problem(problem.objective)):
+        culprits.append(f"the objective ({_describe(problem.objective.expr)})")
+    for i, constraint in enumerate(problem.constraints):
+        cones = _cone_types(cp.Problem(cp.Minimize(0), [constraint]))
+        if cones:
+            culprits.append(f"constraint {i} ({_describe(constraint)}, needs {', '.join(cones)})")
+    return "; ".join(culprits) or "the problem"
+
+
+def _user_theta_map(
+    parameters: Sequence[cp.Parameter], param_prob: Any, param_id_map: dict
+) -> tuple[sp.csr_array, list[ParameterSpec]]:
+    """Sparse S with ``[theta_cvxpy; 1] = S @ [theta_user; 1]``, and the user's layout."""
+    specs, offset = [], 0
+    for param in parameters:
+        specs.append(ParameterSpec(name=param.name(), shape=tuple(param.shape), offset=offset))
+        offset += param.size
+    n_user, n_canon = offset, param_prob.total_param_size
+    rows, cols, vals = [n_canon], [n_user], [1.0]
+    for param, spec in zip(parameters, specs, strict=True):
+        for final_id in param_id_map.get(param.id, [param.id]):
+            if final_id not in param_prob.param_id_to_col:
+                continue  # the parameter does not reach the canonical data
+            col = param_prob.param_id_to_col[final_id]
+            r, c, v = _reduction_entries(param)
+            rows.extend(col + r)
+            cols.extend(spec.offset + c)
+            vals.extend(v)
+    S = sp.csr_array((vals, (rows, cols)), shape=(n_canon + 1, n_user + 1))
+    return S, specs
+
+
+def _reduction_entries(param: cp.Parameter) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Entries (reduced index, user column-major index, weight) of a parameter's reduction.
+
+    CVXPY stores a symmetric matrix parameter by its upper triangle (row-major order of
+    ``np.triu_indices``), a diagonal one by its diagonal, a sparse one by its listed
+    entries. A symmetric parameter reads ``(Q + Q') / 2``, so its gradient is symmetric.
+    """
+    shape = param.shape
+    if any(param.attributes.get(a) for a in _SYMMETRIC_ATTRIBUTES):
+        n = shape[0]
+        iu, ju = np.triu_indices(n)
+        k = np.arange(iu.size)
+        upper = iu + n * ju
+        lower = ju + n * iu
+        diagonal = iu == ju
+        return (
+            np.concatenate([k, k[~diagonal]]),
+            np.concatenate([upper, lower[~diagonal]]),
+            np.concatenate([np.where(diagonal, 1.0, 0.5), np.full((~diagonal).sum(), 0.5)]),
+        )
+    if param.attributes.get("diag"):
+        n = shape[0]
+        k = np.arange(n)
+        return k, k + n * k, np.ones(n)
+    if param.sparse_idx is not None:
+        flat = np.ravel_multi_index(param.sparse_idx, shape, order="F")
+        return np.arange(flat.size), flat, np.ones(flat.size)
+    k = np.arange(param.size)
+    return k, k, np.ones(param.size)
+
+
+def _variable_spec(var: cp.Variable, param_prob: Any, var_id_map: dict) -> VariableSpec:
+    """Where each entry (column-major) of a user variable lives in x (-1: zero)."""
+    final_ids = var_id_map.get(var.id, [var.id])
+    final_id = final_ids[0]
+    if final_id not in param_prob.var_id_to_col:
+        raise ProblemError(f"variable '{var.name()}' was eliminated by CVXPY's reductions")
+    col = param_prob.var_id_to_col[final_id]
+    shape = tuple(var.shape)
+    index = np.full(var.size, -1, dtype=np.int64)
+    if any(var.attributes.get(a) for a in _SYMMETRIC_ATTRIBUTES):
+        n = shape[0]
+        iu, ju = np.triu_indices(n)
+        index[iu + n * ju] = col + np.arange(iu.size)
+        index[ju + n * iu] = col + np.arange(iu.size)
+    elif var.attributes.get("diag"):
+        n = shape[0]
+        index[np.arange(n) * (n + 1)] = col + np.arange(n)
+    elif var.sparse_idx is not None:
+        flat = np.ravel_multi_index(var.sparse_idx, shape, order="F")
+        index[flat] = col + np.arange(flat.size)
+    else:
+        index[:] = col + np.arange(var.size)
+    return VariableSpec(name=var.name(), shape=shape, index=index)
+
+
+def _blocks(param_prob: Any, S: sp.csr_array) -> dict[str, AffineBlock]:
+    """The six data blocks as affine maps of ``[theta_user; 1]``."""
+    N = param_prob.x.size
+    n_rows = param_prob.constr_size
+    n_eq = sum(c.size for c in param_prob.constraints if isinstance(c, Zero))
+
+    def block(
+        tensor: sp.sparray, index: np.ndarray, sign: np.ndarray | float, shape: tuple
+    ) -> AffineBlock:
+        matrix = sp.csr_array(tensor @ S)
+        matrix = sp.csr_array(
+            sp.diags_array(np.broadcast_to(sign, index.shape).astype(float)) @ matrix
+        )
+        keep = np.flatnonzero(np.diff(matrix.indptr))
+        return AffineBlock(shape=shape, index=index[keep], matrix=matrix[keep])
+
+    q_tensor = sp.csr_array(param_prob.q)[:N]
+    P_tensor = (
+        sp.csr_array(param_prob.P)
+        if param_prob.P is not None
+        else sp.csr_array((N * N, S.shape[0]))
+    )
+    # P is stored column-major; our dense blocks are row-major (symmetric P: no matter).
+    r = np.arange(N * N)
+    P_index = (r % N) * N + r // N
+    A_tensor = sp.csr_array(param_prob.A)
+    r = np.arange(n_rows * (N + 1))
+    row, col = r % n_rows, r // n_rows
+    is_matrix, is_eq = col < N, row < n_eq
+    n_ineq = n_rows - n_eq
+
+    def select(mask: np.ndarray) -> sp.csr_array:
+        return A_tensor[np.flatnonzero(mask)]
+
+    eq_m, in_m = is_matrix & is_eq, is_matrix & ~is_eq
+    eq_v, in_v = ~is_matrix & is_eq, ~is_matrix & ~is_eq
+    return {
+        "P": block(P_tensor, P_index, 1.0, (N, N)),
+        "q": block(q_tensor, np.arange(N), 1.0, (N,)),
+        "A": block(select(eq_m), row[eq_m] * N + col[eq_m], 1.0, (n_eq, N)),
+        "b": block(select(eq_v), row[eq_v], -1.0, (n_eq,)),
+        "G": block(select(in_m), (row[in_m] - n_eq) * N + col[in_m], -1.0, (n_ineq, N)),
+        "h": block(select(in_v), row[in_v] - n_eq, 1.0, (n_ineq,)),
+    }
+
+
+def canonicalize(
+    problem: cp.Problem, parameters: Sequence[cp.Parameter], variables: Sequence[cp.Variable]
+) -> ParametricQP:
+    """Reduce ``problem`` to a :class:`ParametricQP` over the user's parameters.
+
+    Raises:
+        ProblemError: The lists do not match the problem, or the problem is not DCP,
+            not DPP, not continuous, or not polyhedral (the message names the part).
+    """
+    _check_lists(problem, parameters, variables)
+    _check_dcp_dpp(problem)
+    try:
+        data, chain, _ = problem.get_problem_data(cp.CLARABEL, enforce_dpp=True)
+    except cp.error.DPPError as exc:  # pragma: no cover - caught by _check_dcp_dpp
+        raise ProblemError(f"the problem is not DPP: {exc}") from None
+    except cp.error.SolverError as exc:
+        raise ProblemError(f"CVXPY could not reduce the problem: {exc}") from None
+    param_prob = data[cp.settings.PARAM_PROB]
+    if any(not isinstance(c, Zero | NonNeg) for c in param_prob.constraints):
+        raise ProblemError(
+            "the problem is not a polyhedral QP (only linear equalities and inequalities, "
+            "after CVXPY's reductions, are supported): " + _name_non_polyhedral(problem)
+        )
+    if param_prob.lower_bounds is not None or param_prob.upper_bounds is not None:
+        raise ProblemError(
+            "variable bounds reached the solver data unreduced; please file an issue"
+        )
+    S, param_specs = _user_theta_map(parameters, param_prob, chain.compose_param_id_map())
+    var_id_map = chain.compose_var_id_map()
+    var_specs = [_variable_spec(var, param_prob, var_id_map) for var in variables]
+    return ParametricQP(
+        blocks=_blocks(param_prob, S),
+        parameters=param_specs,
+        variables=var_specs,
+    )

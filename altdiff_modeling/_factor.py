@@ -1,0 +1,55 @@
+"""Cholesky factors of the ADMM matrix H, shared across a batch or one per instance."""
+
+from __future__ import annotations
+
+import torch
+
+from ._errors import SolverError
+
+__all__ = ["CholeskyFactor"]
+
+
+class CholeskyFactor:
+    """Lower Cholesky factor of a symmetric positive definite H.
+
+    A factor of shape ``(1, n, n)`` serves a whole batch: its solves take the batch's
+    right-hand sides as the columns of one matrix (one triangular solve with many
+    columns instead of many small ones). A factor of shape ``(B, n, n)`` solves each
+    instance with its own matrix.
+
+    Args:
+        H: ``(1, n, n)`` or ``(B, n, n)`` symmetric positive definite matrices.
+
+    Raises:
+        SolverError: H is not numerically positive definite.
+    """
+
+    def __init__(self, H: torch.Tensor) -> None:
+        L, info = torch.linalg.cholesky_ex(H)
+        if bool((info != 0).any()):
+            bad = torch.nonzero(info != 0).flatten().tolist()
+            raise SolverError(
+                "the ADMM matrix P + sigma*I + rho*C'C is not positive definite for batch "
+                f"indices {bad}; is P positive semidefinite?"
+            )
+        self.L = L
+        self.shared = L.shape[0] == 1
+
+    def solve(self, rhs: torch.Tensor) -> torch.Tensor:
+        """Solve ``H x = rhs``.
+
+        Args:
+            rhs: ``(B, n)`` right-hand sides (``(B, n, K)`` for K columns per instance).
+
+        Returns:
+            Solutions with the shape of ``rhs``.
+        """
+        if rhs.dim() == 2:
+            if self.shared:
+                return torch.cholesky_solve(rhs.T, self.L[0]).T
+            return torch.cholesky_solve(rhs.unsqueeze(-1), self.L).squeeze(-1)
+        if self.shared:
+            B, n, K = rhs.shape
+            columns = rhs.permute(1, 0, 2).reshape(n, B * K)
+            return torch.cholesky_solve(columns, self.L[0]).reshape(n, B, K).permute(1, 0, 2)
+        return torch.cholesky_solve(rhs, self.L)

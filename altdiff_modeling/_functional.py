@@ -1,0 +1,197 @@
+"""``solve_qp``: a differentiable batched QP solve for users who already have matrices."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from ._altdiff import DataTangents
+from ._errors import InputError
+from ._function import SolveInfo, solve_forward_mode, solve_reverse
+from ._qp import QPData, stack_rows
+from ._settings import SolverSettings, parse_solver_args
+
+__all__ = ["solve_qp"]
+
+_NAMES = ("P", "q", "A", "b", "G", "h")
+
+
+def _check_tensor(name: str, value: Any, ndims: tuple[int, int]) -> torch.Tensor:
+    if not isinstance(value, torch.Tensor):
+        raise InputError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    if not value.is_floating_point():
+        raise InputError(
+            f"{name} must have a floating dtype (float32 or float64), got {value.dtype}"
+        )
+    if value.dim() not in ndims:
+        raise InputError(
+            f"{name} must have {ndims[0]} dimensions (or {ndims[1]} with a leading batch "
+            f"dimension), got shape {tuple(value.shape)}"
+        )
+    return value
+
+
+def _normalize(
+    P: torch.Tensor,
+    q: torch.Tensor,
+    A: torch.Tensor | None,
+    b: torch.Tensor | None,
+    G: torch.Tensor | None,
+    h: torch.Tensor | None,
+) -> tuple[list[torch.Tensor], int, bool]:
+    """Check shapes and return the six blocks with a leading dimension of 1 or B."""
+    for matrix, vector, pair in ((A, b, "A and b"), (G, h, "G and h")):
+        if (matrix is None) != (vector is None):
+            raise InputError(f"{pair} must be given together (or both None)")
+    q = _check_tensor("q", q, (1, 2))
+    n = q.shape[-1]
+    ref = q
+    blocks: dict[str, torch.Tensor] = {"q": q, "P": _check_tensor("P", P, (2, 3))}
+    for name, value, ndims in (
+        ("A", A, (2, 3)),
+        ("b", b, (1, 2)),
+        ("G", G, (2, 3)),
+        ("h", h, (1, 2)),
+    ):
+        if value is None:
+            rows_shape = (0, n) if ndims[0] == 2 else (0,)
+            blocks[name] = ref.new_zeros(rows_shape)
+        else:
+            blocks[name] = _check_tensor(name, value, ndims)
+    for name in _NAMES:
+        block = blocks[name]
+        if block.dtype != ref.dtype or block.device != ref.device:
+            raise InputError(
+                f"{name} has dtype {block.dtype} on {block.device}, but q has dtype "
+                f"{ref.dtype} on {ref.device}; all QP data must share dtype and device"
+            )
+
+    unbatched_ndim = {"P": 2, "q": 1, "A": 2, "b": 1, "G": 2, "h": 1}
+    batch_sizes = {
+        name: blocks[name].shape[0] for name in _NAMES if blocks[name].dim() > unbatched_ndim[name]
+    }
+    if len(set(batch_sizes.values())) > 1:
+        raise InputError(f"inconsistent batch sizes {batch_sizes}; batched inputs must agree")
+    batch = next(iter(batch_sizes.values()), 1)
+    shaped = {
+        name: block if name in batch_sizes else block.unsqueeze(0) for name, block in blocks.items()
+    }
+    n_eq, n_ineq = shaped["b"].shape[-1], shaped["h"].shape[-1]
+    expected = {
+        "P": (n, n),
+        "q": (n,),
+        "A": (n_eq, n),
+        "b": (n_eq,),
+        "G": (n_ineq, n),
+        "h": (n_ineq,),
+    }
+    for name in _NAMES:
+        if tuple(shaped[name].shape[1:]) != expected[name]:
+            raise InputError(
+                f"{name} has shape {tuple(blocks[name].shape)}; with n = {n} variables, "
+                f"{n_eq} equalities and {n_ineq} inequalities it must be "
+                f"{expected[name]} (or with a leading batch dimension)"
+            )
+    return [shaped[name] for name in _NAMES], batch, bool(batch_sizes)
+
+
+class _EntryMap:
+    """The data map whose parameters are the entries of the blocks that need gradients.
+
+    Used by forward mode: theta concatenates those blocks' entries, the other blocks
+    are constants, and the tangent of every entry is a unit direction.
+    """
+
+    def __init__(self, blocks: list[torch.Tensor], in_theta: list[bool], batch: int) -> None:
+        self.blocks, self.in_theta, self.batch = blocks, in_theta, batch
+        self.sizes = [
+            block[0].numel() if flag else 0 for block, flag in zip(blocks, in_theta, strict=True)
+        ]
+
+    def theta(self) -> torch.Tensor:
+        batch = max(
+            block.shape[0] for block, flag in zip(self.blocks, self.in_theta, strict=True) if flag
+        )
+        parts = [
+            block.expand(batch, *block.shape[1:]).reshape(batch, -1)
+            for block, flag in zip(self.blocks, self.in_theta, strict=True)
+            if flag
+        ]
+        return torch.cat(parts, dim=1)
+
+    def data(self, theta: torch.Tensor) -> QPData:
+        pieces = torch.split(theta, self.sizes, dim=1)
+        blocks = [
+            piece.reshape(theta.shape[0], *block.shape[1:]) if flag else block.detach()
+            for piece, block, flag in zip(pieces, self.blocks, self.in_theta, strict=True)
+        ]
+        return QPData(*blocks, batch_size=self.batch)
+
+    def tangents(self, dtype: torch.dtype, device: torch.device) -> DataTangents:
+        K = sum(self.sizes)
+        columns = torch.eye(K, dtype=dtype, device=device)
+        out, offset = [], 0
+        for block, size in zip(self.blocks, self.sizes, strict=True):
+            shape = block.shape[1:]
+            if size:
+                out.append(columns[offset : offset + size].reshape(1, *shape, K))
+            else:
+                out.append(torch.zeros(1, *shape, K, dtype=dtype, device=device))
+            offset += size
+        P, q, A, b, G, h = out
+        return DataTangents(P=P, q=q, C=stack_rows(A, G), bound=stack_rows(b, h))
+
+
+def solve_qp(
+    P: torch.Tensor,
+    q: torch.Tensor,
+    A: torch.Tensor | None = None,
+    b: torch.Tensor | None = None,
+    G: torch.Tensor | None = None,
+    h: torch.Tensor | None = None,
+    solver_args: Mapping[str, Any] | None = None,
+    return_info: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, SolveInfo]:
+    """Solve ``min 1/2 x'Px + q'x  s.t.  Ax = b, Gx <= h``, differentiably in all six.
+
+    Any input may carry a leading batch dimension B; the others are shared by the
+    batch (as in qpth's ``QPFunction``). ``A, b`` or ``G, h`` may be None. P must be
+    positive semidefinite (zero gives an LP); it is symmetrized as ``(P + P')/2``, so
+    its gradient is symmetric.
+
+    Args:
+        P: ``(n, n)`` or ``(B, n, n)``.
+        q: ``(n,)`` or ``(B, n)``.
+        A: ``(n_eq, n)`` or ``(B, n_eq, n)``, or None.
+        b: ``(n_eq,)`` or ``(B, n_eq)``, or None.
+        G: ``(n_ineq, n)`` or ``(B, n_ineq, n)``, or None.
+        h: ``(n_ineq,)`` or ``(B, n_ineq)``, or None.
+        solver_args: Solver settings (see :class:`SolverSettings`), e.g.
+            ``{"eps_abs": 1e-8, "max_iter": 20000, "mode": "forward"}``.
+        return_info: Also return a :class:`SolveInfo`.
+
+    Returns:
+        x, ``(n,)`` or ``(B, n)`` when any input is batched; with ``return_info``, the
+        pair ``(x, info)``.
+
+    Raises:
+        InputError: Shapes, dtypes or devices do not fit, a value is NaN or Inf, or
+            ``solver_args`` is invalid.
+        SolverError: An instance was not solved to the requested accuracy.
+    """
+    settings: SolverSettings = parse_solver_args(solver_args)
+    blocks, batch, batched = _normalize(P, q, A, b, G, h)
+    blocks[0] = 0.5 * (blocks[0] + blocks[0].transpose(-1, -2))
+    QPData(*blocks, batch_size=batch).check_finite()
+    info = SolveInfo()
+    needs_grad = [block.requires_grad for block in blocks]
+    if settings.mode == "forward" and torch.is_grad_enabled() and any(needs_grad):
+        entry_map = _EntryMap(blocks, needs_grad, batch)
+        x, _ = solve_forward_mode(entry_map, entry_map.theta(), settings, info)
+    else:
+        x, _ = solve_reverse(QPData(*blocks, batch_size=batch), settings, info)
+    if not batched:
+        x = x.squeeze(0)
+    return (x, info) if return_info else x

@@ -1,0 +1,196 @@
+"""AltDiffLayer: a CVXPY problem as a differentiable torch module."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import cvxpy as cp
+import torch
+
+from ._canon import canonicalize
+from ._errors import InputError
+from ._function import SolveInfo, solve_forward_mode, solve_reverse
+from ._parametric import BLOCK_NAMES, ParameterSpec, ParametricQP, VariableSpec
+from ._settings import SolverSettings, parse_solver_args
+
+__all__ = ["AltDiffLayer"]
+
+
+def _flatten_column_major(value: torch.Tensor, ndim: int) -> torch.Tensor:
+    """``(B, *shape) -> (B, size)`` in column-major (CVXPY) order."""
+    batch = value.shape[0]
+    if ndim <= 1:
+        return value.reshape(batch, -1)
+    return value.permute(0, *range(ndim, 0, -1)).reshape(batch, -1)
+
+
+def _unflatten_column_major(flat: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """``(B, size) -> (B, *shape)``, inverting :func:`_flatten_column_major`."""
+    batch = flat.shape[0]
+    if len(shape) <= 1:
+        return flat.reshape(batch, *shape)
+    reversed_shape = tuple(reversed(shape))
+    return flat.reshape(batch, *reversed_shape).permute(0, *range(len(shape), 0, -1))
+
+
+class AltDiffLayer(torch.nn.Module):
+    """A parameterized convex problem as a differentiable layer.
+
+    The problem is canonicalized once, here; each call maps the parameter tensors to
+    QP data, solves the batch with ADMM and, on backward, differentiates it with
+    Alt-Diff.
+
+    Args:
+        problem: A DPP ``cvxpy.Problem`` that CVXPY reduces to a QP with linear
+            equality and inequality constraints.
+        parameters: Exactly the problem's parameters, in the order the call takes
+            their tensors.
+        variables: The variables to return, in order.
+        solver_args: Default settings for every call (see :class:`SolverSettings`).
+
+    Raises:
+        ProblemError: The problem is not supported or the lists do not match it.
+        InputError: ``solver_args`` is invalid.
+
+    Example:
+        >>> layer = AltDiffLayer(problem, parameters=[q, b, h], variables=[x])
+        >>> (x_star,) = layer(q_t, b_t, h_t)
+    """
+
+    def __init__(
+        self,
+        problem: cp.Problem,
+        parameters: Sequence[cp.Parameter],
+        variables: Sequence[cp.Variable],
+        solver_args: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self._qp: ParametricQP = canonicalize(problem, parameters, variables)
+        self._settings: SolverSettings = parse_solver_args(solver_args)
+        self._dependencies = self._qp.dependencies()
+
+    @property
+    def parameter_specs(self) -> list[ParameterSpec]:
+        return list(self._qp.parameters)
+
+    @property
+    def variable_specs(self) -> list[VariableSpec]:
+        return list(self._qp.variables)
+
+    def extra_repr(self) -> str:
+        qp = self._qp
+        return f"n={qp.n}, n_eq={qp.n_eq}, n_ineq={qp.n_ineq}, parameters={[p.name for p in qp.parameters]}"
+
+    def _flatten_inputs(self, values: Sequence[Any]) -> tuple[list[torch.Tensor], list[bool], int]:
+        specs = self._qp.parameters
+        if len(values) != len(specs):
+            raise InputError(
+                f"the layer takes {len(specs)} tensor(s), one per parameter "
+                f"{[s.name for s in specs]}, but was called with {len(values)}"
+            )
+        reference: torch.Tensor | None = None
+        flats, batched, batch_sizes = [], [], {}
+        for spec, value in zip(specs, values, strict=True):
+            if not isinstance(value, torch.Tensor):
+                raise InputError(
+                    f"parameter '{spec.name}' must be given as a torch.Tensor, got {type(value).__name__}"
+                )
+            if not value.is_floating_point():
+                raise InputError(
+                    f"parameter '{spec.name}' must have a floating dtype (float32 or float64), "
+                    f"got {value.dtype}"
+                )
+            if reference is None:
+                reference = value
+            elif value.dtype != reference.dtype or value.device != reference.device:
+                raise InputError(
+                    f"parameter '{spec.name}' has dtype {value.dtype} on {value.device}, but "
+                    f"'{specs[0].name}' has {reference.dtype} on {reference.device}; all "
+                    "parameters must share dtype and device"
+                )
+            shape = tuple(value.shape)
+            if shape == spec.shape:
+                flats.append(_flatten_column_major(value.unsqueeze(0), len(spec.shape)))
+                batched.append(False)
+            elif len(shape) == len(spec.shape) + 1 and shape[1:] == spec.shape:
+                flats.append(_flatten_column_major(value, len(spec.shape)))
+                batched.append(True)
+                batch_sizes[spec.name] = shape[0]
+            else:
+                raise InputError(
+                    f"parameter '{spec.name}' expects shape {spec.shape} (or (B, *{spec.shape}) "
+                    f"with a batch dimension), got {shape}"
+                )
+            if value.numel() and not bool(torch.isfinite(value).all()):
+                raise InputError(f"parameter '{spec.name}' contains NaN or Inf values")
+        if len(set(batch_sizes.values())) > 1:
+            raise InputError(
+                f"inconsistent batch sizes {batch_sizes}; all batched parameters must share one"
+            )
+        batch = next(iter(batch_sizes.values()), 1)
+        return flats, batched, batch
+
+    def forward(
+        self,
+        *params: torch.Tensor,
+        solver_args: Mapping[str, Any] | None = None,
+        return_info: bool = False,
+    ) -> tuple[torch.Tensor, ...] | tuple[tuple[torch.Tensor, ...], SolveInfo]:
+        """Solve the problem at the given parameter values.
+
+        Args:
+            *params: One tensor per parameter, shaped like the parameter or with a
+                leading batch dimension B; unbatched ones are shared by the batch.
+            solver_args: Settings for this call, overriding the layer's.
+            return_info: Also return a :class:`SolveInfo`.
+
+        Returns:
+            One tensor per variable, shaped like the variable, with a leading batch
+            dimension when any parameter had one; with ``return_info``, the pair
+            ``(outputs, info)``.
+
+        Raises:
+            InputError: Wrong number, shape, dtype or device of tensors, NaN or Inf
+                values, inconsistent batch sizes, or invalid ``solver_args``.
+            SolverError: An instance was not solved to the requested accuracy.
+        """
+        settings = parse_solver_args(solver_args, self._settings)
+        flats, batched, batch = self._flatten_inputs(params)
+        any_batched = any(batched)
+        info = SolveInfo()
+        needs_grad = torch.is_grad_enabled() and any(f.requires_grad for f in flats)
+
+        if settings.mode == "forward" and needs_grad:
+            theta = torch.cat([f.expand(batch, -1) for f in flats], dim=1)
+            x, _ = solve_forward_mode(self._qp, theta, settings, info)
+        else:
+            x, _ = solve_reverse(self._data(flats, batched, batch), settings, info)
+
+        x_padded = torch.cat([x, x.new_zeros(x.shape[0], 1)], dim=1)
+        outputs = []
+        for spec in self._qp.variables:
+            index = torch.as_tensor(spec.index, device=x.device)
+            index = torch.where(index < 0, x.shape[1], index)
+            value = _unflatten_column_major(x_padded[:, index], spec.shape)
+            outputs.append(value if any_batched else value.squeeze(0))
+        outputs = tuple(outputs)
+        return (outputs, info) if return_info else outputs
+
+    def _data(self, flats: list[torch.Tensor], batched: list[bool], batch: int):
+        """QP data with blocks that depend only on unbatched parameters kept shared."""
+        if not any(batched):
+            return self._qp.data(torch.cat(flats, dim=1))
+        theta = torch.cat([f.expand(batch, -1) for f in flats], dim=1)
+        shared_theta = torch.cat(
+            [
+                f.new_zeros(1, f.shape[1]) if is_b else f
+                for f, is_b in zip(flats, batched, strict=True)
+            ],
+            dim=1,
+        )
+        batched_positions = {i for i, is_b in enumerate(batched) if is_b}
+        shared = frozenset(
+            name for name in BLOCK_NAMES if not (self._dependencies[name] & batched_positions)
+        )
+        return self._qp.data(theta, shared_theta, shared)

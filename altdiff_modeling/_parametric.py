@@ -1,0 +1,194 @@
+"""ParametricQP: QP data as affine functions of the user's parameter vector, in torch.
+
+The parameter vector theta concatenates the user's parameters, each flattened
+column-major (CVXPY's order). Each data block stores only its entries that are not
+identically zero, as ``values = M @ [theta; 1]`` with a sparse ``M``, and scatters them
+into a dense block. Blocks that depend on no parameter are computed once per dtype and
+device; blocks that depend only on unbatched parameters stay shared by the batch, so
+that a batch whose matrices are common factors H once.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from ._altdiff import DataTangents
+from ._qp import QPData, stack_rows
+
+__all__ = ["BLOCK_NAMES", "AffineBlock", "ParameterSpec", "ParametricQP", "VariableSpec"]
+
+BLOCK_NAMES = ("P", "q", "A", "b", "G", "h")
+
+
+@dataclass(frozen=True)
+class ParameterSpec:
+    """A user parameter: its name, shape, and offset in theta."""
+
+    name: str
+    shape: tuple[int, ...]
+    offset: int
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+
+@dataclass(frozen=True)
+class VariableSpec:
+    """A user variable: entry k (column-major) is ``x[index[k]]`` (zero where -1)."""
+
+    name: str
+    shape: tuple[int, ...]
+    index: np.ndarray
+
+
+@dataclass(frozen=True)
+class AffineBlock:
+    """One data block: its nonzero entries ``block.flat[index] = matrix @ [theta; 1]``.
+
+    Attributes:
+        shape: The block's dense shape, e.g. ``(n_ineq, n)`` for G.
+        index: ``(E,)`` row-major flat positions of the entries that can be nonzero.
+        matrix: ``(E, K + 1)`` sparse map from ``[theta; 1]`` to those entries.
+    """
+
+    shape: tuple[int, ...]
+    index: np.ndarray
+    matrix: sp.csr_array
+
+    def parameter_columns(self) -> np.ndarray:
+        """Indices of theta on which the block depends."""
+        cols = np.unique(self.matrix.indices)
+        return cols[cols < self.matrix.shape[1] - 1]
+
+
+@dataclass
+class _TorchBlock:
+    shape: tuple[int, ...]
+    index: torch.Tensor
+    matrix: torch.Tensor  # (E, K + 1) sparse
+    constant: torch.Tensor | None  # (1, *shape) when the block depends on no parameter
+
+
+@dataclass
+class ParametricQP:
+    """The canonical QP of a layer, affine in the user's parameters.
+
+    Attributes:
+        blocks: ``{"P", "q", "A", "b", "G", "h"} -> AffineBlock``.
+        parameters: The user's parameters, in order.
+        variables: The user's variables, in order.
+    """
+
+    blocks: dict[str, AffineBlock]
+    parameters: list[ParameterSpec]
+    variables: list[VariableSpec]
+    _torch_cache: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def n(self) -> int:
+        return self.blocks["q"].shape[0]
+
+    @property
+    def n_eq(self) -> int:
+        return self.blocks["b"].shape[0]
+
+    @property
+    def n_ineq(self) -> int:
+        return self.blocks["h"].shape[0]
+
+    @property
+    def theta_size(self) -> int:
+        return sum(spec.size for spec in self.parameters)
+
+    def dependencies(self) -> dict[str, set[int]]:
+        """Which user parameters (by position) each block depends on."""
+        owner = np.zeros(self.theta_size, dtype=np.int64)
+        for position, spec in enumerate(self.parameters):
+            owner[spec.offset : spec.offset + spec.size] = position
+        return {name: set(owner[b.parameter_columns()].tolist()) for name, b in self.blocks.items()}
+
+    def _torch_blocks(self, dtype: torch.dtype, device: torch.device) -> dict[str, _TorchBlock]:
+        key = (dtype, device)
+        if key not in self._torch_cache:
+            converted = {}
+            for name, block in self.blocks.items():
+                index = torch.as_tensor(block.index, device=device)
+                matrix = _to_torch_sparse(block.matrix, dtype, device)
+                constant = None
+                if block.parameter_columns().size == 0:
+                    values = block.matrix[:, [-1]].toarray().ravel()
+                    dense = np.zeros(math.prod(block.shape))
+                    dense[block.index] = values
+                    constant = torch.as_tensor(dense, dtype=dtype, device=device).reshape(
+                        1, *block.shape
+                    )
+                converted[name] = _TorchBlock(block.shape, index, matrix, constant)
+            self._torch_cache[key] = converted
+        return self._torch_cache[key]
+
+    def _evaluate(self, block: _TorchBlock, theta_aug: torch.Tensor) -> torch.Tensor:
+        if block.constant is not None:
+            return block.constant
+        values = torch.sparse.mm(block.matrix, theta_aug.t()).t()  # (Bt, E)
+        flat = theta_aug.new_zeros(theta_aug.shape[0], math.prod(block.shape))
+        return flat.index_copy(1, block.index, values).reshape(-1, *block.shape)
+
+    def data(
+        self,
+        theta: torch.Tensor,
+        shared_theta: torch.Tensor | None = None,
+        shared_blocks: frozenset[str] = frozenset(),
+    ) -> QPData:
+        """The QP data at theta.
+
+        Args:
+            theta: ``(1|B, K)``.
+            shared_theta: ``(1, K)``, used for the blocks named in ``shared_blocks``
+                (those that depend on unbatched parameters only), which then stay shared.
+            shared_blocks: Names of blocks to evaluate at ``shared_theta``.
+        """
+        blocks = self._torch_blocks(theta.dtype, theta.device)
+        one = theta.new_ones(theta.shape[0], 1)
+        theta_aug = torch.cat([theta, one], dim=1)
+        shared_aug = None
+        if shared_theta is not None:
+            shared_aug = torch.cat([shared_theta, theta.new_ones(1, 1)], dim=1)
+        values = {}
+        for name in BLOCK_NAMES:
+            source = shared_aug if name in shared_blocks and shared_aug is not None else theta_aug
+            values[name] = self._evaluate(blocks[name], source)
+        batch = max(v.shape[0] for v in values.values())
+        return QPData(**values, batch_size=max(batch, theta.shape[0]))
+
+    def tangents(self, dtype: torch.dtype, device: torch.device) -> DataTangents:
+        """Dense data directions ``(1, *block_shape, K)``, one per entry of theta."""
+        K = self.theta_size
+        dense = {}
+        for name, block in self.blocks.items():
+            out = np.zeros((math.prod(block.shape), K))
+            linear = block.matrix[:, :K].toarray()
+            out[block.index] = linear
+            dense[name] = torch.as_tensor(out, dtype=dtype, device=device).reshape(
+                1, *block.shape, K
+            )
+        return DataTangents(
+            P=dense["P"],
+            q=dense["q"],
+            C=stack_rows(dense["A"], dense["G"]),
+            bound=stack_rows(dense["b"], dense["h"]),
+        )
+
+
+def _to_torch_sparse(
+    matrix: sp.csr_array, dtype: torch.dtype, device: torch.device
+) -> torch.Tensor:
+    coo = matrix.tocoo()
+    indices = torch.as_tensor(np.vstack([coo.row, coo.col]).astype(np.int64), device=device)
+    values = torch.as_tensor(coo.data, dtype=dtype, device=device)
+    return torch.sparse_coo_tensor(indices, values, coo.shape, check_invariants=False).coalesce()

@@ -1,0 +1,87 @@
+"""QPData: the batched data of ``min 1/2 x'Px + q'x  s.t.  Ax = b, Gx <= h``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ._errors import InputError
+
+__all__ = ["QPData", "matvec", "rmatvec", "stack_rows"]
+
+
+@dataclass(frozen=True)
+class QPData:
+    """Data of a batch of QPs; each block's leading dimension is 1 (shared) or B.
+
+    Attributes:
+        P: ``(1|B, n, n)`` symmetric positive semidefinite.
+        q: ``(1|B, n)``.
+        A: ``(1|B, n_eq, n)``.
+        b: ``(1|B, n_eq)``.
+        G: ``(1|B, n_ineq, n)``.
+        h: ``(1|B, n_ineq)``.
+        batch_size: B, the number of instances (1 for an unbatched call).
+    """
+
+    P: torch.Tensor
+    q: torch.Tensor
+    A: torch.Tensor
+    b: torch.Tensor
+    G: torch.Tensor
+    h: torch.Tensor
+    batch_size: int
+
+    @property
+    def n(self) -> int:
+        return self.q.shape[-1]
+
+    @property
+    def n_eq(self) -> int:
+        return self.b.shape[-1]
+
+    @property
+    def n_ineq(self) -> int:
+        return self.h.shape[-1]
+
+    @property
+    def C(self) -> torch.Tensor:
+        """``(1|B, n_eq + n_ineq, n)``: the stacked constraint matrix ``[A; G]``."""
+        return stack_rows(self.A, self.G)
+
+    @property
+    def bound(self) -> torch.Tensor:
+        """``(1|B, n_eq + n_ineq)``: the stacked right-hand side ``[b; h]``."""
+        return stack_rows(self.b, self.h)
+
+    def blocks(self) -> tuple[torch.Tensor, ...]:
+        return (self.P, self.q, self.A, self.b, self.G, self.h)
+
+    def check_finite(self) -> None:
+        """Raise :class:`InputError` naming the first block holding NaN or Inf."""
+        for name, block in zip(["P", "q", "A", "b", "G", "h"], self.blocks(), strict=True):
+            if block.numel() and not bool(torch.isfinite(block).all()):
+                raise InputError(f"the QP data block {name} contains NaN or Inf values")
+
+
+def stack_rows(top: torch.Tensor, bottom: torch.Tensor) -> torch.Tensor:
+    """Concatenate along dim 1, broadcasting a shared (leading 1) block to the batch."""
+    batch = max(top.shape[0], bottom.shape[0])
+    return torch.cat(
+        [top.expand(batch, *top.shape[1:]), bottom.expand(batch, *bottom.shape[1:])], dim=1
+    )
+
+
+def matvec(M: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``(1|B, r, c) @ (B, c) -> (B, r)``; a shared M is one matrix-matrix product."""
+    if M.shape[0] == 1:
+        return x @ M[0].T
+    return torch.bmm(M, x.unsqueeze(-1)).squeeze(-1)
+
+
+def rmatvec(M: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``(1|B, r, c)' @ (B, r) -> (B, c)``."""
+    if M.shape[0] == 1:
+        return y @ M[0]
+    return torch.bmm(y.unsqueeze(1), M).squeeze(1)

@@ -1,0 +1,101 @@
+"""Solver and differentiation settings, parsed from the user's ``solver_args``."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from ._errors import InputError
+
+__all__ = ["SolverSettings", "parse_solver_args"]
+
+DiffMode = Literal["reverse", "forward"]
+_MODES = ("reverse", "forward")
+
+
+@dataclass(frozen=True)
+class SolverSettings:
+    """Every knob of the forward solver and of the Alt-Diff backward pass.
+
+    Attributes:
+        eps_abs: Absolute tolerance of the primal and dual residuals.
+        eps_rel: Relative tolerance of the primal and dual residuals.
+        max_iter: Largest number of ADMM iterations.
+        rho: Initial ADMM penalty (adapted during the solve when ``adaptive_rho``).
+        sigma: Proximal regularization of the x-update; keeps H positive definite for
+            LPs and positive semidefinite P.
+        alpha: Over-relaxation factor in (0, 2).
+        adaptive_rho: Whether rho follows the ratio of primal to dual residuals.
+        check_every: Iterations between two residual checks.
+        backward_eps: Tolerance of the Alt-Diff recursion (relative change of the
+            adjoint, or of the Jacobian in forward mode).
+        backward_max_iter: Largest number of Alt-Diff iterations in the backward pass.
+        mode: ``"reverse"`` (vector-Jacobian products, the default) or ``"forward"``
+            (the Jacobian recursion run in lockstep with ADMM).
+    """
+
+    eps_abs: float = 1e-6
+    eps_rel: float = 1e-6
+    max_iter: int = 10_000
+    rho: float = 0.1
+    sigma: float = 1e-6
+    alpha: float = 1.6
+    adaptive_rho: bool = True
+    check_every: int = 10
+    backward_eps: float = 1e-8
+    backward_max_iter: int = 10_000
+    mode: DiffMode = "reverse"
+
+    def __post_init__(self) -> None:
+        for name in ("eps_abs", "eps_rel", "backward_eps"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
+                raise InputError(
+                    f"solver_args[{name!r}] must be a finite number >= 0, got {value!r}"
+                )
+        if self.eps_abs == 0 and self.eps_rel == 0:
+            raise InputError("solver_args 'eps_abs' and 'eps_rel' cannot both be 0")
+        for name in ("rho", "sigma"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+                raise InputError(
+                    f"solver_args[{name!r}] must be a finite number > 0, got {value!r}"
+                )
+        for name in ("max_iter", "backward_max_iter", "check_every"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InputError(f"solver_args[{name!r}] must be an integer >= 1, got {value!r}")
+        if not (isinstance(self.alpha, int | float) and 0 < self.alpha < 2):
+            raise InputError(f"solver_args['alpha'] must lie in (0, 2), got {self.alpha!r}")
+        if not isinstance(self.adaptive_rho, bool):
+            raise InputError(
+                f"solver_args['adaptive_rho'] must be True or False, got {self.adaptive_rho!r}"
+            )
+        if self.mode not in _MODES:
+            raise InputError(f"solver_args['mode'] must be one of {_MODES}, got {self.mode!r}")
+
+
+_FIELDS = tuple(field.name for field in dataclasses.fields(SolverSettings))
+
+
+def parse_solver_args(
+    solver_args: Mapping[str, Any] | None, base: SolverSettings | None = None
+) -> SolverSettings:
+    """Return ``base`` (or the defaults) updated with ``solver_args``.
+
+    Raises:
+        InputError: ``solver_args`` is not a mapping, names an unknown key, or holds an
+            invalid value.
+    """
+    base = base if base is not None else SolverSettings()
+    if solver_args is None:
+        return base
+    if not isinstance(solver_args, Mapping):
+        raise InputError(f"solver_args must be a dict, got {type(solver_args).__name__}")
+    unknown = sorted(set(solver_args) - set(_FIELDS))
+    if unknown:
+        raise InputError(f"unknown solver_args key(s) {unknown}; valid keys are {sorted(_FIELDS)}")
+    return dataclasses.replace(base, **dict(solver_args))
