@@ -1,7 +1,7 @@
 """altdiff-modeling: differentiable convex optimization layers solved by ADMM and
 differentiated by Alternating Differentiation (Alt-Diff)."""
 
-from ._errors import AltDiffError, InputError, ProblemError, SolverError
+from ._errors import AltDiffError, InputError, ProblemError, SolverError, SolverWarning
 from ._function import SolveInfo
 from ._functional import solve_qp
 from ._layer import AltDiffLayer
@@ -15,5 +15,6 @@ __all__ = [
     "SolveInfo",
     "SolverError",
     "SolverSettings",
+    "SolverWarning",
     "solve_qp",
 ]

@@ -7,6 +7,14 @@ With relaxation ``alpha = 1`` the iteration is the slack-form ADMM of DESIGN sec
 row has its own penalty (equality rows a thousand times stiffer), and rho follows the
 ratio of the primal and dual residuals, refactoring H only when it moves by more than
 a factor of five.
+
+The solver runs on Ruiz-scaled data but measures residuals and certificates in the
+user's units, so tolerances mean what they say. Every ``check_every`` iterations it
+tests, per instance, convergence and the primal and dual infeasibility certificates of
+OSQP (Banjac et al., 2019): a converging difference of multipliers ``dy`` with
+``C'dy = 0`` and ``b'dy_eq + h'dy_ineq < 0`` proves ``Ax = b, Gx <= h`` empty; a
+difference of iterates ``dx`` with ``P dx = 0``, ``q'dx < 0``, ``A dx = 0``,
+``G dx <= 0`` proves the objective unbounded below.
 """
 
 from __future__ import annotations
@@ -20,12 +28,24 @@ import torch
 
 from ._factor import CholeskyFactor
 from ._qp import QPData, matvec, rmatvec
+from ._scaling import Scaling
 from ._settings import SolverSettings
 
 if TYPE_CHECKING:
     from ._altdiff import ForwardTangents
 
-__all__ = ["MAX_ITER", "SOLVED", "STATUS_NAMES", "SolveResult", "admm_solve", "penalty_rows"]
+__all__ = [
+    "DUAL_INFEASIBLE",
+    "MAX_ITER",
+    "PRIMAL_INFEASIBLE",
+    "SOLVED",
+    "SOLVED_INACCURATE",
+    "STATUS_NAMES",
+    "SolveResult",
+    "WarmStart",
+    "admm_solve",
+    "penalty_rows",
+]
 
 STATUS_NAMES = ("solved", "solved_inaccurate", "max_iter", "primal_infeasible", "dual_infeasible")
 SOLVED, SOLVED_INACCURATE, MAX_ITER, PRIMAL_INFEASIBLE, DUAL_INFEASIBLE = range(5)
@@ -33,28 +53,34 @@ SOLVED, SOLVED_INACCURATE, MAX_ITER, PRIMAL_INFEASIBLE, DUAL_INFEASIBLE = range(
 _EQUALITY_RHO_SCALE = 1e3
 _RHO_MIN, _RHO_MAX = 1e-6, 1e6
 _RHO_UPDATE_FACTOR = 5.0
+_INACCURATE_FACTOR = 10.0
+_TINY = 1e-30
 
 
 @dataclass
 class SolveResult:
     """What the forward solve leaves for the caller and for the backward pass.
 
+    All iterates are in the solver's (scaled) units.
+
     Attributes:
         x: ``(B, n)`` primal solution.
         z: ``(B, m)`` projected constraint values ``Cx`` (``[b; h - s]``).
         y: ``(B, m)`` multipliers ``[lambda; nu]``.
+        rho: ``(1|B,)`` final penalty of the inequality rows.
         rho_rows: ``(1|B, m)`` per-row penalty of the final iteration.
         factor: Cholesky factor of ``H = P + sigma*I + C' diag(rho_rows) C``.
         status: ``(B,)`` int64 codes into ``STATUS_NAMES``.
         iterations: ``(B,)`` iterations each instance took.
-        primal_residual: ``(B,)`` ``||Cx - z||_inf``.
-        dual_residual: ``(B,)`` ``||Px + q + C'y||_inf``.
+        primal_residual: ``(B,)`` ``||Cx - z||_inf`` in the user's units.
+        dual_residual: ``(B,)`` ``||Px + q + C'y||_inf`` in the user's units.
         solve_time: Wall-clock seconds of the solve.
     """
 
     x: torch.Tensor
     z: torch.Tensor
     y: torch.Tensor
+    rho: torch.Tensor
     rho_rows: torch.Tensor
     factor: CholeskyFactor
     status: torch.Tensor
@@ -62,6 +88,16 @@ class SolveResult:
     primal_residual: torch.Tensor
     dual_residual: torch.Tensor
     solve_time: float
+
+
+@dataclass(frozen=True)
+class WarmStart:
+    """A starting point in the solver's units: ``x (B, n)``, ``z, y (B, m)``, ``rho``."""
+
+    x: torch.Tensor
+    z: torch.Tensor
+    y: torch.Tensor
+    rho: torch.Tensor
 
 
 def penalty_rows(rho: torch.Tensor, n_eq: int, m: int) -> torch.Tensor:
@@ -84,24 +120,87 @@ def project(v: torch.Tensor, bound: torch.Tensor, n_eq: int) -> torch.Tensor:
     return torch.cat([bound[:, :n_eq], torch.minimum(v[:, n_eq:], bound[:, n_eq:])], dim=1)
 
 
-def _inf_norm(v: torch.Tensor) -> torch.Tensor:
+def inf_norm(v: torch.Tensor) -> torch.Tensor:
+    """Infinity norm over the last dimension (0 for an empty one)."""
     if v.shape[-1] == 0:
         return v.new_zeros(v.shape[:-1])
     return v.abs().amax(dim=-1)
 
 
+class _Residuals:
+    """Residuals, tolerances and certificates of one check, in the user's units."""
+
+    def __init__(self, data: QPData, scaling: Scaling, settings: SolverSettings) -> None:
+        self.data, self.scaling, self.settings = data, scaling, settings
+        self.C = data.C
+        self.bound = data.bound
+        self.n_eq = data.n_eq
+
+    def measure(self, x: torch.Tensor, z: torch.Tensor, y: torch.Tensor) -> None:
+        data, s, eps = self.data, self.scaling, self.settings
+        Cx = matvec(self.C, x) / s.E
+        z_user = z / s.E
+        Px, Cty, q = matvec(data.P, x) / s.D, rmatvec(self.C, y) / s.D, data.q / s.D
+        self.primal = inf_norm(Cx - z_user)
+        self.dual = inf_norm(Px + q + Cty) / s.c[:, 0]
+        self.primal_scale = torch.maximum(inf_norm(Cx), inf_norm(z_user))
+        dual_scale = torch.maximum(torch.maximum(inf_norm(Px), inf_norm(Cty)), inf_norm(q))
+        self.dual_scale = dual_scale / s.c[:, 0]
+        self.primal_tol = eps.eps_abs + eps.eps_rel * self.primal_scale
+        self.dual_tol = eps.eps_abs + eps.eps_rel * self.dual_scale
+
+    def converged(self, factor: float = 1.0) -> torch.Tensor:
+        return (self.primal <= factor * self.primal_tol) & (self.dual <= factor * self.dual_tol)
+
+    def rho_ratio(self) -> torch.Tensor:
+        """OSQP's estimate of how much rho should grow (squared)."""
+        primal = self.primal / self.primal_scale.clamp_min(_TINY)
+        dual = self.dual / self.dual_scale.clamp_min(_TINY)
+        return (primal / dual.clamp_min(_TINY)).clamp_min(_TINY)
+
+    def primal_infeasible(self, dy: torch.Tensor) -> torch.Tensor:
+        """Certificate test on ``dy`` ``(B, m)``, a difference of multipliers."""
+        s, n_eq, eps = self.scaling, self.n_eq, self.settings.eps_prim_inf
+        # Multipliers of inequality rows are nonnegative: keep the cone's part of dy.
+        dy = torch.cat([dy[:, :n_eq], dy[:, n_eq:].clamp_min(0)], dim=1)
+        size = inf_norm(s.E * dy)
+        Ct_dy = inf_norm(rmatvec(self.C, dy) / s.D)
+        support = (self.bound.expand_as(dy) * dy).sum(-1)
+        return (size > _TINY) & (Ct_dy <= eps * size) & (support <= -eps * size)
+
+    def dual_infeasible(self, dx: torch.Tensor) -> torch.Tensor:
+        """Certificate test on ``dx`` ``(B, n)``, a difference of iterates."""
+        s, n_eq, eps = self.scaling, self.n_eq, self.settings.eps_dual_inf
+        size = inf_norm(s.D * dx)
+        c = s.c[:, 0]
+        P_dx = inf_norm(matvec(self.data.P, dx) / s.D)
+        q_dx = (self.data.q * dx).sum(-1)
+        C_dx = matvec(self.C, dx) / s.E
+        eq_ok = inf_norm(C_dx[:, :n_eq]) <= eps * size
+        ineq_ok = (C_dx[:, n_eq:] <= eps * size.unsqueeze(-1)).all(-1)
+        return (
+            (size > _TINY) & (P_dx <= c * eps * size) & (q_dx <= -c * eps * size) & eq_ok & ineq_ok
+        )
+
+
 def admm_solve(
-    data: QPData, settings: SolverSettings, tangents: ForwardTangents | None = None
+    data: QPData,
+    settings: SolverSettings,
+    scaling: Scaling,
+    tangents: ForwardTangents | None = None,
+    warm_start: WarmStart | None = None,
 ) -> SolveResult:
-    """Solve a batch of QPs with ADMM; see the module docstring for the iteration.
+    """Solve a batch of (scaled) QPs with ADMM; see the module docstring.
 
     Args:
-        data: The batch's QP data.
+        data: The batch's QP data, already scaled by ``scaling``.
         settings: Tolerances, penalty and iteration limits.
+        scaling: The scaling of ``data``, to measure residuals in the user's units.
         tangents: Forward-mode Alt-Diff state, advanced in lockstep with the iterates.
+        warm_start: Starting iterates and penalty (scaled units); zeros otherwise.
 
     Returns:
-        The last iterate of every instance with its status and residuals.
+        The iterate at which each instance stopped, with its status and residuals.
     """
     start = time.perf_counter()
     B, n, n_eq = data.batch_size, data.n, data.n_eq
@@ -110,61 +209,73 @@ def admm_solve(
     dtype, device = q.dtype, q.device
     alpha, sigma = settings.alpha, settings.sigma
     per_instance = P.shape[0] > 1 or C.shape[0] > 1
+    residuals = _Residuals(data, scaling, settings)
 
     rho = torch.full((B if per_instance else 1,), settings.rho, dtype=dtype, device=device)
-    rho_rows = penalty_rows(rho, n_eq, m)
-    factor = CholeskyFactor(build_H(P, C, rho_rows, sigma))
-
     x = torch.zeros(B, n, dtype=dtype, device=device)
     z = torch.zeros(B, m, dtype=dtype, device=device)
     y = torch.zeros(B, m, dtype=dtype, device=device)
-    out_x, out_z, out_y = x.clone(), z.clone(), y.clone()
+    if warm_start is not None:
+        x, z, y = warm_start.x, warm_start.z, warm_start.y
+        rho = warm_start.rho.expand(rho.shape).clone()
+    rho_rows = penalty_rows(rho, n_eq, m)
+    factor = CholeskyFactor(build_H(P, C, rho_rows, sigma))
+
+    out_x, out_z, out_y = x, z, y
+    status = torch.full((B,), MAX_ITER, dtype=torch.int64, device=device)
     done = torch.zeros(B, dtype=torch.bool, device=device)
     iterations = torch.full((B,), settings.max_iter, dtype=torch.int64, device=device)
-    prim_res = torch.full((B,), math.inf, dtype=dtype, device=device)
-    dual_res = torch.full((B,), math.inf, dtype=dtype, device=device)
+    out_primal = torch.full((B,), math.inf, dtype=dtype, device=device)
+    out_dual = torch.full((B,), math.inf, dtype=dtype, device=device)
+
+    def record(mask: torch.Tensor, code: int | torch.Tensor, k: int) -> None:
+        nonlocal out_x, out_z, out_y, status, done, iterations, out_primal, out_dual
+        out_x = torch.where(mask[:, None], x, out_x)
+        out_z = torch.where(mask[:, None], z, out_z)
+        out_y = torch.where(mask[:, None], y, out_y)
+        status = torch.where(mask, code, status)
+        iterations = torch.where(mask, k, iterations)
+        out_primal = torch.where(mask, residuals.primal, out_primal)
+        out_dual = torch.where(mask, residuals.dual, out_dual)
+        done = done | mask
+        if tangents is not None:
+            tangents.record(mask)
 
     for k in range(1, settings.max_iter + 1):
+        x_before, y_before = x, y
         rhs = sigma * x - q + rmatvec(C, rho_rows * z - y)
         x_tilde = factor.solve(rhs)
         z_tilde = matvec(C, x_tilde)
-        x = alpha * x_tilde + (1 - alpha) * x
         v = alpha * z_tilde + (1 - alpha) * z + y / rho_rows
         if tangents is not None:
             tangents.advance(z, y, x_tilde, v, rho_rows, factor)
+        x = alpha * x_tilde + (1 - alpha) * x
         z_next = project(v, bound, n_eq)
         y = rho_rows * (v - z_next)
         z = z_next
 
-        if k % settings.check_every and k != settings.max_iter:
+        last = k == settings.max_iter
+        if k % settings.check_every and not last:
             continue
-        Cx, Px, Cty = matvec(C, x), matvec(P, x), rmatvec(C, y)
-        prim = _inf_norm(Cx - z)
-        dual = _inf_norm(Px + q.expand_as(Px) + Cty)
-        prim_scale = torch.maximum(_inf_norm(Cx), _inf_norm(z))
-        dual_scale = torch.maximum(torch.maximum(_inf_norm(Px), _inf_norm(Cty)), _inf_norm(q))
-        converged = (prim <= settings.eps_abs + settings.eps_rel * prim_scale) & (
-            dual <= settings.eps_abs + settings.eps_rel * dual_scale
-        )
-        newly = converged & ~done
-        if bool(newly.any()):
-            out_x = torch.where(newly[:, None], x, out_x)
-            out_z = torch.where(newly[:, None], z, out_z)
-            out_y = torch.where(newly[:, None], y, out_y)
-            iterations = torch.where(newly, torch.full_like(iterations, k), iterations)
-            prim_res = torch.where(newly, prim, prim_res)
-            dual_res = torch.where(newly, dual, dual_res)
-            done = done | newly
-            if tangents is not None:
-                tangents.record(newly)
+        residuals.measure(x, z, y)
+        record(residuals.converged() & ~done, SOLVED, k)
+        pending = ~done
+        record(residuals.primal_infeasible(y - y_before) & pending, PRIMAL_INFEASIBLE, k)
+        pending = ~done
+        record(residuals.dual_infeasible(x - x_before) & pending, DUAL_INFEASIBLE, k)
+        if last:
+            pending = ~done
+            close = residuals.converged(_INACCURATE_FACTOR)
+            record(pending & close, SOLVED_INACCURATE, k)
+            record(pending & ~close, MAX_ITER, k)
         if bool(done.all()):
             break
         if settings.adaptive_rho:
-            ratio = (prim / prim_scale.clamp_min(1e-30)) / (dual / dual_scale.clamp_min(1e-30))
-            proposal = rho * ratio.clamp_min(1e-30).sqrt() if per_instance else None
-            if not per_instance:
-                active = ratio[~done].clamp_min(1e-30)
-                proposal = rho * active.log().mean().exp().sqrt()
+            ratio = residuals.rho_ratio()
+            if per_instance:
+                proposal = rho * ratio.sqrt()
+            else:  # one rho for the batch: the geometric mean over the unfinished
+                proposal = rho * ratio[~done].log().mean().exp().sqrt()
             proposal = proposal.clamp(_RHO_MIN, _RHO_MAX)
             moved = (proposal > _RHO_UPDATE_FACTOR * rho) | (proposal < rho / _RHO_UPDATE_FACTOR)
             if per_instance:
@@ -174,27 +285,16 @@ def admm_solve(
                 rho_rows = penalty_rows(rho, n_eq, m)
                 factor = CholeskyFactor(build_H(P, C, rho_rows, sigma))
 
-    pending = ~done
-    status = torch.full((B,), SOLVED, dtype=torch.int64, device=device)
-    if bool(pending.any()):
-        out_x = torch.where(pending[:, None], x, out_x)
-        out_z = torch.where(pending[:, None], z, out_z)
-        out_y = torch.where(pending[:, None], y, out_y)
-        prim_res = torch.where(pending, prim, prim_res)
-        dual_res = torch.where(pending, dual, dual_res)
-        status = torch.where(pending, torch.full_like(status, MAX_ITER), status)
-        if tangents is not None:
-            tangents.record(pending)
-
     return SolveResult(
         x=out_x,
         z=out_z,
         y=out_y,
+        rho=rho,
         rho_rows=rho_rows,
         factor=factor,
         status=status,
         iterations=iterations,
-        primal_residual=prim_res,
-        dual_residual=dual_res,
+        primal_residual=out_primal,
+        dual_residual=out_dual,
         solve_time=time.perf_counter() - start,
     )

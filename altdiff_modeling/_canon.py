@@ -129,8 +129,11 @@ def _cone_types(problem: cp.Problem) -> list[str]:
 def _name_non_polyhedral(problem: cp.Problem) -> str:
     """Describe which part of the problem needs a non-polyhedral cone."""
     culprits = []
-    if _cone_types(cp.Problem(problem.objective)):
-        culprits.append(f"the objective ({_describe(problem.objective.expr)})")
+    cones = _cone_types(cp.Problem(problem.objective))
+    if cones:
+        culprits.append(
+            f"the objective ({_describe(problem.objective.expr)}, needs {', '.join(cones)})"
+        )
     for i, constraint in enumerate(problem.constraints):
         cones = _cone_types(cp.Problem(cp.Minimize(0), [constraint]))
         if cones:

@@ -39,3 +39,7 @@ class SolverError(AltDiffError, RuntimeError):
     The message names the batch indices and their statuses (for example
     ``primal_infeasible`` or ``max_iter``).
     """
+
+
+class SolverWarning(UserWarning):
+    """Issued with ``solver_args={"on_failure": "warn"}`` when an instance is not solved."""

@@ -1,19 +1,35 @@
-"""torch.autograd.Functions joining the ADMM forward pass and the Alt-Diff backward pass."""
+"""torch.autograd.Functions joining the ADMM forward pass and the Alt-Diff backward pass.
+
+Both functions equilibrate the data (Ruiz), solve the scaled problem, and return the
+solution in the user's units; their backward passes map cotangents into the scaled
+problem and gradients back out through the same diagonal scaling, which is exact
+because the solution map does not depend on the scaling.
+"""
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
 
-from ._admm import SOLVED, STATUS_NAMES, SolveResult, admm_solve
-from ._altdiff import DataTangents, ForwardTangents, reverse_gradients
-from ._errors import SolverError
+from ._admm import (
+    DUAL_INFEASIBLE,
+    PRIMAL_INFEASIBLE,
+    SOLVED,
+    STATUS_NAMES,
+    SolveResult,
+    WarmStart,
+    admm_solve,
+)
+from ._altdiff import DataGradients, DataTangents, ForwardTangents, reverse_gradients
+from ._errors import SolverError, SolverWarning
 from ._qp import QPData
+from ._scaling import Scaling, ruiz_scaling, scale_solution, unscale_solution
 from ._settings import SolverSettings
 
-__all__ = ["DataMap", "SolveInfo", "solve_forward_mode", "solve_reverse"]
+__all__ = ["DataMap", "Solution", "SolveInfo", "solve_forward_mode", "solve_reverse"]
 
 
 @dataclass
@@ -21,13 +37,16 @@ class SolveInfo:
     """What happened in a solve, per instance of the batch.
 
     Attributes:
-        status: Status name of each instance (``"solved"``, ``"max_iter"``, ...).
+        status: Status of each instance: ``"solved"``, ``"solved_inaccurate"``
+            (``max_iter`` reached within ten times the tolerances), ``"max_iter"``,
+            ``"primal_infeasible"`` or ``"dual_infeasible"`` (unbounded).
         iterations: ``(B,)`` ADMM iterations.
-        primal_residual: ``(B,)`` ``||Ax - b, Gx + s - h||_inf``.
+        primal_residual: ``(B,)`` ``||(Ax - b, Gx + s - h)||_inf``.
         dual_residual: ``(B,)`` ``||Px + q + A'lambda + G'nu||_inf``.
-        rho: ``(B,)`` or ``(1,)`` final penalty of the inequality rows.
+        rho: ``(1,)`` (shared) or ``(B,)`` final penalty of the inequality rows.
         solve_time: Seconds spent in the forward solve.
-        backward_iterations: Alt-Diff iterations of the last backward pass (0 before).
+        backward_iterations: Alt-Diff iterations of the backward pass (forward mode:
+            of the Jacobian recursion); 0 until one ran.
     """
 
     status: list[str] = field(default_factory=list)
@@ -38,26 +57,91 @@ class SolveInfo:
     solve_time: float = 0.0
     backward_iterations: int = 0
 
-    def fill(self, result: SolveResult, n_eq: int) -> None:
+    def fill(self, result: SolveResult) -> None:
         self.status = [STATUS_NAMES[code] for code in result.status.tolist()]
         self.iterations = result.iterations
         self.primal_residual = result.primal_residual
         self.dual_residual = result.dual_residual
-        self.rho = result.rho_rows[:, n_eq] if result.rho_rows.shape[1] > n_eq else None
+        self.rho = result.rho
         self.solve_time = result.solve_time
 
 
-def _check_status(result: SolveResult) -> None:
-    failed = torch.nonzero(result.status != SOLVED).flatten().tolist()
-    if failed:
-        statuses = [STATUS_NAMES[result.status[i]] for i in failed]
-        detail = ", ".join(f"{i}: {s}" for i, s in zip(failed[:10], statuses[:10], strict=True))
-        more = f" and {len(failed) - 10} more" if len(failed) > 10 else ""
+@dataclass
+class Solution:
+    """A solve's outcome in the user's units, kept for warm starts."""
+
+    x: torch.Tensor
+    z: torch.Tensor
+    y: torch.Tensor
+    rho: torch.Tensor
+
+
+def _failures(result: SolveResult, settings: SolverSettings) -> torch.Tensor | None:
+    """Apply the failure policy; return the mask of rows to set to NaN, if any."""
+    failed = result.status != SOLVED
+    if not bool(failed.any()):
+        return None
+    indices = torch.nonzero(failed).flatten().tolist()
+    names = [STATUS_NAMES[result.status[i]] for i in indices]
+    detail = ", ".join(f"{i}: {s}" for i, s in zip(indices[:10], names[:10], strict=True))
+    more = f" and {len(indices) - 10} more" if len(indices) > 10 else ""
+    message = (
+        f"the solver failed on {len(indices)} of {failed.numel()} instance(s) "
+        f"(batch index: status) {detail}{more}"
+    )
+    if settings.on_failure == "raise":
         raise SolverError(
-            f"the solver failed on {len(failed)} of {result.status.numel()} instance(s) "
-            f"(batch index: status) {detail}{more}; raise solver_args['max_iter'] or "
-            "loosen 'eps_abs'/'eps_rel' if the problem is feasible and bounded"
+            message + "; for max_iter or solved_inaccurate raise solver_args['max_iter'] or "
+            "loosen 'eps_abs'/'eps_rel'; solver_args['on_failure'] = 'nan' or 'warn' "
+            "returns the other instances instead of raising"
         )
+    if settings.on_failure == "nan":
+        return failed
+    warnings.warn(message, SolverWarning, stacklevel=4)
+    no_solution = (result.status == PRIMAL_INFEASIBLE) | (result.status == DUAL_INFEASIBLE)
+    return no_solution if bool(no_solution.any()) else None
+
+
+def _solve(
+    data: QPData,
+    settings: SolverSettings,
+    info: SolveInfo,
+    tangents: DataTangents | None = None,
+    warm: Solution | None = None,
+) -> tuple[Scaling, QPData, SolveResult, ForwardTangents | None]:
+    scaling = ruiz_scaling(data, settings.scaling)
+    scaled = scaling.scale(data)
+    tracker = None
+    if tangents is not None:
+        tracker = ForwardTangents(scaled, _scale_tangents(scaling, tangents, data.n_eq), settings)
+    warm_start = None
+    if warm is not None:
+        x, z, y = scale_solution(scaling, warm.x, warm.z, warm.y)
+        warm_start = WarmStart(x=x, z=z, y=y, rho=warm.rho)
+    result = admm_solve(scaled, settings, scaling, tracker, warm_start)
+    info.fill(result)
+    return scaling, scaled, result, tracker
+
+
+def _scale_tangents(scaling: Scaling, t: DataTangents, n_eq: int) -> DataTangents:
+    D, E, c = scaling.D.unsqueeze(-1), scaling.E.unsqueeze(-1), scaling.c.unsqueeze(-1)
+    return DataTangents(
+        P=c.unsqueeze(-1) * D.unsqueeze(-2) * t.P * D.unsqueeze(-3),
+        q=c * D * t.q,
+        C=E.unsqueeze(-2) * t.C * D.unsqueeze(-3),
+        bound=E * t.bound,
+    )
+
+
+def _unscale_gradients(scaling: Scaling, g: DataGradients) -> DataGradients:
+    D, E, c = scaling.D, scaling.E, scaling.c
+    return DataGradients(
+        P=c.unsqueeze(-1) * D.unsqueeze(-1) * g.P * D.unsqueeze(-2),
+        q=c * D * g.q,
+        C=E.unsqueeze(-1) * g.C * D.unsqueeze(-2),
+        bound=E * g.bound,
+        iterations=g.iterations,
+    )
 
 
 def _reduce_to(grad: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -67,27 +151,57 @@ def _reduce_to(grad: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return grad
 
 
+def _outputs(
+    ctx: Any, scaling: Scaling, result: SolveResult, settings: SolverSettings, holder: list
+) -> tuple[torch.Tensor, torch.Tensor]:
+    x, z, y = unscale_solution(scaling, result.x, result.z, result.y)
+    holder[:] = [Solution(x=x, z=z, y=y, rho=result.rho)]
+    failed = _failures(result, settings)
+    ctx.failed = failed
+    if failed is not None:
+        x = torch.where(failed[:, None], torch.nan, x)
+        y = torch.where(failed[:, None], torch.nan, y)
+    return x, y
+
+
+def _masked(grad: torch.Tensor | None, failed: torch.Tensor | None) -> torch.Tensor | None:
+    if grad is None or failed is None:
+        return grad
+    return torch.where(failed[:, None], 0.0, grad)
+
+
 class _ReverseFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, settings: SolverSettings, info: SolveInfo, *blocks: torch.Tensor):
-        P, q, A, b, G, h = blocks
+    def forward(
+        ctx: Any,
+        settings: SolverSettings,
+        info: SolveInfo,
+        holder: list,
+        warm: Solution | None,
+        *blocks: torch.Tensor,
+    ):
         batch = max(block.shape[0] for block in blocks)
-        data = QPData(P, q, A, b, G, h, batch_size=batch)
-        result = admm_solve(data, settings)
-        info.fill(result, data.n_eq)
-        _check_status(result)
-        ctx.settings, ctx.info, ctx.data, ctx.result = settings, info, data, result
-        return result.x, result.y
+        data = QPData(*blocks, batch_size=batch)
+        scaling, scaled, result, _ = _solve(data, settings, info, warm=warm)
+        ctx.set_materialize_grads(False)
+        ctx.settings, ctx.info, ctx.data, ctx.scaled = settings, info, data, scaled
+        ctx.scaling, ctx.result = scaling, result
+        return _outputs(ctx, scaling, result, settings, holder)
 
     @staticmethod
-    def backward(ctx: Any, grad_x: torch.Tensor, grad_y: torch.Tensor):
-        needs = ctx.needs_input_grad[2:]
-        if not any(needs):
-            return (None,) * 8
-        data: QPData = ctx.data
-        grads = reverse_gradients(data, ctx.result, grad_x, grad_y, ctx.settings)
+    def backward(ctx: Any, grad_x: torch.Tensor | None, grad_y: torch.Tensor | None):
+        needs = ctx.needs_input_grad[4:]
+        if not any(needs) or (grad_x is None and grad_y is None):
+            return (None,) * 10
+        s: Scaling = ctx.scaling
+        grad_x, grad_y = _masked(grad_x, ctx.failed), _masked(grad_y, ctx.failed)
+        x = ctx.result.x
+        scaled_gx = s.D * grad_x if grad_x is not None else torch.zeros_like(x)
+        scaled_gy = s.E * grad_y / s.c if grad_y is not None else None
+        grads = reverse_gradients(ctx.scaled, ctx.result, scaled_gx, scaled_gy, ctx.settings)
+        grads = _unscale_gradients(s, grads)
         ctx.info.backward_iterations = grads.iterations
-        n_eq = data.n_eq
+        n_eq = ctx.data.n_eq
         per_instance = (
             grads.P,
             grads.q,
@@ -98,13 +212,17 @@ class _ReverseFunction(torch.autograd.Function):
         )
         out = tuple(
             _reduce_to(grad, block) if need else None
-            for grad, block, need in zip(per_instance, data.blocks(), needs, strict=True)
+            for grad, block, need in zip(per_instance, ctx.data.blocks(), needs, strict=True)
         )
-        return (None, None, *out)
+        return (None, None, None, None, *out)
 
 
 def solve_reverse(
-    data: QPData, settings: SolverSettings, info: SolveInfo
+    data: QPData,
+    settings: SolverSettings,
+    info: SolveInfo,
+    warm: Solution | None = None,
+    holder: list | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Solve with gradients by reverse-mode Alt-Diff.
 
@@ -112,14 +230,17 @@ def solve_reverse(
         data: Blocks with leading dimension 1 or B; autograd tracks them.
         settings: Solver and backward settings.
         info: Filled with the solve's statuses and counts.
+        warm: A previous solution to start from.
+        holder: A list that receives this solve's :class:`Solution`.
 
     Returns:
         ``x`` ``(B, n)`` and the multipliers ``[lambda; nu]`` ``(B, n_eq + n_ineq)``.
 
     Raises:
-        SolverError: An instance did not reach the requested accuracy.
+        SolverError: An instance was not solved and ``on_failure`` is ``"raise"``.
     """
-    return _ReverseFunction.apply(settings, info, *data.blocks())
+    holder = holder if holder is not None else []
+    return _ReverseFunction.apply(settings, info, holder, warm, *data.blocks())
 
 
 class DataMap(Protocol):
@@ -135,33 +256,46 @@ class DataMap(Protocol):
 class _ForwardModeFunction(torch.autograd.Function):
     @staticmethod
     def forward(
-        ctx: Any, settings: SolverSettings, info: SolveInfo, data_map: DataMap, theta: torch.Tensor
+        ctx: Any,
+        settings: SolverSettings,
+        info: SolveInfo,
+        holder: list,
+        warm: Solution | None,
+        data_map: DataMap,
+        theta: torch.Tensor,
     ):
-        data = data_map.data(theta)
-        tracker = None
-        if theta.requires_grad:
-            tracker = ForwardTangents(data, data_map.tangents(theta.dtype, theta.device), settings)
-        result = admm_solve(data, settings, tracker)
-        info.fill(result, data.n_eq)
-        _check_status(result)
-        if tracker is not None:
-            ctx.jac_x = tracker.finish(result)
-            ctx.jac_y = tracker.dy
-            info.backward_iterations = tracker.iterations
+        data = data_map.data(theta.detach())
+        tangents = data_map.tangents(theta.dtype, theta.device)
+        scaling, _, result, tracker = _solve(data, settings, info, tangents, warm)
+        ctx.set_materialize_grads(False)
+        outputs = _outputs(ctx, scaling, result, settings, holder)
+        jac_x = tracker.finish(result)
+        ctx.jac_x = scaling.D.unsqueeze(-1) * jac_x
+        ctx.jac_y = (scaling.E / scaling.c).unsqueeze(-1) * tracker.dy
+        info.backward_iterations = tracker.iterations
         ctx.theta_batch = theta.shape[0]
-        return result.x, result.y
+        return outputs
 
     @staticmethod
-    def backward(ctx: Any, grad_x: torch.Tensor, grad_y: torch.Tensor):
-        grad = torch.einsum("bn,bnk->bk", grad_x, ctx.jac_x)
-        grad = grad + torch.einsum("bm,bmk->bk", grad_y, ctx.jac_y)
-        if ctx.theta_batch == 1:
+    def backward(ctx: Any, grad_x: torch.Tensor | None, grad_y: torch.Tensor | None):
+        grad_x, grad_y = _masked(grad_x, ctx.failed), _masked(grad_y, ctx.failed)
+        grad = 0
+        if grad_x is not None:
+            grad = grad + torch.einsum("bn,bnk->bk", grad_x, ctx.jac_x)
+        if grad_y is not None:
+            grad = grad + torch.einsum("bm,bmk->bk", grad_y, ctx.jac_y)
+        if ctx.theta_batch == 1 and isinstance(grad, torch.Tensor):
             grad = grad.sum(0, keepdim=True)
-        return None, None, None, grad
+        return None, None, None, None, None, grad if isinstance(grad, torch.Tensor) else None
 
 
 def solve_forward_mode(
-    data_map: DataMap, theta: torch.Tensor, settings: SolverSettings, info: SolveInfo
+    data_map: DataMap,
+    theta: torch.Tensor,
+    settings: SolverSettings,
+    info: SolveInfo,
+    warm: Solution | None = None,
+    holder: list | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Solve, carrying the Jacobian w.r.t. theta by forward-mode Alt-Diff.
 
@@ -170,8 +304,11 @@ def solve_forward_mode(
         theta: ``(1|B, K)`` parameter vector; its gradient is ``J' g``.
         settings: Solver and recursion settings.
         info: Filled with the solve's statuses and counts.
+        warm: A previous solution to start from.
+        holder: A list that receives this solve's :class:`Solution`.
 
     Returns:
         ``x`` ``(B, n)`` and the multipliers ``(B, n_eq + n_ineq)``.
     """
-    return _ForwardModeFunction.apply(settings, info, data_map, theta)
+    holder = holder if holder is not None else []
+    return _ForwardModeFunction.apply(settings, info, holder, warm, data_map, theta)

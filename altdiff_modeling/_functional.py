@@ -78,7 +78,7 @@ def _normalize(
     shaped = {
         name: block if name in batch_sizes else block.unsqueeze(0) for name, block in blocks.items()
     }
-    n_eq, n_ineq = shaped["b"].shape[-1], shaped["h"].shape[-1]
+    n_eq, n_ineq = shaped["A"].shape[-2], shaped["G"].shape[-2]
     expected = {
         "P": (n, n),
         "q": (n,),

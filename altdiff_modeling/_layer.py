@@ -10,7 +10,7 @@ import torch
 
 from ._canon import canonicalize
 from ._errors import InputError
-from ._function import SolveInfo, solve_forward_mode, solve_reverse
+from ._function import Solution, SolveInfo, solve_forward_mode, solve_reverse
 from ._parametric import BLOCK_NAMES, ParameterSpec, ParametricQP, VariableSpec
 from ._settings import SolverSettings, parse_solver_args
 
@@ -69,6 +69,7 @@ class AltDiffLayer(torch.nn.Module):
         self._qp: ParametricQP = canonicalize(problem, parameters, variables)
         self._settings: SolverSettings = parse_solver_args(solver_args)
         self._dependencies = self._qp.dependencies()
+        self._last_solution: Solution | None = None
 
     @property
     def parameter_specs(self) -> list[ParameterSpec]:
@@ -160,12 +161,16 @@ class AltDiffLayer(torch.nn.Module):
         any_batched = any(batched)
         info = SolveInfo()
         needs_grad = torch.is_grad_enabled() and any(f.requires_grad for f in flats)
+        warm = self._warm_start(settings, batch, flats[0] if flats else None)
+        holder: list[Solution] = []
 
         if settings.mode == "forward" and needs_grad:
             theta = torch.cat([f.expand(batch, -1) for f in flats], dim=1)
-            x, _ = solve_forward_mode(self._qp, theta, settings, info)
+            x, _ = solve_forward_mode(self._qp, theta, settings, info, warm, holder)
         else:
-            x, _ = solve_reverse(self._data(flats, batched, batch), settings, info)
+            data = self._data(flats, batched, batch)
+            x, _ = solve_reverse(data, settings, info, warm, holder)
+        self._last_solution = holder[0] if holder else None
 
         x_padded = torch.cat([x, x.new_zeros(x.shape[0], 1)], dim=1)
         outputs = []
@@ -176,6 +181,17 @@ class AltDiffLayer(torch.nn.Module):
             outputs.append(value if any_batched else value.squeeze(0))
         outputs = tuple(outputs)
         return (outputs, info) if return_info else outputs
+
+    def _warm_start(
+        self, settings: SolverSettings, batch: int, like: torch.Tensor | None
+    ) -> Solution | None:
+        """The previous call's solution, when warm starts are on and it fits this call."""
+        last = self._last_solution
+        if not settings.warm_start or last is None or like is None:
+            return None
+        if last.x.shape[0] != batch or last.x.dtype != like.dtype or last.x.device != like.device:
+            return None
+        return last
 
     def _data(self, flats: list[torch.Tensor], batched: list[bool], batch: int):
         """QP data with blocks that depend only on unbatched parameters kept shared."""

@@ -13,7 +13,9 @@ from ._errors import InputError
 __all__ = ["SolverSettings", "parse_solver_args"]
 
 DiffMode = Literal["reverse", "forward"]
+FailurePolicy = Literal["raise", "nan", "warn"]
 _MODES = ("reverse", "forward")
+_POLICIES = ("raise", "nan", "warn")
 
 
 @dataclass(frozen=True)
@@ -29,7 +31,15 @@ class SolverSettings:
             LPs and positive semidefinite P.
         alpha: Over-relaxation factor in (0, 2).
         adaptive_rho: Whether rho follows the ratio of primal to dual residuals.
-        check_every: Iterations between two residual checks.
+        check_every: Iterations between two checks of the residuals and certificates.
+        scaling: Number of Ruiz equilibration passes (0 disables scaling).
+        eps_prim_inf: Tolerance of the primal infeasibility certificate.
+        eps_dual_inf: Tolerance of the dual infeasibility (unboundedness) certificate.
+        warm_start: Start from the previous call's solution when the batch size
+            matches (layers only).
+        on_failure: What a call does when an instance is not solved: ``"raise"`` a
+            :class:`SolverError` (default), return ``"nan"`` rows for those instances
+            (their gradients are zero), or ``"warn"`` and return their last iterate.
         backward_eps: Tolerance of the Alt-Diff recursion (relative change of the
             adjoint, or of the Jacobian in forward mode).
         backward_max_iter: Largest number of Alt-Diff iterations in the backward pass.
@@ -45,12 +55,17 @@ class SolverSettings:
     alpha: float = 1.6
     adaptive_rho: bool = True
     check_every: int = 10
+    scaling: int = 10
+    eps_prim_inf: float = 1e-5
+    eps_dual_inf: float = 1e-5
+    warm_start: bool = False
+    on_failure: FailurePolicy = "raise"
     backward_eps: float = 1e-8
     backward_max_iter: int = 10_000
     mode: DiffMode = "reverse"
 
     def __post_init__(self) -> None:
-        for name in ("eps_abs", "eps_rel", "backward_eps"):
+        for name in ("eps_abs", "eps_rel", "backward_eps", "eps_prim_inf", "eps_dual_inf"):
             value = getattr(self, name)
             if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
                 raise InputError(
@@ -70,9 +85,18 @@ class SolverSettings:
                 raise InputError(f"solver_args[{name!r}] must be an integer >= 1, got {value!r}")
         if not (isinstance(self.alpha, int | float) and 0 < self.alpha < 2):
             raise InputError(f"solver_args['alpha'] must lie in (0, 2), got {self.alpha!r}")
-        if not isinstance(self.adaptive_rho, bool):
+        for name in ("adaptive_rho", "warm_start"):
+            if not isinstance(getattr(self, name), bool):
+                raise InputError(
+                    f"solver_args[{name!r}] must be True or False, got {getattr(self, name)!r}"
+                )
+        if isinstance(self.scaling, bool) or not isinstance(self.scaling, int) or self.scaling < 0:
             raise InputError(
-                f"solver_args['adaptive_rho'] must be True or False, got {self.adaptive_rho!r}"
+                f"solver_args['scaling'] must be an integer >= 0, got {self.scaling!r}"
+            )
+        if self.on_failure not in _POLICIES:
+            raise InputError(
+                f"solver_args['on_failure'] must be one of {_POLICIES}, got {self.on_failure!r}"
             )
         if self.mode not in _MODES:
             raise InputError(f"solver_args['mode'] must be one of {_MODES}, got {self.mode!r}")
