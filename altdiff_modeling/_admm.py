@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ._factor import CholeskyFactor
+from ._polish import polish
 from ._qp import QPData, matvec, rmatvec
 from ._scaling import Scaling
 from ._settings import SolverSettings
@@ -55,6 +56,7 @@ _RHO_MIN, _RHO_MAX = 1e-6, 1e6
 _RHO_UPDATE_FACTOR = 5.0
 _INACCURATE_FACTOR = 10.0
 _TINY = 1e-30
+_FIRST_POLISH = 100  # iterations before the first polish attempt; doubled after each
 
 
 @dataclass
@@ -183,6 +185,39 @@ class _Residuals:
         )
 
 
+def _try_polish(
+    data: QPData,
+    residuals: _Residuals,
+    x: torch.Tensor,
+    z: torch.Tensor,
+    y: torch.Tensor,
+    pending: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Polish the pending instances; keep each polished point only if it converged.
+
+    On return ``residuals`` describes the returned iterates.
+    """
+    index = torch.nonzero(pending).flatten()
+
+    def pick(block: torch.Tensor) -> torch.Tensor:
+        return block if block.shape[0] == 1 else block[index]
+
+    xp, zp, yp, ok = polish(
+        pick(data.P), pick(data.q), pick(data.C), pick(data.bound), data.n_eq, z[index], y[index]
+    )
+    x_new, z_new, y_new = x.clone(), z.clone(), y.clone()
+    x_new[index], z_new[index], y_new[index] = xp, zp, yp
+    residuals.measure(x_new, z_new, y_new)
+    accept = torch.zeros_like(pending)
+    accept[index] = ok
+    accept = accept & residuals.converged()
+    x = torch.where(accept[:, None], x_new, x)
+    z = torch.where(accept[:, None], z_new, z)
+    y = torch.where(accept[:, None], y_new, y)
+    residuals.measure(x, z, y)
+    return x, z, y
+
+
 def admm_solve(
     data: QPData,
     settings: SolverSettings,
@@ -228,6 +263,9 @@ def admm_solve(
     out_primal = torch.full((B,), math.inf, dtype=dtype, device=device)
     out_dual = torch.full((B,), math.inf, dtype=dtype, device=device)
 
+    first = max(settings.check_every, _FIRST_POLISH // settings.check_every * settings.check_every)
+    polish_at = {first * 2**j for j in range(64) if first * 2**j < settings.max_iter}
+
     def record(mask: torch.Tensor, code: int | torch.Tensor, k: int) -> None:
         nonlocal out_x, out_z, out_y, status, done, iterations, out_primal, out_dual
         out_x = torch.where(mask[:, None], x, out_x)
@@ -259,6 +297,9 @@ def admm_solve(
             continue
         residuals.measure(x, z, y)
         record(residuals.converged() & ~done, SOLVED, k)
+        if settings.polish and (last or k in polish_at) and not bool(done.all()):
+            x, z, y = _try_polish(data, residuals, x, z, y, ~done)
+            record(residuals.converged() & ~done, SOLVED, k)
         pending = ~done
         record(residuals.primal_infeasible(y - y_before) & pending, PRIMAL_INFEASIBLE, k)
         pending = ~done

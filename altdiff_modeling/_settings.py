@@ -32,6 +32,9 @@ class SolverSettings:
         alpha: Over-relaxation factor in (0, 2).
         adaptive_rho: Whether rho follows the ratio of primal to dual residuals.
         check_every: Iterations between two checks of the residuals and certificates.
+        polish: Whether unfinished instances try, after 100, 200, 400, ... iterations
+            and at ``max_iter``, to solve the equality-constrained QP of their
+            estimated active set exactly (kept only when it meets the tolerances).
         scaling: Number of Ruiz equilibration passes (0 disables scaling).
         eps_prim_inf: Tolerance of the primal infeasibility certificate.
         eps_dual_inf: Tolerance of the dual infeasibility (unboundedness) certificate.
@@ -56,6 +59,7 @@ class SolverSettings:
     adaptive_rho: bool = True
     check_every: int = 10
     scaling: int = 10
+    polish: bool = True
     eps_prim_inf: float = 1e-5
     eps_dual_inf: float = 1e-5
     warm_start: bool = False
@@ -85,7 +89,7 @@ class SolverSettings:
                 raise InputError(f"solver_args[{name!r}] must be an integer >= 1, got {value!r}")
         if not (isinstance(self.alpha, int | float) and 0 < self.alpha < 2):
             raise InputError(f"solver_args['alpha'] must lie in (0, 2), got {self.alpha!r}")
-        for name in ("adaptive_rho", "warm_start"):
+        for name in ("adaptive_rho", "warm_start", "polish"):
             if not isinstance(getattr(self, name), bool):
                 raise InputError(
                     f"solver_args[{name!r}] must be True or False, got {getattr(self, name)!r}"
