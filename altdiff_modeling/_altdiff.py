@@ -30,6 +30,7 @@ import torch
 
 from ._admm import SolveResult
 from ._factor import CholeskyFactor
+from ._krylov import batched_gmres
 from ._qp import QPData, matvec, rmatvec
 from ._settings import SolverSettings
 
@@ -57,6 +58,24 @@ def _inactive_rows(y: torch.Tensor, n_eq: int) -> torch.Tensor:
     inactive = y <= 0
     inactive[:, :n_eq] = False
     return inactive
+
+
+def _settled(
+    change: torch.Tensor,
+    previous_change: torch.Tensor | None,
+    size: torch.Tensor,
+    settings: SolverSettings,
+) -> bool:
+    """Whether a linear fixed-point iteration is within ``backward_eps`` of its limit.
+
+    The distance to the limit of a contraction with rate r is about
+    ``change * r / (1 - r)``; r is estimated from two changes ``check_every`` steps apart.
+    """
+    if previous_change is None:
+        return False
+    rate = (change / previous_change.clamp_min(1e-300)).clamp(max=1.0) ** (1 / settings.check_every)
+    error = change * rate / (1 - rate).clamp_min(1e-12)
+    return bool((error <= settings.backward_eps * (1 + size)).all())
 
 
 def reverse_gradients(
@@ -92,24 +111,41 @@ def reverse_gradients(
         g_v = keep * r * grad_y
         bound_from_dual = -g_v
 
-    a, c = grad_x, g_v
-    iterations = 0
-    for k in range(1, settings.backward_max_iter + 1):
+    n = grad_x.shape[-1]
+
+    def adjoint_step(a: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``M' (a, c)``: one transposed Alt-Diff step, without the source term."""
         t = factor.solve(a + rmatvec(C, c))
         rCt = r * matvec(C, t)
-        a_next = sigma * t + grad_x
-        c_next = torch.where(inactive, rCt, c - rCt) + g_v
-        iterations = k
-        if k % settings.check_every == 0:
-            change = torch.maximum((a_next - a).abs().amax(), (c_next - c).abs().amax(-1).max())
-            size = torch.maximum(
-                a_next.abs().amax(), c_next.abs().amax(-1).max() if c.numel() else a.new_zeros(())
-            )
+        return sigma * t, torch.where(inactive, rCt, c - rCt)
+
+    if settings.backward_method == "gmres":
+
+        def operator(w: torch.Tensor) -> torch.Tensor:
+            a_next, c_next = adjoint_step(w[:, :n], w[:, n:])
+            return w - torch.cat([a_next, c_next], dim=1)
+
+        source = torch.cat([grad_x, g_v], dim=1)
+        w, iterations = batched_gmres(
+            operator, source, source, settings.backward_eps, settings.backward_max_iter
+        )
+        a, c = w[:, :n], w[:, n:]
+    else:
+        a, c, iterations = grad_x, g_v, 0
+        previous_change = None
+        for k in range(1, settings.backward_max_iter + 1):
+            a_step, c_step = adjoint_step(a, c)
+            a_next, c_next = a_step + grad_x, c_step + g_v
+            iterations = k
+            if k % settings.check_every:
+                a, c = a_next, c_next
+                continue
+            change = torch.cat([a_next - a, c_next - c], dim=1).norm(dim=-1)
+            size = torch.cat([a_next, c_next], dim=1).norm(dim=-1)
             a, c = a_next, c_next
-            if bool(change <= settings.backward_eps * (1 + size)):
+            if _settled(change, previous_change, size, settings):
                 break
-        else:
-            a, c = a_next, c_next
+            previous_change = change
 
     t = factor.solve(a + rmatvec(C, c))
     rCt = r * matvec(C, t)
@@ -216,11 +252,14 @@ class ForwardTangents:
         v = z + y / r
         inactive = _inactive_rows(y, self.data.n_eq)
         settings = self.settings
+        previous_change = None
         for k in range(1, settings.backward_max_iter + 1):
             previous = self.dx
             self._step(z, y, x, v, r, result.factor, 1.0, inactive)
             if k % settings.check_every == 0:
-                change = (self.dx - previous).abs().amax()
-                if bool(change <= settings.backward_eps * (1 + self.dx.abs().amax())):
+                change = (self.dx - previous).flatten(1).norm(dim=-1)
+                size = self.dx.flatten(1).norm(dim=-1)
+                if _settled(change, previous_change, size, settings):
                     break
+                previous_change = change
         return self.dx

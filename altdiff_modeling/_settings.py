@@ -16,6 +16,8 @@ DiffMode = Literal["reverse", "forward"]
 FailurePolicy = Literal["raise", "nan", "warn"]
 _MODES = ("reverse", "forward")
 _POLICIES = ("raise", "nan", "warn")
+BackwardMethod = Literal["gmres", "fixed_point"]
+_BACKWARD_METHODS = ("gmres", "fixed_point")
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,9 @@ class SolverSettings:
         backward_eps: Tolerance of the Alt-Diff recursion (relative change of the
             adjoint, or of the Jacobian in forward mode).
         backward_max_iter: Largest number of Alt-Diff iterations in the backward pass.
+        backward_method: How reverse mode solves its linear fixed point: ``"gmres"``
+            (Krylov acceleration of the same recursion) or ``"fixed_point"`` (the plain
+            transposed recursion).
         mode: ``"reverse"`` (vector-Jacobian products, the default) or ``"forward"``
             (the Jacobian recursion run in lockstep with ADMM).
     """
@@ -66,6 +71,7 @@ class SolverSettings:
     on_failure: FailurePolicy = "raise"
     backward_eps: float = 1e-8
     backward_max_iter: int = 10_000
+    backward_method: BackwardMethod = "gmres"
     mode: DiffMode = "reverse"
 
     def __post_init__(self) -> None:
@@ -97,6 +103,11 @@ class SolverSettings:
         if isinstance(self.scaling, bool) or not isinstance(self.scaling, int) or self.scaling < 0:
             raise InputError(
                 f"solver_args['scaling'] must be an integer >= 0, got {self.scaling!r}"
+            )
+        if self.backward_method not in _BACKWARD_METHODS:
+            raise InputError(
+                f"solver_args['backward_method'] must be one of {_BACKWARD_METHODS}, "
+                f"got {self.backward_method!r}"
             )
         if self.on_failure not in _POLICIES:
             raise InputError(

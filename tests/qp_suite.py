@@ -13,7 +13,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["QPInstance", "make_suite", "feasible_qp", "feasible_lp", "primal_infeasible", "dual_infeasible"]
+__all__ = [
+    "QPInstance",
+    "dual_infeasible",
+    "feasible_lp",
+    "feasible_qp",
+    "make_suite",
+    "primal_infeasible",
+]
 
 
 @dataclass
@@ -36,7 +43,7 @@ class QPInstance:
 
 
 def _log_uniform_int(rng: np.random.Generator, low: int, high: int) -> int:
-    return int(round(np.exp(rng.uniform(np.log(low), np.log(high)))))
+    return int(np.rint(np.exp(rng.uniform(np.log(low), np.log(high)))))
 
 
 def _rescale(rng: np.random.Generator, inst: QPInstance, s: float) -> QPInstance:

@@ -61,7 +61,9 @@ def test_parameters_not_a_list(simple):
 
 def test_parameter_entry_of_wrong_type(simple):
     problem, _, x, q, _ = simple
-    with pytest.raises(ProblemError, match=r"parameters\[1\] must be a cvxpy Parameter, got ndarray"):
+    with pytest.raises(
+        ProblemError, match=r"parameters\[1\] must be a cvxpy Parameter, got ndarray"
+    ):
         AltDiffLayer(problem, parameters=[q, np.ones(2)], variables=[x])
 
 
@@ -73,7 +75,7 @@ def test_variable_not_in_problem(simple):
 
 
 def test_not_a_problem():
-    with pytest.raises(ProblemError, match="problem must be a cvxpy.Problem, got str"):
+    with pytest.raises(ProblemError, match=r"problem must be a cvxpy\.Problem, got str"):
         AltDiffLayer("minimize x", parameters=[], variables=[])
 
 
@@ -89,7 +91,7 @@ def test_not_dcp_names_the_objective():
     x = cp.Variable(2, name="x")
     q = cp.Parameter(2, name="q")
     problem = cp.Problem(cp.Minimize(-cp.sum_squares(x) + q @ x), [x >= 0])
-    with pytest.raises(ProblemError, match="not DCP.*the objective"):
+    with pytest.raises(ProblemError, match=r"not DCP.*the objective"):
         AltDiffLayer(problem, parameters=[q], variables=[x])
 
 
@@ -113,7 +115,7 @@ def test_non_polyhedral_objective_is_named():
     x = cp.Variable(2, name="x")
     q = cp.Parameter(2, name="q")
     problem = cp.Problem(cp.Minimize(cp.norm(x, 2) + q @ x), [x >= -1])
-    with pytest.raises(ProblemError, match="not a polyhedral QP.*the objective.*needs SOC"):
+    with pytest.raises(ProblemError, match=r"not a polyhedral QP.*the objective.*needs SOC"):
         AltDiffLayer(problem, parameters=[q], variables=[x])
 
 
@@ -121,7 +123,7 @@ def test_psd_constraint_is_rejected():
     X = cp.Variable((2, 2), symmetric=True, name="X")
     C = cp.Parameter((2, 2), name="C")
     problem = cp.Problem(cp.Minimize(cp.trace(C @ X)), [X >> 0, cp.trace(X) == 1])
-    with pytest.raises(ProblemError, match="not a polyhedral QP.*constraint 0"):
+    with pytest.raises(ProblemError, match=r"not a polyhedral QP.*constraint 0"):
         AltDiffLayer(problem, parameters=[C], variables=[X])
 
 
@@ -182,21 +184,23 @@ def test_inconsistent_batch_sizes(simple):
 def test_integer_dtype_is_rejected(simple):
     _, layer, *_ = simple
     _, h = _q_h()
-    with pytest.raises(InputError, match="parameter 'q' must have a floating dtype.*torch.int64"):
+    with pytest.raises(InputError, match=r"parameter 'q' must have a floating dtype.*torch\.int64"):
         layer(torch.zeros(3, dtype=torch.int64), h)
 
 
 def test_mixed_dtypes_are_rejected(simple):
     _, layer, *_ = simple
     q, _ = _q_h()
-    with pytest.raises(InputError, match="parameter 'h' has dtype torch.float32"):
+    with pytest.raises(InputError, match=r"parameter 'h' has dtype torch\.float32"):
         layer(q, torch.ones(2, dtype=torch.float32))
 
 
 def test_not_a_tensor(simple):
     _, layer, *_ = simple
     _, h = _q_h()
-    with pytest.raises(InputError, match="parameter 'q' must be given as a torch.Tensor, got list"):
+    with pytest.raises(
+        InputError, match=r"parameter 'q' must be given as a torch\.Tensor, got list"
+    ):
         layer([0.0, 0.0, 0.0], h)
 
 
@@ -277,7 +281,7 @@ def test_solve_qp_nan_names_block():
 def test_solve_qp_mixed_dtype():
     data = _qp()
     data["G"] = data["G"].float()
-    with pytest.raises(InputError, match="G has dtype torch.float32"):
+    with pytest.raises(InputError, match=r"G has dtype torch\.float32"):
         solve_qp(**data)
 
 
