@@ -136,10 +136,11 @@ class _Residuals:
         self.data, self.scaling, self.settings = data, scaling, settings
         self.C = data.C
         self.bound = data.bound
+        self.eps_abs, self.eps_rel = settings.tolerances(data.q.dtype)
         self.n_eq = data.n_eq
 
     def measure(self, x: torch.Tensor, z: torch.Tensor, y: torch.Tensor) -> None:
-        data, s, eps = self.data, self.scaling, self.settings
+        data, s = self.data, self.scaling
         Cx = matvec(self.C, x) / s.E
         z_user = z / s.E
         Px, Cty, q = matvec(data.P, x) / s.D, rmatvec(self.C, y) / s.D, data.q / s.D
@@ -148,8 +149,8 @@ class _Residuals:
         self.primal_scale = torch.maximum(inf_norm(Cx), inf_norm(z_user))
         dual_scale = torch.maximum(torch.maximum(inf_norm(Px), inf_norm(Cty)), inf_norm(q))
         self.dual_scale = dual_scale / s.c[:, 0]
-        self.primal_tol = eps.eps_abs + eps.eps_rel * self.primal_scale
-        self.dual_tol = eps.eps_abs + eps.eps_rel * self.dual_scale
+        self.primal_tol = self.eps_abs + self.eps_rel * self.primal_scale
+        self.dual_tol = self.eps_abs + self.eps_rel * self.dual_scale
 
     def converged(self, factor: float = 1.0) -> torch.Tensor:
         return (self.primal <= factor * self.primal_tol) & (self.dual <= factor * self.dual_tol)

@@ -11,7 +11,7 @@ from ._altdiff import DataTangents
 from ._errors import InputError
 from ._function import SolveInfo, solve_forward_mode, solve_reverse
 from ._qp import QPData, stack_rows
-from ._settings import SolverSettings, parse_solver_args
+from ._settings import SUPPORTED_DTYPES, SolverSettings, parse_solver_args
 
 __all__ = ["solve_qp"]
 
@@ -21,10 +21,8 @@ _NAMES = ("P", "q", "A", "b", "G", "h")
 def _check_tensor(name: str, value: Any, ndims: tuple[int, int]) -> torch.Tensor:
     if not isinstance(value, torch.Tensor):
         raise InputError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
-    if not value.is_floating_point():
-        raise InputError(
-            f"{name} must have a floating dtype (float32 or float64), got {value.dtype}"
-        )
+    if value.dtype not in SUPPORTED_DTYPES:
+        raise InputError(f"{name} must have dtype float32 or float64, got {value.dtype}")
     if value.dim() not in ndims:
         raise InputError(
             f"{name} must have {ndims[0]} dimensions (or {ndims[1]} with a leading batch "

@@ -12,7 +12,7 @@ from ._canon import canonicalize
 from ._errors import InputError
 from ._function import Solution, SolveInfo, solve_forward_mode, solve_reverse
 from ._parametric import BLOCK_NAMES, ParameterSpec, ParametricQP, VariableSpec
-from ._settings import SolverSettings, parse_solver_args
+from ._settings import SUPPORTED_DTYPES, SolverSettings, parse_solver_args
 
 __all__ = ["AltDiffLayer"]
 
@@ -97,10 +97,9 @@ class AltDiffLayer(torch.nn.Module):
                 raise InputError(
                     f"parameter '{spec.name}' must be given as a torch.Tensor, got {type(value).__name__}"
                 )
-            if not value.is_floating_point():
+            if value.dtype not in SUPPORTED_DTYPES:
                 raise InputError(
-                    f"parameter '{spec.name}' must have a floating dtype (float32 or float64), "
-                    f"got {value.dtype}"
+                    f"parameter '{spec.name}' must have dtype float32 or float64, got {value.dtype}"
                 )
             if reference is None:
                 reference = value

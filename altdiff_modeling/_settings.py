@@ -8,6 +8,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import torch
+
 from ._errors import InputError
 
 __all__ = ["SolverSettings", "parse_solver_args"]
@@ -25,8 +27,9 @@ class SolverSettings:
     """Every knob of the forward solver and of the Alt-Diff backward pass.
 
     Attributes:
-        eps_abs: Absolute tolerance of the primal and dual residuals.
-        eps_rel: Relative tolerance of the primal and dual residuals.
+        eps_abs: Absolute tolerance of the primal and dual residuals; None (the
+            default) means 1e-6 in float64 and 1e-4 in float32.
+        eps_rel: Relative tolerance of the primal and dual residuals; None as above.
         max_iter: Largest number of ADMM iterations.
         rho: Initial ADMM penalty (adapted during the solve when ``adaptive_rho``).
         sigma: Proximal regularization of the x-update; keeps H positive definite for
@@ -55,8 +58,8 @@ class SolverSettings:
             (the Jacobian recursion run in lockstep with ADMM).
     """
 
-    eps_abs: float = 1e-6
-    eps_rel: float = 1e-6
+    eps_abs: float | None = None
+    eps_rel: float | None = None
     max_iter: int = 10_000
     rho: float = 0.1
     sigma: float = 1e-6
@@ -77,7 +80,11 @@ class SolverSettings:
     def __post_init__(self) -> None:
         for name in ("eps_abs", "eps_rel", "backward_eps", "eps_prim_inf", "eps_dual_inf"):
             value = getattr(self, name)
-            if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
+            if value is None and name in ("eps_abs", "eps_rel"):
+                continue
+            if isinstance(value, bool) or not (
+                isinstance(value, int | float) and math.isfinite(value) and value >= 0
+            ):
                 raise InputError(
                     f"solver_args[{name!r}] must be a finite number >= 0, got {value!r}"
                 )
@@ -116,6 +123,16 @@ class SolverSettings:
         if self.mode not in _MODES:
             raise InputError(f"solver_args['mode'] must be one of {_MODES}, got {self.mode!r}")
 
+    def tolerances(self, dtype: torch.dtype) -> tuple[float, float]:
+        """``(eps_abs, eps_rel)`` for a solve in ``dtype``, resolving the defaults."""
+        default = _DEFAULT_EPS.get(dtype, 1e-6)
+        eps_abs = default if self.eps_abs is None else self.eps_abs
+        eps_rel = default if self.eps_rel is None else self.eps_rel
+        return eps_abs, eps_rel
+
+
+_DEFAULT_EPS = {torch.float64: 1e-6, torch.float32: 1e-4}
+SUPPORTED_DTYPES = (torch.float32, torch.float64)
 
 _FIELDS = tuple(field.name for field in dataclasses.fields(SolverSettings))
 

@@ -184,7 +184,9 @@ def test_inconsistent_batch_sizes(simple):
 def test_integer_dtype_is_rejected(simple):
     _, layer, *_ = simple
     _, h = _q_h()
-    with pytest.raises(InputError, match=r"parameter 'q' must have a floating dtype.*torch\.int64"):
+    with pytest.raises(
+        InputError, match=r"parameter 'q' must have dtype float32 or float64.*torch\.int64"
+    ):
         layer(torch.zeros(3, dtype=torch.int64), h)
 
 
@@ -294,3 +296,10 @@ def test_inputs_are_not_modified(simple):
     x.sum().backward()
     assert torch.equal(q.detach(), q_before)
     assert torch.equal(h.detach(), h_before)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.complex128])
+def test_unsupported_floating_dtypes(simple, dtype):
+    _, layer, *_ = simple
+    with pytest.raises(InputError, match=r"parameter 'q' must have dtype float32 or float64"):
+        layer(torch.zeros(3, dtype=dtype), torch.ones(2, dtype=dtype))
