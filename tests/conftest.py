@@ -1,0 +1,34 @@
+"""Shared test setup: deterministic seeds and the test helpers on ``sys.path``."""
+
+from __future__ import annotations
+
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+# The test helpers (reference.py, families.py) are imported as top-level modules,
+# whatever pytest's import mode.
+_TESTS_DIR = str(Path(__file__).resolve().parent)
+if _TESTS_DIR not in sys.path:
+    sys.path.insert(0, _TESTS_DIR)
+
+
+def seed_for(nodeid: str) -> int:
+    """A stable per-test seed: the same test always sees the same random numbers."""
+    return zlib.crc32(nodeid.encode("utf-8"))
+
+
+@pytest.fixture
+def rng(request: pytest.FixtureRequest) -> np.random.Generator:
+    """A numpy Generator seeded from the test's node id."""
+    return np.random.default_rng(seed_for(request.node.nodeid))
+
+
+@pytest.fixture(autouse=True)
+def _seed_torch(request: pytest.FixtureRequest) -> None:
+    """Seed torch's global generator per test (tests never change the default dtype)."""
+    torch.manual_seed(seed_for(request.node.nodeid))
