@@ -73,9 +73,13 @@ def _check_lists(problem: cp.Problem, parameters: Sequence[Any], variables: Sequ
     problem_vars = {var.id for var in problem.variables()}
     if not problem_vars:
         raise ProblemError("the problem has no variables")
-    absent = [var.name() for var in variables if var.id not in problem_vars]
+    duals = _dual_owners(problem)
+    absent = [var.name() for var in variables if var.id not in problem_vars and var.id not in duals]
     if absent:
-        raise ProblemError(f"variables {absent} do not appear in the problem")
+        raise ProblemError(
+            f"variables {absent} do not appear in the problem (list primal variables, or "
+            "constraint.dual_variables[0] for a constraint's multipliers)"
+        )
     if not variables:
         raise ProblemError("variables must name at least one variable of the problem")
     for var in problem.variables():
@@ -90,6 +94,47 @@ def _check_lists(problem: cp.Problem, parameters: Sequence[Any], variables: Sequ
                 f"variable '{var.name()}' is declared PSD/NSD, which needs a semidefinite cone; "
                 "only polyhedral (QP) problems are supported"
             )
+
+
+def _dual_owners(problem: cp.Problem) -> dict[int, int]:
+    """Map the id of each constraint's dual variable to the constraint's position."""
+    return {
+        dual.id: position
+        for position, constraint in enumerate(problem.constraints)
+        for dual in constraint.dual_variables
+    }
+
+
+def _dual_spec(
+    dual: cp.Variable, constraint: Any, position: int, param_prob: Any, constr_id_map: dict
+) -> VariableSpec:
+    """Rows of ``y = [lambda; nu]`` holding a user constraint's multipliers.
+
+    CVXPY orders the cone rows Zero first, then NonNeg, each cone's constraints in the
+    order of ``param_prob.constraints``; that is also the order of our A and G rows.
+    CVXPY's equality multipliers have the opposite sign of lambda in
+    ``L = f + lambda'(Ax - b) + nu'(Gx - h)``; inequality ones agree with nu.
+    """
+    final_id = constr_id_map.get(constraint.id, constraint.id)
+    offset = 0
+    for canonical in sorted(param_prob.constraints, key=lambda c: not isinstance(c, Zero)):
+        if canonical.id == final_id:
+            sign = -1.0 if isinstance(canonical, Zero) else 1.0
+            index = offset + np.arange(canonical.size)
+            if canonical.size != dual.size:
+                break
+            return VariableSpec(
+                name=f"dual of constraint {position}",
+                shape=tuple(dual.shape),
+                index=index,
+                is_dual=True,
+                sign=sign,
+            )
+        offset += canonical.size
+    raise ProblemError(
+        f"the multipliers of constraint {position} ({_describe(constraint)}) are not available: "
+        "CVXPY rewrote the constraint"
+    )
 
 
 def _check_dcp_dpp(problem: cp.Problem) -> None:
@@ -295,7 +340,16 @@ def canonicalize(
         )
     S, param_specs = _user_theta_map(parameters, param_prob, chain.compose_param_id_map())
     var_id_map = chain.compose_var_id_map()
-    var_specs = [_variable_spec(var, param_prob, var_id_map) for var in variables]
+    duals = _dual_owners(problem)
+    constr_id_map = chain.compose_constr_id_map()
+    var_specs = [
+        _dual_spec(
+            var, problem.constraints[duals[var.id]], duals[var.id], param_prob, constr_id_map
+        )
+        if var.id in duals
+        else _variable_spec(var, param_prob, var_id_map)
+        for var in variables
+    ]
     return ParametricQP(
         blocks=_blocks(param_prob, S),
         parameters=param_specs,

@@ -152,16 +152,16 @@ def _reduce_to(grad: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 def _outputs(
-    ctx: Any, scaling: Scaling, result: SolveResult, settings: SolverSettings, holder: list
-) -> tuple[torch.Tensor, torch.Tensor]:
+    scaling: Scaling, result: SolveResult, settings: SolverSettings, holder: list
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """``x``, ``y`` in the user's units after the failure policy, and the NaN-row mask."""
     x, z, y = unscale_solution(scaling, result.x, result.z, result.y)
     holder[:] = [Solution(x=x, z=z, y=y, rho=result.rho)]
     failed = _failures(result, settings)
-    ctx.failed = failed
     if failed is not None:
         x = torch.where(failed[:, None], torch.nan, x)
         y = torch.where(failed[:, None], torch.nan, y)
-    return x, y
+    return x, y, failed
 
 
 def _masked(grad: torch.Tensor | None, failed: torch.Tensor | None) -> torch.Tensor | None:
@@ -186,7 +186,8 @@ class _ReverseFunction(torch.autograd.Function):
         ctx.set_materialize_grads(False)
         ctx.settings, ctx.info, ctx.data, ctx.scaled = settings, info, data, scaled
         ctx.scaling, ctx.result = scaling, result
-        return _outputs(ctx, scaling, result, settings, holder)
+        x, y, ctx.failed = _outputs(scaling, result, settings, holder)
+        return x, y
 
     @staticmethod
     def backward(ctx: Any, grad_x: torch.Tensor | None, grad_y: torch.Tensor | None):
@@ -253,6 +254,59 @@ class DataMap(Protocol):
         """The map's linear part: one data direction per entry of theta."""
 
 
+@dataclass
+class ForwardModeResult:
+    """A solve with its Jacobians w.r.t. theta, in the user's units.
+
+    Attributes:
+        x: ``(B, n)``; y: ``(B, m)`` multipliers ``[lambda; nu]`` (NaN rows for
+            instances the failure policy blanked).
+        jac_x: ``(B, n, K)``; jac_y: ``(B, m, K)``.
+        failed: ``(B,)`` mask of NaN rows, or None.
+    """
+
+    x: torch.Tensor
+    y: torch.Tensor
+    jac_x: torch.Tensor
+    jac_y: torch.Tensor
+    failed: torch.Tensor | None
+
+
+def forward_mode_solve(
+    data_map: DataMap,
+    theta: torch.Tensor,
+    settings: SolverSettings,
+    info: SolveInfo,
+    warm: Solution | None = None,
+    holder: list | None = None,
+) -> ForwardModeResult:
+    """Solve at theta and carry ``d(x, y)/d(theta)`` by forward-mode Alt-Diff.
+
+    The paper's recursion runs in lockstep with ADMM, then continues at the fixed point
+    until it settles (``backward_eps``, ``backward_max_iter``).
+
+    Args:
+        data_map: Maps theta ``(1|B, K)`` to the QP data.
+        theta: ``(1|B, K)``; not differentiated here.
+        settings: Solver and recursion settings.
+        info: Filled with the solve's statuses and counts.
+        warm: A previous solution to start from.
+        holder: A list that receives this solve's :class:`Solution`.
+
+    Raises:
+        SolverError: An instance was not solved and ``on_failure`` is ``"raise"``.
+    """
+    theta = theta.detach()
+    data = data_map.data(theta)
+    tangents = data_map.tangents(theta.dtype, theta.device)
+    scaling, _, result, tracker = _solve(data, settings, info, tangents, warm)
+    x, y, failed = _outputs(scaling, result, settings, holder if holder is not None else [])
+    jac_x = scaling.D.unsqueeze(-1) * tracker.finish(result)
+    jac_y = (scaling.E / scaling.c).unsqueeze(-1) * tracker.dy
+    info.backward_iterations = tracker.iterations
+    return ForwardModeResult(x=x, y=y, jac_x=jac_x, jac_y=jac_y, failed=failed)
+
+
 class _ForwardModeFunction(torch.autograd.Function):
     @staticmethod
     def forward(
@@ -264,17 +318,11 @@ class _ForwardModeFunction(torch.autograd.Function):
         data_map: DataMap,
         theta: torch.Tensor,
     ):
-        data = data_map.data(theta.detach())
-        tangents = data_map.tangents(theta.dtype, theta.device)
-        scaling, _, result, tracker = _solve(data, settings, info, tangents, warm)
+        solved = forward_mode_solve(data_map, theta, settings, info, warm, holder)
         ctx.set_materialize_grads(False)
-        outputs = _outputs(ctx, scaling, result, settings, holder)
-        jac_x = tracker.finish(result)
-        ctx.jac_x = scaling.D.unsqueeze(-1) * jac_x
-        ctx.jac_y = (scaling.E / scaling.c).unsqueeze(-1) * tracker.dy
-        info.backward_iterations = tracker.iterations
+        ctx.jac_x, ctx.jac_y, ctx.failed = solved.jac_x, solved.jac_y, solved.failed
         ctx.theta_batch = theta.shape[0]
-        return outputs
+        return solved.x, solved.y
 
     @staticmethod
     def backward(ctx: Any, grad_x: torch.Tensor | None, grad_y: torch.Tensor | None):

@@ -10,7 +10,13 @@ import torch
 
 from ._canon import canonicalize
 from ._errors import InputError
-from ._function import Solution, SolveInfo, solve_forward_mode, solve_reverse
+from ._function import (
+    Solution,
+    SolveInfo,
+    forward_mode_solve,
+    solve_forward_mode,
+    solve_reverse,
+)
 from ._parametric import BLOCK_NAMES, ParameterSpec, ParametricQP, VariableSpec
 from ._settings import SUPPORTED_DTYPES, SolverSettings, parse_solver_args
 
@@ -34,6 +40,27 @@ def _unflatten_column_major(flat: torch.Tensor, shape: tuple[int, ...]) -> torch
     return flat.reshape(batch, *reversed_shape).permute(0, *range(len(shape), 0, -1))
 
 
+def _gather(spec: VariableSpec, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """An output's entries ``(B, size, ...)`` from x ``(B, n, ...)`` or y ``(B, m, ...)``."""
+    source = y if spec.is_dual else x
+    padded = torch.cat([source, source.new_zeros(source.shape[0], 1, *source.shape[2:])], dim=1)
+    index = torch.as_tensor(spec.index, device=source.device)
+    index = torch.where(index < 0, source.shape[1], index)
+    values = padded[:, index]
+    return values if spec.sign == 1.0 else spec.sign * values
+
+
+def _unflatten_pair(
+    block: torch.Tensor, out_shape: tuple[int, ...], in_shape: tuple[int, ...]
+) -> torch.Tensor:
+    """``(B, out_size, in_size) -> (B, *out_shape, *in_shape)``, both column-major."""
+    batch = block.shape[0]
+    reshaped = block.reshape(batch, *reversed(out_shape), *reversed(in_shape))
+    n_out, n_in = len(out_shape), len(in_shape)
+    order = [0, *range(n_out, 0, -1), *range(n_out + n_in, n_out, -1)]
+    return reshaped.permute(*order)
+
+
 class AltDiffLayer(torch.nn.Module):
     """A parameterized convex problem as a differentiable layer.
 
@@ -46,7 +73,9 @@ class AltDiffLayer(torch.nn.Module):
             equality and inequality constraints.
         parameters: Exactly the problem's parameters, in the order the call takes
             their tensors.
-        variables: The variables to return, in order.
+        variables: The outputs, in order: variables of the problem, or
+            ``constraint.dual_variables[0]`` for a constraint's multipliers (with
+            CVXPY's sign conventions), differentiable like the variables.
         solver_args: Default settings for every call (see :class:`SolverSettings`).
 
     Raises:
@@ -165,21 +194,56 @@ class AltDiffLayer(torch.nn.Module):
 
         if settings.mode == "forward" and needs_grad:
             theta = torch.cat([f.expand(batch, -1) for f in flats], dim=1)
-            x, _ = solve_forward_mode(self._qp, theta, settings, info, warm, holder)
+            x, y = solve_forward_mode(self._qp, theta, settings, info, warm, holder)
         else:
             data = self._data(flats, batched, batch)
-            x, _ = solve_reverse(data, settings, info, warm, holder)
+            x, y = solve_reverse(data, settings, info, warm, holder)
         self._last_solution = holder[0] if holder else None
 
-        x_padded = torch.cat([x, x.new_zeros(x.shape[0], 1)], dim=1)
         outputs = []
         for spec in self._qp.variables:
-            index = torch.as_tensor(spec.index, device=x.device)
-            index = torch.where(index < 0, x.shape[1], index)
-            value = _unflatten_column_major(x_padded[:, index], spec.shape)
+            value = _unflatten_column_major(_gather(spec, x, y), spec.shape)
             outputs.append(value if any_batched else value.squeeze(0))
         outputs = tuple(outputs)
         return (outputs, info) if return_info else outputs
+
+    def jacobian(
+        self, *params: torch.Tensor, solver_args: Mapping[str, Any] | None = None
+    ) -> tuple[tuple[torch.Tensor, ...], ...]:
+        """Full Jacobians of every output w.r.t. every parameter, by forward-mode Alt-Diff.
+
+        The paper's recursion runs in lockstep with ADMM, its cost growing with the
+        number of parameter entries K; use it for few parameters or when the Jacobian
+        itself is wanted (a backward pass needs only reverse mode).
+
+        Args:
+            *params: As for :meth:`forward`.
+            solver_args: Settings for this call (``mode`` is ignored).
+
+        Returns:
+            ``jac[i][j]``, the Jacobian of output i w.r.t. parameter j, shaped
+            ``output_i.shape + parameter_j.shape``, with a leading batch dimension
+            when any parameter had one. A symmetric (PSD) parameter Q is read as
+            ``(Q + Q') / 2``, so its Jacobian is split evenly between ``Q_ij`` and ``Q_ji``.
+
+        Raises:
+            InputError: As for :meth:`forward`.
+            SolverError: An instance was not solved and ``on_failure`` is ``"raise"``.
+        """
+        settings = parse_solver_args(solver_args, self._settings)
+        flats, batched, batch = self._flatten_inputs(params)
+        theta = torch.cat([f.expand(batch, -1) for f in flats], dim=1)
+        solved = forward_mode_solve(self._qp, theta, settings, SolveInfo())
+        jacobians = []
+        for spec in self._qp.variables:
+            rows = _gather(spec, solved.jac_x, solved.jac_y)  # (B, size, K)
+            per_param = []
+            for param in self._qp.parameters:
+                block = rows[:, :, param.offset : param.offset + param.size]
+                jac = _unflatten_pair(block, spec.shape, param.shape)
+                per_param.append(jac if any(batched) else jac.squeeze(0))
+            jacobians.append(tuple(per_param))
+        return tuple(jacobians)
 
     def _warm_start(
         self, settings: SolverSettings, batch: int, like: torch.Tensor | None

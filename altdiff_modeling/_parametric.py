@@ -40,11 +40,18 @@ class ParameterSpec:
 
 @dataclass(frozen=True)
 class VariableSpec:
-    """A user variable: entry k (column-major) is ``x[index[k]]`` (zero where -1)."""
+    """An output of the layer: a primal variable, or the multipliers of a constraint.
+
+    Entry k (column-major) of the output is ``sign * source[index[k]]`` (zero where the
+    index is -1), with ``source`` the primal solution x or, for a dual variable, the
+    stacked multipliers ``y = [lambda; nu]``.
+    """
 
     name: str
     shape: tuple[int, ...]
     index: np.ndarray
+    is_dual: bool = False
+    sign: float = 1.0
 
 
 @dataclass(frozen=True)
