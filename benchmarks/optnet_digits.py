@@ -127,6 +127,8 @@ def run(method_name: str, threads: int, quick: bool, out: Path | None) -> dict:
             loss.backward()
             optimizer.step()
             losses.append(float(loss.detach()))
+            result.update(batches_done=k + 1, elapsed_s=time.perf_counter() - t0)
+            save()
         result["epoch_s"] = time.perf_counter() - t0
         result["batches"] = batches
         result["final_batch_loss"] = losses[-1]

@@ -232,8 +232,14 @@ class CvxpyLayersMethod(Method):
         self.cls = CvxpyLayer
 
     def call_args(self) -> dict:
-        # diffcp solves the batch on a thread pool; pin it to the benchmark's count.
-        return {"n_jobs_forward": self.threads, "n_jobs_backward": self.threads}
+        import torch
+
+        # diffcp solves the batch on a thread pool; pin it to the benchmark's count (its
+        # solve-only path, taken without gradients, has no backward pool).
+        args = {"n_jobs_forward": self.threads}
+        if torch.is_grad_enabled():
+            args["n_jobs_backward"] = self.threads
+        return args
 
     def construct(self, wl: Workload) -> None:
         problem, params, x = build_cvxpy_problem(wl)

@@ -344,6 +344,9 @@ def digits_table(entry: dict) -> str:
             continue
         r = entry[m]
         err = r.get("errors") or {}
+        status = r.get("status", "-")
+        if r.get("epoch_s") is None and r.get("batches_done"):
+            status += f" ({r['batches_done']} batches done in {r['elapsed_s']:.0f} s)"
         rows.append(
             [
                 m,
@@ -355,7 +358,7 @@ def digits_table(entry: dict) -> str:
                 _num(err.get("solution"), 2),
                 _num(err.get("gradient"), 2),
                 _num(r.get("peak_mb"), 4),
-                r.get("status", "-").replace("|", "/"),
+                status.replace("|", "/"),
             ]
         )
     header = [
@@ -471,6 +474,11 @@ def targets(records: dict) -> str:
 
 def write_report(records: dict) -> None:
     out = results_dir()
+    order = [name for name, _ in workload_specs(ARGS.quick)] + ["digits"]
+    records = {
+        k: records[k]
+        for k in sorted(records, key=lambda k: order.index(k) if k in order else len(order))
+    }
     import torch
 
     env = {
@@ -548,7 +556,8 @@ def plot(records: dict, path: Path) -> None:
             notes.append("" if short == "ok" else short)
             cols_.append(colors[m])
         y = np.arange(len(labels))
-        finite = [v for v in values if np.isfinite(v)]
+        chol = entry.get("cholesky(H)", {}).get("forward_s")
+        finite = [v for v in values if np.isfinite(v)] + ([chol] if chol else [])
         ax.barh(y, [v if np.isfinite(v) else 0 for v in values], color=cols_)
         ax.set_yticks(y, labels, fontsize=7)
         ax.invert_yaxis()
@@ -558,7 +567,6 @@ def plot(records: dict, path: Path) -> None:
         for yi, (v, note) in enumerate(zip(values, notes)):
             x = v if np.isfinite(v) else (min(finite) if finite else 1)
             ax.text(x * 1.1, yi, note, va="center", fontsize=7, color="tab:red")
-        chol = entry.get("cholesky(H)", {}).get("forward_s")
         if chol:
             ax.axvline(chol, color="tab:green", ls="--", lw=1)
             ax.axvline(3 * chol, color="tab:green", ls=":", lw=1)
