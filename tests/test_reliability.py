@@ -370,6 +370,30 @@ def test_empty_batch_gives_empty_outputs():
     assert solve_qp(torch.eye(10, dtype=F64), q_t.detach()).shape == (0, 10)
 
 
+# -- long runs: the backward recursions stop --------------------------------------------
+
+
+@pytest.mark.parametrize("args", [{"mode": "forward"}, {"backward_method": "fixed_point"}])
+def test_backward_recursion_stops_when_it_settles_at_roundoff(args):
+    # min 1/2 x'Px + q'x s.t. a'x = b, n = 2: ADMM converges in ~60 iterations, and the
+    # tangents reach their limit to the last bit soon after; their change then stays at
+    # one ulp, which the rate-based stopping test must not read as "rate 1, never
+    # converges" (that ran all of backward_max_iter, 10,000 steps, silently).
+    P = torch.tensor([[0.56, -0.24], [-0.24, 1.7]], dtype=F64, requires_grad=True)
+    q = torch.tensor([-0.72, -0.3], dtype=F64, requires_grad=True)
+    A = torch.tensor([[0.12, 0.31]], dtype=F64, requires_grad=True)
+    b = torch.tensor([0.2], dtype=F64, requires_grad=True)
+    x, info = solve_qp(P, q, A, b, solver_args=args, return_info=True)
+    x.sum().backward()
+    assert info.backward_iterations < 1000, info.backward_iterations
+    # the exact gradient, from the KKT system [[P, A'], [A, 0]]
+    K = torch.cat([torch.cat([P, A.T], 1), torch.cat([A, torch.zeros(1, 1, dtype=F64)], 1)])
+    K = K.detach()
+    adjoint = torch.linalg.solve(K, -torch.tensor([1.0, 1.0, 0.0], dtype=F64))
+    assert torch.allclose(q.grad, adjoint[:2], atol=1e-7)
+    assert torch.allclose(b.grad, -adjoint[2:], atol=1e-7)
+
+
 # -- failures inside a batch ------------------------------------------------------------
 
 
