@@ -151,9 +151,21 @@ class _Residuals:
         self.dual_scale = dual_scale / s.c[:, 0]
         self.primal_tol = self.eps_abs + self.eps_rel * self.primal_scale
         self.dual_tol = self.eps_abs + self.eps_rel * self.dual_scale
+        # Duality gap x'Px + q'x + b'lambda + h'nu (zero at a KKT point), user units.
+        c = s.c[:, 0]
+        quadratic = (x * matvec(data.P, x)).sum(-1) / c
+        linear = (data.q * x).sum(-1) / c
+        support = (self.bound * y).sum(-1) / c
+        self.gap = (quadratic + linear + support).abs()
+        gap_scale = torch.maximum(torch.maximum(quadratic.abs(), linear.abs()), support.abs())
+        self.gap_tol = self.eps_abs + self.eps_rel * gap_scale
 
     def converged(self, factor: float = 1.0) -> torch.Tensor:
-        return (self.primal <= factor * self.primal_tol) & (self.dual <= factor * self.dual_tol)
+        return (
+            (self.primal <= factor * self.primal_tol)
+            & (self.dual <= factor * self.dual_tol)
+            & (self.gap <= factor * self.gap_tol)
+        )
 
     def rho_ratio(self) -> torch.Tensor:
         """OSQP's estimate of how much rho should grow (squared)."""

@@ -151,7 +151,8 @@ def solve_qp(
     h: torch.Tensor | None = None,
     solver_args: Mapping[str, Any] | None = None,
     return_info: bool = False,
-) -> torch.Tensor | tuple[torch.Tensor, SolveInfo]:
+    return_duals: bool = False,
+) -> torch.Tensor | tuple[Any, ...]:
     """Solve ``min 1/2 x'Px + q'x  s.t.  Ax = b, Gx <= h``, differentiably in all six.
 
     Any input may carry a leading batch dimension B; the others are shared by the
@@ -169,10 +170,14 @@ def solve_qp(
         solver_args: Solver settings (see :class:`SolverSettings`), e.g.
             ``{"eps_abs": 1e-8, "max_iter": 20000, "mode": "forward"}``.
         return_info: Also return a :class:`SolveInfo`.
+        return_duals: Also return the multipliers ``lam`` ``(n_eq,)`` of ``Ax = b`` and
+            ``nu`` ``(n_ineq,)`` of ``Gx <= h`` (``(B, .)`` when batched), of the
+            Lagrangian ``1/2 x'Px + q'x + lam'(Ax - b) + nu'(Gx - h)``; they are
+            differentiable too.
 
     Returns:
-        x, ``(n,)`` or ``(B, n)`` when any input is batched; with ``return_info``, the
-        pair ``(x, info)``.
+        x, ``(n,)`` or ``(B, n)`` when any input is batched; with ``return_duals``,
+        ``(x, lam, nu)``; with ``return_info``, the info object appended last.
 
     Raises:
         InputError: Shapes, dtypes or devices do not fit, a value is NaN or Inf, or
@@ -187,9 +192,13 @@ def solve_qp(
     needs_grad = [block.requires_grad for block in blocks]
     if settings.mode == "forward" and torch.is_grad_enabled() and any(needs_grad):
         entry_map = _EntryMap(blocks, needs_grad, batch)
-        x, _ = solve_forward_mode(entry_map, entry_map.theta(), settings, info)
+        x, y = solve_forward_mode(entry_map, entry_map.theta(), settings, info)
     else:
-        x, _ = solve_reverse(QPData(*blocks, batch_size=batch), settings, info)
+        x, y = solve_reverse(QPData(*blocks, batch_size=batch), settings, info)
+    n_eq = blocks[2].shape[-2]
+    outputs = [x, y[:, :n_eq], y[:, n_eq:]] if return_duals else [x]
     if not batched:
-        x = x.squeeze(0)
-    return (x, info) if return_info else x
+        outputs = [out.squeeze(0) for out in outputs]
+    if return_info:
+        outputs.append(info)
+    return outputs[0] if len(outputs) == 1 else tuple(outputs)

@@ -2,9 +2,9 @@
 infeasible and dual infeasible (unbounded) instances.
 
 Badly scaled instances are well-posed problems seen through random diagonal changes of
-units: ``x = S x'``, constraint rows multiplied by ``R``, the objective by ``w``, with
-each factor drawn log-uniformly over ``10^[-s, s]``. ``s = 3`` spans six orders of
-magnitude.
+units: ``x = S x'``, constraint rows multiplied by ``R``, the objective by ``w``, drawn
+log-uniformly so that each block's entries spread over ``10^[-s, s]``: ``s = 3`` spans
+six orders of magnitude.
 """
 
 from __future__ import annotations
@@ -47,14 +47,19 @@ def _log_uniform_int(rng: np.random.Generator, low: int, high: int) -> int:
 
 
 def _rescale(rng: np.random.Generator, inst: QPInstance, s: float) -> QPInstance:
-    """Change units: ``x = S x'``, rows times R, objective times w (all log-uniform)."""
+    """Change units: ``x = S x'``, rows times R, objective times w (all log-uniform).
+
+    The factors are drawn so that the entries of each block, P = w S P S and
+    C = R C S, spread over ``10^[-s, s]`` on top of their natural spread: S over
+    ``10^[-s/4, s/4]``, w over ``10^[-s/2, s/2]``, R over ``10^[-3s/4, 3s/4]``.
+    """
     if s == 0:
         return inst
     n = inst.n
-    S = 10 ** rng.uniform(-s, s, n)
-    RA = 10 ** rng.uniform(-s, s, inst.b.size)
-    RG = 10 ** rng.uniform(-s, s, inst.h.size)
-    w = 10 ** rng.uniform(-s, s)
+    S = 10 ** rng.uniform(-s / 4, s / 4, n)
+    RA = 10 ** rng.uniform(-3 * s / 4, 3 * s / 4, inst.b.size)
+    RG = 10 ** rng.uniform(-3 * s / 4, 3 * s / 4, inst.h.size)
+    w = 10 ** rng.uniform(-s / 2, s / 2)
     return QPInstance(
         name=inst.name,
         kind=inst.kind,
