@@ -70,12 +70,15 @@ def _settled(
 
     The distance to the limit of a contraction with rate r is about
     ``change * r / (1 - r)``; r is estimated from two changes ``check_every`` steps apart.
+    A change at the level of round-off also counts as settled: there the estimated rate
+    is meaningless (the iterates only flip their last bits).
     """
+    at_roundoff = change <= 64 * torch.finfo(change.dtype).eps * (1 + size)
     if previous_change is None:
-        return False
+        return bool(at_roundoff.all())
     rate = (change / previous_change.clamp_min(1e-300)).clamp(max=1.0) ** (1 / settings.check_every)
     error = change * rate / (1 - rate).clamp_min(1e-12)
-    return bool((error <= settings.backward_eps * (1 + size)).all())
+    return bool(((error <= settings.backward_eps * (1 + size)) | at_roundoff).all())
 
 
 def reverse_gradients(
