@@ -509,8 +509,8 @@ def write_report(records: dict) -> None:
         f"{env['machine']}, load average at writing {', '.join(f'{x:.1f}' for x in env['load_average'])}; "
         f"torch {env['torch']}; " + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".",
         "",
-        f"Status: ok = solution and gradient within {OK_TOL:g} (relative, worst instance, "
-        f"worst block) of the Clarabel/KKT reference; inaccurate = within {INACCURATE_TOL:g}; "
+        f"Status: ok = solution and gradient within {OK_TOL:g} (relative, worst instance) "
+        f"of the Clarabel/KKT reference; inaccurate = within {INACCURATE_TOL:g}; "
         "wrong = beyond, or not finite. 'ratio vs fastest peer' divides forward + backward "
         "by that of the fastest peer whose status is ok or inaccurate. See benchmarks/README.md.",
         "",
