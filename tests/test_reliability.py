@@ -15,6 +15,8 @@ inputs left untouched, and failures inside a batch.
 * **Inputs untouched**: tensors (values and version counters), the CVXPY problem and its
   parameters' values, and the ``parameters``/``variables``/``solver_args`` objects are
   the same after a call and its backward pass.
+* **Long runs**: the backward recursions (forward mode, fixed-point reverse mode) stop
+  once their change reaches round-off instead of running to ``backward_max_iter``.
 * **Failures inside a batch**: one infeasible instance makes the call raise a
   ``SolverError`` naming its index; with ``on_failure="nan"`` or ``"warn"`` the others
   are solved as if alone and their gradients are unaffected.
