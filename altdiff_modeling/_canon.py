@@ -28,6 +28,8 @@ __all__ = ["canonicalize"]
 
 _SYMMETRIC_ATTRIBUTES = ("symmetric", "PSD", "NSD")
 _DIM_REDUCING_ATTRIBUTES = (*_SYMMETRIC_ATTRIBUTES, "diag")
+# Attributes that DCP relies on for convexity: a call checks the tensors against them.
+_CHECKED_ATTRIBUTES = ("nonneg", "nonpos", "pos", "neg", "PSD", "NSD")
 
 
 def _describe(expr: Any) -> str:
@@ -69,6 +71,11 @@ def _check_lists(problem: cp.Problem, parameters: Sequence[Any], variables: Sequ
             parts.append(f"in the problem but not listed: {missing}")
         raise ProblemError(
             "parameters must list exactly the problem's parameters; " + "; ".join(parts)
+        )
+    if not problem.parameters():
+        raise ProblemError(
+            "the problem has no parameters: a layer needs at least one cp.Parameter to "
+            "take its inputs (without one its output is a constant)"
         )
     problem_vars = {var.id for var in problem.variables()}
     if not problem_vars:
@@ -192,7 +199,12 @@ def _user_theta_map(
     """Sparse S with ``[theta_cvxpy; 1] = S @ [theta_user; 1]``, and the user's layout."""
     specs, offset = [], 0
     for param in parameters:
-        specs.append(ParameterSpec(name=param.name(), shape=tuple(param.shape), offset=offset))
+        declared = frozenset(a for a in _CHECKED_ATTRIBUTES if param.attributes.get(a))
+        specs.append(
+            ParameterSpec(
+                name=param.name(), shape=tuple(param.shape), offset=offset, attributes=declared
+            )
+        )
         offset += param.size
     n_user, n_canon = offset, param_prob.total_param_size
     rows, cols, vals = [n_canon], [n_user], [1.0]

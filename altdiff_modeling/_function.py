@@ -156,7 +156,9 @@ def _outputs(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """``x``, ``y`` in the user's units after the failure policy, and the NaN-row mask."""
     x, z, y = unscale_solution(scaling, result.x, result.z, result.y)
-    holder[:] = [Solution(x=x, z=z, y=y, rho=result.rho)]
+    # Detached: the layer keeps this for warm starts, and must hold neither the output
+    # tensor (which autograd is about to give a grad_fn) nor the graph behind it.
+    holder[:] = [Solution(x=x.detach(), z=z.detach(), y=y.detach(), rho=result.rho.detach())]
     failed = _failures(result, settings)
     if failed is not None:
         x = torch.where(failed[:, None], torch.nan, x)

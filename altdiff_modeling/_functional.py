@@ -10,7 +10,7 @@ import torch
 from ._altdiff import DataTangents
 from ._errors import InputError
 from ._function import SolveInfo, solve_forward_mode, solve_reverse
-from ._qp import QPData, stack_rows
+from ._qp import QPData, semidefinite_violations, stack_rows
 from ._settings import SUPPORTED_DTYPES, SolverSettings, parse_solver_args
 
 __all__ = ["solve_qp"]
@@ -45,6 +45,8 @@ def _normalize(
             raise InputError(f"{pair} must be given together (or both None)")
     q = _check_tensor("q", q, (1, 2))
     n = q.shape[-1]
+    if n == 0:
+        raise InputError("q has 0 entries: the QP needs at least one variable")
     ref = q
     blocks: dict[str, torch.Tensor] = {"q": q, "P": _check_tensor("P", P, (2, 3))}
     for name, value, ndims in (
@@ -188,6 +190,12 @@ def solve_qp(
     blocks, batch, batched = _normalize(P, q, A, b, G, h)
     blocks[0] = 0.5 * (blocks[0] + blocks[0].transpose(-1, -2))
     QPData(*blocks, batch_size=batch).check_finite()
+    bad, smallest = semidefinite_violations(blocks[0].detach())
+    if bad:
+        raise InputError(
+            f"P is not positive semidefinite (batch indices {bad[:10]}, smallest eigenvalue "
+            f"{smallest:.3g}); solve_qp needs a convex QP"
+        )
     info = SolveInfo()
     needs_grad = [block.requires_grad for block in blocks]
     if settings.mode == "forward" and torch.is_grad_enabled() and any(needs_grad):

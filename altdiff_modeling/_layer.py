@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -18,6 +19,7 @@ from ._function import (
     solve_reverse,
 )
 from ._parametric import BLOCK_NAMES, ParameterSpec, ParametricQP, VariableSpec
+from ._qp import semidefinite_violations
 from ._settings import SUPPORTED_DTYPES, SolverSettings, parse_solver_args
 
 __all__ = ["AltDiffLayer"]
@@ -25,10 +27,39 @@ __all__ = ["AltDiffLayer"]
 
 def _flatten_column_major(value: torch.Tensor, ndim: int) -> torch.Tensor:
     """``(B, *shape) -> (B, size)`` in column-major (CVXPY) order."""
-    batch = value.shape[0]
+    batch, size = value.shape[0], math.prod(value.shape[1:])  # explicit: B may be 0
     if ndim <= 1:
-        return value.reshape(batch, -1)
-    return value.permute(0, *range(ndim, 0, -1)).reshape(batch, -1)
+        return value.reshape(batch, size)
+    return value.permute(0, *range(ndim, 0, -1)).reshape(batch, size)
+
+
+_SIGNS = {
+    "nonneg": (lambda v: v >= 0, "nonnegative"),
+    "pos": (lambda v: v > 0, "positive"),
+    "nonpos": (lambda v: v <= 0, "nonpositive"),
+    "neg": (lambda v: v < 0, "negative"),
+}
+
+
+def _check_declared(spec: ParameterSpec, value: torch.Tensor) -> None:
+    """Check a tensor against the sign or definiteness its parameter declares."""
+    for attribute in sorted(spec.attributes):
+        if attribute in _SIGNS:
+            holds, word = _SIGNS[attribute]
+            if not bool(holds(value).all()):
+                raise InputError(
+                    f"parameter '{spec.name}' is declared {attribute}=True, but its value has "
+                    f"entries that are not {word}"
+                )
+        else:  # PSD or NSD: (n, n) or (B, n, n)
+            sign, word = (1.0, "positive") if attribute == "PSD" else (-1.0, "negative")
+            bad, smallest = semidefinite_violations(sign * value.reshape(-1, *spec.shape))
+            if bad:
+                raise InputError(
+                    f"parameter '{spec.name}' is declared {attribute}=True, but its value is not "
+                    f"{word} semidefinite (batch indices {bad[:10]}, extreme eigenvalue "
+                    f"{sign * smallest:.3g})"
+                )
 
 
 def _unflatten_column_major(flat: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
@@ -153,6 +184,7 @@ class AltDiffLayer(torch.nn.Module):
                 )
             if value.numel() and not bool(torch.isfinite(value).all()):
                 raise InputError(f"parameter '{spec.name}' contains NaN or Inf values")
+            _check_declared(spec, value.detach())
         if len(set(batch_sizes.values())) > 1:
             raise InputError(
                 f"inconsistent batch sizes {batch_sizes}; all batched parameters must share one"

@@ -32,6 +32,7 @@ class ParameterSpec:
     name: str
     shape: tuple[int, ...]
     offset: int
+    attributes: frozenset[str] = frozenset()  # declared sign / PSD / NSD attributes
 
     @property
     def size(self) -> int:

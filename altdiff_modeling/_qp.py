@@ -8,7 +8,7 @@ import torch
 
 from ._errors import InputError
 
-__all__ = ["QPData", "matvec", "rmatvec", "stack_rows"]
+__all__ = ["QPData", "matvec", "rmatvec", "semidefinite_violations", "stack_rows"]
 
 
 @dataclass(frozen=True)
@@ -63,6 +63,29 @@ class QPData:
         for name, block in zip(["P", "q", "A", "b", "G", "h"], self.blocks(), strict=True):
             if block.numel() and not bool(torch.isfinite(block).all()):
                 raise InputError(f"the QP data block {name} contains NaN or Inf values")
+
+
+def semidefinite_violations(M: torch.Tensor) -> tuple[list[int], float]:
+    """Batch indices where ``sym(M)`` ``(B, n, n)`` is not positive semidefinite up to
+    round-off, and the smallest eigenvalue among those (0.0 when there are none).
+
+    The test is a Cholesky factorization of ``sym(M) + shift I`` with ``shift`` a
+    round-off multiple of ``||M||_inf`` (a bound on the largest eigenvalue): a third of
+    the work of an eigendecomposition, which runs only to word the error.
+    """
+    if M.numel() == 0:
+        return [], 0.0
+    sym = 0.5 * (M + M.transpose(-1, -2))
+    n = M.shape[-1]
+    scale = sym.abs().sum(-1).amax(-1)  # ||M||_inf >= |eigenvalues|
+    shift = 10 * n * torch.finfo(M.dtype).eps * scale.clamp_min(torch.finfo(M.dtype).tiny)
+    eye = torch.eye(n, dtype=M.dtype, device=M.device)
+    _, info = torch.linalg.cholesky_ex(sym + shift[:, None, None] * eye)
+    bad = torch.nonzero(info != 0).flatten().tolist()
+    if not bad:
+        return [], 0.0
+    smallest = torch.linalg.eigvalsh(sym[bad])[:, 0].min()
+    return bad, float(smallest)
 
 
 def stack_rows(top: torch.Tensor, bottom: torch.Tensor) -> torch.Tensor:
