@@ -141,7 +141,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     axes[0].set(xlabel="Adam step", ylabel="training MSE", yscale="log")
     axes[0].set_title("learning w through the layer")
     axes[0].legend()
-    axes[1].bar(np.arange(1, n) - 0.5, w_learned, width=0.8, color="C2", label="learned w_i")
+    axes[1].bar(
+        np.arange(1, n) - 0.5, w_learned.numpy(), width=0.8, color="C2", label="learned w_i"
+    )
     axes[1].axhline(lam, color="C1", ls="--", label="best single weight")
     for k, jump in enumerate(jumps):
         axes[1].axvline(jump - 0.5, color="k", ls=":", label="jump positions" if k == 0 else None)
@@ -151,10 +153,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     with torch.no_grad():
         (x_single,) = layer(w_single, y_test[0])
         (x_learned,) = layer(w_learned, y_test[0])
-    axes[2].plot(y_test[0], ".", color="C7", label="measurement")
-    axes[2].step(np.arange(n), s_test[0], where="mid", color="k", label="clean signal")
-    axes[2].step(np.arange(n), x_single, where="mid", color="C1", label="single weight")
-    axes[2].step(np.arange(n), x_learned, where="mid", color="C2", label="learned weights")
+    axes[2].plot(y_test[0].numpy(), ".", color="C7", label="measurement")
+    axes[2].step(np.arange(n), s_test[0].numpy(), where="mid", color="k", label="clean signal")
+    axes[2].step(np.arange(n), x_single.numpy(), where="mid", color="C1", label="single weight")
+    axes[2].step(np.arange(n), x_learned.numpy(), where="mid", color="C2", label="learned weights")
     axes[2].set(xlabel="sample", ylabel="value")
     axes[2].set_title("a test signal")
     axes[2].legend(fontsize=8)

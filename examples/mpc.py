@@ -157,8 +157,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     axes[0].legend()
     t = np.arange(rollout + 1) * DT
     for i, (name, style) in enumerate(zip(names, ["-", ":", "--"])):
-        axes[1].plot(t, states[i * k, :, 0], style, label=name)
-        axes[2].step(t[:-1], controls[i * k], style, where="post", label=name)
+        axes[1].plot(t, states[i * k, :, 0].numpy(), style, label=name)
+        axes[2].step(t[:-1], controls[i * k].numpy(), style, where="post", label=name)
     axes[1].set(xlabel="time", ylabel="position")
     axes[1].set_title(f"closed loop from x0 = {test[0].tolist()}")
     axes[2].set(xlabel="time", ylabel="control u")

@@ -160,7 +160,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     for k, (name, w_) in enumerate(
         (("oracle", w_oracle), ("two-stage", w_2s), ("decision-focused", w_dfl))
     ):
-        axes[2].bar(assets + (k - 1) * width, w_[day], width, label=name, color=f"C{[0, 1, 2][k]}")
+        axes[2].bar(
+            assets + (k - 1) * width, w_[day].numpy(), width, label=name, color=f"C{[0, 1, 2][k]}"
+        )
     axes[2].set(xlabel="asset", ylabel="weight")
     axes[2].set_title(f"portfolios on test day {day}")
     axes[2].legend(fontsize=8)

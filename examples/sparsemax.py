@@ -152,9 +152,9 @@ def plot(losses: list[float], p_example, target_example, s_capped, p_capped, pat
     with torch.no_grad():
         (p,) = layer(scores)
         (pc,) = capped_sparsemax_layer(2)(scores, torch.full((2,), 0.8, dtype=torch.float64))
-    axes[0].plot(t, torch.softmax(scores, dim=1)[:, 0], label="softmax")
-    axes[0].plot(t, p[:, 0], label="sparsemax (layer)")
-    axes[0].plot(t, pc[:, 0], "--", label="capped, u = 0.8")
+    axes[0].plot(t.numpy(), torch.softmax(scores, dim=1)[:, 0].numpy(), label="softmax")
+    axes[0].plot(t.numpy(), p[:, 0].numpy(), label="sparsemax (layer)")
+    axes[0].plot(t.numpy(), pc[:, 0].numpy(), "--", label="capped, u = 0.8")
     axes[0].set(xlabel="t", ylabel="p_1 of scores (t, 0)")
     axes[0].set_title("softmax vs sparsemax")
     axes[0].legend()
@@ -163,8 +163,8 @@ def plot(losses: list[float], p_example, target_example, s_capped, p_capped, pat
     axes[1].set_title("learning a sparsemax scorer")
     width = 0.4
     index = np.arange(p_example.numel())
-    axes[2].bar(index - width / 2, target_example, width, label="target")
-    axes[2].bar(index + width / 2, p_example, width, label="learned")
+    axes[2].bar(index - width / 2, target_example.numpy(), width, label="target")
+    axes[2].bar(index + width / 2, p_example.numpy(), width, label="learned")
     axes[2].set(xlabel="class", ylabel="probability")
     axes[2].set_title("a training sample, after training")
     axes[2].legend()
