@@ -178,6 +178,7 @@ def test_solver_args_page_lists_every_setting_with_its_default() -> None:
     text = (ROOT / "docs" / "guide" / "solver-args.md").read_text()
     rows = dict(re.findall(r"^\| `(\w+)` \| `([^`]*)` \|", text, flags=re.M))
     defaults = {f.name: f.default for f in dataclasses.fields(SolverSettings)}
-    assert set(rows) == set(defaults)
+    missing, extra = sorted(set(defaults) - set(rows)), sorted(set(rows) - set(defaults))
+    assert not missing and not extra, f"document {missing}, remove {extra}"
     for key, default in defaults.items():
         assert rows[key].replace('"', "'") == repr(default), key
