@@ -176,9 +176,9 @@ class DataTangents:
 class ForwardTangents:
     """Forward-mode Alt-Diff: carries ``d(x, z, y) / d(theta)`` alongside ADMM.
 
-    Each ADMM step calls :meth:`advance` with the quantities of that step, so that the
+    Each ADMM step calls `advance` with the quantities of that step, so that the
     tangents follow exactly the iteration that runs (relaxation and penalty changes
-    included); :meth:`finish` then continues the recursion at the solver's fixed
+    included); `finish` then continues the recursion at the solver's fixed
     point until the tangents settle.
     """
 

@@ -326,7 +326,7 @@ def _blocks(param_prob: Any, S: sp.csr_array) -> dict[str, AffineBlock]:
 def canonicalize(
     problem: cp.Problem, parameters: Sequence[cp.Parameter], variables: Sequence[cp.Variable]
 ) -> ParametricQP:
-    """Reduce ``problem`` to a :class:`ParametricQP` over the user's parameters.
+    """Reduce ``problem`` to a `ParametricQP` over the user's parameters.
 
     Raises:
         ProblemError: The lists do not match the problem, or the problem is not DCP,

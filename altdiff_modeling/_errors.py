@@ -1,12 +1,12 @@
 """Exception types raised by altdiff-modeling.
 
-Every error the library raises on purpose derives from :class:`AltDiffError`, so a
+Every error the library raises on purpose derives from `AltDiffError`, so a
 training loop can catch the library's failures without catching unrelated bugs.
 """
 
 from __future__ import annotations
 
-__all__ = ["AltDiffError", "InputError", "ProblemError", "SolverError"]
+__all__ = ["AltDiffError", "InputError", "ProblemError", "SolverError", "SolverWarning"]
 
 
 class AltDiffError(Exception):
@@ -37,7 +37,8 @@ class SolverError(AltDiffError, RuntimeError):
     """The solver failed on at least one instance of a batch.
 
     The message names the batch indices and their statuses (for example
-    ``primal_infeasible`` or ``max_iter``).
+    ``primal_infeasible`` or ``max_iter``). Also raised when the ADMM matrix
+    ``P + sigma I + rho C'C`` cannot be factored (P not positive semidefinite).
     """
 
 

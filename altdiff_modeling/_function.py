@@ -57,7 +57,7 @@ class SolveInfo:
     solve_time: float = 0.0
     backward_iterations: int = 0
 
-    def fill(self, result: SolveResult) -> None:
+    def _fill(self, result: SolveResult) -> None:
         self.status = [STATUS_NAMES[code] for code in result.status.tolist()]
         self.iterations = result.iterations
         self.primal_residual = result.primal_residual
@@ -119,7 +119,7 @@ def _solve(
         x, z, y = scale_solution(scaling, warm.x, warm.z, warm.y)
         warm_start = WarmStart(x=x, z=z, y=y, rho=warm.rho)
     result = admm_solve(scaled, settings, scaling, tracker, warm_start)
-    info.fill(result)
+    info._fill(result)
     return scaling, scaled, result, tracker
 
 
@@ -234,7 +234,7 @@ def solve_reverse(
         settings: Solver and backward settings.
         info: Filled with the solve's statuses and counts.
         warm: A previous solution to start from.
-        holder: A list that receives this solve's :class:`Solution`.
+        holder: A list that receives this solve's `Solution`.
 
     Returns:
         ``x`` ``(B, n)`` and the multipliers ``[lambda; nu]`` ``(B, n_eq + n_ineq)``.
@@ -293,7 +293,7 @@ def forward_mode_solve(
         settings: Solver and recursion settings.
         info: Filled with the solve's statuses and counts.
         warm: A previous solution to start from.
-        holder: A list that receives this solve's :class:`Solution`.
+        holder: A list that receives this solve's `Solution`.
 
     Raises:
         SolverError: An instance was not solved and ``on_failure`` is ``"raise"``.
@@ -355,7 +355,7 @@ def solve_forward_mode(
         settings: Solver and recursion settings.
         info: Filled with the solve's statuses and counts.
         warm: A previous solution to start from.
-        holder: A list that receives this solve's :class:`Solution`.
+        holder: A list that receives this solve's `Solution`.
 
     Returns:
         ``x`` ``(B, n)`` and the multipliers ``(B, n_eq + n_ineq)``.

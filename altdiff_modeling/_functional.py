@@ -169,9 +169,9 @@ def solve_qp(
         b: ``(n_eq,)`` or ``(B, n_eq)``, or None.
         G: ``(n_ineq, n)`` or ``(B, n_ineq, n)``, or None.
         h: ``(n_ineq,)`` or ``(B, n_ineq)``, or None.
-        solver_args: Solver settings (see :class:`SolverSettings`), e.g.
+        solver_args: Solver settings (see `SolverSettings`), e.g.
             ``{"eps_abs": 1e-8, "max_iter": 20000, "mode": "forward"}``.
-        return_info: Also return a :class:`SolveInfo`.
+        return_info: Also return a `SolveInfo`.
         return_duals: Also return the multipliers ``lam`` ``(n_eq,)`` of ``Ax = b`` and
             ``nu`` ``(n_ineq,)`` of ``Gx <= h`` (``(B, .)`` when batched), of the
             Lagrangian ``1/2 x'Px + q'x + lam'(Ax - b) + nu'(Gx - h)``; they are

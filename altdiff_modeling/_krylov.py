@@ -42,6 +42,8 @@ def batched_gmres(
     """
     x = x0
     matvecs = 0
+    # Below a few hundred ulps the residual is round-off: a tighter tol cannot be met.
+    tol = max(tol, 64 * torch.finfo(rhs.dtype).eps)
     threshold = tol * (1 + rhs.norm(dim=-1))
     while matvecs < max_matvecs:
         r = rhs - operator(x)

@@ -63,7 +63,7 @@ def _check_declared(spec: ParameterSpec, value: torch.Tensor) -> None:
 
 
 def _unflatten_column_major(flat: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
-    """``(B, size) -> (B, *shape)``, inverting :func:`_flatten_column_major`."""
+    """``(B, size) -> (B, *shape)``, inverting `_flatten_column_major`."""
     batch = flat.shape[0]
     if len(shape) <= 1:
         return flat.reshape(batch, *shape)
@@ -107,7 +107,7 @@ class AltDiffLayer(torch.nn.Module):
         variables: The outputs, in order: variables of the problem, or
             ``constraint.dual_variables[0]`` for a constraint's multipliers (with
             CVXPY's sign conventions), differentiable like the variables.
-        solver_args: Default settings for every call (see :class:`SolverSettings`).
+        solver_args: Default settings for every call (see `SolverSettings`).
 
     Raises:
         ProblemError: The problem is not supported or the lists do not match it.
@@ -131,15 +131,8 @@ class AltDiffLayer(torch.nn.Module):
         self._dependencies = self._qp.dependencies()
         self._last_solution: Solution | None = None
 
-    @property
-    def parameter_specs(self) -> list[ParameterSpec]:
-        return list(self._qp.parameters)
-
-    @property
-    def variable_specs(self) -> list[VariableSpec]:
-        return list(self._qp.variables)
-
     def extra_repr(self) -> str:
+        """Sizes of the canonical QP and the parameter names, for ``print(layer)``."""
         qp = self._qp
         return f"n={qp.n}, n_eq={qp.n_eq}, n_ineq={qp.n_ineq}, parameters={[p.name for p in qp.parameters]}"
 
@@ -204,7 +197,7 @@ class AltDiffLayer(torch.nn.Module):
             *params: One tensor per parameter, shaped like the parameter or with a
                 leading batch dimension B; unbatched ones are shared by the batch.
             solver_args: Settings for this call, overriding the layer's.
-            return_info: Also return a :class:`SolveInfo`.
+            return_info: Also return a `SolveInfo`.
 
         Returns:
             One tensor per variable, shaped like the variable, with a leading batch
@@ -249,7 +242,7 @@ class AltDiffLayer(torch.nn.Module):
         itself is wanted (a backward pass needs only reverse mode).
 
         Args:
-            *params: As for :meth:`forward`.
+            *params: As for `forward`.
             solver_args: Settings for this call (``mode`` is ignored).
 
         Returns:
@@ -259,7 +252,7 @@ class AltDiffLayer(torch.nn.Module):
             ``(Q + Q') / 2``, so its Jacobian is split evenly between ``Q_ij`` and ``Q_ji``.
 
         Raises:
-            InputError: As for :meth:`forward`.
+            InputError: As for `forward`.
             SolverError: An instance was not solved and ``on_failure`` is ``"raise"``.
         """
         settings = parse_solver_args(solver_args, self._settings)

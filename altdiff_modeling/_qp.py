@@ -59,7 +59,7 @@ class QPData:
         return (self.P, self.q, self.A, self.b, self.G, self.h)
 
     def check_finite(self) -> None:
-        """Raise :class:`InputError` naming the first block holding NaN or Inf."""
+        """Raise `InputError` naming the first block holding NaN or Inf."""
         for name, block in zip(["P", "q", "A", "b", "G", "h"], self.blocks(), strict=True):
             if block.numel() and not bool(torch.isfinite(block).all()):
                 raise InputError(f"the QP data block {name} contains NaN or Inf values")

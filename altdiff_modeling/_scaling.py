@@ -114,5 +114,5 @@ def unscale_solution(
 def scale_solution(
     scaling: Scaling, x: torch.Tensor, z: torch.Tensor, y: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The user's ``(x, z, y)`` to the solver's units (inverse of :func:`unscale_solution`)."""
+    """The user's ``(x, z, y)`` to the solver's units (inverse of `unscale_solution`)."""
     return x / scaling.D, z * scaling.E, y * scaling.c / scaling.E

@@ -46,7 +46,7 @@ class SolverSettings:
         warm_start: Start from the previous call's solution when the batch size
             matches (layers only).
         on_failure: What a call does when an instance is not solved: ``"raise"`` a
-            :class:`SolverError` (default), return ``"nan"`` rows for those instances
+            `SolverError` (default), return ``"nan"`` rows for those instances
             (their gradients are zero), or ``"warn"`` and return their last iterate.
         backward_eps: Tolerance of the Alt-Diff recursion (relative change of the
             adjoint, or of the Jacobian in forward mode).
