@@ -561,7 +561,7 @@ def plot(records: dict, path: Path) -> None:
         ax.barh(y, [v if np.isfinite(v) else 0 for v in values], color=cols_)
         ax.set_yticks(y, labels, fontsize=7)
         ax.invert_yaxis()
-        if finite:
+        if finite and any(np.isfinite(v) for v in values):
             ax.set_xscale("log")
             ax.set_xlim(min(finite) / 3, max(finite) * 30)
         for yi, (v, note) in enumerate(zip(values, notes)):

@@ -10,10 +10,15 @@ with the right status, and no feasible one may raise a false alarm.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import cvxpy as cp
 import numpy as np
 import pytest
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from qp_suite import QPInstance, make_suite
 
 from altdiff_modeling import solve_qp
