@@ -123,6 +123,8 @@ def run_child(cmd: list[str], out: Path, budget: float, label: str) -> dict:
         result["status"] = f"timeout (> {budget:.0f} s, in {result.get('phase', 'start')})"
     elif rc != 0 and result.get("phase") != "done":
         tail = log_path.read_text()[-300:].strip().replace("\n", " | ")
+        if rc == -9 and not tail:
+            tail = "killed by SIGKILL, most likely the kernel's out-of-memory killer"
         result["status"] = f"crashed (exit {rc}, in {result.get('phase', 'start')}): {tail}"
     result["child_wall_s"] = wall
     out.write_text(json.dumps(result, indent=1))
