@@ -502,6 +502,19 @@ def write_report(records: dict) -> None:
         except Exception:
             versions[pkg] = "not installed"
     env["versions"] = versions
+    try:  # the library is measured as the working tree was when each child started
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "altdiff_modeling"],
+            capture_output=True,
+            text=True,
+            cwd=HERE.parent,
+        ).stdout.strip()
+        env["altdiff_commit"] = head + (" (modified)" if dirty else "")
+    except OSError:
+        env["altdiff_commit"] = "unknown"
     (out / f"{TAG}.json").write_text(json.dumps({"env": env, "records": records}, indent=1))
     parts = [
         f"# Peer comparison{' (quick validation sizes)' if ARGS.quick else ''}",
@@ -509,7 +522,9 @@ def write_report(records: dict) -> None:
         f"float64, CPU, {ARGS.threads} thread(s) for every method, median of {ARGS.repeats} "
         f"timed calls after one warm-up, budget {ARGS.budget:.0f} s per method and workload. "
         f"{env['machine']}, load average at writing {', '.join(f'{x:.1f}' for x in env['load_average'])}; "
-        f"torch {env['torch']}; " + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".",
+        f"altdiff-modeling at {env['altdiff_commit']}; torch {env['torch']}; "
+        + ", ".join(f"{k} {v}" for k, v in versions.items())
+        + ".",
         "",
         f"Status: ok = solution and gradient within {OK_TOL:g} (relative, worst instance) "
         f"of the Clarabel/KKT reference; inaccurate = within {INACCURATE_TOL:g}; "
