@@ -8,11 +8,14 @@ acceleration of Alt-Diff, not a different derivative.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
 
 __all__ = ["batched_gmres"]
+
+_STAGNATION = 0.9  # a restart cycle must shrink the residual by this factor to go on
 
 
 def _dot(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -26,30 +29,46 @@ def batched_gmres(
     tol: float,
     max_matvecs: int,
     restart: int = 30,
-) -> tuple[torch.Tensor, int]:
+) -> tuple[torch.Tensor, int, torch.Tensor]:
     """Solve ``operator(x) = rhs`` for each row of a batch.
 
     Args:
         operator: Linear map ``(B, N) -> (B, N)``, applied to all rows at once.
         rhs: ``(B, N)`` right-hand sides.
         x0: ``(B, N)`` starting point.
-        tol: Stop when every row's residual is at most ``tol * (1 + ||rhs||)``.
+        tol: Stop when every row's residual is at most ``tol * (1 + ||rhs||)``, or has
+            stopped shrinking over a restart cycle (stagnation).
         max_matvecs: Largest number of operator applications.
         restart: Krylov dimension before a restart.
 
     Returns:
-        The solution ``(B, N)`` and the number of operator applications.
+        For each row the iterate with the smallest residual seen ``(B, N)``, the number
+        of operator applications, and ``(B,)`` whether that residual is within ``tol``
+        or, where ``tol`` is out of reach, at the level of round-off.
     """
     x = x0
     matvecs = 0
+    eps = torch.finfo(rhs.dtype).eps
     # Below a few hundred ulps the residual is round-off: a tighter tol cannot be met.
-    tol = max(tol, 64 * torch.finfo(rhs.dtype).eps)
-    threshold = tol * (1 + rhs.norm(dim=-1))
-    while matvecs < max_matvecs:
+    tol = max(tol, 64 * eps)
+    rhs_size = 1 + rhs.norm(dim=-1)
+    threshold = tol * rhs_size
+    best_x, best_beta = x, None
+    stalled = torch.zeros(rhs.shape[0], dtype=torch.bool, device=rhs.device)
+    while True:
         r = rhs - operator(x)
         matvecs += 1
         beta = r.norm(dim=-1)
-        if bool((beta <= threshold).all()):
+        if best_beta is None:
+            best_beta = beta
+        else:
+            # A row whose true residual a whole cycle did not shrink has stagnated (at
+            # round-off, or on a singular system): keep its best iterate and stop it.
+            stalled = stalled | (beta > _STAGNATION * best_beta)
+            improved = beta < best_beta
+            best_x = torch.where(improved.unsqueeze(-1), x, best_x)
+            best_beta = torch.where(improved, beta, best_beta)
+        if bool(((best_beta <= threshold) | stalled).all()) or matvecs >= max_matvecs:
             break
         safe_beta = torch.where(beta > 0, beta, torch.ones_like(beta))
         basis = [r / safe_beta.unsqueeze(-1)]
@@ -96,4 +115,5 @@ def batched_gmres(
         y = torch.linalg.solve_triangular(R_used, g[:, :steps].unsqueeze(-1), upper=True)
         V = torch.stack(basis[:steps], dim=1)  # (B, steps, N)
         x = x + (y.squeeze(-1).unsqueeze(-1) * V).sum(1)
-    return x, matvecs
+    converged = (best_beta <= threshold) | (best_beta <= math.sqrt(eps) * rhs_size)
+    return best_x, matvecs, converged

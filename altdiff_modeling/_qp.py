@@ -78,7 +78,9 @@ def semidefinite_violations(M: torch.Tensor) -> tuple[list[int], float]:
     sym = 0.5 * (M + M.transpose(-1, -2))
     n = M.shape[-1]
     scale = sym.abs().sum(-1).amax(-1)  # ||M||_inf >= |eigenvalues|
-    shift = 10 * n * torch.finfo(M.dtype).eps * scale.clamp_min(torch.finfo(M.dtype).tiny)
+    # A zero matrix (an LP) is PSD: give it a unit scale, not one that underflows.
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    shift = 10 * n * torch.finfo(M.dtype).eps * scale
     eye = torch.eye(n, dtype=M.dtype, device=M.device)
     _, info = torch.linalg.cholesky_ex(sym + shift[:, None, None] * eye)
     bad = torch.nonzero(info != 0).flatten().tolist()
