@@ -13,6 +13,7 @@ parameters by reduced ones.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import cvxpy as cp
@@ -24,7 +25,7 @@ from cvxpy.utilities import scopes
 from ._errors import ProblemError
 from ._parametric import AffineBlock, ParameterSpec, ParametricQP, VariableSpec
 
-__all__ = ["canonicalize"]
+__all__ = ["CanonicalForm", "canonicalize", "dense_qp", "reduce_problem"]
 
 _SYMMETRIC_ATTRIBUTES = ("symmetric", "PSD", "NSD")
 _DIM_REDUCING_ATTRIBUTES = (*_SYMMETRIC_ATTRIBUTES, "diag")
@@ -323,10 +324,43 @@ def _blocks(param_prob: Any, S: sp.csr_array) -> dict[str, AffineBlock]:
     }
 
 
-def canonicalize(
+@dataclass(frozen=True)
+class CanonicalForm:
+    """CVXPY's reduced problem with the user's parameter map and output layout.
+
+    Attributes:
+        param_prob: CVXPY's ``ParamConeProg`` (affine maps of CVXPY's parameter vector).
+        S: ``(K_cvxpy + 1, K + 1)`` sparse map from ``[theta_user; 1]`` to
+            ``[theta_cvxpy; 1]``.
+        parameters: The user's parameters, in order.
+        variables: The user's outputs, in order.
+    """
+
+    param_prob: Any
+    S: sp.csr_array
+    parameters: list[ParameterSpec]
+    variables: list[VariableSpec]
+
+    @property
+    def n(self) -> int:
+        """Number of canonical variables."""
+        return int(self.param_prob.x.size)
+
+    @property
+    def n_eq(self) -> int:
+        """Number of equality rows."""
+        return int(sum(c.size for c in self.param_prob.constraints if isinstance(c, Zero)))
+
+    @property
+    def n_rows(self) -> int:
+        """Number of constraint rows, equalities and inequalities."""
+        return int(self.param_prob.constr_size)
+
+
+def reduce_problem(
     problem: cp.Problem, parameters: Sequence[cp.Parameter], variables: Sequence[cp.Variable]
-) -> ParametricQP:
-    """Reduce ``problem`` to a `ParametricQP` over the user's parameters.
+) -> CanonicalForm:
+    """Check ``problem`` and reduce it with CVXPY, without forming any data block.
 
     Raises:
         ProblemError: The lists do not match the problem, or the problem is not DCP,
@@ -362,8 +396,25 @@ def canonicalize(
         else _variable_spec(var, param_prob, var_id_map)
         for var in variables
     ]
+    return CanonicalForm(param_prob=param_prob, S=S, parameters=param_specs, variables=var_specs)
+
+
+def dense_qp(form: CanonicalForm) -> ParametricQP:
+    """The `ParametricQP` (dense data blocks) of a reduced problem."""
     return ParametricQP(
-        blocks=_blocks(param_prob, S),
-        parameters=param_specs,
-        variables=var_specs,
+        blocks=_blocks(form.param_prob, form.S),
+        parameters=form.parameters,
+        variables=form.variables,
     )
+
+
+def canonicalize(
+    problem: cp.Problem, parameters: Sequence[cp.Parameter], variables: Sequence[cp.Variable]
+) -> ParametricQP:
+    """Reduce ``problem`` to a `ParametricQP` over the user's parameters.
+
+    Raises:
+        ProblemError: The lists do not match the problem, or the problem is not DCP,
+            not DPP, not continuous, or not polyhedral (the message names the part).
+    """
+    return dense_qp(reduce_problem(problem, parameters, variables))

@@ -187,6 +187,11 @@ def solve_qp(
         SolverError: An instance was not solved to the requested accuracy.
     """
     settings: SolverSettings = parse_solver_args(solver_args)
+    if settings.backend == "sparse":
+        raise InputError(
+            "solver_args['backend'] = 'sparse' is for AltDiffLayer; solve_qp takes dense "
+            "tensors and always uses the dense backend"
+        )
     blocks, batch, batched = _normalize(P, q, A, b, G, h)
     blocks[0] = 0.5 * (blocks[0] + blocks[0].transpose(-1, -2))
     QPData(*blocks, batch_size=batch).check_finite()

@@ -9,7 +9,7 @@ from typing import Any
 import cvxpy as cp
 import torch
 
-from ._canon import canonicalize
+from ._canon import CanonicalForm, dense_qp, reduce_problem
 from ._errors import InputError
 from ._function import (
     Solution,
@@ -21,6 +21,8 @@ from ._function import (
 from ._parametric import BLOCK_NAMES, ParameterSpec, ParametricQP, VariableSpec
 from ._qp import semidefinite_violations
 from ._settings import SUPPORTED_DTYPES, SolverSettings, parse_solver_args
+from ._sparse_data import SparseParametricQP, choose_backend, sparse_qp
+from ._sparse_function import solve_sparse
 
 __all__ = ["AltDiffLayer"]
 
@@ -107,7 +109,9 @@ class AltDiffLayer(torch.nn.Module):
         variables: The outputs, in order: variables of the problem, or
             ``constraint.dual_variables[0]`` for a constraint's multipliers (with
             CVXPY's sign conventions), differentiable like the variables.
-        solver_args: Default settings for every call (see `SolverSettings`).
+        solver_args: Default settings for every call (see `SolverSettings`). Its
+            ``backend`` picks dense or sparse data (``"auto"``: sparse for large
+            sparse problems); see the user guide's page on large sparse problems.
 
     Raises:
         ProblemError: The problem is not supported or the lists do not match it.
@@ -126,18 +130,61 @@ class AltDiffLayer(torch.nn.Module):
         solver_args: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        self._qp: ParametricQP = canonicalize(problem, parameters, variables)
+        self._form: CanonicalForm = reduce_problem(problem, parameters, variables)
         self._settings: SolverSettings = parse_solver_args(solver_args)
-        self._dependencies = self._qp.dependencies()
+        self._auto_backend = choose_backend(self._form)
+        self._dense: ParametricQP | None = None
+        self._sparse: SparseParametricQP | None = None
+        # Build the data of the backend the layer's settings select now, so that
+        # construction pays for it; the other is built on first use.
+        self._dependencies: dict[str, dict[str, set[int]]] = {}
+        if self._backend(self._settings) == "sparse":
+            self._block_dependencies("sparse")
+        else:
+            self._block_dependencies("dense")
         self._last_solution: Solution | None = None
+
+    @property
+    def backend(self) -> str:
+        """The backend the layer's own settings select: ``"dense"`` or ``"sparse"``."""
+        return self._backend(self._settings)
+
+    def _backend(self, settings: SolverSettings) -> str:
+        return self._auto_backend if settings.backend == "auto" else settings.backend
+
+    @property
+    def _qp(self) -> ParametricQP:
+        """The dense parametric QP, built on first use."""
+        if self._dense is None:
+            self._dense = dense_qp(self._form)
+        return self._dense
+
+    @property
+    def _sparse_qp(self) -> SparseParametricQP:
+        """The sparse parametric QP, built on first use."""
+        if self._sparse is None:
+            self._sparse = sparse_qp(self._form)
+        return self._sparse
+
+    def _block_dependencies(self, backend: str) -> dict[str, set[int]]:
+        """Which parameters (by position) each data block of a backend depends on."""
+        if backend not in self._dependencies:
+            qp = self._sparse_qp if backend == "sparse" else self._qp
+            self._dependencies[backend] = qp.dependencies()
+        return self._dependencies[backend]
 
     def extra_repr(self) -> str:
         """Sizes of the canonical QP and the parameter names, for ``print(layer)``."""
-        qp = self._qp
-        return f"n={qp.n}, n_eq={qp.n_eq}, n_ineq={qp.n_ineq}, parameters={[p.name for p in qp.parameters]}"
+        form = self._form
+        n_ineq = form.n_rows - form.n_eq
+        names = [p.name for p in form.parameters]
+        return (
+            f"n={form.n}, n_eq={form.n_eq}, n_ineq={n_ineq}, parameters={names}, "
+            f"backend={self.backend!r}"
+        )
 
     def _flatten_inputs(self, values: Sequence[Any]) -> tuple[list[torch.Tensor], list[bool], int]:
-        specs = self._qp.parameters
+        specs = self._form.parameters
         if len(values) != len(specs):
             raise InputError(
                 f"the layer takes {len(specs)} tensor(s), one per parameter "
@@ -217,7 +264,18 @@ class AltDiffLayer(torch.nn.Module):
         warm = self._warm_start(settings, batch, flats[0] if flats else None)
         holder: list[Solution] = []
 
-        if settings.mode == "forward" and needs_grad:
+        if self._backend(settings) == "sparse":
+            if settings.mode == "forward" and needs_grad:
+                raise InputError(
+                    "solver_args['mode'] = 'forward' is not supported by the sparse backend; "
+                    "use mode 'reverse', or backend 'dense' for a small problem"
+                )
+            theta = torch.cat([f.expand(batch, -1) for f in flats], dim=1)
+            batched_positions = {i for i, is_b in enumerate(batched) if is_b}
+            deps = self._block_dependencies("sparse")
+            shared = not ((deps["P"] | deps["C"]) & batched_positions)
+            x, y = solve_sparse(self._sparse_qp, theta, shared, settings, info, warm, holder)
+        elif settings.mode == "forward" and needs_grad:
             theta = torch.cat([f.expand(batch, -1) for f in flats], dim=1)
             x, y = solve_forward_mode(self._qp, theta, settings, info, warm, holder)
         else:
@@ -226,7 +284,7 @@ class AltDiffLayer(torch.nn.Module):
         self._last_solution = holder[0] if holder else None
 
         outputs = []
-        for spec in self._qp.variables:
+        for spec in self._form.variables:
             value = _unflatten_column_major(_gather(spec, x, y), spec.shape)
             outputs.append(value if any_batched else value.squeeze(0))
         outputs = tuple(outputs)
@@ -256,6 +314,11 @@ class AltDiffLayer(torch.nn.Module):
             SolverError: An instance was not solved and ``on_failure`` is ``"raise"``.
         """
         settings = parse_solver_args(solver_args, self._settings)
+        if self._backend(settings) == "sparse":
+            raise InputError(
+                "jacobian() is not supported by the sparse backend (a Jacobian of a large "
+                "problem is dense); pass solver_args={'backend': 'dense'} for a small problem"
+            )
         flats, batched, batch = self._flatten_inputs(params)
         theta = torch.cat([f.expand(batch, -1) for f in flats], dim=1)
         solved = forward_mode_solve(self._qp, theta, settings, SolveInfo())
@@ -295,6 +358,8 @@ class AltDiffLayer(torch.nn.Module):
         )
         batched_positions = {i for i, is_b in enumerate(batched) if is_b}
         shared = frozenset(
-            name for name in BLOCK_NAMES if not (self._dependencies[name] & batched_positions)
+            name
+            for name in BLOCK_NAMES
+            if not (self._block_dependencies("dense")[name] & batched_positions)
         )
         return self._qp.data(theta, shared_theta, shared)

@@ -20,6 +20,8 @@ _MODES = ("reverse", "forward")
 _POLICIES = ("raise", "nan", "warn")
 BackwardMethod = Literal["gmres", "fixed_point"]
 _BACKWARD_METHODS = ("gmres", "fixed_point")
+Backend = Literal["auto", "dense", "sparse"]
+_BACKENDS = ("auto", "dense", "sparse")
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,10 @@ class SolverSettings:
             transposed recursion).
         mode: ``"reverse"`` (vector-Jacobian products, the default) or ``"forward"``
             (the Jacobian recursion run in lockstep with ADMM).
+        backend: How a layer stores and factors its data: ``"dense"`` (batched torch
+            tensors, Cholesky of H), ``"sparse"`` (scipy sparse data, sparse LDL' of
+            the KKT matrix; large sparse problems) or ``"auto"`` (the default: sparse
+            when the canonical problem is large and sparse). Layers only.
     """
 
     eps_abs: float | None = None
@@ -76,6 +82,7 @@ class SolverSettings:
     backward_max_iter: int = 10_000
     backward_method: BackwardMethod = "gmres"
     mode: DiffMode = "reverse"
+    backend: Backend = "auto"
 
     def __post_init__(self) -> None:
         for name in ("eps_abs", "eps_rel", "backward_eps", "eps_prim_inf", "eps_dual_inf"):
@@ -119,6 +126,10 @@ class SolverSettings:
         if self.on_failure not in _POLICIES:
             raise InputError(
                 f"solver_args['on_failure'] must be one of {_POLICIES}, got {self.on_failure!r}"
+            )
+        if not isinstance(self.backend, str) or self.backend not in _BACKENDS:
+            raise InputError(
+                f"solver_args['backend'] must be one of {_BACKENDS}, got {self.backend!r}"
             )
         if self.mode not in _MODES:
             raise InputError(f"solver_args['mode'] must be one of {_MODES}, got {self.mode!r}")

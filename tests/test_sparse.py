@@ -1,0 +1,256 @@
+"""The sparse backend: solutions and gradients against the dense backend, Clarabel and
+finite differences on down-scaled copies of the sparse benchmark problems; the
+automatic choice of backend, its override, and the inputs it rejects."""
+
+from __future__ import annotations
+
+import tracemalloc
+
+import cvxpy as cp
+import numpy as np
+import pytest
+import torch
+from reference import finite_difference_gradient, relative_error, solve_reference
+from sparse_families import SparseFamily, isotonic, lasso, mpc, portfolio
+
+from altdiff_modeling import AltDiffLayer, InputError, SolverError, solve_qp
+
+TIGHT = {"eps_abs": 1e-10, "eps_rel": 1e-10, "backward_eps": 1e-12}
+
+
+def _small(name: str) -> SparseFamily:
+    """Down-scaled copies of the four benchmark problems (fixed seeds: the instances
+    are checked to be non-degenerate at the finite-difference step)."""
+    if name == "lasso":
+        return lasso(40, np.random.default_rng(1), density=0.1)
+    if name == "portfolio":
+        return portfolio(60, 4, np.random.default_rng(2))
+    if name == "mpc":
+        return mpc(6, 4, np.random.default_rng(3), n_u=2, dynamics_parameters=True)
+    return isotonic(50, np.random.default_rng(4))
+
+
+def _tensors(values: list[np.ndarray], requires_grad: bool = True) -> list[torch.Tensor]:
+    return [torch.tensor(v, dtype=torch.float64, requires_grad=requires_grad) for v in values]
+
+
+def _solve(
+    fam: SparseFamily, backend: str, weights: list[np.ndarray]
+) -> tuple[list[np.ndarray], list[np.ndarray], AltDiffLayer]:
+    layer = AltDiffLayer(
+        fam.problem, fam.parameters, fam.variables, solver_args={**TIGHT, "backend": backend}
+    )
+    inputs = _tensors(fam.values)
+    outputs = layer(*inputs)
+    loss = sum((out * torch.as_tensor(w)).sum() for out, w in zip(outputs, weights))
+    loss.backward()
+    return [o.detach().numpy() for o in outputs], [t.grad.numpy() for t in inputs], layer
+
+
+@pytest.mark.parametrize("name", ["lasso", "portfolio", "mpc", "isotonic"])
+def test_sparse_matches_dense_clarabel_and_finite_differences(name: str) -> None:
+    fam = _small(name)
+    rng = np.random.default_rng(10)
+    weights = [rng.standard_normal(v.shape) for v in fam.variables]
+    x_sparse, g_sparse, layer = _solve(fam, "sparse", weights)
+    assert layer.backend == "sparse"
+    x_dense, g_dense, _ = _solve(fam, "dense", weights)
+    values = dict(zip(fam.parameters, fam.values))
+    x_ref = solve_reference(fam.problem, values, fam.variables)
+    assert relative_error(x_sparse, x_ref) < 1e-6
+    assert relative_error(x_sparse, x_dense) < 1e-6
+    fd = finite_difference_gradient(fam.problem, values, fam.variables, weights)
+    for i in fam.grad_wrt:
+        param = fam.parameters[i]
+        assert relative_error(g_sparse[i], fd[param]) < 1e-4, param.name()
+        assert relative_error(g_sparse[i], g_dense[i]) < 1e-6, param.name()
+
+
+def _random_qp(rng: np.random.Generator, n: int = 12, m: int = 8):
+    """Every block a parameter (P through a PSD quad_form), and a constraint's dual
+    among the outputs."""
+    x = cp.Variable(n)
+    Q, q = cp.Parameter((n, n), PSD=True), cp.Parameter(n)
+    G, h, b = cp.Parameter((m, n)), cp.Parameter(m), cp.Parameter(1)
+    inequality = G @ x <= h
+    problem = cp.Problem(
+        cp.Minimize(0.5 * cp.quad_form(x, Q) + q @ x + cp.sum_squares(x)),
+        [inequality, cp.sum(x) == b],
+    )
+    M = rng.standard_normal((n, n))
+    values = [M @ M.T / n, rng.standard_normal(n), rng.standard_normal((m, n)), rng.random(m)]
+    values.append(np.array([0.3]))
+    return problem, [Q, q, G, h, b], [x, inequality.dual_variables[0]], values
+
+
+def test_sparse_matches_dense_with_matrix_parameters_and_duals(rng) -> None:
+    problem, params, outputs, values = _random_qp(rng)
+    results = {}
+    for backend in ("dense", "sparse"):
+        layer = AltDiffLayer(problem, params, outputs, solver_args={**TIGHT, "backend": backend})
+        inputs = _tensors(values)
+        x, nu = layer(*inputs)
+        (x.pow(2).sum() + (nu * torch.arange(nu.numel())).sum()).backward()
+        results[backend] = [x.detach(), nu.detach(), *(t.grad for t in inputs)]
+    for dense, sparse in zip(results["dense"], results["sparse"]):
+        assert relative_error(sparse, dense) < 1e-7
+
+
+def test_batch_of_vector_parameters_shares_one_factorization() -> None:
+    fam = isotonic(200, np.random.default_rng(5))
+    layer = AltDiffLayer(
+        fam.problem, fam.parameters, fam.variables, solver_args={**TIGHT, "backend": "sparse"}
+    )
+    rng = np.random.default_rng(6)
+    y = torch.tensor(fam.values[0] + rng.standard_normal((3, 200)), requires_grad=True)
+    w = torch.tensor(rng.standard_normal((3, 200)))
+    (x,), info = layer(y, return_info=True)
+    assert x.shape == (3, 200) and info.rho.shape == (1,)
+    (x * w).sum().backward()
+    for k in range(3):
+        y_k = y[k].detach().clone().requires_grad_()
+        (x_k,) = layer(y_k)
+        (x_k * w[k]).sum().backward()
+        assert relative_error(x[k], x_k) < 1e-8
+        assert relative_error(y.grad[k], y_k.grad) < 1e-7
+
+
+def test_batched_matrix_parameters_refactor_per_instance() -> None:
+    fam = mpc(5, 3, np.random.default_rng(7), n_u=2, dynamics_parameters=True)
+    x0, A, B = fam.values
+    rng = np.random.default_rng(8)
+    A_batch = A + 0.02 * rng.standard_normal((2, *A.shape))
+    results = {}
+    for backend in ("dense", "sparse"):
+        layer = AltDiffLayer(
+            fam.problem, fam.parameters, fam.variables, solver_args={**TIGHT, "backend": backend}
+        )
+        inputs = _tensors([x0, A_batch, B])
+        (u,), info = layer(*inputs, return_info=True)
+        u.pow(2).sum().backward()
+        results[backend] = [u.detach(), *(t.grad for t in inputs)]
+        if backend == "sparse":
+            assert info.rho.shape == (2,) and info.status == ["solved", "solved"]
+    for dense, sparse in zip(results["dense"], results["sparse"]):
+        assert relative_error(sparse, dense) < 1e-6
+
+
+def test_auto_picks_sparse_for_large_sparse_and_dense_for_small_dense(rng) -> None:
+    large = isotonic(2000, np.random.default_rng(9))
+    assert AltDiffLayer(large.problem, large.parameters, large.variables).backend == "sparse"
+    problem, params, outputs, _ = _random_qp(rng)
+    assert AltDiffLayer(problem, params, outputs).backend == "dense"
+    # Large but dense: a dense parametric matrix fills most of C.
+    x, G, h = cp.Variable(400), cp.Parameter((700, 400)), cp.Parameter(700)
+    dense_problem = cp.Problem(cp.Minimize(cp.sum_squares(x)), [G @ x <= h])
+    assert AltDiffLayer(dense_problem, [G, h], [x]).backend == "dense"
+
+
+def test_override_at_construction_and_per_call() -> None:
+    fam = isotonic(260, np.random.default_rng(11))  # n + m = 1039: just above the size
+    auto = AltDiffLayer(fam.problem, fam.parameters, fam.variables)
+    forced = AltDiffLayer(
+        fam.problem, fam.parameters, fam.variables, solver_args={"backend": "dense"}
+    )
+    assert auto.backend == "sparse" and forced.backend == "dense"
+    (y,) = _tensors(fam.values, requires_grad=False)
+    (x_auto,) = auto(y)
+    (x_forced,) = forced(y)
+    (x_call,) = auto(y, solver_args={"backend": "dense"})
+    assert relative_error(x_forced, x_auto) < 1e-5
+    assert relative_error(x_call, x_auto) < 1e-5
+    assert "backend='sparse'" in repr(auto)
+
+
+@pytest.mark.parametrize("value", ["Sparse", "cholmod", 1, None, ["sparse"]])
+def test_bad_backend_values_raise_input_error(value) -> None:
+    fam = isotonic(20, np.random.default_rng(12))
+    with pytest.raises(InputError, match="backend"):
+        AltDiffLayer(fam.problem, fam.parameters, fam.variables, solver_args={"backend": value})
+    layer = AltDiffLayer(fam.problem, fam.parameters, fam.variables)
+    with pytest.raises(InputError, match="backend"):
+        layer(torch.tensor(fam.values[0]), solver_args={"backend": value})
+
+
+def test_unsupported_uses_of_the_sparse_backend_raise_input_error() -> None:
+    fam = isotonic(20, np.random.default_rng(13))
+    layer = AltDiffLayer(
+        fam.problem, fam.parameters, fam.variables, solver_args={"backend": "sparse"}
+    )
+    y = torch.tensor(fam.values[0], requires_grad=True)
+    with pytest.raises(InputError, match="'forward'"):
+        layer(y, solver_args={"mode": "forward"})
+    with pytest.raises(InputError, match="jacobian"):
+        layer.jacobian(y)
+    eye = torch.eye(2, dtype=torch.float64)
+    with pytest.raises(InputError, match="backend"):
+        solve_qp(eye, torch.ones(2, dtype=torch.float64), solver_args={"backend": "sparse"})
+
+
+def _infeasible_layer() -> tuple[AltDiffLayer, torch.Tensor]:
+    x, lo = cp.Variable(3), cp.Parameter(3)
+    problem = cp.Problem(cp.Minimize(cp.sum_squares(x)), [x >= lo, cp.sum(x) <= 0])
+    layer = AltDiffLayer(problem, [lo], [x], solver_args={"backend": "sparse"})
+    return layer, torch.tensor([[1.0, 1.0, 1.0], [-1.0, 0.0, 0.0]], requires_grad=True)
+
+
+def test_statuses_and_failure_policy() -> None:
+    layer, lo = _infeasible_layer()
+    with pytest.raises(SolverError, match="primal_infeasible"):
+        layer(lo)
+    (x,), info = layer(lo, solver_args={"on_failure": "nan"}, return_info=True)
+    assert info.status == ["primal_infeasible", "solved"]
+    assert torch.isnan(x[0]).all() and torch.isfinite(x[1]).all()
+    x[1].sum().backward()
+    assert torch.equal(lo.grad[0], torch.zeros(3)) and torch.isfinite(lo.grad).all()
+
+
+def test_warm_start_reuses_the_previous_solution() -> None:
+    fam = portfolio(80, 4, np.random.default_rng(14))
+    layer = AltDiffLayer(
+        fam.problem,
+        fam.parameters,
+        fam.variables,
+        solver_args={"backend": "sparse", "warm_start": True, "polish": False},
+    )
+    (mu,) = _tensors(fam.values, requires_grad=False)
+    (x_cold,), cold = layer(mu, return_info=True)
+    (x_warm,), warm = layer(mu, return_info=True)
+    assert int(warm.iterations[0]) < int(cold.iterations[0])
+    assert relative_error(x_warm, x_cold) < 1e-4
+
+
+def test_float32_inputs_give_float32_outputs_and_gradients() -> None:
+    fam = isotonic(100, np.random.default_rng(15))
+    layer = AltDiffLayer(
+        fam.problem, fam.parameters, fam.variables, solver_args={"backend": "sparse"}
+    )
+    y32 = torch.tensor(fam.values[0], dtype=torch.float32, requires_grad=True)
+    y64 = torch.tensor(fam.values[0], dtype=torch.float64, requires_grad=True)
+    (x32,) = layer(y32)
+    (x64,) = layer(y64)
+    x32.sum().backward()
+    x64.sum().backward()
+    assert x32.dtype == torch.float32 and y32.grad.dtype == torch.float32
+    assert relative_error(x32, x64) < 1e-4
+    assert relative_error(y32.grad, y64.grad) < 1e-4
+
+
+def test_large_layer_is_built_without_dense_intermediates() -> None:
+    """50,000 points: a dense n x n block (n = 100,000 canonical variables) would need
+    80 GB; the sparse layer's construction and one solve stay far below 1 GB."""
+    n = 50_000
+    fam = isotonic(n, np.random.default_rng(16))
+    tracemalloc.start()
+    try:
+        layer = AltDiffLayer(fam.problem, fam.parameters, fam.variables)
+        y = torch.tensor(fam.values[0], requires_grad=True)
+        (x,) = layer(y)
+        x.sum().backward()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert layer.backend == "sparse"
+    assert peak < 1e9
+    # The gradient of sum(x) w.r.t. y is 1 everywhere (x's blocks are averages of y).
+    assert torch.allclose(y.grad, torch.ones(n, dtype=torch.float64), atol=1e-6)
