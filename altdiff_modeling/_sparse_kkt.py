@@ -42,12 +42,21 @@ class KKTFactor:
         C: ``(m, n)`` sparse constraint matrix.
         sigma: Regularization added to P's diagonal.
         row_diag: ``(m,)`` positive values; the lower-right block is ``-diag(row_diag)``.
+        check_inertia: Check on the first factorization that it has n positive pivots
+            (P + sigma I positive definite); the active-set solves skip it.
 
     Raises:
         SolverError: The matrix is not quasi-definite (P not positive semidefinite).
     """
 
-    def __init__(self, P: sp.sparray, C: sp.sparray, sigma: float, row_diag: np.ndarray) -> None:
+    def __init__(
+        self,
+        P: sp.sparray,
+        C: sp.sparray,
+        sigma: float,
+        row_diag: np.ndarray,
+        check_inertia: bool = True,
+    ) -> None:
         n, m = P.shape[0], C.shape[0]
         self.n, self.m = n, m
         P_coo, C_coo = sp.coo_array(P), sp.coo_array(C)
@@ -61,13 +70,21 @@ class KKTFactor:
         self._indices = (unique % size).astype(np.int32)
         counts = np.bincount(unique // size, minlength=size)
         self._indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
-        self._fixed = np.concatenate([P_coo.data[upper], np.full(n, float(sigma)), C_coo.data])
+        self._P_upper, self._C_data = P_coo.data[upper], C_coo.data
         self._solver: qdldl.Solver | None = None
-        self.refactor(row_diag)
+        self._check_inertia = check_inertia
+        self.sigma = float(sigma)
+        self.row_diag = np.asarray(row_diag, dtype=np.float64)
+        self.refactor(self.row_diag)
 
-    def refactor(self, row_diag: np.ndarray) -> None:
-        """Refactor with a new lower-right diagonal ``-diag(row_diag)`` ``(m,)``."""
-        values = np.concatenate([self._fixed, -np.asarray(row_diag, dtype=np.float64)])
+    def refactor(self, row_diag: np.ndarray, sigma: float | None = None) -> None:
+        """Refactor with a new lower-right diagonal ``-diag(row_diag)`` ``(m,)`` (and a
+        new ``sigma``); the ordering and symbolic analysis are reused."""
+        self.sigma = self.sigma if sigma is None else float(sigma)
+        self.row_diag = np.asarray(row_diag, dtype=np.float64)
+        values = np.concatenate(
+            [self._P_upper, np.full(self.n, self.sigma), self._C_data, -self.row_diag]
+        )
         data = np.bincount(self._slot, weights=values, minlength=self._indices.size)
         size = self.n + self.m
         K = sp.csc_matrix((data, self._indices, self._indptr), shape=(size, size))
@@ -76,7 +93,9 @@ class KKTFactor:
                 self._solver = qdldl.Solver(K, upper=True)
                 # Inertia (n positive, m negative pivots) certifies quasi-definiteness,
                 # hence P + sigma I positive definite; checked once (P does not change).
-                positive = int((self._solver.factors()[1] > 0).sum())
+                positive = self.n
+                if self._check_inertia:
+                    positive = int((self._solver.factors()[1] > 0).sum())
                 if positive != self.n:
                     raise ValueError(f"{self.n - positive} pivot(s) of the P block are <= 0")
             else:
@@ -111,9 +130,11 @@ def solve_active_kkt(
 ) -> tuple[np.ndarray, np.ndarray] | None:
     """Solve the equality-constrained KKT system of the active rows of C.
 
-    ``[[P, C_a'], [C_a, 0]] [u; w_a] = [rhs_x; rhs_y_a]``, through the regularized
-    quasi-definite ``[[P + delta I, C_a'], [C_a, -delta I]]`` and iterative refinement
-    against the unregularized system.
+    ``[[P, C_a'], [C_a, 0]] [u; w_a] = [rhs_x; rhs_y_a]``, through a fresh LDL' (its own
+    ordering) of the regularized quasi-definite ``[[P + delta I, C_a'], [C_a, -delta
+    I]]`` and iterative refinement against the unregularized system. (Reusing the ADMM
+    factor's ordering for this matrix was tried: with delta this small it loses
+    several digits more, and refinement then diverges.)
 
     Args:
         P: ``(n, n)``.  C: ``(m, n)``.  active: ``(m,)`` bool.
@@ -121,13 +142,13 @@ def solve_active_kkt(
 
     Returns:
         ``u (n,)`` and ``w (m,)`` (zero off the active rows), or None when the
-        regularized system cannot be factored.
+        regularized system cannot be factored or solved.
     """
     rows = np.flatnonzero(active)
     C_a = sp.csr_array(C[rows])
     b_a = rhs_y[rows]
     try:
-        factor = KKTFactor(P, C_a, _DELTA, np.full(rows.size, _DELTA))
+        factor = KKTFactor(P, C_a, _DELTA, np.full(rows.size, _DELTA), check_inertia=False)
     except SolverError:
         return None
     u = np.zeros(rhs_x.shape[0])

@@ -20,6 +20,7 @@ from ._sparse_kkt import solve_active_kkt
 __all__ = ["sparse_polish"]
 
 _ACTIVE_SET_ROUNDS = 30
+_STALLED_ROUNDS = 3
 
 
 def sparse_polish(
@@ -44,18 +45,28 @@ def sparse_polish(
     """
     active = (bound - z) < y
     active[:n_eq] = True
+    best, best_changes, stalled = None, None, 0
     for _ in range(_ACTIVE_SET_ROUNDS):
         solved = solve_active_kkt(P, C, active, -q, bound)
         if solved is None:
-            return None
-        x, y_p = solved
+            break
         # Primal-dual active-set update: keep rows whose multiplier is positive, add
-        # rows the solution violates; a fixed point is the QP's solution.
-        update = y_p + (C @ x - bound) > 0
+        # rows the solution violates; a fixed point is the QP's solution. The method
+        # can cycle (it is monotone only for M-matrix-like problems), so it stops when
+        # the number of rows it would change has not improved for a few rounds.
+        update = solved[1] + (C @ solved[0] - bound) > 0
         update[:n_eq] = True
-        if np.array_equal(update, active):
+        changes = int((update != active).sum())
+        if best_changes is None or changes < best_changes:
+            best, best_changes, stalled = solved, changes, 0
+        else:
+            stalled += 1
+        if changes == 0 or stalled >= _STALLED_ROUNDS:
             break
         active = update
+    if best is None:
+        return None
+    x, y_p = best
     Cx = C @ x
     z_p = np.minimum(Cx, bound)
     z_p[:n_eq] = bound[:n_eq]

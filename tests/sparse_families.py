@@ -41,19 +41,19 @@ class SparseFamily:
     n_variables: int
 
 
-def lasso(n_features: int, rng: np.random.Generator, density: float = 0.01) -> SparseFamily:
+def lasso(n_features: int, rng: np.random.Generator, density: float = 0.15) -> SparseFamily:
     """Lasso as a QP: ``min 1/2 ||r||^2 + lam 1't  s.t.  r = F w - y, -t <= w <= t``.
 
-    F is a fixed sparse ``(n_features / 5, n_features)`` design matrix; the targets y
-    and the weight lam are parameters.
+    F is a fixed sparse design matrix with ``n_features / 100`` rows (at least 8) and
+    15% nonzeros, as in the lasso benchmark of the OSQP paper (Stellato et al., 2020);
+    the targets y and the weight lam are parameters.
     """
-    n_samples = max(n_features // 5, 2)
+    n_samples = max(n_features // 100, 8)
     nnz_per_row = max(int(density * n_features), 2)
     rows = np.repeat(np.arange(n_samples), nnz_per_row)
     cols = rng.integers(0, n_features, rows.size)
-    F = sp.csr_array(
-        (rng.standard_normal(rows.size), (rows, cols)), shape=(n_samples, n_features)
-    )
+    values = rng.standard_normal(rows.size)
+    F = sp.csr_array((values, (rows, cols)), shape=(n_samples, n_features))
     F.sum_duplicates()
     w_true = np.where(rng.random(n_features) < 0.1, rng.standard_normal(n_features), 0.0)
     y_value = F @ w_true + 0.1 * rng.standard_normal(n_samples)
@@ -72,16 +72,21 @@ def lasso(n_features: int, rng: np.random.Generator, density: float = 0.01) -> S
 def portfolio(n_assets: int, n_factors: int, rng: np.random.Generator) -> SparseFamily:
     """Long-only factor-model portfolio: ``max mu'w - gamma (f'f + w' diag(d) w)``
     with ``f = F'w``, ``1'w = 1``, ``0 <= w <= w_max``; the expected returns mu are the
-    parameter."""
+    parameter (they enter the constraint matrix: see the comment below)."""
     F = rng.standard_normal((n_assets, n_factors)) / np.sqrt(n_factors)
     d = rng.uniform(0.5, 1.5, n_assets)
     gamma, w_max = 1.0, 5.0 / n_assets * 4
-    w, f = cp.Variable(n_assets), cp.Variable(n_factors)
+    w, f, ret = cp.Variable(n_assets), cp.Variable(n_factors), cp.Variable()
     mu = cp.Parameter(n_assets)
-    risk = cp.sum_squares(f) + cp.sum(cp.multiply(d, cp.square(w)))
+    # Written for CVXPY's canonicalization: a parameter times a variable in the objective
+    # (mu @ w) makes CVXPY 1.9 build a dense (variables x parameters) array, 3 GB at
+    # 20,000 assets, and multiply(d, square(w)) is slow; the expected return is an
+    # auxiliary variable fixed by a constraint instead, the idiosyncratic risk a
+    # sum of squares.
+    risk = cp.sum_squares(f) + cp.sum_squares(cp.multiply(np.sqrt(d), w))
     problem = cp.Problem(
-        cp.Maximize(mu @ w - gamma * risk),
-        [f == F.T @ w, cp.sum(w) == 1, w >= 0, w <= w_max],
+        cp.Maximize(ret - gamma * risk),
+        [ret == mu @ w, f == F.T @ w, cp.sum(w) == 1, w >= 0, w <= w_max],
     )
     mu_value = rng.standard_normal(n_assets) * 3.0 / n_assets
     return SparseFamily("portfolio", problem, [mu], [w], [mu_value], [0], n_assets)
