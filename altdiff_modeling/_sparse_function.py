@@ -82,6 +82,8 @@ def _solve_groups(
 ) -> list[_Group]:
     """Evaluate the data, then scale and solve each group."""
     B = theta.shape[0]
+    if B == 0:
+        return []
     patterns = _patterns(sqp)
     q_all = sqp.q.evaluate(theta)
     bound_all = sqp.bound.evaluate(theta)

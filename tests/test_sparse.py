@@ -220,6 +220,17 @@ def test_warm_start_reuses_the_previous_solution() -> None:
     assert relative_error(x_warm, x_cold) < 1e-4
 
 
+def test_empty_batch_gives_empty_outputs() -> None:
+    fam = isotonic(30, np.random.default_rng(17))
+    layer = AltDiffLayer(
+        fam.problem, fam.parameters, fam.variables, solver_args={"backend": "sparse"}
+    )
+    y = torch.zeros(0, 30, dtype=torch.float64, requires_grad=True)
+    (x,) = layer(y)
+    x.sum().backward()
+    assert x.shape == (0, 30) and y.grad.shape == (0, 30)
+
+
 def test_float32_inputs_give_float32_outputs_and_gradients() -> None:
     fam = isotonic(100, np.random.default_rng(15))
     layer = AltDiffLayer(
