@@ -144,11 +144,16 @@ def run_child(problem: str, method: str, runs: Path, budget: float, memory_gb: f
     if timed_out:
         record["status"] = f"did not finish in {budget / 60:.0f} min (in {record.get('phase')})"
     elif rc != 0:
-        tail = log.read_text()[-400:].strip().replace("\n", " / ")
-        record["status"] = f"failed (exit {rc}, in {record.get('phase')}): {tail}"
+        record["status"] = f"failed (exit {rc}, in {record.get('phase')}): {_last_line(log)}"
     else:
         record["status"] = "ok"
     return record
+
+
+def _last_line(log: Path) -> str:
+    """The last line of a child's output (for a crash: the exception)."""
+    lines = [line.strip() for line in log.read_text().splitlines() if line.strip()]
+    return (lines[-1] if lines else "no output").replace("|", "/")
 
 
 def compare(problem: str, runs: Path) -> dict:
@@ -330,10 +335,25 @@ def main() -> None:
     parser.add_argument("--only", default="", help="comma-separated problem names")
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--memory-limit-gb", type=float, default=14.0)
+    parser.add_argument("--report-only", action="store_true", help="tables from saved runs")
     args = parser.parse_args()
     results = HERE / "results"
     runs = results / "runs" / "sparse"
     runs.mkdir(parents=True, exist_ok=True)
+    if args.report_only:
+        saved = json.loads((results / "sparse.json").read_text())
+        records = saved["records"]
+        for record in records:
+            log = runs / f"{record['problem']}__{record['method']}.log"
+            if record.get("status", "").startswith("failed") and log.exists():
+                head = record["status"].split(":")[0]
+                record["status"] = f"{head}: {_last_line(log)}"
+        problems = dict.fromkeys(r["problem"] for r in records)
+        comparisons = {p: compare(p, runs) for p in problems}
+        text = report(records, comparisons, args)
+        (results / "sparse.md").write_text(text)
+        print(text)
+        return
     problems = [p for p in args.only.split(",") if p] or list(PROBLEMS)
     methods = [m for m in args.methods.split(",") if m] + [REFERENCE]
     records, comparisons = [], {}

@@ -265,3 +265,24 @@ def test_large_layer_is_built_without_dense_intermediates() -> None:
     assert peak < 1e9
     # The gradient of sum(x) w.r.t. y is 1 everywhere (x's blocks are averages of y).
     assert torch.allclose(y.grad, torch.ones(n, dtype=torch.float64), atol=1e-6)
+
+
+def test_kkt_factor_engines_agree_with_a_dense_solve() -> None:
+    """Quasi-dense rows of C select SuperLU, others qdldl; both solve the KKT system."""
+    import scipy.sparse as sp
+
+    from altdiff_modeling._sparse_kkt import KKTFactor
+
+    rng = np.random.default_rng(18)
+    n = 400
+    P = sp.csc_array(sp.diags_array(rng.uniform(0.0, 1.0, n)))
+    chain = sp.diags_array([np.ones(n - 1), -np.ones(n - 1)], offsets=[0, 1], shape=(n - 1, n))
+    quasi_dense = sp.random_array((3, n), density=0.15, rng=rng)  # 60 entries a row
+    for C, engine in ((chain, "qdldl"), (sp.vstack([chain, quasi_dense]), "splu")):
+        C = sp.csr_array(C)
+        row_diag = rng.uniform(0.1, 1.0, C.shape[0])
+        factor = KKTFactor(P, C, 1e-6, row_diag)
+        assert factor.engine == engine
+        rhs = rng.standard_normal((2, n))
+        H = P.toarray() + 1e-6 * np.eye(n) + C.T.toarray() @ (C.toarray() / row_diag[:, None])
+        assert relative_error(factor.solve(rhs), np.linalg.solve(H, rhs.T).T) < 1e-9
