@@ -131,12 +131,18 @@ def _loss_weights(shape):
 
 def _directional_fd(fam) -> tuple[float, dict]:
     """Central finite difference, by tight Clarabel solves, of the loss ``sum(w * x)``
-    along a random direction of the differentiated parameters (step ``FD_STEP``)."""
+    along a random direction of the differentiated parameters (each scaled by the RMS of
+    its parameter's value; step ``FD_STEP``)."""
     import cvxpy as cp
     import numpy as np
 
     rng = np.random.default_rng(2)
-    direction = {f"v{i}": rng.standard_normal(np.shape(fam.values[i])) for i in fam.grad_wrt}
+    # A direction scaled like each parameter (a portfolio's expected returns are ~1e-4).
+    direction = {
+        f"v{i}": rng.standard_normal(np.shape(fam.values[i]))
+        * np.sqrt(np.mean(np.square(fam.values[i])))
+        for i in fam.grad_wrt
+    }
     weights = _loss_weights(fam.variables[0].shape)
     losses = []
     for sign in (1.0, -1.0):
@@ -305,7 +311,8 @@ def report(records: list[dict], comparisons: dict, args: argparse.Namespace) -> 
         "Solutions against CVXPY + Clarabel (default tolerances); gradients of the two "
         "layers against each other (cvxpylayers runs SCS at its default, looser, "
         "tolerance); each layer's derivative of the loss along a random direction of the "
-        f"parameters against a central finite difference (step {FD_STEP:g}) of two "
+        "parameters (scaled like each parameter) against a central finite difference "
+        f"(step {FD_STEP:g}) of two "
         "Clarabel solves at tolerance 1e-10; and for the isotonic projection the whole "
         "gradient against its exact value.",
         "",
