@@ -40,11 +40,12 @@ __all__ = ["DataGradients", "DataTangents", "ForwardTangents", "reverse_gradient
 
 @dataclass
 class DataGradients:
-    """Per-instance gradients of a scalar loss w.r.t. the QP data (leading dim B)."""
+    """Per-instance gradients of a scalar loss w.r.t. the QP data (leading dim B); P and
+    C are None where they were not asked for."""
 
-    P: torch.Tensor
+    P: torch.Tensor | None
     q: torch.Tensor
-    C: torch.Tensor
+    C: torch.Tensor | None
     bound: torch.Tensor
     iterations: int
 
@@ -74,7 +75,8 @@ def _settled(
     A change at the level of round-off also counts as settled: there the estimated rate
     is meaningless (the iterates only flip their last bits).
     """
-    at_roundoff = change <= 64 * torch.finfo(change.dtype).eps * (1 + size)
+    eps = torch.finfo(change.dtype).eps
+    at_roundoff = change <= 64 * eps * (1 + size)
     if previous_change is None:
         return bool(at_roundoff.all())
     rate = (change / previous_change.clamp_min(1e-300)).clamp(max=1.0) ** (1 / settings.check_every)
@@ -116,6 +118,8 @@ def reverse_gradients(
     grad_x: torch.Tensor,
     grad_y: torch.Tensor | None,
     settings: SolverSettings,
+    need_P: bool = True,
+    need_C: bool = True,
 ) -> DataGradients:
     """Vector-Jacobian product of the solution map by the transposed Alt-Diff recursion.
 
@@ -125,6 +129,8 @@ def reverse_gradients(
         grad_x: ``(B, n)`` cotangent of x.
         grad_y: ``(B, m)`` cotangent of the multipliers ``[lambda; nu]``, or None.
         settings: ``backward_eps``, ``backward_max_iter`` and ``check_every``.
+        need_P, need_C: Whether the gradients w.r.t. P and C are wanted: each is a
+            ``(B, n, n)`` or ``(B, m, n)`` outer product, skipped (None) for constants.
 
     Returns:
         Gradients w.r.t. P ``(B, n, n)``, q ``(B, n)``, C ``(B, m, n)`` and the bound
@@ -179,8 +185,11 @@ def reverse_gradients(
     a, c = state
     t = factor.solve(a + rmatvec(C, c))
     rCt = r * matvec(C, t)
-    grad_P = -0.5 * (t.unsqueeze(-1) * x.unsqueeze(-2) + x.unsqueeze(-1) * t.unsqueeze(-2))
-    grad_C = -y.unsqueeze(-1) * t.unsqueeze(-2) + (c - rCt).unsqueeze(-1) * x.unsqueeze(-2)
+    grad_P = grad_C = None
+    if need_P:
+        grad_P = -0.5 * (t.unsqueeze(-1) * x.unsqueeze(-2) + x.unsqueeze(-1) * t.unsqueeze(-2))
+    if need_C:
+        grad_C = -y.unsqueeze(-1) * t.unsqueeze(-2) + (c - rCt).unsqueeze(-1) * x.unsqueeze(-2)
     grad_bound = keep * (2 * rCt - c) + bound_from_dual
     return DataGradients(P=grad_P, q=-t, C=grad_C, bound=grad_bound, iterations=iterations)
 
@@ -230,6 +239,7 @@ class ForwardTangents:
         factor: CholeskyFactor,
         alpha: float,
         inactive: torch.Tensor,
+        at_fixed_point: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Differentiate one ADMM step (see ``admm_solve``) in the tangent directions.
 
@@ -244,7 +254,9 @@ class ForwardTangents:
         dP_xt = torch.einsum("bijk,bj->bik", d.P.expand(B, *d.P.shape[1:]), x_tilde)
         r = rho_rows.unsqueeze(-1)
         # d[C'(r z - y) - H x~] with H = P + sigma I + C' r C, split by what varies.
-        w = rho_rows * (z - matvec(C, x_tilde)) - y
+        # At the fixed point z = C x~ holds exactly; using it, rather than
+        # the iterate's residual times the stiff equality penalty, matches reverse mode.
+        w = -y if at_fixed_point else rho_rows * (z - matvec(C, x_tilde)) - y
         rhs = (
             self.settings.sigma * dx
             - d.q
@@ -295,7 +307,7 @@ class ForwardTangents:
         settings = self.settings
 
         def step(state: State) -> State:
-            return self._step(state, z, y, x, r, result.factor, 1.0, inactive)
+            return self._step(state, z, y, x, r, result.factor, 1.0, inactive, True)
 
         state, steps, solved = (self.out_dx, self.out_dz, self.out_dy), 0, False
         if settings.backward_method == "gmres":

@@ -6,7 +6,18 @@ import torch
 
 from ._errors import SolverError
 
-__all__ = ["CholeskyFactor"]
+__all__ = ["CholeskyFactor", "cholesky_solve"]
+
+
+def cholesky_solve(rhs: torch.Tensor, L: torch.Tensor) -> torch.Tensor:
+    """``(L L')^{-1} rhs`` for ``L`` ``(..., n, n)`` lower and ``rhs`` ``(..., n, K)``.
+
+    Two triangular solves: on the CPU they run 4-10x faster than
+    ``torch.cholesky_solve`` for a few right-hand-side columns (one ADMM step), whose
+    LAPACK path does not block the work; with many columns the two are on par.
+    """
+    half = torch.linalg.solve_triangular(L, rhs, upper=False)
+    return torch.linalg.solve_triangular(L.mT, half, upper=True)
 
 
 class CholeskyFactor:
@@ -46,10 +57,10 @@ class CholeskyFactor:
         """
         if rhs.dim() == 2:
             if self.shared:
-                return torch.cholesky_solve(rhs.T, self.L[0]).T
-            return torch.cholesky_solve(rhs.unsqueeze(-1), self.L).squeeze(-1)
+                return cholesky_solve(rhs.T, self.L[0]).T
+            return cholesky_solve(rhs.unsqueeze(-1), self.L).squeeze(-1)
         if self.shared:
             B, n, K = rhs.shape
             columns = rhs.permute(1, 0, 2).reshape(n, B * K)
-            return torch.cholesky_solve(columns, self.L[0]).reshape(n, B, K).permute(1, 0, 2)
-        return torch.cholesky_solve(rhs, self.L)
+            return cholesky_solve(columns, self.L[0]).reshape(n, B, K).permute(1, 0, 2)
+        return cholesky_solve(rhs, self.L)

@@ -22,11 +22,19 @@ from ._admm import (
     SolveResult,
     WarmStart,
     admm_solve,
+    penalty_weights,
 )
 from ._altdiff import DataGradients, DataTangents, ForwardTangents, reverse_gradients
 from ._errors import SolverError, SolverWarning
 from ._qp import QPData
-from ._scaling import Scaling, ruiz_scaling, scale_solution, unscale_solution
+from ._scaling import (
+    Equilibration,
+    Scaling,
+    equilibrate,
+    ruiz_scaling,
+    scale_solution,
+    unscale_solution,
+)
 from ._settings import SolverSettings
 
 __all__ = ["DataMap", "Solution", "SolveInfo", "solve_forward_mode", "solve_reverse"]
@@ -102,15 +110,61 @@ def _failures(result: SolveResult, settings: SolverSettings) -> torch.Tensor | N
     return no_solution if bool(no_solution.any()) else None
 
 
+class ConstantDataReuse:
+    """What depends only on a layer's constant P, A and G, kept across its calls.
+
+    The Ruiz equilibration of P and C and the penalty weights ``C'SC`` of the scaled C
+    (see `penalty_weights`) cost as much as a factorization at large n; when the
+    matrices are the same tensors as in the previous call (a layer's constant blocks
+    are), they are reused. Anything else (a batched or parametric matrix, another
+    dtype, device or number of Ruiz passes) recomputes them.
+    """
+
+    def __init__(self) -> None:
+        self._key: tuple = ()
+        self._equilibration: Equilibration | None = None
+        self._weights: torch.Tensor | None = None
+
+    def _matches(self, data: QPData, settings: SolverSettings) -> bool:
+        key = self._key
+        return (
+            bool(key)
+            and (key[0] is data.P and key[1] is data.A and key[2] is data.G)
+            and key[3] == settings.scaling
+        )
+
+    def equilibration(self, data: QPData, settings: SolverSettings) -> Equilibration:
+        shared = data.P.shape[0] == data.A.shape[0] == data.G.shape[0] == 1
+        constant = not (data.P.requires_grad or data.A.requires_grad or data.G.requires_grad)
+        if not (shared and constant):
+            return equilibrate(data.P, data.C, settings.scaling)
+        if not self._matches(data, settings):
+            self._key = (data.P, data.A, data.G, settings.scaling)
+            self._equilibration = equilibrate(data.P, data.C, settings.scaling)
+            self._weights = None
+        return self._equilibration
+
+    def weights(self, data: QPData, scaled: QPData, settings: SolverSettings) -> torch.Tensor:
+        """``C'SC`` of the scaled C; call after `equilibration` for the same data."""
+        if not self._matches(data, settings):
+            return penalty_weights(scaled.C, scaled.n_eq)
+        if self._weights is None:
+            self._weights = penalty_weights(scaled.C, scaled.n_eq)
+        return self._weights
+
+
 def _solve(
     data: QPData,
     settings: SolverSettings,
     info: SolveInfo,
     tangents: DataTangents | None = None,
     warm: Solution | None = None,
+    reuse: ConstantDataReuse | None = None,
 ) -> tuple[Scaling, QPData, SolveResult, ForwardTangents | None]:
-    scaling = ruiz_scaling(data, settings.scaling)
+    reuse = reuse if reuse is not None else ConstantDataReuse()
+    scaling = ruiz_scaling(data, settings.scaling, reuse.equilibration(data, settings))
     scaled = scaling.scale(data)
+    weights = reuse.weights(data, scaled, settings)
     tracker = None
     if tangents is not None:
         tracker = ForwardTangents(scaled, _scale_tangents(scaling, tangents, data.n_eq), settings)
@@ -118,7 +172,7 @@ def _solve(
     if warm is not None:
         x, z, y = scale_solution(scaling, warm.x, warm.z, warm.y)
         warm_start = WarmStart(x=x, z=z, y=y, rho=warm.rho)
-    result = admm_solve(scaled, settings, scaling, tracker, warm_start)
+    result = admm_solve(scaled, settings, scaling, tracker, warm_start, weights)
     info._fill(result)
     return scaling, scaled, result, tracker
 
@@ -136,9 +190,9 @@ def _scale_tangents(scaling: Scaling, t: DataTangents, n_eq: int) -> DataTangent
 def _unscale_gradients(scaling: Scaling, g: DataGradients) -> DataGradients:
     D, E, c = scaling.D, scaling.E, scaling.c
     return DataGradients(
-        P=c.unsqueeze(-1) * D.unsqueeze(-1) * g.P * D.unsqueeze(-2),
+        P=None if g.P is None else c.unsqueeze(-1) * D.unsqueeze(-1) * g.P * D.unsqueeze(-2),
         q=c * D * g.q,
-        C=E.unsqueeze(-1) * g.C * D.unsqueeze(-2),
+        C=None if g.C is None else E.unsqueeze(-1) * g.C * D.unsqueeze(-2),
         bound=E * g.bound,
         iterations=g.iterations,
     )
@@ -180,11 +234,12 @@ class _ReverseFunction(torch.autograd.Function):
         info: SolveInfo,
         holder: list,
         warm: Solution | None,
+        reuse: ConstantDataReuse | None,
         *blocks: torch.Tensor,
     ):
         batch = max(block.shape[0] for block in blocks)
         data = QPData(*blocks, batch_size=batch)
-        scaling, scaled, result, _ = _solve(data, settings, info, warm=warm)
+        scaling, scaled, result, _ = _solve(data, settings, info, warm=warm, reuse=reuse)
         ctx.set_materialize_grads(False)
         ctx.settings, ctx.info, ctx.data, ctx.scaled = settings, info, data, scaled
         ctx.scaling, ctx.result = scaling, result
@@ -193,31 +248,35 @@ class _ReverseFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad_x: torch.Tensor | None, grad_y: torch.Tensor | None):
-        needs = ctx.needs_input_grad[4:]
+        needs = ctx.needs_input_grad[5:]
         if not any(needs) or (grad_x is None and grad_y is None):
-            return (None,) * 10
+            return (None,) * 11
         s: Scaling = ctx.scaling
         grad_x, grad_y = _masked(grad_x, ctx.failed), _masked(grad_y, ctx.failed)
         x = ctx.result.x
         scaled_gx = s.D * grad_x if grad_x is not None else torch.zeros_like(x)
         scaled_gy = s.E * grad_y / s.c if grad_y is not None else None
-        grads = reverse_gradients(ctx.scaled, ctx.result, scaled_gx, scaled_gy, ctx.settings)
+        need_P, need_C = needs[0], needs[2] or needs[4]
+        grads = reverse_gradients(
+            ctx.scaled, ctx.result, scaled_gx, scaled_gy, ctx.settings, need_P, need_C
+        )
         grads = _unscale_gradients(s, grads)
         ctx.info.backward_iterations = grads.iterations
         n_eq = ctx.data.n_eq
+        grad_C = grads.C
         per_instance = (
             grads.P,
             grads.q,
-            grads.C[:, :n_eq],
+            None if grad_C is None else grad_C[:, :n_eq],
             grads.bound[:, :n_eq],
-            grads.C[:, n_eq:],
+            None if grad_C is None else grad_C[:, n_eq:],
             grads.bound[:, n_eq:],
         )
         out = tuple(
             _reduce_to(grad, block) if need else None
             for grad, block, need in zip(per_instance, ctx.data.blocks(), needs, strict=True)
         )
-        return (None, None, None, None, *out)
+        return (None, None, None, None, None, *out)
 
 
 def solve_reverse(
@@ -226,6 +285,7 @@ def solve_reverse(
     info: SolveInfo,
     warm: Solution | None = None,
     holder: list | None = None,
+    reuse: ConstantDataReuse | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Solve with gradients by reverse-mode Alt-Diff.
 
@@ -235,6 +295,7 @@ def solve_reverse(
         info: Filled with the solve's statuses and counts.
         warm: A previous solution to start from.
         holder: A list that receives this solve's `Solution`.
+        reuse: A layer's cache of what depends only on its constant matrices.
 
     Returns:
         ``x`` ``(B, n)`` and the multipliers ``[lambda; nu]`` ``(B, n_eq + n_ineq)``.
@@ -243,7 +304,7 @@ def solve_reverse(
         SolverError: An instance was not solved and ``on_failure`` is ``"raise"``.
     """
     holder = holder if holder is not None else []
-    return _ReverseFunction.apply(settings, info, holder, warm, *data.blocks())
+    return _ReverseFunction.apply(settings, info, holder, warm, reuse, *data.blocks())
 
 
 class DataMap(Protocol):

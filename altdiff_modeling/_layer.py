@@ -12,6 +12,7 @@ import torch
 from ._canon import CanonicalForm, dense_qp, reduce_problem
 from ._errors import InputError
 from ._function import (
+    ConstantDataReuse,
     Solution,
     SolveInfo,
     forward_mode_solve,
@@ -143,6 +144,8 @@ class AltDiffLayer(torch.nn.Module):
         else:
             self._block_dependencies("dense")
         self._last_solution: Solution | None = None
+        # Equilibration and C'SC of constant P, A, G, computed on the first call.
+        self._reuse = ConstantDataReuse()
 
     @property
     def backend(self) -> str:
@@ -264,7 +267,10 @@ class AltDiffLayer(torch.nn.Module):
         warm = self._warm_start(settings, batch, flats[0] if flats else None)
         holder: list[Solution] = []
 
-        if self._backend(settings) == "sparse":
+        backend = self._backend(settings)
+        if backend == "sparse" and settings.backend == "auto" and settings.mode == "forward":
+            backend = "dense"  # "auto" never picks a backend that cannot serve the call
+        if backend == "sparse":
             if settings.mode == "forward" and needs_grad:
                 raise InputError(
                     "solver_args['mode'] = 'forward' is not supported by the sparse backend; "
@@ -280,7 +286,7 @@ class AltDiffLayer(torch.nn.Module):
             x, y = solve_forward_mode(self._qp, theta, settings, info, warm, holder)
         else:
             data = self._data(flats, batched, batch)
-            x, y = solve_reverse(data, settings, info, warm, holder)
+            x, y = solve_reverse(data, settings, info, warm, holder, self._reuse)
         self._last_solution = holder[0] if holder else None
 
         outputs = []
@@ -314,7 +320,7 @@ class AltDiffLayer(torch.nn.Module):
             SolverError: An instance was not solved and ``on_failure`` is ``"raise"``.
         """
         settings = parse_solver_args(solver_args, self._settings)
-        if self._backend(settings) == "sparse":
+        if settings.backend == "sparse":
             raise InputError(
                 "jacobian() is not supported by the sparse backend (a Jacobian of a large "
                 "problem is dense); pass solver_args={'backend': 'dense'} for a small problem"

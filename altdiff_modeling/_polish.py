@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import torch
 
+from ._factor import cholesky_solve
 from ._qp import matvec, rmatvec
 
 __all__ = ["polish"]
@@ -61,7 +62,7 @@ def polish(
     def solve_regularized(
         r_x: torch.Tensor, r_y: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        dx = torch.cholesky_solve((r_x + rmatvec(C, weight * r_y)).unsqueeze(-1), L).squeeze(-1)
+        dx = cholesky_solve((r_x + rmatvec(C, weight * r_y)).unsqueeze(-1), L).squeeze(-1)
         dy = torch.where(active, weight * (matvec(C, dx) - r_y), -r_y)
         return dx, dy
 

@@ -16,7 +16,7 @@ import torch
 
 from ._qp import QPData
 
-__all__ = ["Scaling", "ruiz_scaling"]
+__all__ = ["Equilibration", "Scaling", "equilibrate", "ruiz_scaling"]
 
 _MIN_SCALE, _MAX_SCALE = 1e-4, 1e4
 
@@ -51,38 +51,76 @@ class Scaling:
         )
 
 
-def ruiz_scaling(data: QPData, iterations: int = 10) -> Scaling:
+@dataclass(frozen=True)
+class Equilibration:
+    """The part of the Ruiz scaling that depends on P and C only.
+
+    Attributes:
+        D: ``(1|B, n)``.  E: ``(1|B, m)``.
+        P_norm: ``(1|B, 1)`` mean column norm of the equilibrated P (for the cost scaling).
+    """
+
+    D: torch.Tensor
+    E: torch.Tensor
+    P_norm: torch.Tensor
+
+
+def equilibrate(P: torch.Tensor, C: torch.Tensor, iterations: int = 10) -> Equilibration:
     """Equilibrate the KKT matrix ``[[P, C'], [C, 0]]`` in the infinity norm.
 
     Each pass divides every row and column by the square root of its largest entry
-    (clipped to ``[1e-4, 1e4]``), as OSQP does; then ``c`` normalizes the cost. Shared
-    matrices get a shared scaling, so a batch that shares P and C still factors once.
+    (clipped to ``[1e-4, 1e4]``), as OSQP does. Shared matrices get a shared scaling, so
+    a batch that shares P and C still factors once.
 
     Args:
-        data: The user's QP data.
+        P: ``(1|B, n, n)``.  C: ``(1|B, m, n)``.
         iterations: Number of Ruiz passes (0 gives the identity on D and E).
-
-    Returns:
-        The scaling, computed without gradient.
     """
     with torch.no_grad():
-        P, C, q = data.P, data.C, data.q
         batch = max(P.shape[0], C.shape[0])
         n, m = P.shape[-1], C.shape[1]
         D = P.new_ones(batch, n)
         E = P.new_ones(batch, m)
-        P_s, C_s = P, C
+        # Scaling by positive factors commutes with abs: take it once, not every pass.
+        P_s, C_s = P.abs(), C.abs()
+        # A block shared across a batch whose other block is not gets per-instance scaling.
+        if P_s.shape[0] != batch:
+            P_s = P_s.expand(batch, n, n).clone()
+        if C_s.shape[0] != batch:
+            C_s = C_s.expand(batch, m, n).clone()
         for _ in range(iterations):
             col_norm = torch.maximum(_amax(P_s, -2), _amax(C_s, -2))  # (batch, n)
             row_norm = _amax(C_s, -1)  # (batch, m)
             d = _inv_sqrt(col_norm)
             e = _inv_sqrt(row_norm)
             D, E = D * d, E * e
-            P_s = d.unsqueeze(-1) * P_s * d.unsqueeze(-2)
-            C_s = e.unsqueeze(-1) * C_s * d.unsqueeze(-2)
-        # Cost scaling: a shared value when P is shared, so H stays shared.
+            # In place: P_s and C_s are this function's own copies (from abs above).
+            P_s.mul_(d.unsqueeze(-1)).mul_(d.unsqueeze(-2))
+            C_s.mul_(e.unsqueeze(-1)).mul_(d.unsqueeze(-2))
         P_norm = _amax(P_s, -2).mean(-1, keepdim=True)  # (batch, 1)
-        q_norm = _amax(D * q, -1).unsqueeze(-1)  # (1|B, 1)
+    return Equilibration(D=D, E=E, P_norm=P_norm)
+
+
+def ruiz_scaling(
+    data: QPData, iterations: int = 10, equilibration: Equilibration | None = None
+) -> Scaling:
+    """Ruiz equilibration of P and C (`equilibrate`), then ``c`` normalizes the cost.
+
+    Args:
+        data: The user's QP data.
+        iterations: Number of Ruiz passes (0 gives the identity on D and E).
+        equilibration: `equilibrate` of ``data.P`` and ``data.C``, when already known.
+
+    Returns:
+        The scaling, computed without gradient.
+    """
+    if equilibration is None:
+        equilibration = equilibrate(data.P, data.C, iterations)
+    with torch.no_grad():
+        D, E, P_norm = equilibration.D, equilibration.E, equilibration.P_norm
+        batch = P_norm.shape[0]
+        # Cost scaling: a shared value when P is shared, so H stays shared.
+        q_norm = _amax((D * data.q).abs(), -1).unsqueeze(-1)  # (1|B, 1)
         if batch == 1 and q_norm.shape[0] > 1:
             q_norm = q_norm.median(0, keepdim=True).values
         c = 1.0 / torch.maximum(P_norm, q_norm).clamp(_MIN_SCALE, _MAX_SCALE)
@@ -91,11 +129,12 @@ def ruiz_scaling(data: QPData, iterations: int = 10) -> Scaling:
 
 
 def _amax(M: torch.Tensor, dim: int) -> torch.Tensor:
+    """Largest entry along ``dim`` of a nonnegative ``M`` (0 along an empty one)."""
     if M.shape[dim] == 0:
         shape = list(M.shape)
         del shape[dim]
         return M.new_zeros(shape)
-    return M.abs().amax(dim=dim)
+    return M.amax(dim=dim)
 
 
 def _inv_sqrt(norm: torch.Tensor) -> torch.Tensor:

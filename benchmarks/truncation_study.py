@@ -16,7 +16,10 @@ each instance and tolerance measures
 It writes ``benchmarks/results/truncation.md`` (medians and the largest ratio of
 gradient error to primal error per tolerance) and ``benchmarks/results/truncation.png``.
 
-Usage: python benchmarks/truncation_study.py [--instances 20] [--n 60]
+Usage: python benchmarks/truncation_study.py [--instances 20] [--n 60] [--publish]
+
+``--publish`` also copies the table and the plot to ``docs/results/``, where the
+documentation shows them.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-from _common import markdown_table, results_dir
+from _common import machine_line, markdown_table, publish, results_dir
 from families import random_qp
 from reference import kkt_implicit_gradient
 
@@ -48,7 +51,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--instances", type=int, default=20)
     parser.add_argument("--n", type=int, default=60)
+    parser.add_argument("--publish", action="store_true", help="copy the outputs to docs/")
     args = parser.parse_args()
+    torch.set_num_threads(1)
     rng = np.random.default_rng(0)
     records = []
     for index in range(args.instances):
@@ -122,7 +127,8 @@ def main() -> None:
     intro = (
         f"{args.instances} random strictly complementary QPs, n = {args.n}, {args.n // 4} "
         f"equalities, {args.n} inequalities ({args.n // 4} active); medians over instances; "
-        "ratio = gradient error / primal error.\n\n"
+        "ratio = gradient error / primal error. Times: one thread, "
+        f"{machine_line()}.\n\n"
     )
     print(intro + table)
     out = results_dir()
@@ -146,6 +152,8 @@ def main() -> None:
     fig.suptitle("Truncated Alt-Diff: accuracy against tolerance and time")
     fig.tight_layout()
     fig.savefig(out / "truncation.png", dpi=100)
+    if args.publish:
+        publish("truncation.md", "truncation.png")
 
 
 if __name__ == "__main__":

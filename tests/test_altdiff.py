@@ -195,6 +195,7 @@ def test_float32_backward_stops_at_roundoff_and_is_close_to_float64(seed: int, m
             [g.double().flatten() for g in _grad(x.sum(), tensors) if g is not None]
         )
         if dtype == torch.float32:
-            assert info.backward_iterations < 2000, info.backward_iterations
+            # well before backward_max_iter (10 000)
+            assert info.backward_iterations < 5000, info.backward_iterations
     error = (grads[torch.float32] - grads[torch.float64]).norm() / grads[torch.float64].norm()
     assert error < 1e-1, error

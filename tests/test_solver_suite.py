@@ -10,21 +10,18 @@ with the right status, and no feasible one may raise a false alarm.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import cvxpy as cp
 import numpy as np
 import pytest
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from qp_suite import QPInstance, make_suite
 
 from altdiff_modeling import solve_qp
 
 EPS = 1e-5
-MAX_ITER = 20_000
+# Two LPs of the suite need 26k and 30k iterations (lp-012, lp-019; OSQP needs 13k and 3k
+# at the same tolerance): the budget is an iteration limit, not a tolerance.
+MAX_ITER = 50_000
 SUITE = make_suite(seed=0)
 # Instances that neither this solver nor OSQP solves to EPS within 100,000 iterations
 # (OSQP 1.1.3, same tolerances, with or without polishing); for these the test asks
