@@ -162,6 +162,22 @@ def test_override_at_construction_and_per_call() -> None:
     assert "backend='sparse'" in repr(auto)
 
 
+def test_auto_serves_forward_mode_and_jacobian_with_the_dense_backend() -> None:
+    n = 300
+    x, shift = cp.Variable(n), cp.Parameter()
+    points = np.linspace(0.0, 3.0, n) + np.random.default_rng(19).standard_normal(n)
+    problem = cp.Problem(cp.Minimize(0.5 * cp.sum_squares(x - points - shift)), [cp.diff(x) >= 0])
+    layer = AltDiffLayer(problem, [shift], [x])
+    assert layer.backend == "sparse"
+    s = torch.tensor(0.5, dtype=torch.float64, requires_grad=True)
+    (x_forward,) = layer(s, solver_args={"mode": "forward"})
+    x_forward.sum().backward()
+    ((jac,),) = layer.jacobian(s.detach())
+    # A shift of every point shifts the projection: dx/ds = 1, d(sum x)/ds = n.
+    assert torch.allclose(jac, torch.ones(n, dtype=torch.float64), atol=1e-5)
+    assert abs(float(s.grad) - n) < 1e-3
+
+
 @pytest.mark.parametrize("value", ["Sparse", "cholmod", 1, None, ["sparse"]])
 def test_bad_backend_values_raise_input_error(value) -> None:
     fam = isotonic(20, np.random.default_rng(12))
