@@ -17,7 +17,7 @@ are reused with ``--resume``.
 
 Usage: python benchmarks/run_all.py [--quick] [--repeats 5] [--budget 300] [--threads 1]
            [--only w2,w3] [--methods qpth,altdiff-layer] [--skip-digits] [--resume]
-           [--solver-iterations] [--report-only]
+           [--solver-iterations] [--report-only] [--publish]
 """
 
 from __future__ import annotations
@@ -48,6 +48,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--resume", action="store_true", help="reuse finished runs")
     parser.add_argument("--report-only", action="store_true", help="tables from saved runs")
     parser.add_argument(
+        "--publish", action="store_true", help="copy the tables and plot to docs/results/"
+    )
+    parser.add_argument(
         "--solver-iterations",
         action="store_true",
         help="also run benchmarks/solver_iterations.py (long)",
@@ -73,7 +76,7 @@ for _variable in (
     os.environ[_variable] = str(ARGS.threads)
 
 import numpy as np
-from _common import markdown_table, results_dir
+from _common import markdown_table, publish, results_dir
 from peers import (
     INACCURATE_TOL,
     LIBRARY_METHODS,
@@ -620,6 +623,8 @@ def main() -> None:
             run_digits(records, runs)
     write_report(records)
     log(f"wrote {out / (TAG + '.md')} and .png/.json in {time.perf_counter() - start:.0f} s")
+    if ARGS.publish:
+        publish(f"{TAG}.md", f"{TAG}.png")
     if ARGS.solver_iterations:
         cmd = [sys.executable, str(HERE / "solver_iterations.py")]
         if ARGS.quick:
