@@ -208,8 +208,18 @@ def data_density(form: CanonicalForm) -> tuple[int, int, int]:
     p_row, _, _ = _coo(pp.P)
     a_row, _, _ = _coo(pp.A)
     a_matrix = a_row[a_row // n_rows < n]
-    nnz = int(np.unique(p_row).size + np.unique(a_matrix).size)
+    nnz = _distinct(p_row, n * n) + _distinct(a_matrix, n * n_rows)
     return n, n_rows, nnz
+
+
+def _distinct(indices: np.ndarray, space: int) -> int:
+    """Number of distinct values in ``indices``, all in ``[0, space)``: a mask (linear
+    time) where the space is small enough, a sort otherwise (large sparse problems)."""
+    if space <= 50_000_000:
+        mask = np.zeros(space, dtype=bool)
+        mask[indices] = True
+        return int(np.count_nonzero(mask))
+    return int(np.unique(indices).size)
 
 
 def choose_backend(form: CanonicalForm) -> str:
