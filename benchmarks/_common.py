@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import platform
 import sys
 from pathlib import Path
+
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -28,10 +31,6 @@ def publish(*names: str) -> None:
 
 def machine_line() -> str:
     """One line naming the machine state a result was measured in."""
-    import platform
-
-    import torch
-
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     return (
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
