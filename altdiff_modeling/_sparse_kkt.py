@@ -9,15 +9,18 @@ dense), so the sparse backend factors OSQP's quasi-definite KKT matrix instead::
 
 whose solution of ``K [u; w] = [rhs; 0]`` has ``u = H^{-1} rhs``. qdldl computes
 ``K = L D L'`` after an AMD ordering; the symbolic analysis is done once and only the
-values are refactored when r changes. Where C has quasi-dense rows, which make AMD
-slow, SuperLU (symmetric ordering, diagonal pivots) factors K instead
-(`_choose_engine`).
+values are refactored when r changes. A few long rows of C (longer than
+``sqrt(n + m)``: a lasso's data rows, a budget or factor constraint) are set aside and
+eliminated last through their dense Schur complement, which is what a fill-reducing
+ordering would do but without AMD's cost on such rows (seconds); many quasi-dense rows
+go to SuperLU (symmetric ordering, diagonal pivots) instead (`_choose_engine`).
 """
 
 from __future__ import annotations
 
 import numpy as np
 import qdldl
+import scipy.linalg as sla_dense
 import scipy.sparse as sp
 import scipy.sparse.linalg as sla
 
@@ -31,14 +34,84 @@ __all__ = ["KKTFactor", "solve_active_kkt"]
 _DELTA = 1e-9
 _REFINE_STEPS = 10
 _REFINE_TOL = 1e-13
+# Most long rows set aside for a dense Schur complement (one short solve each per
+# factorization, a k x k Cholesky factor).
+_MAX_LONG_ROWS = 500
 
 
 def _norm(v: np.ndarray) -> float:
     return float(np.abs(v).max()) if v.size else 0.0
 
 
+_FACTOR_ERROR = (
+    "the sparse KKT matrix [[P + sigma*I, C'], [C, -1/rho]] could not be factored "
+    "({}); is P positive semidefinite?"
+)
+
+
+class _LDL:
+    """qdldl's LDL' of ``[[P + sigma I, C'], [C, -diag(row_diag)]]`` on a fixed pattern:
+    the AMD ordering and symbolic analysis on the first factorization, only the values
+    afterwards."""
+
+    def __init__(self, P: sp.sparray, C: sp.sparray, check_inertia: bool) -> None:
+        n, m = P.shape[0], C.shape[0]
+        self.n, self.m = n, m
+        P_coo, C_coo = sp.coo_array(P), sp.coo_array(C)
+        upper = P_coo.row <= P_coo.col
+        diag_n, diag_m = np.arange(n), np.arange(m)
+        rows = np.concatenate([P_coo.row[upper], diag_n, C_coo.col, n + diag_m])
+        cols = np.concatenate([P_coo.col[upper], diag_n, n + C_coo.row, n + diag_m])
+        size = n + m
+        keys = cols.astype(np.int64) * size + rows
+        unique, self._slot = np.unique(keys, return_inverse=True)
+        self._indices = (unique % size).astype(np.int32)
+        counts = np.bincount(unique // size, minlength=size)
+        self._indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
+        self._P_upper, self._C_data = P_coo.data[upper], C_coo.data
+        self._solver: qdldl.Solver | None = None
+        self._check_inertia = check_inertia
+
+    def matrix(self, sigma: float, row_diag: np.ndarray) -> sp.csc_matrix:
+        """The upper triangle of the KKT matrix (CSC)."""
+        values = np.concatenate([self._P_upper, np.full(self.n, sigma), self._C_data, -row_diag])
+        data = np.bincount(self._slot, weights=values, minlength=self._indices.size)
+        size = self.n + self.m
+        return sp.csc_matrix((data, self._indices, self._indptr), shape=(size, size))
+
+    def factor(self, sigma: float, row_diag: np.ndarray) -> None:
+        K = self.matrix(sigma, row_diag)
+        try:
+            if self._solver is None:
+                self._solver = qdldl.Solver(K, upper=True)
+                # Inertia (n positive, m negative pivots) certifies quasi-definiteness,
+                # hence P + sigma I positive definite; checked once (P does not change).
+                positive = self.n
+                if self._check_inertia:
+                    positive = int((self._solver.factors()[1] > 0).sum())
+                if positive != self.n:
+                    raise ValueError(f"{self.n - positive} pivot(s) of the P block are <= 0")
+            else:
+                self._solver.update(K, upper=True)
+        except (ValueError, RuntimeError) as exc:
+            raise SolverError(_FACTOR_ERROR.format(exc)) from None
+
+    def solve(self, rhs: np.ndarray) -> np.ndarray:
+        """``(n + m,)`` right-hand side to ``(n + m,)`` solution."""
+        assert self._solver is not None
+        return self._solver.solve(rhs)
+
+
 class KKTFactor:
     """LDL' factor of ``[[P + sigma I, C'], [C, -diag(row_diag)]]``.
+
+    Three engines (`_choose_engine`): ``"qdldl"`` factors the whole matrix;
+    ``"schur"``, for a C with a few long rows (a lasso's data rows, a budget or factor
+    constraint over every variable), factors the matrix without those rows with qdldl
+    and their ``k x k`` Schur complement densely, which is the elimination order a
+    fill-reducing ordering would choose anyway, without the cost of ordering long rows
+    (AMD takes seconds on them); ``"splu"`` (SuperLU, symmetric ordering, diagonal
+    pivots) serves matrices with too many long rows for a dense complement.
 
     Args:
         P: ``(n, n)`` symmetric sparse matrix (both triangles stored).
@@ -62,22 +135,22 @@ class KKTFactor:
     ) -> None:
         n, m = P.shape[0], C.shape[0]
         self.n, self.m = n, m
-        P_coo, C_coo = sp.coo_array(P), sp.coo_array(C)
-        upper = P_coo.row <= P_coo.col
-        diag_n, diag_m = np.arange(n), np.arange(m)
-        rows = np.concatenate([P_coo.row[upper], diag_n, C_coo.col, n + diag_m])
-        cols = np.concatenate([P_coo.col[upper], diag_n, n + C_coo.row, n + diag_m])
-        size = n + m
-        keys = cols.astype(np.int64) * size + rows
-        unique, self._slot = np.unique(keys, return_inverse=True)
-        self._indices = (unique % size).astype(np.int32)
-        counts = np.bincount(unique // size, minlength=size)
-        self._indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
-        self._P_upper, self._C_data = P_coo.data[upper], C_coo.data
-        self.engine = _choose_engine(np.diff(sp.csr_array(C).indptr), size)
-        self._lu: sla.SuperLU | None = None
-        self._solver: qdldl.Solver | None = None
+        C = sp.csr_array(C)
+        self.engine, long_rows = _choose_engine(np.diff(C.indptr), n + m)
         self._check_inertia = check_inertia
+        self._lu: sla.SuperLU | None = None
+        self._ldl: _LDL | None = None
+        self._S: tuple | None = None
+        if self.engine == "splu":
+            self._splu_pattern = _LDL(P, C, check_inertia=False)
+        elif self.engine == "schur":
+            self._long = np.flatnonzero(long_rows)
+            self._short = np.flatnonzero(~long_rows)
+            self._C_long = sp.csr_array(C[self._long])
+            self._C_long_t = sp.csr_array(self._C_long.T)
+            self._ldl = _LDL(P, C[self._short], check_inertia)
+        else:
+            self._ldl = _LDL(P, C, check_inertia)
         self.sigma = float(sigma)
         self.row_diag = np.asarray(row_diag, dtype=np.float64)
         self.refactor(self.row_diag)
@@ -87,32 +160,78 @@ class KKTFactor:
         new ``sigma``); the ordering and symbolic analysis are reused."""
         self.sigma = self.sigma if sigma is None else float(sigma)
         self.row_diag = np.asarray(row_diag, dtype=np.float64)
-        values = np.concatenate(
-            [self._P_upper, np.full(self.n, self.sigma), self._C_data, -self.row_diag]
-        )
-        data = np.bincount(self._slot, weights=values, minlength=self._indices.size)
-        size = self.n + self.m
-        K = sp.csc_matrix((data, self._indices, self._indptr), shape=(size, size))
         if self.engine == "splu":
-            self._factor_splu(K)
-            return
+            self._factor_splu(self._splu_pattern.matrix(self.sigma, self.row_diag))
+        elif self.engine == "schur":
+            self._factor_schur()
+        else:
+            assert self._ldl is not None
+            self._ldl.factor(self.sigma, self.row_diag)
+
+    def _factor_schur(self) -> None:
+        """qdldl on the short rows, then the dense Schur complement of the long ones:
+        ``S = -diag(row_diag_long) - C_long H_short^{-1} C_long'`` (negative definite
+        when the short part is quasi-definite), by one short solve per long row."""
+        assert self._ldl is not None
+        n, k = self.n, self._long.size
+        self._ldl.factor(self.sigma, self.row_diag[self._short])
+        rows = self._C_long.toarray()  # (k, n)
+        rhs = np.zeros(n + self._short.size)
+        U = np.empty((k, n))  # H_short^{-1} C_long', by rows
+        for i in range(k):
+            rhs[:n] = rows[i]
+            U[i] = self._ldl.solve(rhs)[:n]
+        minus_S = self._C_long @ U.T
+        minus_S = 0.5 * (minus_S + minus_S.T)
+        minus_S[np.diag_indices(k)] += self.row_diag[self._long]
         try:
-            if self._solver is None:
-                self._solver = qdldl.Solver(K, upper=True)
-                # Inertia (n positive, m negative pivots) certifies quasi-definiteness,
-                # hence P + sigma I positive definite; checked once (P does not change).
-                positive = self.n
-                if self._check_inertia:
-                    positive = int((self._solver.factors()[1] > 0).sum())
-                if positive != self.n:
-                    raise ValueError(f"{self.n - positive} pivot(s) of the P block are <= 0")
-            else:
-                self._solver.update(K, upper=True)
-        except (ValueError, RuntimeError) as exc:
-            raise SolverError(
-                "the sparse KKT matrix [[P + sigma*I, C'], [C, -1/rho]] could not be factored "
-                f"({exc}); is P positive semidefinite?"
-            ) from None
+            self._S = ("cholesky", sla_dense.cho_factor(minus_S, lower=True))
+        except np.linalg.LinAlgError:
+            if self._check_inertia:
+                raise SolverError(
+                    "the sparse KKT matrix [[P + sigma*I, C'], [C, -1/rho]] is not "
+                    "quasi-definite (its Schur complement on the long rows is not "
+                    "negative definite); is P positive semidefinite?"
+                ) from None
+            self._S = ("lu", sla_dense.lu_factor(minus_S))
+
+    def _solve_schur(self, rhs_x: np.ndarray, rhs_y: np.ndarray | None) -> np.ndarray:
+        """Block elimination: a short solve, the long rows' multipliers from the Schur
+        complement, a second short solve (``rhs_y`` None: zero)."""
+        assert self._ldl is not None and self._S is not None
+        n, B = self.n, rhs_x.shape[0]
+        short, long = self._short, self._long
+        rhs = np.zeros(n + short.size)
+        first = np.empty((B, n))
+        for k in range(B):
+            rhs[:n] = rhs_x[k]
+            if rhs_y is not None:
+                rhs[n:] = rhs_y[k, short]
+            first[k] = self._ldl.solve(rhs)[:n]
+        residual = -(self._C_long @ first.T).T
+        if rhs_y is not None:
+            residual += rhs_y[:, long]
+        kind, S = self._S
+        if kind == "cholesky":
+            w_long = -sla_dense.cho_solve(S, residual.T).T
+        else:
+            w_long = -sla_dense.lu_solve(S, residual.T).T
+        correction = (self._C_long_t @ w_long.T).T
+        if rhs_y is None:
+            out = np.empty((B, n))
+            for k in range(B):
+                rhs[:n] = rhs_x[k] - correction[k]
+                out[k] = self._ldl.solve(rhs)[:n]
+            return out
+        out = np.empty((B, n + self.m))
+        for k in range(B):
+            rhs[:n] = rhs_x[k] - correction[k]
+            rhs[n:] = rhs_y[k, short]
+            second = self._ldl.solve(rhs)
+            out[k, :n] = second[:n]
+            out[k, n + short] = second[n:]
+        out[:, n + long] = w_long
+        return out
 
     def _factor_splu(self, K_upper: sp.csc_matrix) -> None:
         """SuperLU with symmetric ordering and diagonal pivots: an LDL'-like
@@ -127,10 +246,7 @@ class KKTFactor:
                 options={"SymmetricMode": True},
             )
         except RuntimeError as exc:
-            raise SolverError(
-                "the sparse KKT matrix [[P + sigma*I, C'], [C, -1/rho]] could not be factored "
-                f"({exc}); is P positive semidefinite?"
-            ) from None
+            raise SolverError(_FACTOR_ERROR.format(exc)) from None
         if self._check_inertia and self._lu is None:
             positive = int((lu.U.diagonal() > 0).sum())
             if positive != self.n or not np.array_equal(lu.perm_r, lu.perm_c):
@@ -143,13 +259,16 @@ class KKTFactor:
 
     def solve_kkt(self, rhs_x: np.ndarray, rhs_y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Solve ``K [u; w] = [rhs_x; rhs_y]`` for ``(B, n)``, ``(B, m)`` right-hand sides."""
-        if self._lu is not None:
+        if self.engine == "splu":
+            assert self._lu is not None
             out = np.ascontiguousarray(self._lu.solve(np.concatenate([rhs_x, rhs_y], 1).T).T)
+        elif self.engine == "schur":
+            out = self._solve_schur(rhs_x, rhs_y)
         else:
-            assert self._solver is not None
+            assert self._ldl is not None
             out = np.empty((rhs_x.shape[0], self.n + self.m))
             for k in range(rhs_x.shape[0]):  # qdldl solves one vector at a time
-                out[k] = self._solver.solve(np.concatenate([rhs_x[k], rhs_y[k]]))
+                out[k] = self._ldl.solve(np.concatenate([rhs_x[k], rhs_y[k]]))
         if not np.isfinite(out).all():
             raise SolverError(
                 "the sparse KKT solve returned NaN or Inf values; is P positive semidefinite?"
@@ -159,24 +278,37 @@ class KKTFactor:
     def solve(self, rhs: np.ndarray) -> np.ndarray:
         """``H^{-1} rhs`` for ``(B, n)`` right-hand sides, ``H = P + sigma I + C' diag(1 /
         row_diag) C``."""
-        u, _ = self.solve_kkt(rhs, np.zeros((rhs.shape[0], self.m)))
+        if self.engine != "schur":
+            u, _ = self.solve_kkt(rhs, np.zeros((rhs.shape[0], self.m)))
+            return u
+        u = self._solve_schur(rhs, None)
+        if not np.isfinite(u).all():
+            raise SolverError(
+                "the sparse KKT solve returned NaN or Inf values; is P positive semidefinite?"
+            )
         return u
 
 
-def _choose_engine(row_counts: np.ndarray, size: int) -> str:
-    """``"qdldl"`` (AMD ordering) unless C has quasi-dense rows.
+def _choose_engine(row_counts: np.ndarray, size: int) -> tuple[str, np.ndarray]:
+    """The engine for a C with these row lengths, and which rows are long.
 
-    AMD sets aside rows with more than ``10 sqrt(size)`` entries as dense and orders
-    the rest quickly; rows just below that threshold (a lasso's few data rows) make its
-    ordering slow, seconds at 40,000 rows, where SuperLU's minimum-degree ordering with
-    symmetric pivoting takes a fraction of a second. Truly dense rows (a budget or
-    factor constraint over every variable) are the other way round.
+    Rows longer than ``sqrt(size)`` are long. Without any, qdldl factors the whole
+    matrix (AMD orders it quickly). With up to ``_MAX_LONG_ROWS`` of them (and at most
+    a tenth of the rows), ``"schur"`` sets them aside: AMD would either take seconds
+    to order rows just below its own dense threshold (``10 sqrt(size)``, a lasso's data
+    rows) or fill every column they touch (a budget row over all variables), while
+    their dense complement costs one short solve per long row. Beyond that, rows just
+    below AMD's threshold go to SuperLU's minimum-degree ordering and the rest to
+    qdldl.
     """
-    longest = int(row_counts.max()) if row_counts.size else 0
-    quasi_dense = int(np.sum(row_counts > np.sqrt(size)))
-    if longest <= 10 * np.sqrt(size) and quasi_dense > 0:
-        return "splu"
-    return "qdldl"
+    long_rows = row_counts > np.sqrt(size)
+    k = int(long_rows.sum())
+    if k == 0:
+        return "qdldl", long_rows
+    if k <= min(_MAX_LONG_ROWS, max(row_counts.size // 10, 1)):
+        return "schur", long_rows
+    longest = int(row_counts.max())
+    return ("splu" if longest <= 10 * np.sqrt(size) else "qdldl"), long_rows
 
 
 def solve_active_kkt(

@@ -284,7 +284,9 @@ def test_large_layer_is_built_without_dense_intermediates() -> None:
 
 
 def test_kkt_factor_engines_agree_with_a_dense_solve() -> None:
-    """Quasi-dense rows of C select SuperLU, others qdldl; both solve the KKT system."""
+    """Short rows only select qdldl, a few long rows its Schur-complement variant, many
+    quasi-dense rows SuperLU; all three solve the KKT system (with and without a
+    right-hand side on the constraint rows)."""
     import scipy.sparse as sp
 
     from altdiff_modeling._sparse_kkt import KKTFactor
@@ -293,12 +295,29 @@ def test_kkt_factor_engines_agree_with_a_dense_solve() -> None:
     n = 400
     P = sp.csc_array(sp.diags_array(rng.uniform(0.0, 1.0, n)))
     chain = sp.diags_array([np.ones(n - 1), -np.ones(n - 1)], offsets=[0, 1], shape=(n - 1, n))
-    quasi_dense = sp.random_array((3, n), density=0.15, rng=rng)  # 60 entries a row
-    for C, engine in ((chain, "qdldl"), (sp.vstack([chain, quasi_dense]), "splu")):
+    few_long = sp.vstack([sp.random_array((3, n), density=0.15, rng=rng), np.ones((1, n))])
+    many_long = sp.random_array((60, n), density=0.15, rng=rng)  # 60 entries a row
+    cases = (
+        (chain, "qdldl"),
+        (sp.vstack([few_long[:2], chain, few_long[2:]]), "schur"),
+        (sp.vstack([chain, many_long]), "splu"),
+    )
+    for C, engine in cases:
         C = sp.csr_array(C)
-        row_diag = rng.uniform(0.1, 1.0, C.shape[0])
+        m = C.shape[0]
+        row_diag = rng.uniform(0.1, 1.0, m)
         factor = KKTFactor(P, C, 1e-6, row_diag)
         assert factor.engine == engine
         rhs = rng.standard_normal((2, n))
         H = P.toarray() + 1e-6 * np.eye(n) + C.T.toarray() @ (C.toarray() / row_diag[:, None])
         assert relative_error(factor.solve(rhs), np.linalg.solve(H, rhs.T).T) < 1e-9
+        K = np.block(
+            [
+                [H - C.T.toarray() @ (C.toarray() / row_diag[:, None]), C.T.toarray()],
+                [C.toarray(), -np.diag(row_diag)],
+            ]
+        )
+        rhs_y = rng.standard_normal((2, m))
+        u, w = factor.solve_kkt(rhs, rhs_y)
+        expected = np.linalg.solve(K, np.concatenate([rhs, rhs_y], 1).T).T
+        assert relative_error(np.concatenate([u, w], 1), expected) < 1e-9
