@@ -73,10 +73,24 @@ class SparseScaling:
         return x / self.D, z * self.E, y * self.c / self.E
 
 
-def _abs_max(M: sp.sparray, axis: int, size: int) -> np.ndarray:
-    if M.nnz == 0:
-        return np.zeros(size)
-    return np.asarray(abs(M).max(axis=axis).toarray()).ravel()
+class _GroupMax:
+    """Maxima of a sparse matrix's absolute entries over the groups (rows or columns)
+    given by ``labels``: the entries are sorted by group once, each pass is one
+    ``np.maximum.reduceat``."""
+
+    def __init__(self, labels: np.ndarray, size: int) -> None:
+        self.order = np.argsort(labels, kind="stable")
+        counts = np.bincount(labels, minlength=size)
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        self.nonempty = np.flatnonzero(counts)
+        self.starts = starts[self.nonempty]
+        self.size = size
+
+    def __call__(self, values: np.ndarray) -> np.ndarray:
+        out = np.zeros(self.size)
+        if self.nonempty.size:
+            out[self.nonempty] = np.maximum.reduceat(values[self.order], self.starts)
+        return out
 
 
 def _inv_sqrt(norm: np.ndarray) -> np.ndarray:
@@ -97,14 +111,19 @@ def sparse_ruiz(qp: SparseQP, iterations: int) -> SparseScaling:
     """
     n, m = qp.n, qp.m
     D, E = np.ones(n), np.ones(m)
-    P_s, C_s = qp.P, qp.C
+    P, C = sp.coo_array(qp.P), sp.coo_array(qp.C)
+    P_abs, C_abs = np.abs(P.data), np.abs(C.data)
+    P_row, P_col, C_row, C_col = P.row, P.col, C.row, C.col
+    P_col_max, C_col_max, C_row_max = _GroupMax(P_col, n), _GroupMax(C_col, n), _GroupMax(C_row, m)
+    P_s = P_abs
     for _ in range(iterations):
-        col = np.maximum(_abs_max(P_s, 0, n), _abs_max(C_s, 0, n))
-        d, e = _inv_sqrt(col), _inv_sqrt(_abs_max(C_s, 1, m))
+        P_s = P_abs * D[P_row] * D[P_col]
+        C_s = C_abs * E[C_row] * D[C_col]
+        col = np.maximum(P_col_max(P_s), C_col_max(C_s))
+        d, e = _inv_sqrt(col), _inv_sqrt(C_row_max(C_s))
         D, E = D * d, E * e
-        P_s = sp.csc_array(sp.diags_array(d) @ P_s @ sp.diags_array(d))
-        C_s = sp.csr_array(sp.diags_array(e) @ C_s @ sp.diags_array(d))
-    P_norm = float(_abs_max(P_s, 0, n).mean()) if n else 0.0
+    P_s = P_abs * D[P_row] * D[P_col]
+    P_norm = float(P_col_max(P_s).mean()) if n else 0.0
     q_norms = np.abs(D * qp.q).max(axis=1) if n and qp.q.shape[0] else np.zeros(1)
     norm = max(P_norm, float(np.median(q_norms)))
     c = 1.0 if norm == 0 else 1.0 / min(max(norm, _MIN_SCALE), _MAX_SCALE)
