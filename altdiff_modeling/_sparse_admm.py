@@ -173,7 +173,15 @@ def _try_polish(
     x_new, z_new, y_new = x.copy(), z.copy(), y.copy()
     ok = np.zeros(pending.shape, dtype=bool)
     for k in index:
-        polished = sparse_polish(qp.P, qp.q[k], qp.C, qp.bound[k], qp.n_eq, z[k], y[k])
+        one = SparseQP(P=qp.P, C=qp.C, q=qp.q[k : k + 1], bound=qp.bound[k : k + 1], n_eq=qp.n_eq)
+        check = _Residuals(one, residuals.s, residuals.settings, None)
+        check.eps_abs, check.eps_rel = residuals.eps_abs, residuals.eps_rel
+
+        def good(x_k, z_k, y_k, check=check) -> bool:
+            check.measure(x_k[None], z_k[None], y_k[None])
+            return bool(check.converged()[0])
+
+        polished = sparse_polish(qp.P, qp.q[k], qp.C, qp.bound[k], qp.n_eq, z[k], y[k], x[k], good)
         if polished is not None:
             x_new[k], z_new[k], y_new[k] = polished
             ok[k] = True

@@ -312,7 +312,12 @@ def _choose_engine(row_counts: np.ndarray, size: int) -> tuple[str, np.ndarray]:
 
 
 def solve_active_kkt(
-    P: sp.sparray, C: sp.csr_array, active: np.ndarray, rhs_x: np.ndarray, rhs_y: np.ndarray
+    P: sp.sparray,
+    C: sp.csr_array,
+    active: np.ndarray,
+    rhs_x: np.ndarray,
+    rhs_y: np.ndarray,
+    start: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray] | None:
     """Solve the equality-constrained KKT system of the active rows of C.
 
@@ -337,7 +342,7 @@ def solve_active_kkt(
         factor = KKTFactor(P, C_a, _DELTA, np.full(rows.size, _DELTA), check_inertia=False)
     except SolverError:
         return None
-    u = np.zeros(rhs_x.shape[0])
+    u = np.zeros(rhs_x.shape[0]) if start is None else start.copy()
     w_a = np.zeros(rows.size)
     size = 1 + _norm(rhs_x) + _norm(b_a)
     for _ in range(_REFINE_STEPS):

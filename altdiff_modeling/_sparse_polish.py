@@ -12,6 +12,8 @@ meets the tolerances.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import scipy.sparse as sp
 
@@ -23,6 +25,18 @@ _ACTIVE_SET_ROUNDS = 30
 _STALLED_ROUNDS = 3
 
 
+def _point(
+    C: sp.csr_array, bound: np.ndarray, n_eq: int, solved: tuple[np.ndarray, np.ndarray]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The ADMM-form point ``(x, z, y)`` of an active-set solution."""
+    x, y = solved
+    z = np.minimum(C @ x, bound)
+    z[:n_eq] = bound[:n_eq]
+    y = y.copy()
+    y[n_eq:] = np.maximum(y[n_eq:], 0)
+    return x, z, y
+
+
 def sparse_polish(
     P: sp.sparray,
     q: np.ndarray,
@@ -31,6 +45,8 @@ def sparse_polish(
     n_eq: int,
     z: np.ndarray,
     y: np.ndarray,
+    x: np.ndarray | None = None,
+    good: Callable[[np.ndarray, np.ndarray, np.ndarray], bool] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """Polish one iterate (scaled units).
 
@@ -38,6 +54,14 @@ def sparse_polish(
         P: ``(n, n)``.  q: ``(n,)``.  C: ``(m, n)``.  bound: ``(m,)``.
         n_eq: Number of equality rows (always active).
         z, y: ``(m,)`` the ADMM iterate whose active set is used.
+        x: ``(n,)`` the ADMM iterate's x, where the refinement of each active-set solve
+            starts: where the solution is not unique (an epigraph variable that no
+            active row pins, as CVXPY's ``abs`` introduces), it then stays next to the
+            iterate instead of moving to the minimum-norm point, which can violate the
+            rows left out.
+        good: Whether a point meets the solver's tolerances; the rounds stop at the
+            first one that does (degenerate rows, with multipliers of either sign at
+            round-off level, would otherwise keep the active set changing).
 
     Returns:
         ``x (n,)``, ``z (m,)``, ``y (m,)`` of the polished point, or None when the
@@ -47,9 +71,13 @@ def sparse_polish(
     active[:n_eq] = True
     best, best_changes, stalled = None, None, 0
     for _ in range(_ACTIVE_SET_ROUNDS):
-        solved = solve_active_kkt(P, C, active, -q, bound)
+        solved = solve_active_kkt(P, C, active, -q, bound, x)
         if solved is None:
             break
+        if good is not None:
+            point = _point(C, bound, n_eq, solved)
+            if good(*point):
+                return point
         # Primal-dual active-set update: keep rows whose multiplier is positive, add
         # rows the solution violates; a fixed point is the QP's solution. The method
         # can cycle (it is monotone only for M-matrix-like problems), so it stops when
@@ -66,9 +94,4 @@ def sparse_polish(
         active = update
     if best is None:
         return None
-    x, y_p = best
-    Cx = C @ x
-    z_p = np.minimum(Cx, bound)
-    z_p[:n_eq] = bound[:n_eq]
-    y_p[n_eq:] = np.maximum(y_p[n_eq:], 0)
-    return x, z_p, y_p
+    return _point(C, bound, n_eq, best)
