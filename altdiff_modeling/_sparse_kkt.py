@@ -58,23 +58,34 @@ class _LDL:
         n, m = P.shape[0], C.shape[0]
         self.n, self.m = n, m
         P_coo, C_coo = sp.coo_array(P), sp.coo_array(C)
-        upper = P_coo.row <= P_coo.col
+        # P's diagonal is added to the sigma diagonal, so (for P and C without
+        # duplicate entries) every entry of the upper triangle appears once and
+        # sorting the keys orders them in CSC, three times faster than np.unique.
+        off = P_coo.row < P_coo.col
+        on = P_coo.row == P_coo.col
+        self._P_diag = np.bincount(P_coo.row[on], weights=P_coo.data[on], minlength=n)
         diag_n, diag_m = np.arange(n), np.arange(m)
-        rows = np.concatenate([P_coo.row[upper], diag_n, C_coo.col, n + diag_m])
-        cols = np.concatenate([P_coo.col[upper], diag_n, n + C_coo.row, n + diag_m])
+        rows = np.concatenate([P_coo.row[off], diag_n, C_coo.col, n + diag_m])
+        cols = np.concatenate([P_coo.col[off], diag_n, n + C_coo.row, n + diag_m])
         size = n + m
         keys = cols.astype(np.int64) * size + rows
-        unique, self._slot = np.unique(keys, return_inverse=True)
-        self._indices = (unique % size).astype(np.int32)
-        counts = np.bincount(unique // size, minlength=size)
+        order = np.argsort(keys)
+        ordered = keys[order]
+        self._slot = np.empty(keys.size, dtype=np.int64)
+        if ordered.size and bool((ordered[1:] == ordered[:-1]).any()):
+            ordered, self._slot = np.unique(keys, return_inverse=True)  # duplicates summed
+        else:
+            self._slot[order] = np.arange(keys.size)
+        self._indices = (ordered % size).astype(np.int32)
+        counts = np.bincount(ordered // size, minlength=size)
         self._indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
-        self._P_upper, self._C_data = P_coo.data[upper], C_coo.data
+        self._P_off, self._C_data = P_coo.data[off], C_coo.data
         self._solver: qdldl.Solver | None = None
         self._check_inertia = check_inertia
 
     def matrix(self, sigma: float, row_diag: np.ndarray) -> sp.csc_matrix:
         """The upper triangle of the KKT matrix (CSC)."""
-        values = np.concatenate([self._P_upper, np.full(self.n, sigma), self._C_data, -row_diag])
+        values = np.concatenate([self._P_off, self._P_diag + sigma, self._C_data, -row_diag])
         data = np.bincount(self._slot, weights=values, minlength=self._indices.size)
         size = self.n + self.m
         return sp.csc_matrix((data, self._indices, self._indptr), shape=(size, size))
