@@ -28,49 +28,51 @@ def _gmres_cycle(
     ``(B, N)`` of norm ``beta``; returns the correction to the iterate and the number
     of applications made.
 
-    Modified Gram-Schmidt, with the Hessenberg columns reduced to a triangular R by
-    Givens rotations (cos, sin) and g the rotated residual vector: ``|g[j + 1]|`` is the
-    residual after step j, so the cycle stops as soon as every row meets ``threshold``.
+    Classical Gram-Schmidt applied twice (two batched products per pass instead of one
+    small operation per basis vector). The Givens rotations that reduce the Hessenberg
+    matrix to triangular form are accumulated in an orthogonal ``Omega``
+    ``(B, steps + 1, steps + 1)``, so a new column is rotated by one product and
+    ``beta * |Omega[j + 1, 0]|`` is the residual after step j: the cycle stops as soon
+    as every row meets ``threshold``. Every step costs a fixed number of tensor
+    operations, whatever its index.
     """
-    B = r.shape[0]
-    basis = [r / torch.where(beta > 0, beta, torch.ones_like(beta)).unsqueeze(-1)]
-    R = r.new_zeros(B, steps, steps)
-    cos = r.new_zeros(B, steps)
-    sin = r.new_zeros(B, steps)
-    g = r.new_zeros(B, steps + 1)
-    g[:, 0] = beta
+    B, N = r.shape
+    basis = r.new_zeros(B, steps + 1, N)
+    basis[:, 0] = r / torch.where(beta > 0, beta, torch.ones_like(beta)).unsqueeze(-1)
+    hessenberg = r.new_zeros(B, steps + 1, steps)
+    omega = torch.eye(steps + 1, dtype=r.dtype, device=r.device).repeat(B, 1, 1)
     done = 0
     for j in range(steps):
-        u = operator(basis[j])
-        column = []
-        for i in range(j + 1):  # modified Gram-Schmidt
-            h = _dot(basis[i], u)
-            column.append(h)
-            u = u - h.unsqueeze(-1) * basis[i]
+        u = operator(basis[:, j])
+        used = basis[:, : j + 1]
+        h = torch.bmm(used, u.unsqueeze(-1))
+        u = u - torch.bmm(h.transpose(1, 2), used).squeeze(1)
+        again = torch.bmm(used, u.unsqueeze(-1))  # second pass: orthogonal to round-off
+        u = u - torch.bmm(again.transpose(1, 2), used).squeeze(1)
         norm = u.norm(dim=-1)
-        basis.append(u / torch.where(norm > 0, norm, torch.ones_like(norm)).unsqueeze(-1))
-        for i in range(j):  # apply the earlier rotations to the new column
-            top = cos[:, i] * column[i] + sin[:, i] * column[i + 1]
-            column[i + 1] = -sin[:, i] * column[i] + cos[:, i] * column[i + 1]
-            column[i] = top
-        radius = torch.sqrt(column[j] ** 2 + norm**2)
+        basis[:, j + 1] = u / torch.where(norm > 0, norm, torch.ones_like(norm)).unsqueeze(-1)
+        hessenberg[:, : j + 1, j] = (h + again).squeeze(-1)
+        hessenberg[:, j + 1, j] = norm
+        # Earlier rotations touch rows 0..j only, so row j + 1 of the column stays norm.
+        top = torch.bmm(omega[:, j : j + 1, : j + 1], hessenberg[:, : j + 1, j : j + 1])
+        top = top.reshape(B)
+        radius = torch.sqrt(top**2 + norm**2)
         safe = torch.where(radius > 0, radius, torch.ones_like(radius))
-        cos[:, j] = torch.where(radius > 0, column[j] / safe, torch.ones_like(radius))
-        sin[:, j] = torch.where(radius > 0, norm / safe, torch.zeros_like(radius))
-        column[j] = radius
-        R[:, : j + 1, j] = torch.stack(column, dim=-1)
-        g[:, j + 1] = -sin[:, j] * g[:, j]
-        g[:, j] = cos[:, j] * g[:, j]
+        cos = torch.where(radius > 0, top / safe, torch.ones_like(radius)).unsqueeze(-1)
+        sin = torch.where(radius > 0, norm / safe, torch.zeros_like(radius)).unsqueeze(-1)
+        row_j, row_next = omega[:, j].clone(), omega[:, j + 1].clone()
+        omega[:, j] = cos * row_j + sin * row_next
+        omega[:, j + 1] = cos * row_next - sin * row_j
         done = j + 1
-        if bool((g[:, j + 1].abs() <= threshold).all()):
+        if bool((beta * omega[:, j + 1, 0].abs() <= threshold).all()):
             break
-    R_used = R[:, :done, :done]
-    diagonal = R_used.diagonal(dim1=-2, dim2=-1)
+    R = torch.bmm(omega[:, :done, : done + 1], hessenberg[:, : done + 1, :done]).triu()
+    diagonal = R.diagonal(dim1=-2, dim2=-1)
     # A zero pivot means the Krylov space is exhausted: that row is already solved.
-    R_used = R_used + torch.diag_embed((diagonal == 0).to(R.dtype))
-    y = torch.linalg.solve_triangular(R_used, g[:, :done].unsqueeze(-1), upper=True)
-    V = torch.stack(basis[:done], dim=1)  # (B, done, N)
-    return (y.squeeze(-1).unsqueeze(-1) * V).sum(1), done
+    R = R + torch.diag_embed((diagonal == 0).to(R.dtype))
+    g = (beta.unsqueeze(-1) * omega[:, :done, 0]).unsqueeze(-1)
+    y = torch.linalg.solve_triangular(R, g, upper=True)
+    return torch.bmm(y.transpose(1, 2), basis[:, :done]).squeeze(1), done
 
 
 def _dot(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
