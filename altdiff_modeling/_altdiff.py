@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import torch
 
 from ._admm import SolveResult
+from ._direct_adjoint import direct_adjoint, direct_is_cheaper
 from ._factor import CholeskyFactor
 from ._krylov import batched_gmres
 from ._qp import QPData, matvec, rmatvec
@@ -164,18 +165,43 @@ def reverse_gradients(
     def measure(state: State) -> torch.Tensor:
         return torch.cat(state, dim=1)
 
-    state, iterations, solved = (grad_x, g_v), 0, False
-    if settings.backward_method == "gmres":
+    source = torch.cat([grad_x, g_v], dim=1)
+    state, iterations, solved, start = (grad_x, g_v), 0, False, source
+    method = settings.backward_method
+    if method == "auto":
+        shared = data.P.shape[0] == 1 and C.shape[0] == 1 and r.shape[0] == 1
+        cheaper = direct_is_cheaper(grad_x.shape[0], n, C.shape[1], shared)
+        method = "direct" if cheaper else "gmres"
+    if method == "direct":
+        guess = direct_adjoint(data.P, C, r, inactive, grad_x, g_v, sigma)
+        if guess is not None:
+            # Accept the factorization's answer only as a fixed point of the recursion
+            # itself, to backward_eps. Where it is not, that instance's system is
+            # (nearly) singular and its answer may carry a huge part in the null space,
+            # which GMRES would keep: GMRES starts those rows afresh.
+            iterations = 1
+            residual = (measure(guess) - measure(step(guess))).norm(dim=-1)
+            tol = max(settings.backward_eps, 64 * torch.finfo(source.dtype).eps)
+            accepted = residual <= tol * (1 + source.norm(dim=-1))
+            solved = bool(accepted.all())
+            start = torch.where(accepted.unsqueeze(-1), measure(guess), source)
+            state = (start[:, :n], start[:, n:])
+        method = "gmres"
+    if method == "gmres" and not solved:
 
         def operator(w: torch.Tensor) -> torch.Tensor:
             a_next, c_next = adjoint_step(w[:, :n], w[:, n:])
             return w - torch.cat([a_next, c_next], dim=1)
 
-        source = torch.cat([grad_x, g_v], dim=1)
-        w, iterations, converged = batched_gmres(
-            operator, source, source, settings.backward_eps, settings.backward_max_iter
+        w, matvecs, converged = batched_gmres(
+            operator,
+            source,
+            start,
+            settings.backward_eps,
+            settings.backward_max_iter - iterations,
         )
         state, solved = (w[:, :n], w[:, n:]), bool(converged.all())
+        iterations += matvecs
     if not solved:
         # The plain recursion: the chosen method, or where GMRES could not solve the
         # system (a singular one, at a degenerate point), from GMRES's best iterate.
@@ -310,7 +336,7 @@ class ForwardTangents:
             return self._step(state, z, y, x, r, result.factor, 1.0, inactive, True)
 
         state, steps, solved = (self.out_dx, self.out_dz, self.out_dy), 0, False
-        if settings.backward_method == "gmres":
+        if settings.backward_method != "fixed_point":
             state, steps, solved = self._solve_fixed_point(step, r, inactive)
         if not solved:
             # The plain recursion: the chosen method, or where GMRES could not solve the

@@ -18,8 +18,8 @@ DiffMode = Literal["reverse", "forward"]
 FailurePolicy = Literal["raise", "nan", "warn"]
 _MODES = ("reverse", "forward")
 _POLICIES = ("raise", "nan", "warn")
-BackwardMethod = Literal["gmres", "fixed_point"]
-_BACKWARD_METHODS = ("gmres", "fixed_point")
+BackwardMethod = Literal["auto", "direct", "gmres", "fixed_point"]
+_BACKWARD_METHODS = ("auto", "direct", "gmres", "fixed_point")
 Backend = Literal["auto", "dense", "sparse"]
 _BACKENDS = ("auto", "dense", "sparse")
 
@@ -54,8 +54,12 @@ class SolverSettings:
             adjoint, or of the Jacobian in forward mode).
         backward_max_iter: Largest number of Alt-Diff iterations in the backward pass.
         backward_method: How reverse mode solves its linear fixed point: ``"gmres"``
-            (Krylov acceleration of the same recursion) or ``"fixed_point"`` (the plain
-            transposed recursion).
+            (Krylov acceleration of the same recursion), ``"direct"`` (one small
+            factorization per instance, checked against the recursion and refined by
+            GMRES where needed; fast on batches of small problems), ``"auto"`` (the
+            default: ``"direct"`` where a cost model favours it, else ``"gmres"``) or
+            ``"fixed_point"`` (the plain transposed recursion). Forward mode and the
+            sparse backend use GMRES for all but ``"fixed_point"``.
         mode: ``"reverse"`` (vector-Jacobian products, the default) or ``"forward"``
             (the Jacobian recursion run in lockstep with ADMM).
         backend: How a layer stores and factors its data: ``"dense"`` (batched torch
@@ -80,7 +84,7 @@ class SolverSettings:
     on_failure: FailurePolicy = "raise"
     backward_eps: float = 1e-8
     backward_max_iter: int = 10_000
-    backward_method: BackwardMethod = "gmres"
+    backward_method: BackwardMethod = "auto"
     mode: DiffMode = "reverse"
     backend: Backend = "auto"
 

@@ -137,7 +137,7 @@ def sparse_reverse_gradients(
 
     source = np.concatenate([grad_x, g_v], axis=1)
     state, iterations, solved = source, 0, False
-    if settings.backward_method == "gmres":
+    if settings.backward_method != "fixed_point":
         state = _kkt_start(qp, inactive, r, sigma, grad_x, grad_y, source)
 
         def operator(w: torch.Tensor) -> torch.Tensor:

@@ -67,11 +67,11 @@ def _assert_gradients_close(grads, reference, tol: float, label: object) -> None
         assert error <= tol * max(np.linalg.norm(ref), 1e-3 * total), (name, label, error)
 
 
-@pytest.mark.parametrize("seed", range(0, 50, 5))
+@pytest.mark.parametrize("seed", [*range(0, 50, 5), 4, 9])  # 4, 9: LPs
 def test_backward_methods_agree_and_gmres_takes_fewer_steps(seed: int):
     case = _random_case(seed)
     results = {}
-    for method in ("gmres", "fixed_point"):
+    for method in ("direct", "gmres", "fixed_point"):
         tensors = _tensors(case)
         x, info = solve_qp(
             *tensors, solver_args={**TIGHT, "backward_method": method}, return_info=True
@@ -80,7 +80,35 @@ def test_backward_methods_agree_and_gmres_takes_fewer_steps(seed: int):
         results[method] = (grads, info.backward_iterations)
     reference = [None if g is None else g.numpy() for g in results["fixed_point"][0]]
     _assert_gradients_close(results["gmres"][0], reference, 1e-7, seed)
+    _assert_gradients_close(results["direct"][0], reference, 1e-7, seed)
     assert results["gmres"][1] < results["fixed_point"][1]
+    # At a non-degenerate point the factorization's answer passes the recursion's check.
+    assert results["direct"][1] == 1
+
+
+def test_direct_backward_falls_back_where_its_system_is_singular():
+    # Instance 1 repeats an equality row: its multipliers are not unique and the direct
+    # method's system is singular, so that instance goes to GMRES; instance 0 does not.
+    case = _random_case(7)
+    A = np.stack([case["A"], np.vstack([case["A"][:-1], case["A"][0]])])
+    b = np.stack([case["b"], np.concatenate([case["b"][:-1], case["b"][:1]])])
+    if A.shape[1] == 1:  # a repeated row needs two rows to begin with
+        pytest.skip("case 7 has one equality")
+    weights = torch.from_numpy(np.random.default_rng(7).standard_normal(case["q"].size))
+    grads, iterations = {}, {}
+    for method in ("direct", "fixed_point"):
+        q = torch.tensor(np.stack([case["q"], case["q"]]), requires_grad=True)
+        args = [case["P"], q, A, b, case["G"], case["h"]]
+        args = [a if isinstance(a, torch.Tensor) else torch.from_numpy(a) for a in args]
+        x, info = solve_qp(
+            *args, solver_args={**TIGHT, "backward_method": method}, return_info=True
+        )
+        (grads[method],) = torch.autograd.grad((x @ weights).sum(), q)
+        iterations[method] = info.backward_iterations
+    # dx/dq is unique even where the multipliers are not.
+    assert relative_error(grads["direct"].numpy(), grads["fixed_point"].numpy()) <= 1e-7
+    assert iterations["direct"] > 1
+    assert torch.isfinite(grads["direct"]).all()
 
 
 def test_multipliers_are_outputs_with_cvxpy_signs_and_gradients():
