@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ._factor import CholeskyFactor
-from ._polish import polish
+from ._polish import active_set, polish
 from ._qp import QPData, matvec, rmatvec
 from ._scaling import Scaling
 from ._settings import SolverSettings
@@ -47,6 +47,7 @@ __all__ = [
     "admm_solve",
     "penalty_rows",
     "penalty_weights",
+    "polish_schedule",
 ]
 
 STATUS_NAMES = ("solved", "solved_inaccurate", "max_iter", "primal_infeasible", "dual_infeasible")
@@ -57,7 +58,11 @@ _RHO_MIN, _RHO_MAX = 1e-6, 1e6
 _RHO_UPDATE_FACTOR = 5.0
 _INACCURATE_FACTOR = 10.0
 _TINY = 1e-30
-_FIRST_POLISH = 100  # iterations before the first polish attempt; doubled after each
+_LATEST_FIRST_POLISH = 100  # the first polish attempt comes at this iteration or earlier
+# Cost model of the polish schedule, in floating-point operations (the fixed parts are
+# the tensor-operation overheads of one ADMM step and of one polish, at ~10 GFlop/s).
+_STEP_OVERHEAD = 2.5e6
+_POLISH_OVERHEAD = 1e7
 
 
 @dataclass
@@ -225,6 +230,92 @@ class _Residuals:
         )
 
 
+def polish_schedule(B: int, n: int, m: int, check_every: int, max_iter: int) -> set[int]:
+    """The iterations, besides 100, 200, 400, ..., at which unfinished instances may
+    polish (`_PolishPlan` says which).
+
+    A polish costs a factorization per instance; an ADMM step a few products with the
+    data. ``gap``, the number of steps that cost as much as one polish, spaces the
+    attempts, so polishing at most doubles the work; gaps also grow by a quarter of
+    the iteration count, so a long solve makes logarithmically many attempts. On small
+    problems the attempts come every check or two: ADMM finds the active set long
+    before its residuals are small, and an early polish ends the solve there.
+    """
+
+    def on_check(k: float) -> int:
+        return max(check_every, math.ceil(k / check_every) * check_every)
+
+    step = B * (2 * n * n + 4 * n * m) + _STEP_OVERHEAD
+    polish = B * (n**3 / 3 + 2 * n * n * m + 20 * (n * n + 2 * n * m)) + _POLISH_OVERHEAD
+    gap = polish / step
+    attempts, k = set(), on_check(min(_LATEST_FIRST_POLISH, gap))
+    while k < max_iter:
+        attempts.add(k)
+        k = on_check(k + max(gap, k / 4))
+    return attempts
+
+
+class _PolishPlan:
+    """Which unfinished instances polish at a check.
+
+    At the iterations of `polish_schedule` the unfinished instances polish unless their
+    active-set estimate is the one of their last failed attempt (it would fail again);
+    in a batch, only once no unfinished instance's estimate has changed since the
+    previous check (a moving estimate is most likely wrong). At 100, 200, 400, ...
+    iterations and at ``max_iter`` every unfinished instance polishes whatever its
+    estimate.
+    """
+
+    def __init__(self, B: int, n: int, m: int, settings: SolverSettings) -> None:
+        check, max_iter = settings.check_every, settings.max_iter
+        self.enabled = settings.polish
+        self.max_iter = max_iter
+        self.settled_at = polish_schedule(B, n, m, check, max_iter)
+        first = max(check, _LATEST_FIRST_POLISH // check * check)
+        self.always_at = {first * 2**j for j in range(64) if first * 2**j < max_iter}
+        self.previous: torch.Tensor | None = None
+        self.failed: torch.Tensor | None = None
+
+    def candidates(
+        self,
+        k: int,
+        z: torch.Tensor,
+        y: torch.Tensor,
+        bound: torch.Tensor,
+        n_eq: int,
+        pending: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The ``(B,)`` mask of instances to polish at iteration k (None: none), and
+        the ``(B, m)`` active-set estimate."""
+        if not self.enabled:
+            return None
+        estimate = active_set(z, y, bound, n_eq)
+        previous, self.previous = self.previous, estimate
+        if k == self.max_iter or k in self.always_at:
+            chosen = pending
+        elif k in self.settled_at and previous is not None:
+            # A batch iterates until its last instance is done: polishing only some of
+            # them saves nothing, so it waits until every estimate has settled. A lone
+            # instance tries at once (an attempt costs at most `gap` steps).
+            settled = (estimate == previous).all(-1)
+            if pending.shape[0] > 1 and not bool((settled | ~pending).all()):
+                return None
+            chosen = pending
+            if self.failed is not None:
+                chosen = chosen & ~(estimate == self.failed).all(-1)
+        else:
+            return None
+        if not bool(chosen.any()):
+            return None
+        return chosen, estimate
+
+    def record_failures(self, tried: torch.Tensor, estimate: torch.Tensor) -> None:
+        """Remember the estimate of the instances whose attempt ``tried`` failed."""
+        if self.failed is None:
+            self.failed = torch.zeros_like(estimate)
+        self.failed = torch.where(tried.unsqueeze(-1), estimate, self.failed)
+
+
 def _try_polish(
     data: QPData,
     residuals: _Residuals,
@@ -232,19 +323,25 @@ def _try_polish(
     z: torch.Tensor,
     y: torch.Tensor,
     pending: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Polish the pending instances; keep each polished point only if it converged.
 
-    On return ``residuals`` describes the returned iterates.
+    On return ``residuals`` describes the returned iterates. Also returns the ``(B,)``
+    mask of the polished points kept.
     """
     index = torch.nonzero(pending).flatten()
 
+    # In float64 whatever the data's dtype: the reduced system is regularized by 1e-6,
+    # which float32 cannot resolve (its refinement would stall far from the solution).
+    work = torch.float64
+
     def pick(block: torch.Tensor) -> torch.Tensor:
-        return block if block.shape[0] == 1 else block[index]
+        return (block if block.shape[0] == 1 else block[index]).to(work)
 
     xp, zp, yp, ok = polish(
-        pick(data.P), pick(data.q), pick(data.C), pick(data.bound), data.n_eq, z[index], y[index]
+        pick(data.P), pick(data.q), pick(data.C), pick(data.bound), data.n_eq, pick(z), pick(y)
     )
+    xp, zp, yp = xp.to(x.dtype), zp.to(x.dtype), yp.to(x.dtype)
     x_new, z_new, y_new = x.clone(), z.clone(), y.clone()
     x_new[index], z_new[index], y_new[index] = xp, zp, yp
     residuals.measure(x_new, z_new, y_new)
@@ -255,7 +352,7 @@ def _try_polish(
     z = torch.where(accept[:, None], z_new, z)
     y = torch.where(accept[:, None], y_new, y)
     residuals.measure(x, z, y)
-    return x, z, y
+    return x, z, y, accept
 
 
 def admm_solve(
@@ -308,8 +405,7 @@ def admm_solve(
     out_primal = torch.full((B,), math.inf, dtype=dtype, device=device)
     out_dual = torch.full((B,), math.inf, dtype=dtype, device=device)
 
-    first = max(settings.check_every, _FIRST_POLISH // settings.check_every * settings.check_every)
-    polish_at = {first * 2**j for j in range(64) if first * 2**j < settings.max_iter}
+    plan = _PolishPlan(B, n, m, settings)
 
     def record(mask: torch.Tensor, code: int | torch.Tensor, k: int) -> None:
         nonlocal out_x, out_z, out_y, status, done, iterations, out_primal, out_dual
@@ -342,8 +438,10 @@ def admm_solve(
             continue
         residuals.measure(x, z, y)
         record(residuals.converged() & ~done, SOLVED, k)
-        if settings.polish and (last or k in polish_at) and not bool(done.all()):
-            x, z, y = _try_polish(data, residuals, x, z, y, ~done)
+        chosen = plan.candidates(k, z, y, bound, n_eq, ~done)
+        if chosen is not None:
+            x, z, y, kept = _try_polish(data, residuals, x, z, y, chosen[0])
+            plan.record_failures(chosen[0] & ~kept, chosen[1])
             record(residuals.converged() & ~done, SOLVED, k)
         pending = ~done
         record(residuals.primal_infeasible(y - y_before) & pending, PRIMAL_INFEASIBLE, k)

@@ -20,10 +20,21 @@ import torch
 from ._factor import cholesky_solve
 from ._qp import matvec, rmatvec
 
-__all__ = ["polish"]
+__all__ = ["active_set", "polish"]
 
 _DELTA = 1e-6
 _REFINE_STEPS = 5
+
+
+def active_set(z: torch.Tensor, y: torch.Tensor, bound: torch.Tensor, n_eq: int) -> torch.Tensor:
+    """``(B, m)`` bool: the rows an iterate ``(z, y)`` ``(B, m)`` estimates active.
+
+    A row is active when its multiplier outweighs its slack (OSQP's rule); equality rows
+    always are.
+    """
+    active = (bound - z) < y
+    active[:, :n_eq] = True
+    return active
 
 
 def polish(
@@ -49,9 +60,7 @@ def polish(
     B, m = y.shape
     n = q.shape[-1]
     bound = bound.expand(B, m)
-    # A row is active when its multiplier outweighs its slack (OSQP's rule).
-    active = (bound - z) < y
-    active[:, :n_eq] = True
+    active = active_set(z, y, bound, n_eq)
     weight = active.to(q.dtype) / _DELTA  # (B, m)
     eye = torch.eye(n, dtype=q.dtype, device=q.device)
     K = P + _DELTA * eye + C.transpose(-1, -2) @ (weight.unsqueeze(-1) * C)

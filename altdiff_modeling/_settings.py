@@ -39,9 +39,11 @@ class SolverSettings:
         alpha: Over-relaxation factor in (0, 2).
         adaptive_rho: Whether rho follows the ratio of primal to dual residuals.
         check_every: Iterations between two checks of the residuals and certificates.
-        polish: Whether unfinished instances try, after 100, 200, 400, ... iterations
-            and at ``max_iter``, to solve the equality-constrained QP of their
-            estimated active set exactly (kept only when it meets the tolerances).
+        polish: Whether unfinished instances try to solve the equality-constrained QP
+            of their estimated active set exactly (kept only when it meets the
+            tolerances): as often as every check where a factorization is cheap
+            against an ADMM step, spaced by their cost ratio elsewhere, and always
+            after 100, 200, 400, ... iterations and at ``max_iter``.
         scaling: Number of Ruiz equilibration passes (0 disables scaling).
         eps_prim_inf: Tolerance of the primal infeasibility certificate.
         eps_dual_inf: Tolerance of the dual infeasibility (unboundedness) certificate.

@@ -1,0 +1,73 @@
+"""When the forward solver polishes: the cost-based schedule, and the small LPs that ADMM
+alone finishes only after thousands of iterations."""
+
+from __future__ import annotations
+
+import itertools
+
+import cvxpy as cp
+import numpy as np
+import pytest
+import torch
+
+from altdiff_modeling import solve_qp
+from altdiff_modeling._admm import polish_schedule
+
+F64 = torch.float64
+
+
+def test_small_problems_try_early_and_large_ones_space_their_attempts():
+    small = sorted(polish_schedule(1, 5, 8, 10, 10_000))
+    assert small[:5] == [10, 20, 30, 40, 50]
+    large = sorted(polish_schedule(1, 3000, 1500, 10, 10_000))
+    assert large[0] == 100  # never later than the first attempt of the doubling schedule
+    # one polish of n = 3000 costs hundreds of ADMM steps: the attempts are that far apart
+    assert min(b - a for a, b in itertools.pairwise(large)) >= 500
+    for schedule in (small, large):
+        assert all(k % 10 == 0 for k in schedule)
+        assert len(schedule) <= 40  # gaps grow with the iteration count
+
+
+# A 3-variable LP from the property tests, with its matrix G moved by four multiples of
+# one direction (a finite-difference batch). ADMM alone took up to 25,600 iterations on
+# these at eps 1e-11, and batching them changed which instance was slow.
+_G = np.array(
+    [
+        [-0.02031432, 0.16041382, -0.49678236],
+        [-0.31632849, 0.19082199, -0.10858948],
+        [0.3755869, 0.34546546, 0.89650103],
+        [-1.68372847, 0.88104371, -0.57410534],
+        [-2.01051218, -0.48438767, 1.47129573],
+        [0.291684, -0.16438248, 0.12666599],
+    ]
+)
+_H = np.array([0.63523243, -0.10911989, 1.25183079, -1.64186535, -3.06665107, 0.26818152])
+_Q = np.array([0.20210737, -0.00752136, -0.07122865])
+_TIGHT = {"eps_abs": 1e-11, "eps_rel": 1e-11, "max_iter": 50_000}
+
+
+def _moved_lps() -> torch.Tensor:
+    direction = np.random.default_rng(4294967296).standard_normal((2, *_G.shape))[1]
+    direction *= np.abs(_G).max(axis=1, keepdims=True)
+    offsets = 1e-3 * np.array([1.0, -1.0, 0.5, -0.5])
+    return torch.tensor(_G[None] + offsets[:, None, None] * direction[None], dtype=F64)
+
+
+@pytest.mark.parametrize("batched", [True, False])
+def test_polishing_ends_small_lps_early_alone_or_in_a_batch(batched: bool):
+    G = _moved_lps()
+    P, q, h = torch.zeros(3, 3, dtype=F64), torch.tensor(_Q), torch.tensor(_H)
+    instances = [G] if batched else [G[i] for i in range(4)]
+    for G_part in instances:
+        x, info = solve_qp(P, q, None, None, G_part, h, solver_args=_TIGHT, return_info=True)
+        assert all(status == "solved" for status in info.status)
+        assert int(info.iterations.max()) <= 100, info.iterations
+        for G_i, x_i in zip(G_part.reshape(-1, *_G.shape), x.reshape(-1, 3), strict=True):
+            np.testing.assert_allclose(x_i.numpy(), _clarabel_lp(G_i.numpy()), atol=1e-8)
+
+
+def _clarabel_lp(G: np.ndarray) -> np.ndarray:
+    x = cp.Variable(3)
+    problem = cp.Problem(cp.Minimize(_Q @ x), [G @ x <= _H])
+    problem.solve(cp.CLARABEL, tol_gap_abs=1e-12, tol_gap_rel=1e-12, tol_feas=1e-12)
+    return x.value
