@@ -288,11 +288,16 @@ def _blocks(param_prob: Any, S: sp.csr_array) -> dict[str, AffineBlock]:
         tensor: sp.sparray, index: np.ndarray, sign: np.ndarray | float, shape: tuple
     ) -> AffineBlock:
         matrix = sp.csr_array(tensor @ S)
-        matrix = sp.csr_array(
-            sp.diags_array(np.broadcast_to(sign, index.shape).astype(float)) @ matrix
-        )
-        keep = np.flatnonzero(np.diff(matrix.indptr))
-        return AffineBlock(shape=shape, index=index[keep], matrix=matrix[keep])
+        entries_per_row = np.diff(matrix.indptr)
+        if not (np.isscalar(sign) and sign == 1.0):
+            # Row signs applied to the entries in place (the product is this function's
+            # own): a diagonal product would copy the n^2 rows of P once more.
+            row_sign = np.broadcast_to(sign, index.shape).astype(float)
+            matrix.data *= np.repeat(row_sign, entries_per_row)
+        keep = np.flatnonzero(entries_per_row)
+        if keep.size < matrix.shape[0]:
+            matrix, index = matrix[keep], index[keep]
+        return AffineBlock(shape=shape, index=index, matrix=matrix)
 
     q_tensor = sp.csr_array(param_prob.q)[:N]
     P_tensor = (

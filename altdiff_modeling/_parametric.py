@@ -71,8 +71,9 @@ class AffineBlock:
 
     def parameter_columns(self) -> np.ndarray:
         """Indices of theta on which the block depends."""
-        cols = np.unique(self.matrix.indices)
-        return cols[cols < self.matrix.shape[1] - 1]
+        # A count per column: linear in the entries (np.unique hashes or sorts them all).
+        used = np.bincount(self.matrix.indices, minlength=self.matrix.shape[1])[:-1]
+        return np.flatnonzero(used)
 
 
 @dataclass
