@@ -86,6 +86,32 @@ def test_backward_methods_agree_and_gmres_takes_fewer_steps(seed: int):
     assert results["direct"][1] == 1
 
 
+@pytest.mark.parametrize("per_instance", ["none", "P", "A"])
+def test_direct_backward_agrees_with_gmres_on_batches(per_instance: str):
+    # Shared data use one K and S for the batch; per-instance P or A one per instance.
+    base = _random_case(10)  # a QP with equalities: three copies, q (and P or A) moved
+    rng = np.random.default_rng(5)
+    blocks = {name: np.stack([base[name]] * 3) for name in ("P", "q", "A", "b", "G", "h")}
+    blocks["q"] = blocks["q"] + 0.1 * rng.standard_normal(blocks["q"].shape)
+    if per_instance == "P":
+        M = 0.1 * rng.standard_normal(blocks["P"].shape)
+        blocks["P"] = blocks["P"] + M @ M.transpose(0, 2, 1)
+    elif per_instance == "A":
+        blocks["A"] = blocks["A"] + 0.05 * rng.standard_normal(blocks["A"].shape)
+    grads = {}
+    for method in ("direct", "gmres"):
+        tensors = [torch.tensor(blocks[name], requires_grad=True) for name in NAMES]
+        x, info = solve_qp(
+            *tensors, solver_args={**TIGHT, "backward_method": method}, return_info=True
+        )
+        assert info.status == ["solved"] * 3
+        grads[method] = _grad((x * x).sum(), tensors)
+        if method == "direct":
+            assert info.backward_iterations == 1
+    reference = [g.numpy() for g in grads["gmres"]]
+    _assert_gradients_close(grads["direct"], reference, 1e-7, per_instance)
+
+
 def test_direct_backward_falls_back_where_its_system_is_singular():
     # Instance 1 repeats an equality row: its multipliers are not unique and the direct
     # method's system is singular, so that instance goes to GMRES; instance 0 does not.
