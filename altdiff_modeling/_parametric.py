@@ -78,10 +78,15 @@ class AffineBlock:
 
 @dataclass
 class _TorchBlock:
+    """A block on a device: its constant value ``(1, *shape)`` when it depends on no
+    parameter (the affine map is then not kept: for P at n = 5000 it would hold three
+    copies of n^2 entries), otherwise the entries' ``index`` and the ``(E, K + 1)``
+    sparse ``matrix``."""
+
     shape: tuple[int, ...]
-    index: torch.Tensor
-    matrix: torch.Tensor  # (E, K + 1) sparse
-    constant: torch.Tensor | None  # (1, *shape) when the block depends on no parameter
+    index: torch.Tensor | None
+    matrix: torch.Tensor | None
+    constant: torch.Tensor | None
 
 
 @dataclass
@@ -127,17 +132,17 @@ class ParametricQP:
         if key not in self._torch_cache:
             converted = {}
             for name, block in self.blocks.items():
+                if block.parameter_columns().size == 0:
+                    dense = np.zeros(math.prod(block.shape))
+                    dense[block.index] = block.matrix[:, [-1]].toarray().ravel()
+                    constant = torch.as_tensor(dense, dtype=dtype, device=device)
+                    converted[name] = _TorchBlock(
+                        block.shape, None, None, constant.reshape(1, *block.shape)
+                    )
+                    continue
                 index = torch.as_tensor(block.index, device=device)
                 matrix = _to_torch_sparse(block.matrix, dtype, device)
-                constant = None
-                if block.parameter_columns().size == 0:
-                    values = block.matrix[:, [-1]].toarray().ravel()
-                    dense = np.zeros(math.prod(block.shape))
-                    dense[block.index] = values
-                    constant = torch.as_tensor(dense, dtype=dtype, device=device).reshape(
-                        1, *block.shape
-                    )
-                converted[name] = _TorchBlock(block.shape, index, matrix, constant)
+                converted[name] = _TorchBlock(block.shape, index, matrix, None)
             self._torch_cache[key] = converted
         return self._torch_cache[key]
 
