@@ -75,10 +75,6 @@ def _gmres_cycle(
     return torch.bmm(y.transpose(1, 2), basis[:, :done]).squeeze(1), done
 
 
-def _dot(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    return (u * v).sum(-1)
-
-
 def batched_gmres(
     operator: Callable[[torch.Tensor], torch.Tensor],
     rhs: torch.Tensor,
