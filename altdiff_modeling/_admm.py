@@ -323,8 +323,10 @@ def _try_polish(
     z: torch.Tensor,
     y: torch.Tensor,
     pending: torch.Tensor,
+    active: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Polish the pending instances; keep each polished point only if it converged.
+    """Polish the pending instances on their active-set estimate ``active`` ``(B, m)``;
+    keep each polished point only if it converged.
 
     On return ``residuals`` describes the returned iterates. Also returns the ``(B,)``
     mask of the polished points kept.
@@ -339,7 +341,7 @@ def _try_polish(
         return (block if block.shape[0] == 1 else block[index]).to(work)
 
     xp, zp, yp, ok = polish(
-        pick(data.P), pick(data.q), pick(data.C), pick(data.bound), data.n_eq, pick(z), pick(y)
+        pick(data.P), pick(data.q), pick(data.C), pick(data.bound), data.n_eq, active[index]
     )
     xp, zp, yp = xp.to(x.dtype), zp.to(x.dtype), yp.to(x.dtype)
     x_new, z_new, y_new = x.clone(), z.clone(), y.clone()
@@ -440,8 +442,9 @@ def admm_solve(
         record(residuals.converged() & ~done, SOLVED, k)
         chosen = plan.candidates(k, z, y, bound, n_eq, ~done)
         if chosen is not None:
-            x, z, y, kept = _try_polish(data, residuals, x, z, y, chosen[0])
-            plan.record_failures(chosen[0] & ~kept, chosen[1])
+            tried, estimate = chosen
+            x, z, y, kept = _try_polish(data, residuals, x, z, y, tried, estimate)
+            plan.record_failures(tried & ~kept, estimate)
             record(residuals.converged() & ~done, SOLVED, k)
         pending = ~done
         record(residuals.primal_infeasible(y - y_before) & pending, PRIMAL_INFEASIBLE, k)

@@ -43,24 +43,22 @@ def polish(
     C: torch.Tensor,
     bound: torch.Tensor,
     n_eq: int,
-    z: torch.Tensor,
-    y: torch.Tensor,
+    active: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Polish a batch of iterates (scaled units).
 
     Args:
         P: ``(1|B, n, n)``.  q: ``(1|B, n)``.  C: ``(1|B, m, n)``.  bound: ``(1|B, m)``.
-        n_eq: Number of equality rows (always active).
-        z: ``(B, m)`` and y ``(B, m)``: the ADMM iterate whose active set is used.
+        n_eq: Number of equality rows.
+        active: ``(B, m)`` bool, the iterates' `active_set` (equality rows included).
 
     Returns:
         ``x (B, n)``, ``z (B, m)``, ``y (B, m)`` of the polished points, and a ``(B,)``
         mask of the instances whose reduced system could be factored.
     """
-    B, m = y.shape
+    B, m = active.shape
     n = q.shape[-1]
     bound = bound.expand(B, m)
-    active = active_set(z, y, bound, n_eq)
     weight = active.to(q.dtype) / _DELTA  # (B, m)
     eye = torch.eye(n, dtype=q.dtype, device=q.device)
     K = P + _DELTA * eye + C.transpose(-1, -2) @ (weight.unsqueeze(-1) * C)
