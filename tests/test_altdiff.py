@@ -116,10 +116,9 @@ def test_direct_backward_falls_back_where_its_system_is_singular():
     # Instance 1 repeats an equality row: its multipliers are not unique and the direct
     # method's system is singular, so that instance goes to GMRES; instance 0 does not.
     case = _random_case(7)
+    assert case["A"].shape[0] >= 2  # a repeated row replaces the last of two or more
     A = np.stack([case["A"], np.vstack([case["A"][:-1], case["A"][0]])])
     b = np.stack([case["b"], np.concatenate([case["b"][:-1], case["b"][:1]])])
-    if A.shape[1] == 1:  # a repeated row needs two rows to begin with
-        pytest.skip("case 7 has one equality")
     weights = torch.from_numpy(np.random.default_rng(7).standard_normal(case["q"].size))
     grads, iterations = {}, {}
     for method in ("direct", "fixed_point"):
