@@ -48,6 +48,7 @@ __all__ = [
     "penalty_rows",
     "penalty_weights",
     "polish_schedule",
+    "step_flops",
 ]
 
 STATUS_NAMES = ("solved", "solved_inaccurate", "max_iter", "primal_infeasible", "dual_infeasible")
@@ -230,6 +231,12 @@ class _Residuals:
         )
 
 
+def step_flops(n: int, m: int) -> int:
+    """Operations of one ADMM (or Alt-Diff) step of one instance: a solve with the
+    Cholesky factor of H (``2 n^2``) and a product with C and with C' (``4 n m``)."""
+    return 2 * n * n + 4 * n * m
+
+
 def polish_schedule(B: int, n: int, m: int, check_every: int, max_iter: int) -> set[int]:
     """The iterations, besides 100, 200, 400, ..., at which unfinished instances may
     polish (`_PolishPlan` says which).
@@ -245,7 +252,7 @@ def polish_schedule(B: int, n: int, m: int, check_every: int, max_iter: int) -> 
     def on_check(k: float) -> int:
         return max(check_every, math.ceil(k / check_every) * check_every)
 
-    step = B * (2 * n * n + 4 * n * m) + _STEP_OVERHEAD
+    step = B * step_flops(n, m) + _STEP_OVERHEAD
     polish = B * (n**3 / 3 + 2 * n * n * m + 20 * (n * n + 2 * n * m)) + _POLISH_OVERHEAD
     gap = polish / step
     attempts, k = set(), on_check(min(_LATEST_FIRST_POLISH, gap))

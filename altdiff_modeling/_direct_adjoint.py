@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import torch
 
+from ._admm import step_flops
+
 __all__ = ["direct_adjoint", "direct_is_cheaper"]
 
 # Cost model of `direct_is_cheaper`, in floating-point operations.
@@ -34,7 +36,7 @@ def direct_is_cheaper(batch: int, n: int, m: int, shared: bool) -> bool:
     and m constraints (``shared``: one K and S for the batch)."""
     setup = n**3 / 3 + n * n * m + n * m * m
     direct = setup * (1 if shared else batch) + batch * (2 * m**3 / 3 + 4 * n * m)
-    krylov = _KRYLOV_STEPS * (batch * (2 * n * n + 4 * n * m) + _STEP_OVERHEAD)
+    krylov = _KRYLOV_STEPS * (batch * step_flops(n, m) + _STEP_OVERHEAD)
     return direct < krylov
 
 
