@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from ._admm_iterate import AdmmIterate
 from ._factor import CholeskyFactor
 from ._polish import active_set, polish
 from ._qp import QPData, matvec, rmatvec
@@ -144,12 +145,6 @@ class _PenaltyMatrix:
         """The factor of ``H`` for ``rho`` ``(1|B,)``."""
         H = self.base + rho.to(self.W.dtype)[:, None, None] * self.W
         return CholeskyFactor(H.to(self.dtype))
-
-
-def project(v: torch.Tensor, bound: torch.Tensor, n_eq: int) -> torch.Tensor:
-    """Project ``(B, m)`` onto ``{z : z[:n_eq] = b, z[n_eq:] <= h}``."""
-    bound = bound.expand_as(v)
-    return torch.cat([bound[:, :n_eq], torch.minimum(v[:, n_eq:], bound[:, n_eq:])], dim=1)
 
 
 def inf_norm(v: torch.Tensor) -> torch.Tensor:
@@ -407,7 +402,9 @@ def admm_solve(
     penalty = _PenaltyMatrix(P, weights, sigma)
     factor = penalty.factor(rho)
 
-    out_x, out_z, out_y = x, z, y
+    it = AdmmIterate(q, C, bound, n_eq, x, z, y, rho_rows, factor, alpha, sigma)
+    x, z, y = it.x, it.z, y
+    out_x, out_z, out_y = x.clone(), z.clone(), y.clone()
     status = torch.full((B,), MAX_ITER, dtype=torch.int64, device=device)
     done = torch.zeros(B, dtype=torch.bool, device=device)
     iterations = torch.full((B,), settings.max_iter, dtype=torch.int64, device=device)
@@ -430,21 +427,18 @@ def admm_solve(
             tangents.record(mask)
 
     for k in range(1, settings.max_iter + 1):
-        x_before, y_before = x, y
-        rhs = sigma * x - q + rmatvec(C, rho_rows * z - y)
-        x_tilde = factor.solve(rhs)
-        z_tilde = matvec(C, x_tilde)
-        v = alpha * z_tilde + (1 - alpha) * z + y / rho_rows
-        if tangents is not None:
-            tangents.advance(z, y, x_tilde, v, rho_rows, factor)
-        x = alpha * x_tilde + (1 - alpha) * x
-        z_next = project(v, bound, n_eq)
-        y = rho_rows * (v - z_next)
-        z = z_next
-
         last = k == settings.max_iter
-        if k % settings.check_every and not last:
+        checking = last or k % settings.check_every == 0
+        if checking:  # the certificates look at the change over this step
+            x_before, y_before = it.x.clone(), it.y()
+        if tangents is not None:
+            z_step, y_step = it.z.clone(), it.y()
+        it.step()
+        if tangents is not None:
+            tangents.advance(z_step, y_step, it.x_tilde, it.v, it.rows, it.factor)
+        if not checking:
             continue
+        x, z, y = it.x, it.z, it.y()
         residuals.measure(x, z, y)
         record(residuals.converged() & ~done, SOLVED, k)
         chosen = plan.candidates(k, z, y, bound, n_eq, ~done)
@@ -453,6 +447,9 @@ def admm_solve(
             x, z, y, kept = _try_polish(data, residuals, x, z, y, tried, estimate)
             plan.record_failures(tried & ~kept, estimate)
             record(residuals.converged() & ~done, SOLVED, k)
+            if bool(kept.any()):
+                it.load(x, z, y)
+                x, z = it.x, it.z
         pending = ~done
         record(residuals.primal_infeasible(y - y_before) & pending, PRIMAL_INFEASIBLE, k)
         pending = ~done
@@ -477,15 +474,15 @@ def admm_solve(
             if bool(moved.any()):
                 rho = torch.where(moved, proposal, rho)
                 rho_rows = penalty_rows(rho, n_eq, m)
-                factor = penalty.factor(rho)
+                it.set_penalty(rho_rows, penalty.factor(rho), y)
 
     return SolveResult(
         x=out_x,
         z=out_z,
         y=out_y,
         rho=rho,
-        rho_rows=rho_rows,
-        factor=factor,
+        rho_rows=it.rows,
+        factor=it.factor,
         status=status,
         iterations=iterations,
         primal_residual=out_primal,

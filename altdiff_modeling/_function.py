@@ -237,7 +237,8 @@ class _ReverseFunction(torch.autograd.Function):
         reuse: ConstantDataReuse | None,
         *blocks: torch.Tensor,
     ):
-        batch = max(block.shape[0] for block in blocks)
+        sizes = [block.shape[0] for block in blocks]
+        batch = 0 if 0 in sizes else max(sizes)  # a leading 1 broadcasts, also to 0
         data = QPData(*blocks, batch_size=batch)
         scaling, scaled, result, _ = _solve(data, settings, info, warm=warm, reuse=reuse)
         ctx.set_materialize_grads(False)

@@ -1,0 +1,113 @@
+"""The ADMM step of `_admm.admm_solve`, written in place on preallocated buffers.
+
+On the batches of small problems a layer solves, one step is a dozen tensor operations
+on a few kilobytes each: their fixed cost, and the allocation of fresh tensors, weigh
+as much as the arithmetic. The step therefore keeps its state in buffers it overwrites,
+and in the variables ``(x, z, v)`` with ``v = z + y / r`` (r the per-row penalty), in
+which one relaxed step (relaxation ``alpha``) reads::
+
+    w  = r (v - 2z)                      (= -(r z - y))
+    x~ = H^{-1} (sigma x - q - C'w)
+    x  = x + alpha (x~ - x)
+    v  = v + alpha (C x~ - z)
+    z  = proj(v)                         (equality rows pinned to b, others clipped at h)
+
+and ``y = r (v - z)`` is formed only when someone asks for it (the checks every few
+iterations). This is the same iteration as the textbook form (DESIGN section 3).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ._factor import CholeskyFactor
+
+__all__ = ["AdmmIterate"]
+
+
+class AdmmIterate:
+    """The in-place iterate ``(x, z, v)`` of a batch, and its step.
+
+    Args:
+        q: ``(1|B, n)``.  C: ``(1|B, m, n)``.  bound: ``(1|B, m)`` the scaled data.
+        n_eq: Number of equality rows (the first rows of C).
+        x: ``(B, n)``.  z, y: ``(B, m)`` the starting point (copied, not kept).
+        rho_rows: ``(1|B, m)`` per-row penalty.  factor: Cholesky factor of H for it.
+        alpha: Relaxation.  sigma: Proximal weight of H.
+    """
+
+    def __init__(
+        self,
+        q: torch.Tensor,
+        C: torch.Tensor,
+        bound: torch.Tensor,
+        n_eq: int,
+        x: torch.Tensor,
+        z: torch.Tensor,
+        y: torch.Tensor,
+        rho_rows: torch.Tensor,
+        factor: CholeskyFactor,
+        alpha: float,
+        sigma: float,
+    ) -> None:
+        B, n = x.shape
+        m = z.shape[1]
+        self.n_eq, self.alpha, self.sigma = n_eq, alpha, sigma
+        self.neg_q = (-q).expand(B, n).contiguous()
+        self.shared = C.shape[0] == 1
+        self.C = C[0] if self.shared else C
+        self.b = bound[:, :n_eq].expand(B, n_eq)
+        self.h = bound[:, n_eq:].expand(B, m - n_eq)
+        self.x = x.clone()
+        self.z = z.clone()
+        self.v = torch.empty_like(self.z)
+        self.w = torch.empty_like(self.z)
+        self.rhs = torch.empty_like(self.x)
+        self.z_tilde = torch.empty_like(self.z)
+        self.x_tilde = self.x
+        self.set_penalty(rho_rows, factor, y)
+        self._equality_rows_pinned = False
+
+    def y(self) -> torch.Tensor:
+        """``(B, m)`` the multipliers ``r (v - z)`` (a new tensor)."""
+        return self.rows * (self.v - self.z)
+
+    def set_penalty(
+        self, rho_rows: torch.Tensor, factor: CholeskyFactor, y: torch.Tensor | None = None
+    ) -> None:
+        """Change the penalty (and H's factor) keeping z and the multipliers y."""
+        y = self.y() if y is None else y
+        self.rows, self.factor = rho_rows, factor
+        torch.addcdiv(self.z, y, rho_rows, out=self.v)
+
+    def load(self, x: torch.Tensor, z: torch.Tensor, y: torch.Tensor) -> None:
+        """Overwrite the iterate (after polishing)."""
+        self.x.copy_(x)
+        self.z.copy_(z)
+        torch.addcdiv(self.z, y, self.rows, out=self.v)
+
+    def step(self) -> None:
+        """One relaxed ADMM step; afterwards ``x_tilde`` holds this step's ``x~``."""
+        x, z, v, w, rhs = self.x, self.z, self.v, self.w, self.rhs
+        torch.add(v, z, alpha=-2.0, out=w)
+        w.mul_(self.rows)
+        if self.shared:
+            torch.addmm(self.neg_q, w, self.C, alpha=-1.0, out=rhs)
+        else:
+            torch.baddbmm(
+                self.neg_q.unsqueeze(1), w.unsqueeze(1), self.C, alpha=-1.0, out=rhs.unsqueeze(1)
+            )
+        rhs.add_(x, alpha=self.sigma)
+        x_tilde = self.factor.solve(rhs)
+        if self.shared:
+            torch.mm(x_tilde, self.C.T, out=self.z_tilde)
+        else:
+            torch.bmm(self.C, x_tilde.unsqueeze(-1), out=self.z_tilde.unsqueeze(-1))
+        x.lerp_(x_tilde, self.alpha)
+        self.z_tilde.sub_(z)
+        v.add_(self.z_tilde, alpha=self.alpha)
+        torch.minimum(v[:, self.n_eq :], self.h, out=z[:, self.n_eq :])
+        if not self._equality_rows_pinned:
+            z[:, : self.n_eq] = self.b
+            self._equality_rows_pinned = True
+        self.x_tilde = x_tilde
