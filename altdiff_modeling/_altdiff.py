@@ -170,7 +170,7 @@ def reverse_gradients(
     method = settings.backward_method
     if method == "auto":
         shared = data.P.shape[0] == 1 and C.shape[0] == 1 and r.shape[0] == 1
-        cheaper = direct_is_cheaper(grad_x.shape[0], n, C.shape[1], shared)
+        cheaper = direct_is_cheaper(n, inactive, shared)
         method = "direct" if cheaper else "gmres"
     if method == "direct":
         guess = direct_adjoint(data.P, C, r, inactive, grad_x, g_v, sigma)
