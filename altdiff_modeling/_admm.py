@@ -28,7 +28,7 @@ import torch
 
 from ._admm_iterate import AdmmIterate
 from ._factor import CholeskyFactor
-from ._polish import active_set, polish
+from ._polish import SharedPolisher, active_set, polish
 from ._qp import QPData, matvec, rmatvec
 from ._scaling import Scaling
 from ._settings import SolverSettings
@@ -65,6 +65,7 @@ _LATEST_FIRST_POLISH = 100  # the first polish attempt comes at this iteration o
 # the tensor-operation overheads of one ADMM step and of one polish, at ~10 GFlop/s).
 _STEP_OVERHEAD = 2.5e6
 _POLISH_OVERHEAD = 1e7
+_SHARED_POLISH_STEPS = 3  # refinement steps of `SharedPolisher`
 
 
 @dataclass
@@ -155,7 +156,15 @@ def inf_norm(v: torch.Tensor) -> torch.Tensor:
 
 
 class _Residuals:
-    """Residuals, tolerances and certificates of one check, in the user's units."""
+    """Residuals, tolerances and certificates of one check, in the user's units.
+
+    `measure` keeps the products ``Px``, ``Cx`` and ``C'y`` of the checked iterate;
+    `remember` makes them the reference of the next check. The certificates test the
+    differences ``dx``, ``dy`` between two checks, whose products are then differences
+    of kept ones: on a diverging iteration they point, like OSQP's one-step
+    differences, along the certificate (the tests below are invariant to their scale),
+    and they cost no product with the data.
+    """
 
     def __init__(self, data: QPData, scaling: Scaling, settings: SolverSettings) -> None:
         self.data, self.scaling, self.settings = data, scaling, settings
@@ -163,27 +172,50 @@ class _Residuals:
         self.bound = data.bound
         self.eps_abs, self.eps_rel = settings.tolerances(data.q.dtype)
         self.n_eq = data.n_eq
+        s = scaling
+        self.inv_E, self.inv_D, self.inv_c = 1 / s.E, 1 / s.D, 1 / s.c[:, 0]
+        self.q_user = data.q * self.inv_D
+        # ``max_j sum_i |G_ij| / D_j``: bounds how much clamping dy's inequality part at
+        # zero can change ``||G'dy / D||_inf``, per unit of the largest clamped entry.
+        G = self.C[:, self.n_eq :]
+        self.G_column_sums = (G.abs().sum(-2) * self.inv_D).amax(-1) if G.shape[1] else None
+        self.previous: tuple[torch.Tensor, ...] | None = None
 
     def measure(self, x: torch.Tensor, z: torch.Tensor, y: torch.Tensor) -> None:
-        data, s = self.data, self.scaling
-        Cx = matvec(self.C, x) / s.E
-        z_user = z / s.E
-        Px, Cty, q = matvec(data.P, x) / s.D, rmatvec(self.C, y) / s.D, data.q / s.D
-        self.primal = inf_norm(Cx - z_user)
-        self.dual = inf_norm(Px + q + Cty) / s.c[:, 0]
-        self.primal_scale = torch.maximum(inf_norm(Cx), inf_norm(z_user))
-        dual_scale = torch.maximum(torch.maximum(inf_norm(Px), inf_norm(Cty)), inf_norm(q))
-        self.dual_scale = dual_scale / s.c[:, 0]
+        data, inv_D, inv_c = self.data, self.inv_D, self.inv_c
+        self.x, self.y = x, y
+        Px = matvec(data.P, x)
+        self.Cx = matvec(self.C, x) * self.inv_E
+        self.Px = Px * inv_D
+        self.Cty = rmatvec(self.C, y) * inv_D
+        z_user = z * self.inv_E
+        self.primal = inf_norm(self.Cx - z_user)
+        self.dual = inf_norm(self.Px + self.q_user + self.Cty) * inv_c
+        self.primal_scale = torch.maximum(inf_norm(self.Cx), inf_norm(z_user))
+        dual_scale = torch.maximum(inf_norm(self.Px), inf_norm(self.Cty))
+        self.dual_scale = torch.maximum(dual_scale, inf_norm(self.q_user)) * inv_c
         self.primal_tol = self.eps_abs + self.eps_rel * self.primal_scale
         self.dual_tol = self.eps_abs + self.eps_rel * self.dual_scale
         # Duality gap x'Px + q'x + b'lambda + h'nu (zero at a KKT point), user units.
-        c = s.c[:, 0]
-        quadratic = (x * matvec(data.P, x)).sum(-1) / c
-        linear = (data.q * x).sum(-1) / c
-        support = (self.bound * y).sum(-1) / c
+        quadratic = (x * Px).sum(-1) * inv_c
+        linear = (data.q * x).sum(-1) * inv_c
+        support = (self.bound * y).sum(-1) * inv_c
         self.gap = (quadratic + linear + support).abs()
         gap_scale = torch.maximum(torch.maximum(quadratic.abs(), linear.abs()), support.abs())
         self.gap_tol = self.eps_abs + self.eps_rel * gap_scale
+
+    def start(self, x: torch.Tensor, z: torch.Tensor, y: torch.Tensor) -> None:
+        """Remember the starting point as the reference of the first check."""
+        if bool(x.any()) or bool(y.any()):
+            self.measure(x, z, y)
+        else:  # a cold start: every product is zero
+            self.x, self.y, self.Px, self.Cty = x, y, torch.zeros_like(x), torch.zeros_like(x)
+            self.Cx = torch.zeros_like(y)
+        self.remember()
+
+    def remember(self) -> None:
+        """Make the last measured iterate the reference of the certificates."""
+        self.previous = (self.x.clone(), self.y, self.Px, self.Cx, self.Cty)
 
     def converged(self, factor: float = 1.0) -> torch.Tensor:
         return (
@@ -201,24 +233,40 @@ class _Residuals:
         dual = self.dual / self.dual_scale.clamp_min(_TINY)
         return (primal / dual.clamp_min(_TINY)).clamp_min(_TINY)
 
-    def primal_infeasible(self, dy: torch.Tensor) -> torch.Tensor:
-        """Certificate test on ``dy`` ``(B, m)``, a difference of multipliers."""
+    def primal_infeasible(self) -> torch.Tensor:
+        """Certificate test on ``dy`` ``(B, m)``, the change of the multipliers since the
+        remembered check."""
         s, n_eq, eps = self.scaling, self.n_eq, self.settings.eps_prim_inf
+        y_before, Cty_before = self.previous[1], self.previous[4]
+        dy = self.y - y_before
         # Multipliers of inequality rows are nonnegative: keep the cone's part of dy.
-        dy = torch.cat([dy[:, :n_eq], dy[:, n_eq:].clamp_min(0)], dim=1)
-        size = inf_norm(s.E * dy)
-        Ct_dy = inf_norm(rmatvec(self.C, dy) / s.D)
-        support = (self.bound.expand_as(dy) * dy).sum(-1)
-        return (size > _TINY) & (Ct_dy <= eps * size) & (support <= -eps * size)
+        clamped = dy[:, n_eq:].clamp_min(0)
+        dy_cone = torch.cat([dy[:, :n_eq], clamped], dim=1)
+        size = inf_norm(s.E * dy_cone)
+        support = (self.bound.expand_as(dy) * dy_cone).sum(-1)
+        candidate = (size > _TINY) & (support <= -eps * size)
+        if not bool(candidate.any()):
+            return candidate
+        Ct_dy = self.Cty - Cty_before  # for dy itself; the clamp moves it by at most
+        removed = inf_norm(clamped - dy[:, n_eq:])
+        if self.G_column_sums is not None:
+            slack = removed * self.G_column_sums
+            candidate = candidate & (inf_norm(Ct_dy) - slack <= eps * size)
+            if bool(candidate.any()) and bool((removed > 0).any()):
+                Ct_dy = rmatvec(self.C, dy_cone) * self.inv_D
+        return candidate & (inf_norm(Ct_dy) <= eps * size)
 
-    def dual_infeasible(self, dx: torch.Tensor) -> torch.Tensor:
-        """Certificate test on ``dx`` ``(B, n)``, a difference of iterates."""
+    def dual_infeasible(self) -> torch.Tensor:
+        """Certificate test on ``dx`` ``(B, n)``, the change of the iterate since the
+        remembered check."""
         s, n_eq, eps = self.scaling, self.n_eq, self.settings.eps_dual_inf
+        x_before, Px_before, Cx_before = self.previous[0], self.previous[2], self.previous[3]
+        dx = self.x - x_before
         size = inf_norm(s.D * dx)
         c = s.c[:, 0]
-        P_dx = inf_norm(matvec(self.data.P, dx) / s.D)
+        P_dx = inf_norm(self.Px - Px_before)
         q_dx = (self.data.q * dx).sum(-1)
-        C_dx = matvec(self.C, dx) / s.E
+        C_dx = self.Cx - Cx_before
         eq_ok = inf_norm(C_dx[:, :n_eq]) <= eps * size
         ineq_ok = (C_dx[:, n_eq:] <= eps * size.unsqueeze(-1)).all(-1)
         return (
@@ -232,11 +280,24 @@ def step_flops(n: int, m: int) -> int:
     return 2 * n * n + 4 * n * m
 
 
-def polish_schedule(B: int, n: int, m: int, check_every: int, max_iter: int) -> set[int]:
+def polish_flops(B: int, n: int, m: int, shared: bool) -> float:
+    """Operations of one polish of B instances: a factorization each, or with shared
+    data (`SharedPolisher`) ``S = C H^{-1} C'`` and the majority inverse once, and per
+    instance a few refinement steps of solves and products with ``m x m`` matrices."""
+    if shared:
+        setup = n * n * m + n * m * m + 2 * m**3
+        return setup + _SHARED_POLISH_STEPS * B * (2 * step_flops(n, m) + 8 * m * m)
+    return B * (n**3 / 3 + 2 * n * n * m + 20 * (n * n + 2 * n * m))
+
+
+def polish_schedule(
+    B: int, n: int, m: int, check_every: int, max_iter: int, shared: bool = False
+) -> set[int]:
     """The iterations, besides 100, 200, 400, ..., at which unfinished instances may
     polish (`_PolishPlan` says which).
 
-    A polish costs a factorization per instance; an ADMM step a few products with the
+    A polish costs a factorization per instance (a few steps' worth of products with
+    shared data, see `polish_flops`); an ADMM step a few products with the
     data. ``gap``, the number of steps that cost as much as one polish, spaces the
     attempts, so polishing at most doubles the work; gaps also grow by a quarter of
     the iteration count, so a long solve makes logarithmically many attempts. On small
@@ -248,7 +309,7 @@ def polish_schedule(B: int, n: int, m: int, check_every: int, max_iter: int) -> 
         return max(check_every, math.ceil(k / check_every) * check_every)
 
     step = B * step_flops(n, m) + _STEP_OVERHEAD
-    polish = B * (n**3 / 3 + 2 * n * n * m + 20 * (n * n + 2 * n * m)) + _POLISH_OVERHEAD
+    polish = polish_flops(B, n, m, shared) + _POLISH_OVERHEAD
     gap = polish / step
     attempts, k = set(), on_check(min(_LATEST_FIRST_POLISH, gap))
     while k < max_iter:
@@ -262,17 +323,21 @@ class _PolishPlan:
 
     At the iterations of `polish_schedule` the unfinished instances polish unless their
     active-set estimate is the one of their last failed attempt (it would fail again);
-    in a batch, only once no unfinished instance's estimate has changed since the
-    previous check (a moving estimate is most likely wrong). At 100, 200, 400, ...
+    in a batch without shared data, only once no unfinished instance's estimate has
+    changed since the previous check (a moving estimate is most likely wrong, and each
+    attempt costs a factorization per instance). At 100, 200, 400, ...
     iterations and at ``max_iter`` every unfinished instance polishes whatever its
     estimate.
     """
 
-    def __init__(self, B: int, n: int, m: int, settings: SolverSettings) -> None:
+    def __init__(
+        self, B: int, n: int, m: int, settings: SolverSettings, shared: bool = False
+    ) -> None:
         check, max_iter = settings.check_every, settings.max_iter
         self.enabled = settings.polish
         self.max_iter = max_iter
-        self.settled_at = polish_schedule(B, n, m, check, max_iter)
+        self.shared = shared
+        self.settled_at = polish_schedule(B, n, m, check, max_iter, shared)
         first = max(check, _LATEST_FIRST_POLISH // check * check)
         self.always_at = {first * 2**j for j in range(64) if first * 2**j < max_iter}
         self.previous: torch.Tensor | None = None
@@ -295,13 +360,16 @@ class _PolishPlan:
         previous, self.previous = self.previous, estimate
         if k == self.max_iter or k in self.always_at:
             chosen = pending
-        elif k in self.settled_at and previous is not None:
+        elif k in self.settled_at and (previous is not None or self.shared):
             # A batch iterates until its last instance is done: polishing only some of
-            # them saves nothing, so it waits until every estimate has settled. A lone
-            # instance tries at once (an attempt costs at most `gap` steps).
-            settled = (estimate == previous).all(-1)
-            if pending.shape[0] > 1 and not bool((settled | ~pending).all()):
-                return None
+            # them saves little, so where each polish costs a factorization the batch
+            # waits until every estimate has settled. A lone instance, or a batch that
+            # polishes through its shared factor, tries at once (an attempt costs at
+            # most `gap` steps).
+            if pending.shape[0] > 1 and not self.shared:
+                settled = (estimate == previous).all(-1)
+                if not bool((settled | ~pending).all()):
+                    return None
             chosen = pending
             if self.failed is not None:
                 chosen = chosen & ~(estimate == self.failed).all(-1)
@@ -326,9 +394,14 @@ def _try_polish(
     y: torch.Tensor,
     pending: torch.Tensor,
     active: torch.Tensor,
+    shared: tuple[SharedPolisher, CholeskyFactor, torch.Tensor, float] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Polish the pending instances on their active-set estimate ``active`` ``(B, m)``;
     keep each polished point only if it converged.
+
+    ``shared`` is the polisher of a batch with shared float64 data, with the current
+    factor of H, per-row penalty and sigma; the general `polish` serves the others
+    and the batches whose majority system it cannot solve.
 
     On return ``residuals`` describes the returned iterates. Also returns the ``(B,)``
     mask of the polished points kept.
@@ -342,9 +415,17 @@ def _try_polish(
     def pick(block: torch.Tensor) -> torch.Tensor:
         return (block if block.shape[0] == 1 else block[index]).to(work)
 
-    xp, zp, yp, ok = polish(
-        pick(data.P), pick(data.q), pick(data.C), pick(data.bound), data.n_eq, active[index]
-    )
+    polished = None
+    if shared is not None:
+        factor, rows, sigma = shared[1:]
+        polished = shared[0].polish(
+            factor, rows, sigma, pick(data.q), pick(data.bound), active[index], x[index]
+        )
+    if polished is None:
+        polished = polish(
+            pick(data.P), pick(data.q), pick(data.C), pick(data.bound), data.n_eq, active[index]
+        )
+    xp, zp, yp, ok = polished
     xp, zp, yp = xp.to(x.dtype), zp.to(x.dtype), yp.to(x.dtype)
     x_new, z_new, y_new = x.clone(), z.clone(), y.clone()
     x_new[index], z_new[index], y_new[index] = xp, zp, yp
@@ -411,7 +492,10 @@ def admm_solve(
     out_primal = torch.full((B,), math.inf, dtype=dtype, device=device)
     out_dual = torch.full((B,), math.inf, dtype=dtype, device=device)
 
-    plan = _PolishPlan(B, n, m, settings)
+    polisher = None
+    if not per_instance and rho.shape[0] == 1 and dtype == torch.float64:
+        polisher = SharedPolisher(C, n_eq)
+    plan = _PolishPlan(B, n, m, settings, shared=polisher is not None)
 
     def record(mask: torch.Tensor, code: int | torch.Tensor, k: int) -> None:
         nonlocal out_x, out_z, out_y, status, done, iterations, out_primal, out_dual
@@ -426,39 +510,45 @@ def admm_solve(
         if tangents is not None:
             tangents.record(mask)
 
+    residuals.start(x, z, y)
     for k in range(1, settings.max_iter + 1):
         last = k == settings.max_iter
-        checking = last or k % settings.check_every == 0
-        if checking:  # the certificates look at the change over this step
-            x_before, y_before = it.x.clone(), it.y()
         if tangents is not None:
             z_step, y_step = it.z.clone(), it.y()
         it.step()
         if tangents is not None:
             tangents.advance(z_step, y_step, it.x_tilde, it.v, it.rows, it.factor)
-        if not checking:
+        if not last and k % settings.check_every:
             continue
         x, z, y = it.x, it.z, it.y()
         residuals.measure(x, z, y)
-        record(residuals.converged() & ~done, SOLVED, k)
-        chosen = plan.candidates(k, z, y, bound, n_eq, ~done)
+        converged = residuals.converged() & ~done
+        chosen = plan.candidates(k, z, y, bound, n_eq, ~done & ~converged)
         if chosen is not None:
             tried, estimate = chosen
-            x, z, y, kept = _try_polish(data, residuals, x, z, y, tried, estimate)
+            with_factor = None if polisher is None else (polisher, it.factor, it.rows, sigma)
+            x, z, y, kept = _try_polish(data, residuals, x, z, y, tried, estimate, with_factor)
             plan.record_failures(tried & ~kept, estimate)
-            record(residuals.converged() & ~done, SOLVED, k)
+            converged = residuals.converged() & ~done
             if bool(kept.any()):
                 it.load(x, z, y)
                 x, z = it.x, it.z
-        pending = ~done
-        record(residuals.primal_infeasible(y - y_before) & pending, PRIMAL_INFEASIBLE, k)
-        pending = ~done
-        record(residuals.dual_infeasible(x - x_before) & pending, DUAL_INFEASIBLE, k)
+        pending = ~done & ~converged
+        primal_infeasible = residuals.primal_infeasible() & pending
+        dual_infeasible = residuals.dual_infeasible() & pending & ~primal_infeasible
+        code = torch.where(
+            converged,
+            SOLVED,
+            torch.where(primal_infeasible, PRIMAL_INFEASIBLE, DUAL_INFEASIBLE),
+        )
+        newly = converged | primal_infeasible | dual_infeasible
         if last:
-            pending = ~done
             close = residuals.converged(_INACCURATE_FACTOR)
-            record(pending & close, SOLVED_INACCURATE, k)
-            record(pending & ~close, MAX_ITER, k)
+            unfinished = ~done & ~newly
+            code = torch.where(unfinished, torch.where(close, SOLVED_INACCURATE, MAX_ITER), code)
+            newly = newly | unfinished
+        record(newly, code, k)
+        residuals.remember()
         if bool(done.all()):
             break
         if settings.adaptive_rho:

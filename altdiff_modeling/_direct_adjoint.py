@@ -12,15 +12,10 @@ with ``S = C K^{-1} C'`` and ``u = C K^{-1} g_x`` both read, row by row,
     (R S - D) c = g_v - R u        (g_v is zero on inactive rows)
 
 an ``m x m`` system per instance. ``K``, ``S`` are computed once for a batch that
-shares P, C and rho. The instances' systems then differ only in D, and mostly in few
-rows: with D0 the batch's majority pattern, ``R S - D = (R S - D0) - E d E'`` with E
-selecting the k rows where an instance differs from D0 and ``d = +-1`` there. The
-Woodbury identity solves it with the shared inverse ``W = (R S - D0)^{-1}`` and one
-``k x k`` system ``(d - W_EE) xi = (W r)_E`` per instance, ``c = W r + W E xi``
-(typically k is the number of active inequalities, a fraction of m), followed by
-one step of iterative refinement against the instance's own matrix. Where D0's
-matrix is singular, each instance's ``m x m`` system is factored instead. The
-caller checks the result against the recursion and refines it with GMRES where the
+shares P, C and rho; the instances' systems then differ only in D, and
+`_woodbury.solve_around_majority` solves them with one small system each (the rows
+where an instance differs from the batch's majority). Where that is ill-conditioned,
+each instance's ``m x m`` system is factored instead. The caller checks the result against the recursion and refines it with GMRES where the
 system is singular (a degenerate point).
 """
 
@@ -29,20 +24,13 @@ from __future__ import annotations
 import torch
 
 from ._admm import step_flops
+from ._woodbury import differing_rows, solve_around_majority
 
-__all__ = ["differing_rows", "direct_adjoint", "direct_is_cheaper"]
+__all__ = ["direct_adjoint", "direct_is_cheaper"]
 
 # Cost model of `direct_is_cheaper`, in floating-point operations.
 _KRYLOV_STEPS = 50  # operator applications GMRES typically needs at backward_eps = 1e-8
 _STEP_OVERHEAD = 1e7  # fixed cost of one GMRES step (~30 small tensor operations, ~1 ms)
-_MAX_CONDITION = 1e10  # of the majority pattern's matrix, for the Woodbury solve
-
-
-def differing_rows(inactive: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The batch's majority pattern ``(m,)`` of inactive rows, and the ``(B, m)`` mask
-    of the rows where each instance differs from it."""
-    majority = inactive.sum(0) * 2 > inactive.shape[0]
-    return majority, inactive != majority
 
 
 def direct_is_cheaper(n: int, inactive: torch.Tensor, shared: bool) -> bool:
@@ -57,60 +45,6 @@ def direct_is_cheaper(n: int, inactive: torch.Tensor, shared: bool) -> bool:
         direct = batch * (setup + 2 * m**3 / 3 + 4 * n * m)
     krylov = _KRYLOV_STEPS * (batch * step_flops(n, m) + _STEP_OVERHEAD)
     return direct < krylov
-
-
-def _solve_around_majority(
-    RS: torch.Tensor, inactive: torch.Tensor, rhs: torch.Tensor
-) -> torch.Tensor | None:
-    """Solve ``(RS - D_i) c_i = rhs_i`` for every instance i by the Woodbury identity
-    around the majority pattern (module docstring); None where its matrix is singular.
-
-    Args:
-        RS: ``(m, m)`` the shared ``R S``.  inactive: ``(B, m)`` the D_i.
-        rhs: ``(B, m)``.
-    """
-    B, m = rhs.shape
-    majority, differ = differing_rows(inactive)
-    base = RS - torch.diag(majority.to(RS.dtype))
-    W, info = torch.linalg.inv_ex(base)
-    if int(info) != 0 or not bool(torch.isfinite(W).all()):
-        return None
-    # Woodbury inherits the rounding of W, which grows with D0's condition number even
-    # where the instances' own matrices are well conditioned: beyond the bound, factor
-    # each instance's system instead.
-    condition = torch.linalg.matrix_norm(base, 1) * torch.linalg.matrix_norm(W, 1)
-    if float(condition) > _MAX_CONDITION:
-        return None
-    counts = differ.sum(1)
-    k = int(counts.max())
-    Wt = W.T
-    if k == 0:
-        return rhs @ Wt
-    # Each instance's differing rows first, padded to k with rows that solve to zero.
-    rows = torch.argsort(differ.to(torch.int8), dim=1, descending=True, stable=True)[:, :k]
-    valid = torch.arange(k, device=rhs.device) < counts.unsqueeze(1)  # (B, k)
-    pair = valid.unsqueeze(2) & valid.unsqueeze(1)
-    d = inactive.gather(1, rows).to(RS.dtype) - majority.to(RS.dtype)[rows]  # +-1
-    eye = torch.eye(k, dtype=RS.dtype, device=RS.device)
-    capacitance = torch.where(
-        pair, torch.diag_embed(d) - W[rows.unsqueeze(2), rows.unsqueeze(1)], eye
-    )
-    lu, pivots, info = torch.linalg.lu_factor_ex(capacitance)
-    if bool((info != 0).any()):
-        return None
-    zero = rhs.new_zeros(B, m)
-
-    def solve(r: torch.Tensor) -> torch.Tensor:
-        p = r @ Wt
-        e = torch.where(valid, p.gather(1, rows), 0.0)
-        xi = torch.linalg.lu_solve(lu, pivots, e.unsqueeze(-1)).squeeze(-1)
-        return p + zero.scatter(1, rows, torch.where(valid, xi, 0.0)) @ Wt
-
-    c = solve(rhs)
-    # One refinement step against each instance's own matrix: W is the inverse of
-    # another matrix, and the rounding it carries grows with that one's condition.
-    residual = rhs - (c @ RS.T - torch.where(inactive, c, 0.0))
-    return c + solve(residual)
 
 
 def direct_adjoint(
@@ -154,7 +88,7 @@ def direct_adjoint(
     RS = rows.unsqueeze(-1) * S
     c = None
     if RS.shape[0] == 1:
-        c = _solve_around_majority(RS[0], inactive, rhs)
+        c = solve_around_majority(RS[0], inactive, rhs)
     if c is None:
         system = RS.expand(inactive.shape[0], -1, -1).clone()
         system.diagonal(dim1=-2, dim2=-1).sub_(inactive.to(work))

@@ -17,13 +17,15 @@ from __future__ import annotations
 
 import torch
 
-from ._factor import cholesky_solve
+from ._factor import CholeskyFactor, cholesky_solve
 from ._qp import matvec, rmatvec
+from ._woodbury import MajoritySystems
 
-__all__ = ["active_set", "polish"]
+__all__ = ["SharedPolisher", "active_set", "polish"]
 
 _DELTA = 1e-6
 _REFINE_STEPS = 5
+_SHARED_REFINE_STEPS = 2
 
 
 def active_set(z: torch.Tensor, y: torch.Tensor, bound: torch.Tensor, n_eq: int) -> torch.Tensor:
@@ -89,3 +91,77 @@ def polish(
     z_p = torch.cat([bound[:, :n_eq], torch.minimum(Cx[:, n_eq:], bound[:, n_eq:])], dim=1)
     y_p = torch.cat([y_p[:, :n_eq], y_p[:, n_eq:].clamp_min(0)], dim=1)
     return x, z_p, y_p, ok
+
+
+class SharedPolisher:
+    """Polishing of a batch that shares P and C, through the ADMM factor of H.
+
+    With ``H = P + sigma*I + C'RC`` (R the per-row penalty) and ``D`` the inactive
+    rows of an instance, the reduced KKT system is equivalent to the ``m x m`` system::
+
+        (R S - D) mu = R e,     S = C H^{-1} C',   f = -q + sigma x0,
+        e = (I - D) u - C H^{-1} f,
+        x = H^{-1} (f + C' mu),   y = (I - D) (R u - mu)
+
+    which holds ``P x + C_a' y_a = -q + sigma (x0 - x)``, ``C_a x = u_a``: exact once
+    ``x0 = x``, which a few refinement steps from the ADMM iterate reach. H's factor
+    and S are shared by the batch, the instances' systems differ only in D, and
+    `_woodbury.MajoritySystems` solves them with one small system each: a
+    polish costs a few ADMM steps instead of a factorization per instance, so a batch
+    can try it at every check.
+    """
+
+    def __init__(self, C: torch.Tensor, n_eq: int) -> None:
+        self.C, self.n_eq = C[0], n_eq
+        self._key: tuple = ()
+        self._S: torch.Tensor | None = None
+
+    def _shared(self, factor: CholeskyFactor, rows: torch.Tensor) -> torch.Tensor:
+        """``R S`` for the factor (computed once per factor)."""
+        if not self._key or self._key[0] is not factor:
+            LinvCt = torch.linalg.solve_triangular(factor.L[0], self.C.T, upper=False)
+            self._S = LinvCt.T @ LinvCt
+            self._key = (factor,)
+        return rows[0].unsqueeze(-1) * self._S
+
+    def polish(
+        self,
+        factor: CholeskyFactor,
+        rows: torch.Tensor,
+        sigma: float,
+        q: torch.Tensor,
+        bound: torch.Tensor,
+        active: torch.Tensor,
+        x0: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """Polish the instances ``x0`` ``(B, n)`` on their estimates ``active`` ``(B, m)``.
+
+        Args:
+            factor: The shared factor of H for the per-row penalty ``rows`` ``(1, m)``.
+            sigma: H's proximal weight.  q: ``(1|B, n)``.  bound: ``(1|B, m)``.
+
+        Returns:
+            ``x``, ``z``, ``y`` and an all-true ``(B,)`` mask as `polish` does, or None
+            where the batch's majority system is too ill-conditioned to solve this way.
+        """
+        B, m = active.shape
+        n_eq = self.n_eq
+        RS = self._shared(factor, rows)
+        inactive = ~active
+        bound = bound.expand(B, m)
+        u = torch.where(active, bound, 0.0)
+        C = self.C
+        systems = MajoritySystems.build(RS, inactive)
+        if systems is None:
+            return None
+        x = x0
+        for _ in range(_SHARED_REFINE_STEPS):
+            f = sigma * x - q
+            e = u - factor.solve(f) @ C.T
+            mu = systems.solve(rows * e)
+            x = factor.solve(f + mu @ C)
+        y = torch.where(active, rows * u - mu, 0.0)
+        Cx = x @ C.T
+        z = torch.cat([bound[:, :n_eq], torch.minimum(Cx[:, n_eq:], bound[:, n_eq:])], dim=1)
+        y = torch.cat([y[:, :n_eq], y[:, n_eq:].clamp_min(0)], dim=1)
+        return x, z, y, torch.ones(B, dtype=torch.bool, device=x.device)

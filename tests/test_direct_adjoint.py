@@ -8,7 +8,7 @@ import torch
 
 from altdiff_modeling import _direct_adjoint as direct_adjoint_module
 from altdiff_modeling import solve_qp
-from altdiff_modeling._direct_adjoint import _solve_around_majority, differing_rows
+from altdiff_modeling._woodbury import differing_rows, solve_around_majority
 
 
 def _shared_system(rng: np.random.Generator, m: int, rank: int) -> torch.Tensor:
@@ -32,7 +32,7 @@ def test_woodbury_solve_matches_each_instance_system():
     _, differ = differing_rows(inactive)
     assert int(differ[0].sum()) == 0 and int(differ.sum(1).max()) >= 5
 
-    c = _solve_around_majority(RS, inactive, rhs)
+    c = solve_around_majority(RS, inactive, rhs)
     assert c is not None
     systems = RS.expand(B, m, m) - torch.diag_embed(inactive.to(RS.dtype))
     expected = torch.linalg.solve(systems, rhs.unsqueeze(-1)).squeeze(-1)
@@ -53,7 +53,7 @@ def test_woodbury_solve_gives_none_where_the_majority_matrix_is_singular():
     systems = RS.expand(B, m, m) - torch.diag_embed(inactive.to(RS.dtype))
     assert float(torch.linalg.cond(systems).max()) < 1e8
     rhs = torch.from_numpy(rng.standard_normal((B, m)))
-    assert _solve_around_majority(RS, inactive, rhs) is None
+    assert solve_around_majority(RS, inactive, rhs) is None
 
 
 def test_direct_backward_on_a_batch_with_different_active_sets_matches_gmres(monkeypatch):
@@ -62,10 +62,10 @@ def test_direct_backward_on_a_batch_with_different_active_sets_matches_gmres(mon
     answers = []
 
     def spy(*args):
-        answers.append(_solve_around_majority(*args))
+        answers.append(solve_around_majority(*args))
         return answers[-1]
 
-    monkeypatch.setattr(direct_adjoint_module, "_solve_around_majority", spy)
+    monkeypatch.setattr(direct_adjoint_module, "solve_around_majority", spy)
     rng = np.random.default_rng(2)
     B, n, n_eq, n_ineq = 12, 15, 4, 20
     M = rng.standard_normal((n, n))

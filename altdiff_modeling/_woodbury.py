@@ -1,0 +1,119 @@
+"""Batched solves of ``(R S - D_i) c_i = r_i``: one shared matrix, per-instance 0/1
+diagonals D_i.
+
+Both the direct backward (`_direct_adjoint`) and the polishing of a batch that shares
+its data (`_polish.SharedPolisher`) meet these systems: ``R S`` comes from the shared
+data and penalty, D_i marks the constraint rows instance i has inactive. The
+instances differ mostly in few rows: with D0 the batch's majority pattern,
+``R S - D_i = (R S - D0) - E d E'`` with E selecting the k rows where instance i
+differs from D0 and ``d = +-1`` there. The Woodbury identity solves it with the shared
+inverse ``W = (R S - D0)^{-1}`` and one ``k x k`` system per instance::
+
+    (d - W_EE) xi = (W r)_E,      c = W r + W E xi
+
+(k is typically the number of active inequalities, a fraction of m), followed by one
+step of iterative refinement against the instance's own matrix.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["MajoritySystems", "differing_rows", "solve_around_majority"]
+
+_MAX_CONDITION = 1e10  # of the majority pattern's matrix
+
+
+def differing_rows(inactive: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The batch's majority pattern ``(m,)`` of inactive rows, and the ``(B, m)`` mask
+    of the rows where each instance differs from it."""
+    majority = inactive.sum(0) * 2 > inactive.shape[0]
+    return majority, inactive != majority
+
+
+class MajoritySystems:
+    """The systems ``(RS - D_i) c_i = r_i`` of a batch, factored once around its
+    majority pattern (module docstring) and solved for any number of right-hand sides.
+
+    Build with `MajoritySystems.build`, which returns None where the majority pattern's
+    matrix is singular or too ill-conditioned for the identity to be accurate.
+    """
+
+    def __init__(
+        self,
+        RS: torch.Tensor,
+        inactive: torch.Tensor,
+        W: torch.Tensor,
+        rows: torch.Tensor,
+        valid: torch.Tensor,
+        inverse: torch.Tensor | None,
+    ) -> None:
+        self.RS, self.inactive, self.Wt = RS, inactive, W.T
+        self.rows, self.valid, self.inverse = rows, valid, inverse
+
+    @classmethod
+    def build(cls, RS: torch.Tensor, inactive: torch.Tensor) -> MajoritySystems | None:
+        """Factor the systems of ``RS`` ``(m, m)`` with inactive rows ``(B, m)``."""
+        B, m = inactive.shape
+        majority, differ = differing_rows(inactive)
+        base = RS - torch.diag(majority.to(RS.dtype))
+        W, info = torch.linalg.inv_ex(base)
+        if int(info) != 0 or not bool(torch.isfinite(W).all()):
+            return None
+        # Woodbury inherits the rounding of W, which grows with D0's condition number
+        # even where the instances' own matrices are well conditioned: beyond the
+        # bound, the caller factors each instance's system instead.
+        condition = torch.linalg.matrix_norm(base, 1) * torch.linalg.matrix_norm(W, 1)
+        if float(condition) > _MAX_CONDITION:
+            return None
+        counts = differ.sum(1)
+        k = int(counts.max()) if B else 0
+        # Each instance's differing rows first, padded to k with rows that solve to zero.
+        slot = torch.where(differ, differ.cumsum(1) - 1, k)
+        every_row = torch.arange(m, device=RS.device).expand(B, m)
+        rows = torch.zeros(B, k + 1, dtype=torch.int64, device=RS.device)
+        rows = rows.scatter_(1, slot, every_row)[:, :k]
+        valid = torch.arange(k, device=RS.device) < counts.unsqueeze(1)  # (B, k)
+        inverse = None
+        if k:
+            pair = valid.unsqueeze(2) & valid.unsqueeze(1)
+            d = inactive.gather(1, rows).to(RS.dtype) - majority.to(RS.dtype)[rows]  # +-1
+            eye = torch.eye(k, dtype=RS.dtype, device=RS.device)
+            capacitance = torch.where(
+                pair, torch.diag_embed(d) - W[rows.unsqueeze(2), rows.unsqueeze(1)], eye
+            )
+            inverse, info = torch.linalg.inv_ex(capacitance)
+            if bool((info != 0).any()):
+                return None
+        return cls(RS, inactive, W, rows, valid, inverse)
+
+    def _apply(self, r: torch.Tensor) -> torch.Tensor:
+        p = r @ self.Wt
+        if self.inverse is None:
+            return p
+        e = torch.where(self.valid, p.gather(1, self.rows), 0.0)
+        xi = torch.where(self.valid, (self.inverse @ e.unsqueeze(-1)).squeeze(-1), 0.0)
+        return p + torch.zeros_like(p).scatter_(1, self.rows, xi) @ self.Wt
+
+    def solve(self, rhs: torch.Tensor) -> torch.Tensor:
+        """``c`` ``(B, m)`` with ``(RS - D_i) c_i = rhs_i`` ``(B, m)``."""
+        c = self._apply(rhs)
+        # One refinement step against each instance's own matrix: W is the inverse of
+        # another matrix, and the rounding it carries grows with that one's condition.
+        residual = rhs - (c @ self.RS.T - torch.where(self.inactive, c, 0.0))
+        return c + self._apply(residual)
+
+
+def solve_around_majority(
+    RS: torch.Tensor, inactive: torch.Tensor, rhs: torch.Tensor
+) -> torch.Tensor | None:
+    """Solve ``(RS - D_i) c_i = rhs_i`` for every instance i by the Woodbury identity
+    around the majority pattern (module docstring); None where `MajoritySystems.build`
+    declines.
+
+    Args:
+        RS: ``(m, m)`` the shared ``R S``.  inactive: ``(B, m)`` the D_i.
+        rhs: ``(B, m)``.
+    """
+    systems = MajoritySystems.build(RS, inactive)
+    return None if systems is None else systems.solve(rhs)
