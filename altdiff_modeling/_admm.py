@@ -29,7 +29,7 @@ import torch
 from ._admm_iterate import AdmmIterate
 from ._factor import CholeskyFactor
 from ._polish import SharedPolisher, active_set, polish
-from ._qp import QPData, matvec, rmatvec
+from ._qp import QPData, matvec, rmatvec, select_rows
 from ._scaling import Scaling
 from ._settings import SolverSettings
 
@@ -48,6 +48,7 @@ __all__ = [
     "admm_solve",
     "penalty_rows",
     "penalty_weights",
+    "polish_cost",
     "polish_schedule",
     "step_flops",
 ]
@@ -65,7 +66,13 @@ _LATEST_FIRST_POLISH = 100  # the first polish attempt comes at this iteration o
 # the tensor-operation overheads of one ADMM step and of one polish, at ~10 GFlop/s).
 _STEP_OVERHEAD = 2.5e6
 _POLISH_OVERHEAD = 1e7
-_SHARED_POLISH_STEPS = 3  # refinement steps of `SharedPolisher`
+_POLISH_CALL_OVERHEAD = 5e6  # per instance: the small LAPACK calls of a polish
+_SHARED_POLISH_OVERHEAD = 5e7  # ~100 tensor operations and batched small inverses
+_SHARED_POLISH_CALL_OVERHEAD = 2e6  # per instance: its share of the batched inverse
+_SHARED_POLISH_STEPS = 2  # refinement steps of `SharedPolisher`
+_SETTLING_ROWS = 0.015  # fraction of rows an estimate may still change in, to polish
+# The loop drops the finished instances once no more than this fraction is unfinished.
+_COMPACT_FRACTION = 0.75
 
 
 @dataclass
@@ -142,6 +149,13 @@ class _PenaltyMatrix:
         n = P.shape[-1]
         self.base = P.to(W.dtype) + sigma * torch.eye(n, dtype=W.dtype, device=P.device)
 
+    def select(self, index: torch.Tensor) -> _PenaltyMatrix:
+        """The matrices of the instances ``index`` ``(K,)`` (shared ones as they are)."""
+        selected = _PenaltyMatrix.__new__(_PenaltyMatrix)
+        selected.dtype = self.dtype
+        selected.W, selected.base = select_rows(self.W, index), select_rows(self.base, index)
+        return selected
+
     def factor(self, rho: torch.Tensor) -> CholeskyFactor:
         """The factor of ``H`` for ``rho`` ``(1|B,)``."""
         H = self.base + rho.to(self.W.dtype)[:, None, None] * self.W
@@ -203,6 +217,13 @@ class _Residuals:
         self.gap = (quadratic + linear + support).abs()
         gap_scale = torch.maximum(torch.maximum(quadratic.abs(), linear.abs()), support.abs())
         self.gap_tol = self.eps_abs + self.eps_rel * gap_scale
+
+    def select(self, index: torch.Tensor) -> _Residuals:
+        """The residuals of the instances ``index`` ``(K,)``, with their reference."""
+        selected = _Residuals(self.data.select(index), self.scaling.select(index), self.settings)
+        selected.eps_abs, selected.eps_rel = self.eps_abs, self.eps_rel
+        selected.previous = tuple(value[index] for value in self.previous)
+        return selected
 
     def start(self, x: torch.Tensor, z: torch.Tensor, y: torch.Tensor) -> None:
         """Remember the starting point as the reference of the first check."""
@@ -280,14 +301,28 @@ def step_flops(n: int, m: int) -> int:
     return 2 * n * n + 4 * n * m
 
 
-def polish_flops(B: int, n: int, m: int, shared: bool) -> float:
-    """Operations of one polish of B instances: a factorization each, or with shared
-    data (`SharedPolisher`) ``S = C H^{-1} C'`` and the majority inverse once, and per
-    instance a few refinement steps of solves and products with ``m x m`` matrices."""
-    if shared:
-        setup = n * n * m + n * m * m + 2 * m**3
-        return setup + _SHARED_POLISH_STEPS * B * (2 * step_flops(n, m) + 8 * m * m)
-    return B * (n**3 / 3 + 2 * n * n * m + 20 * (n * n + 2 * n * m))
+def general_polish_cost(B: int, n: int, m: int) -> float:
+    """Cost of `polish` on B instances: a factorization and a few refinement solves
+    each (the small per-instance LAPACK calls weigh as much as their flops at n ~ 100)."""
+    per_instance = n**3 / 3 + 2 * n * n * m + 20 * (n * n + 2 * n * m) + _POLISH_CALL_OVERHEAD
+    return B * per_instance + _POLISH_OVERHEAD
+
+
+def shared_polish_cost(B: int, n: int, m: int) -> float:
+    """Cost of `SharedPolisher.polish` on B instances: ``S = C H^{-1} C'`` and the
+    majority pattern's inverse once, and per instance a few refinement steps of solves
+    and products with ``m x m`` matrices and a small system."""
+    setup = 2 * (n * n * m + n * m * m + 2 * m**3)
+    refine = 2 * _SHARED_POLISH_STEPS * (2 * step_flops(n, m) + 8 * m * m)
+    return setup + B * (refine + _SHARED_POLISH_CALL_OVERHEAD) + _SHARED_POLISH_OVERHEAD
+
+
+def polish_cost(B: int, n: int, m: int, shared: bool) -> float:
+    """Cost of one polish of B instances by the cheaper method available (``shared``:
+    the batch shares P and C), in the units of `step_flops` (operations, with the
+    fixed costs of tensor operations counted at ~60 GFlop/s)."""
+    general = general_polish_cost(B, n, m)
+    return min(general, shared_polish_cost(B, n, m)) if shared else general
 
 
 def polish_schedule(
@@ -296,22 +331,26 @@ def polish_schedule(
     """The iterations, besides 100, 200, 400, ..., at which unfinished instances may
     polish (`_PolishPlan` says which).
 
-    A polish costs a factorization per instance (a few steps' worth of products with
-    shared data, see `polish_flops`); an ADMM step a few products with the
-    data. ``gap``, the number of steps that cost as much as one polish, spaces the
-    attempts, so polishing at most doubles the work; gaps also grow by a quarter of
-    the iteration count, so a long solve makes logarithmically many attempts. On small
-    problems the attempts come every check or two: ADMM finds the active set long
-    before its residuals are small, and an early polish ends the solve there.
+    A polish costs a factorization per instance (with shared data, maybe less: see
+    `polish_cost`); an ADMM step a few products with the data. ``gap``, the number of
+    steps that cost as much as one polish, spaces the attempts, so polishing at most
+    doubles the work; gaps also grow by a quarter of the iteration count, so a long
+    solve makes logarithmically many attempts. On small problems the attempts come
+    every check or two: ADMM finds the active set long before its residuals are small,
+    and an early polish ends the solve there. A batch with shared data tries first at
+    its second check, when the first estimates can have settled: the instances whose
+    polish succeeds leave the batch.
     """
 
     def on_check(k: float) -> int:
         return max(check_every, math.ceil(k / check_every) * check_every)
 
     step = B * step_flops(n, m) + _STEP_OVERHEAD
-    polish = polish_flops(B, n, m, shared) + _POLISH_OVERHEAD
-    gap = polish / step
-    attempts, k = set(), on_check(min(_LATEST_FIRST_POLISH, gap))
+    gap = polish_cost(B, n, m, shared) / step
+    first = min(_LATEST_FIRST_POLISH, gap)
+    if shared and B > 1:  # every other check: `_PolishPlan` picks settling estimates
+        first = gap = min(first, 2 * check_every)
+    attempts, k = set(), on_check(first)
     while k < max_iter:
         attempts.add(k)
         k = on_check(k + max(gap, k / 4))
@@ -337,6 +376,7 @@ class _PolishPlan:
         self.enabled = settings.polish
         self.max_iter = max_iter
         self.shared = shared
+        self.n, self.m, self.check = n, m, check
         self.settled_at = polish_schedule(B, n, m, check, max_iter, shared)
         first = max(check, _LATEST_FIRST_POLISH // check * check)
         self.always_at = {first * 2**j for j in range(64) if first * 2**j < max_iter}
@@ -360,17 +400,22 @@ class _PolishPlan:
         previous, self.previous = self.previous, estimate
         if k == self.max_iter or k in self.always_at:
             chosen = pending
-        elif k in self.settled_at and (previous is not None or self.shared):
+        elif k in self.settled_at and previous is not None:
             # A batch iterates until its last instance is done: polishing only some of
             # them saves little, so where each polish costs a factorization the batch
-            # waits until every estimate has settled. A lone instance, or a batch that
-            # polishes through its shared factor, tries at once (an attempt costs at
-            # most `gap` steps).
-            if pending.shape[0] > 1 and not self.shared:
-                settled = (estimate == previous).all(-1)
-                if not bool((settled | ~pending).all()):
-                    return None
+            # waits until every estimate has settled. A batch that polishes through its
+            # shared factor (and drops its finished instances) polishes the instances
+            # whose estimate has settled. A lone instance tries at once (an attempt
+            # costs at most `gap` steps).
+            changed = (estimate != previous).sum(-1)
             chosen = pending
+            if self.shared:
+                # A polish through the shared factor costs a few checks' worth of
+                # steps. It mostly succeeds once an instance's estimate moves in no
+                # more than ~1% of the rows between checks, and mostly fails before.
+                chosen = pending & (changed <= max(2, _SETTLING_ROWS * estimate.shape[1]))
+            elif pending.shape[0] > 1 and not bool(((changed == 0) | ~pending).all()):
+                return None
             if self.failed is not None:
                 chosen = chosen & ~(estimate == self.failed).all(-1)
         else:
@@ -378,6 +423,17 @@ class _PolishPlan:
         if not bool(chosen.any()):
             return None
         return chosen, estimate
+
+    def select(self, index: torch.Tensor, k: int) -> None:
+        """Keep the estimates of the instances ``index`` ``(K,)`` only; after iteration
+        k, space the attempts for the smaller batch."""
+        B = index.shape[0]
+        later = polish_schedule(B, self.n, self.m, self.check, self.max_iter, self.shared)
+        self.settled_at = {a for a in self.settled_at if a <= k} | {a for a in later if a > k}
+        if self.previous is not None:
+            self.previous = self.previous[index]
+        if self.failed is not None:
+            self.failed = self.failed[index]
 
     def record_failures(self, tried: torch.Tensor, estimate: torch.Tensor) -> None:
         """Remember the estimate of the instances whose attempt ``tried`` failed."""
@@ -416,7 +472,8 @@ def _try_polish(
         return (block if block.shape[0] == 1 else block[index]).to(work)
 
     polished = None
-    if shared is not None:
+    B, n, m = index.shape[0], data.n, active.shape[1]
+    if shared is not None and shared_polish_cost(B, n, m) < general_polish_cost(B, n, m):
         factor, rows, sigma = shared[1:]
         polished = shared[0].polish(
             factor, rows, sigma, pick(data.q), pick(data.bound), active[index], x[index]
@@ -484,33 +541,43 @@ def admm_solve(
     factor = penalty.factor(rho)
 
     it = AdmmIterate(q, C, bound, n_eq, x, z, y, rho_rows, factor, alpha, sigma)
-    x, z, y = it.x, it.z, y
-    out_x, out_z, out_y = x.clone(), z.clone(), y.clone()
-    status = torch.full((B,), MAX_ITER, dtype=torch.int64, device=device)
-    done = torch.zeros(B, dtype=torch.bool, device=device)
-    iterations = torch.full((B,), settings.max_iter, dtype=torch.int64, device=device)
-    out_primal = torch.full((B,), math.inf, dtype=dtype, device=device)
-    out_dual = torch.full((B,), math.inf, dtype=dtype, device=device)
-
     polisher = None
     if not per_instance and rho.shape[0] == 1 and dtype == torch.float64:
         polisher = SharedPolisher(C, n_eq)
     plan = _PolishPlan(B, n, m, settings, shared=polisher is not None)
 
-    def record(mask: torch.Tensor, code: int | torch.Tensor, k: int) -> None:
-        nonlocal out_x, out_z, out_y, status, done, iterations, out_primal, out_dual
-        out_x = torch.where(mask[:, None], x, out_x)
-        out_z = torch.where(mask[:, None], z, out_z)
-        out_y = torch.where(mask[:, None], y, out_y)
-        status = torch.where(mask, code, status)
-        iterations = torch.where(mask, k, iterations)
-        out_primal = torch.where(mask, residuals.primal, out_primal)
-        out_dual = torch.where(mask, residuals.dual, out_dual)
+    # Per instance of the whole batch: the outcome. The loop itself runs on the
+    # unfinished instances `batch` only (it drops the finished ones when they are many:
+    # a batch of shared data costs in proportion to its size), and on their slices of
+    # the data, the iterate, the residuals and, per instance, rho and the factor.
+    out_x, out_z, out_y = it.x.clone(), it.z.clone(), y.clone()
+    status = torch.full((B,), MAX_ITER, dtype=torch.int64, device=device)
+    iterations = torch.full((B,), settings.max_iter, dtype=torch.int64, device=device)
+    out_primal = torch.full((B,), math.inf, dtype=dtype, device=device)
+    out_dual = torch.full((B,), math.inf, dtype=dtype, device=device)
+    if per_instance:  # each instance's final rho and factor, for the backward pass
+        out_rho, out_L = rho.clone(), factor.L.clone()
+    batch = torch.arange(B, device=device)
+    done = torch.zeros(B, dtype=torch.bool, device=device)  # of `batch`
+
+    def record(mask: torch.Tensor, code: torch.Tensor, k: int) -> None:
+        """Store the outcome of the instances ``mask`` of `batch`."""
+        nonlocal done
+        where = torch.nonzero(mask).flatten()
+        rows = batch[where]
+        out_x[rows], out_z[rows], out_y[rows] = x[where], z[where], y[where]
+        status[rows] = code[where]
+        iterations[rows] = k
+        out_primal[rows] = residuals.primal[where]
+        out_dual[rows] = residuals.dual[where]
+        if per_instance:
+            out_rho[rows] = rho[where]
+            out_L[rows] = it.factor.L[where]
         done = done | mask
         if tangents is not None:
             tangents.record(mask)
 
-    residuals.start(x, z, y)
+    residuals.start(it.x, it.z, y)
     for k in range(1, settings.max_iter + 1):
         last = k == settings.max_iter
         if tangents is not None:
@@ -523,7 +590,7 @@ def admm_solve(
         x, z, y = it.x, it.z, it.y()
         residuals.measure(x, z, y)
         converged = residuals.converged() & ~done
-        chosen = plan.candidates(k, z, y, bound, n_eq, ~done & ~converged)
+        chosen = plan.candidates(k, z, y, residuals.bound, n_eq, ~done & ~converged)
         if chosen is not None:
             tried, estimate = chosen
             with_factor = None if polisher is None else (polisher, it.factor, it.rows, sigma)
@@ -549,7 +616,8 @@ def admm_solve(
             newly = newly | unfinished
         record(newly, code, k)
         residuals.remember()
-        if bool(done.all()):
+        unfinished = int((~done).sum())
+        if unfinished == 0:
             break
         if settings.adaptive_rho:
             ratio = residuals.rho_ratio()
@@ -565,14 +633,26 @@ def admm_solve(
                 rho = torch.where(moved, proposal, rho)
                 rho_rows = penalty_rows(rho, n_eq, m)
                 it.set_penalty(rho_rows, penalty.factor(rho), y)
+        if tangents is None and unfinished <= _COMPACT_FRACTION * done.shape[0]:
+            keep = torch.nonzero(~done).flatten()
+            batch, done, data = batch[keep], done[keep], data.select(keep)
+            it.select(keep)
+            residuals = residuals.select(keep)
+            plan.select(keep, k)
+            if per_instance:
+                rho, penalty = rho[keep], penalty.select(keep)
 
+    if per_instance:
+        rho, factor = out_rho, CholeskyFactor.from_lower(out_L)
+    else:
+        factor = it.factor
     return SolveResult(
         x=out_x,
         z=out_z,
         y=out_y,
         rho=rho,
-        rho_rows=it.rows,
-        factor=it.factor,
+        rho_rows=penalty_rows(rho, n_eq, m),
+        factor=factor,
         status=status,
         iterations=iterations,
         primal_residual=out_primal,

@@ -68,6 +68,19 @@ class AdmmIterate:
         self.set_penalty(rho_rows, factor, y)
         self._equality_rows_pinned = False
 
+    def select(self, index: torch.Tensor) -> None:
+        """Keep only the instances ``index`` ``(K,)`` (the unfinished ones)."""
+        self.x, self.z, self.v = self.x[index], self.z[index], self.v[index]
+        self.w, self.z_tilde = torch.empty_like(self.z), torch.empty_like(self.z)
+        self.rhs = torch.empty_like(self.x)
+        self.neg_q, self.b, self.h = self.neg_q[index], self.b[index], self.h[index]
+        if not self.shared:
+            self.C = self.C[index]
+        if self.rows.shape[0] > 1:
+            self.rows = self.rows[index]
+        self.factor = self.factor.select(index)
+        self.x_tilde = self.x
+
     def y(self) -> torch.Tensor:
         """``(B, m)`` the multipliers ``r (v - z)`` (a new tensor)."""
         return self.rows * (self.v - self.z)

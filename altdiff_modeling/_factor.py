@@ -46,6 +46,17 @@ class CholeskyFactor:
         self.L = L
         self.shared = L.shape[0] == 1
 
+    @classmethod
+    def from_lower(cls, L: torch.Tensor) -> CholeskyFactor:
+        """The factor whose lower triangle is ``L`` ``(1|B, n, n)`` (no factorization)."""
+        factor = cls.__new__(cls)
+        factor.L, factor.shared = L, L.shape[0] == 1
+        return factor
+
+    def select(self, index: torch.Tensor) -> CholeskyFactor:
+        """The factors of the instances ``index`` ``(K,)`` (a shared one as is)."""
+        return self if self.shared else CholeskyFactor.from_lower(self.L[index])
+
     def solve(self, rhs: torch.Tensor) -> torch.Tensor:
         """Solve ``H x = rhs``.
 

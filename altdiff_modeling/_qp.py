@@ -8,7 +8,14 @@ import torch
 
 from ._errors import InputError
 
-__all__ = ["QPData", "matvec", "rmatvec", "semidefinite_violations", "stack_rows"]
+__all__ = [
+    "QPData",
+    "matvec",
+    "rmatvec",
+    "select_rows",
+    "semidefinite_violations",
+    "stack_rows",
+]
 
 
 @dataclass(frozen=True)
@@ -58,6 +65,11 @@ class QPData:
     def blocks(self) -> tuple[torch.Tensor, ...]:
         return (self.P, self.q, self.A, self.b, self.G, self.h)
 
+    def select(self, index: torch.Tensor) -> QPData:
+        """The instances ``index`` ``(K,)`` of the batch (shared blocks stay shared)."""
+        P, q, A, b, G, h = (select_rows(block, index) for block in self.blocks())
+        return QPData(P, q, A, b, G, h, batch_size=index.shape[0])
+
     def check_finite(self) -> None:
         """Raise `InputError` naming the first block holding NaN or Inf."""
         for name, block in zip(["P", "q", "A", "b", "G", "h"], self.blocks(), strict=True):
@@ -88,6 +100,11 @@ def semidefinite_violations(M: torch.Tensor) -> tuple[list[int], float]:
         return [], 0.0
     smallest = torch.linalg.eigvalsh(sym[bad])[:, 0].min()
     return bad, float(smallest)
+
+
+def select_rows(block: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``block[index]`` for a batched ``(B, ...)`` block; a shared ``(1, ...)`` one as is."""
+    return block if block.shape[0] == 1 else block[index]
 
 
 def stack_rows(top: torch.Tensor, bottom: torch.Tensor) -> torch.Tensor:

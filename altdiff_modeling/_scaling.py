@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ._qp import QPData
+from ._qp import QPData, select_rows
 
 __all__ = ["Equilibration", "Scaling", "equilibrate", "ruiz_scaling"]
 
@@ -34,6 +34,12 @@ class Scaling:
     D: torch.Tensor
     E: torch.Tensor
     c: torch.Tensor
+
+    def select(self, index: torch.Tensor) -> Scaling:
+        """The scaling of the instances ``index`` ``(K,)``."""
+        return Scaling(
+            D=select_rows(self.D, index), E=select_rows(self.E, index), c=select_rows(self.c, index)
+        )
 
     def scale(self, data: QPData) -> QPData:
         """The data the solver sees."""
