@@ -337,9 +337,10 @@ def polish_schedule(
     doubles the work; gaps also grow by a quarter of the iteration count, so a long
     solve makes logarithmically many attempts. On small problems the attempts come
     every check or two: ADMM finds the active set long before its residuals are small,
-    and an early polish ends the solve there. A batch with shared data tries first at
-    its second check, when the first estimates can have settled: the instances whose
-    polish succeeds leave the batch.
+    and an early polish ends the solve there. A batch tries every other check from its
+    second, when the first estimates can have settled: `_PolishPlan` picks the
+    instances whose estimates are settling, and those whose polish succeeds leave the
+    batch.
     """
 
     def on_check(k: float) -> int:
@@ -348,7 +349,7 @@ def polish_schedule(
     step = B * step_flops(n, m) + _STEP_OVERHEAD
     gap = polish_cost(B, n, m, shared) / step
     first = min(_LATEST_FIRST_POLISH, gap)
-    if shared and B > 1:  # every other check: `_PolishPlan` picks settling estimates
+    if B > 1:  # every other check: `_PolishPlan` picks settling estimates
         first = gap = min(first, 2 * check_every)
     attempts, k = set(), on_check(first)
     while k < max_iter:
@@ -362,9 +363,8 @@ class _PolishPlan:
 
     At the iterations of `polish_schedule` the unfinished instances polish unless their
     active-set estimate is the one of their last failed attempt (it would fail again);
-    in a batch without shared data, only once no unfinished instance's estimate has
-    changed since the previous check (a moving estimate is most likely wrong, and each
-    attempt costs a factorization per instance). At 100, 200, 400, ...
+    in a batch, only the instances whose estimate has nearly settled since the previous
+    check (a moving estimate is most likely wrong; those that polish leave the batch). At 100, 200, 400, ...
     iterations and at ``max_iter`` every unfinished instance polishes whatever its
     estimate.
     """
@@ -401,21 +401,15 @@ class _PolishPlan:
         if k == self.max_iter or k in self.always_at:
             chosen = pending
         elif k in self.settled_at and previous is not None:
-            # A batch iterates until its last instance is done: polishing only some of
-            # them saves little, so where each polish costs a factorization the batch
-            # waits until every estimate has settled. A batch that polishes through its
-            # shared factor (and drops its finished instances) polishes the instances
-            # whose estimate has settled. A lone instance tries at once (an attempt
-            # costs at most `gap` steps).
+            # A lone instance tries at once (an attempt costs at most `gap` steps); in
+            # a batch, the instances whose estimate is settling.
             changed = (estimate != previous).sum(-1)
             chosen = pending
-            if self.shared:
-                # A polish through the shared factor costs a few checks' worth of
-                # steps. It mostly succeeds once an instance's estimate moves in no
-                # more than ~1% of the rows between checks, and mostly fails before.
+            if pending.shape[0] > 1:
+                # A polish costs a few checks' worth of steps. It mostly succeeds once
+                # an instance's estimate moves in no more than ~1% of the rows between
+                # checks, and mostly fails before.
                 chosen = pending & (changed <= max(2, _SETTLING_ROWS * estimate.shape[1]))
-            elif pending.shape[0] > 1 and not bool(((changed == 0) | ~pending).all()):
-                return None
             if self.failed is not None:
                 chosen = chosen & ~(estimate == self.failed).all(-1)
         else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
@@ -52,12 +53,13 @@ class QPData:
     def n_ineq(self) -> int:
         return self.h.shape[-1]
 
-    @property
+    @cached_property
     def C(self) -> torch.Tensor:
-        """``(1|B, n_eq + n_ineq, n)``: the stacked constraint matrix ``[A; G]``."""
+        """``(1|B, n_eq + n_ineq, n)``: the stacked constraint matrix ``[A; G]`` (built
+        once: with per-instance blocks it is a copy of the whole batch's matrices)."""
         return stack_rows(self.A, self.G)
 
-    @property
+    @cached_property
     def bound(self) -> torch.Tensor:
         """``(1|B, n_eq + n_ineq)``: the stacked right-hand side ``[b; h]``."""
         return stack_rows(self.b, self.h)
