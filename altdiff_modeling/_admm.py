@@ -268,7 +268,9 @@ class _Residuals:
         candidate = (size > _TINY) & (support <= -eps * size)
         if not bool(candidate.any()):
             return candidate
-        Ct_dy = self.Cty - Cty_before  # for dy itself; the clamp moves it by at most
+        # C'dy of the unclamped dy is a difference of kept products; clamping moves it
+        # by at most `slack`, which rules most candidates out before any product.
+        Ct_dy = self.Cty - Cty_before
         removed = inf_norm(clamped - dy[:, n_eq:])
         if self.G_column_sums is not None:
             slack = removed * self.G_column_sums
@@ -364,9 +366,9 @@ class _PolishPlan:
     At the iterations of `polish_schedule` the unfinished instances polish unless their
     active-set estimate is the one of their last failed attempt (it would fail again);
     in a batch, only the instances whose estimate has nearly settled since the previous
-    check (a moving estimate is most likely wrong; those that polish leave the batch). At 100, 200, 400, ...
-    iterations and at ``max_iter`` every unfinished instance polishes whatever its
-    estimate.
+    check (a moving estimate is most likely wrong; those that polish leave the batch).
+    At 100, 200, 400, ... iterations and at ``max_iter`` every unfinished instance
+    polishes whatever its estimate.
     """
 
     def __init__(

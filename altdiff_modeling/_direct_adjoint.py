@@ -15,8 +15,9 @@ an ``m x m`` system per instance. ``K``, ``S`` are computed once for a batch tha
 shares P, C and rho; the instances' systems then differ only in D, and
 `_woodbury.solve_around_majority` solves them with one small system each (the rows
 where an instance differs from the batch's majority). Where that is ill-conditioned,
-each instance's ``m x m`` system is factored instead. The caller checks the result against the recursion and refines it with GMRES where the
-system is singular (a degenerate point).
+each instance's ``m x m`` system is factored instead. The caller checks the result
+against the recursion and refines it with GMRES where the system is singular (a
+degenerate point).
 """
 
 from __future__ import annotations
