@@ -28,7 +28,7 @@ import torch
 
 from ._admm_iterate import AdmmIterate
 from ._factor import CholeskyFactor
-from ._polish import SharedPolisher, active_set, polish
+from ._polish import SHARED_REFINE_STEPS, SharedPolisher, active_set, polish
 from ._qp import QPData, matvec, rmatvec, select_rows
 from ._scaling import Scaling
 from ._settings import SolverSettings
@@ -69,7 +69,6 @@ _POLISH_OVERHEAD = 1e7
 _POLISH_CALL_OVERHEAD = 5e6  # per instance: the small LAPACK calls of a polish
 _SHARED_POLISH_OVERHEAD = 5e7  # ~100 tensor operations and batched small inverses
 _SHARED_POLISH_CALL_OVERHEAD = 2e6  # per instance: its share of the batched inverse
-_SHARED_POLISH_STEPS = 2  # refinement steps of `SharedPolisher`
 _SETTLING_ROWS = 0.015  # fraction of rows an estimate may still change in, to polish
 # The loop drops the finished instances once no more than this fraction is unfinished.
 _COMPACT_FRACTION = 0.75
@@ -315,7 +314,7 @@ def shared_polish_cost(B: int, n: int, m: int) -> float:
     majority pattern's inverse once, and per instance a few refinement steps of solves
     and products with ``m x m`` matrices and a small system."""
     setup = 2 * (n * n * m + n * m * m + 2 * m**3)
-    refine = 2 * _SHARED_POLISH_STEPS * (2 * step_flops(n, m) + 8 * m * m)
+    refine = 2 * SHARED_REFINE_STEPS * (2 * step_flops(n, m) + 8 * m * m)
     return setup + B * (refine + _SHARED_POLISH_CALL_OVERHEAD) + _SHARED_POLISH_OVERHEAD
 
 

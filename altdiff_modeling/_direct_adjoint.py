@@ -13,7 +13,7 @@ with ``S = C K^{-1} C'`` and ``u = C K^{-1} g_x`` both read, row by row,
 
 an ``m x m`` system per instance. ``K``, ``S`` are computed once for a batch that
 shares P, C and rho; the instances' systems then differ only in D, and
-`_woodbury.solve_around_majority` solves them with one small system each (the rows
+`_woodbury.MajoritySystems` solves them with one small system each (the rows
 where an instance differs from the batch's majority). Where that is ill-conditioned,
 each instance's ``m x m`` system is factored instead. The caller checks the result
 against the recursion and refines it with GMRES where the system is singular (a
@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 
 from ._admm import step_flops
-from ._woodbury import differing_rows, solve_around_majority
+from ._woodbury import MajoritySystems, differing_rows
 
 __all__ = ["direct_adjoint", "direct_is_cheaper"]
 
@@ -89,7 +89,10 @@ def direct_adjoint(
     RS = rows.unsqueeze(-1) * S
     c = None
     if RS.shape[0] == 1:
-        c = solve_around_majority(RS[0], inactive, rhs)
+        # An instance with a singular system gets c = 0 there, which the caller's check
+        # rejects: GMRES then solves that instance only.
+        systems = MajoritySystems.build(RS[0], inactive)
+        c = None if systems is None else systems.solve(rhs)
     if c is None:
         system = RS.expand(inactive.shape[0], -1, -1).clone()
         system.diagonal(dim1=-2, dim2=-1).sub_(inactive.to(work))

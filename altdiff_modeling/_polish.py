@@ -25,7 +25,7 @@ __all__ = ["SharedPolisher", "active_set", "polish"]
 
 _DELTA = 1e-6
 _REFINE_STEPS = 5
-_SHARED_REFINE_STEPS = 2
+SHARED_REFINE_STEPS = 2  # of `SharedPolisher.polish`; its cost model counts them
 
 
 def active_set(z: torch.Tensor, y: torch.Tensor, bound: torch.Tensor, n_eq: int) -> torch.Tensor:
@@ -107,8 +107,8 @@ class SharedPolisher:
     ``x0 = x``, which a few refinement steps from the ADMM iterate reach. H's factor
     and S are shared by the batch, the instances' systems differ only in D, and
     `_woodbury.MajoritySystems` solves them with one small system each: a
-    polish costs a few ADMM steps instead of a factorization per instance, so a batch
-    can try it at every check.
+    polish costs a few dozen ADMM steps' worth of small operations instead of a
+    factorization per instance, so a batch can try it often.
     """
 
     def __init__(self, C: torch.Tensor, n_eq: int) -> None:
@@ -141,8 +141,9 @@ class SharedPolisher:
             sigma: H's proximal weight.  q: ``(1|B, n)``.  bound: ``(1|B, m)``.
 
         Returns:
-            ``x``, ``z``, ``y`` and an all-true ``(B,)`` mask as `polish` does, or None
-            where the batch's majority system is too ill-conditioned to solve this way.
+            ``x``, ``z``, ``y`` and the ``(B,)`` mask of the instances whose reduced
+            system could be solved, as `polish` does; or None where the batch's majority
+            system is too ill-conditioned to solve this way.
         """
         B, m = active.shape
         n_eq = self.n_eq
@@ -155,7 +156,7 @@ class SharedPolisher:
         if systems is None:
             return None
         x = x0
-        for _ in range(_SHARED_REFINE_STEPS):
+        for _ in range(SHARED_REFINE_STEPS):
             f = sigma * x - q
             e = u - factor.solve(f) @ C.T
             mu = systems.solve(rows * e)
@@ -164,4 +165,4 @@ class SharedPolisher:
         Cx = x @ C.T
         z = torch.cat([bound[:, :n_eq], torch.minimum(Cx[:, n_eq:], bound[:, n_eq:])], dim=1)
         y = torch.cat([y[:, :n_eq], y[:, n_eq:].clamp_min(0)], dim=1)
-        return x, z, y, torch.ones(B, dtype=torch.bool, device=x.device)
+        return x, z, y, systems.regular

@@ -31,12 +31,22 @@ def differing_rows(inactive: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return majority, inactive != majority
 
 
+def _norm_1(M: torch.Tensor) -> torch.Tensor:
+    """``(..., k, k) -> (...)``: the 1-norm (largest column sum) of each matrix (0 for
+    an empty one)."""
+    if M.shape[-1] == 0:
+        return M.new_zeros(M.shape[:-2])
+    return M.abs().sum(-2).amax(-1)
+
+
 class MajoritySystems:
     """The systems ``(RS - D_i) c_i = r_i`` of a batch, factored once around its
     majority pattern (module docstring) and solved for any number of right-hand sides.
 
     Build with `MajoritySystems.build`, which returns None where the majority pattern's
     matrix is singular or too ill-conditioned for the identity to be accurate.
+    ``regular`` ``(B,)`` marks the instances whose own system could be solved; the
+    solutions of the others are zero.
     """
 
     def __init__(
@@ -47,9 +57,11 @@ class MajoritySystems:
         rows: torch.Tensor,
         valid: torch.Tensor,
         inverse: torch.Tensor | None,
+        regular: torch.Tensor,
     ) -> None:
         self.RS, self.inactive, self.Wt = RS, inactive, W.T
         self.rows, self.valid, self.inverse = rows, valid, inverse
+        self.regular = regular
 
     @classmethod
     def build(cls, RS: torch.Tensor, inactive: torch.Tensor) -> MajoritySystems | None:
@@ -63,7 +75,7 @@ class MajoritySystems:
         # Woodbury inherits the rounding of W, which grows with D0's condition number
         # even where the instances' own matrices are well conditioned: beyond the
         # bound, the caller factors each instance's system instead.
-        condition = torch.linalg.matrix_norm(base, 1) * torch.linalg.matrix_norm(W, 1)
+        condition = _norm_1(base) * _norm_1(W)
         if float(condition) > _MAX_CONDITION:
             return None
         counts = differ.sum(1)
@@ -75,6 +87,7 @@ class MajoritySystems:
         rows = rows.scatter_(1, slot, every_row)[:, :k]
         valid = torch.arange(k, device=RS.device) < counts.unsqueeze(1)  # (B, k)
         inverse = None
+        regular = torch.ones(B, dtype=torch.bool, device=RS.device)
         if k:
             pair = valid.unsqueeze(2) & valid.unsqueeze(1)
             d = inactive.gather(1, rows).to(RS.dtype) - majority.to(RS.dtype)[rows]  # +-1
@@ -83,9 +96,12 @@ class MajoritySystems:
                 pair, torch.diag_embed(d) - W[rows.unsqueeze(2), rows.unsqueeze(1)], eye
             )
             inverse, info = torch.linalg.inv_ex(capacitance)
-            if bool((info != 0).any()):
-                return None
-        return cls(RS, inactive, W, rows, valid, inverse)
+            # A (numerically) singular capacitance matrix is a singular system of that
+            # instance (a degenerate point, or a guess with dependent active rows).
+            condition = _norm_1(capacitance) * _norm_1(inverse)
+            regular = (info == 0) & torch.isfinite(condition) & (condition <= _MAX_CONDITION)
+            inverse = torch.where(regular[:, None, None], inverse, 0.0)
+        return cls(RS, inactive, W, rows, valid, inverse, regular)
 
     def _apply(self, r: torch.Tensor) -> torch.Tensor:
         p = r @ self.Wt
@@ -96,12 +112,13 @@ class MajoritySystems:
         return p + torch.zeros_like(p).scatter_(1, self.rows, xi) @ self.Wt
 
     def solve(self, rhs: torch.Tensor) -> torch.Tensor:
-        """``c`` ``(B, m)`` with ``(RS - D_i) c_i = rhs_i`` ``(B, m)``."""
+        """``c`` ``(B, m)`` with ``(RS - D_i) c_i = rhs_i`` ``(B, m)`` (zero where the
+        instance's system is singular, see ``regular``)."""
         c = self._apply(rhs)
         # One refinement step against each instance's own matrix: W is the inverse of
         # another matrix, and the rounding it carries grows with that one's condition.
         residual = rhs - (c @ self.RS.T - torch.where(self.inactive, c, 0.0))
-        return c + self._apply(residual)
+        return torch.where(self.regular[:, None], c + self._apply(residual), 0.0)
 
 
 def solve_around_majority(
@@ -109,11 +126,13 @@ def solve_around_majority(
 ) -> torch.Tensor | None:
     """Solve ``(RS - D_i) c_i = rhs_i`` for every instance i by the Woodbury identity
     around the majority pattern (module docstring); None where `MajoritySystems.build`
-    declines.
+    declines or an instance's system is singular.
 
     Args:
         RS: ``(m, m)`` the shared ``R S``.  inactive: ``(B, m)`` the D_i.
         rhs: ``(B, m)``.
     """
     systems = MajoritySystems.build(RS, inactive)
-    return None if systems is None else systems.solve(rhs)
+    if systems is None or not bool(systems.regular.all()):
+        return None
+    return systems.solve(rhs)

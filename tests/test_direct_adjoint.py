@@ -6,9 +6,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from altdiff_modeling import _direct_adjoint as direct_adjoint_module
 from altdiff_modeling import solve_qp
-from altdiff_modeling._woodbury import differing_rows, solve_around_majority
+from altdiff_modeling._woodbury import MajoritySystems, differing_rows, solve_around_majority
 
 
 def _shared_system(rng: np.random.Generator, m: int, rank: int) -> torch.Tensor:
@@ -59,13 +58,14 @@ def test_woodbury_solve_gives_none_where_the_majority_matrix_is_singular():
 def test_direct_backward_on_a_batch_with_different_active_sets_matches_gmres(monkeypatch):
     # Shared P, A, G with batched q, b, h, drawn so that the instances' active sets
     # differ: the Woodbury path, checked against GMRES on the same solves.
-    answers = []
+    built = []
+    original = MajoritySystems.build.__func__
 
-    def spy(*args):
-        answers.append(solve_around_majority(*args))
-        return answers[-1]
+    def spy(cls, *args):
+        built.append(original(cls, *args))
+        return built[-1]
 
-    monkeypatch.setattr(direct_adjoint_module, "solve_around_majority", spy)
+    monkeypatch.setattr(MajoritySystems, "build", classmethod(spy))
     rng = np.random.default_rng(2)
     B, n, n_eq, n_ineq = 12, 15, 4, 20
     M = rng.standard_normal((n, n))
@@ -88,13 +88,36 @@ def test_direct_backward_on_a_batch_with_different_active_sets_matches_gmres(mon
             return_info=True,
         )
         assert info.status == ["solved"] * B
+        built.clear()  # the forward pass may have polished through it too
         grads[method] = torch.autograd.grad((x * x).sum(), [q_t, h_t])
         if method == "direct":
             assert info.backward_iterations == 1
-            assert len(answers) == 1 and answers[0] is not None
+            assert len(built) == 1 and built[0] is not None and bool(built[0].regular.all())
             slack = h - x.detach().numpy() @ G.T
             active = slack < 1e-7
     # The precondition: instances differ from each other in which rows are active.
     assert len({tuple(row) for row in active}) >= B // 2
     for direct, gmres in zip(grads["direct"], grads["gmres"], strict=True):
         assert float((direct - gmres).norm() / gmres.norm()) <= 1e-7
+
+
+def test_a_singular_instance_is_flagged_and_the_others_are_solved():
+    # Instance 1 has every row active: 40 rows of a rank-30 R S, a singular system.
+    rng = np.random.default_rng(4)
+    m, B = 40, 6
+    RS = _shared_system(rng, m, rank=30)
+    inactive = torch.from_numpy(rng.random((B, m)) > 0.2)
+    inactive[:, :3] = False
+    inactive[1] = False
+    rhs = torch.from_numpy(rng.standard_normal((B, m)))
+    systems = MajoritySystems.build(RS, inactive)
+    assert systems is not None
+    assert systems.regular.tolist() == [i != 1 for i in range(B)]
+    c = systems.solve(rhs)
+    assert float(c[1].abs().max()) == 0.0
+    keep = [i for i in range(B) if i != 1]
+    matrices = RS.expand(len(keep), m, m) - torch.diag_embed(inactive[keep].to(RS.dtype))
+    expected = torch.linalg.solve(matrices, rhs[keep].unsqueeze(-1)).squeeze(-1)
+    error = (c[keep] - expected).norm(dim=1) / expected.norm(dim=1)
+    assert float(error.max()) <= 1e-11, error
+    assert solve_around_majority(RS, inactive, rhs) is None
