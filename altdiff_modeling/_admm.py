@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 
@@ -62,8 +62,9 @@ _RHO_UPDATE_FACTOR = 5.0
 _INACCURATE_FACTOR = 10.0
 _TINY = 1e-30
 _LATEST_FIRST_POLISH = 100  # the first polish attempt comes at this iteration or earlier
-# Cost model of the polish schedule, in floating-point operations (the fixed parts are
-# the tensor-operation overheads of one ADMM step and of one polish, at ~10 GFlop/s).
+# Cost model of the polish schedule, in floating-point operations; the fixed parts (the
+# tensor-operation overheads of a step and of a polish) count time at ~60 GFlop/s, the
+# rate of this machine's large products: 2.5e6 is about 40 microseconds.
 _STEP_OVERHEAD = 2.5e6
 _POLISH_OVERHEAD = 1e7
 _POLISH_CALL_OVERHEAD = 5e6  # per instance: the small LAPACK calls of a polish
@@ -168,6 +169,17 @@ def inf_norm(v: torch.Tensor) -> torch.Tensor:
     return v.abs().amax(dim=-1)
 
 
+class _Reference(NamedTuple):
+    """An iterate ``x`` ``(B, n)``, ``y`` ``(B, m)`` and its products in the user's units
+    ``Px``, ``Cx``, ``C'y``: what the certificates compare the next check with."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    Px: torch.Tensor
+    Cx: torch.Tensor
+    Cty: torch.Tensor
+
+
 class _Residuals:
     """Residuals, tolerances and certificates of one check, in the user's units.
 
@@ -192,7 +204,7 @@ class _Residuals:
         # zero can change ``||G'dy / D||_inf``, per unit of the largest clamped entry.
         G = self.C[:, self.n_eq :]
         self.G_column_sums = (G.abs().sum(-2) * self.inv_D).amax(-1) if G.shape[1] else None
-        self.previous: tuple[torch.Tensor, ...] | None = None
+        self.previous: _Reference | None = None
 
     def measure(self, x: torch.Tensor, z: torch.Tensor, y: torch.Tensor) -> None:
         data, inv_D, inv_c = self.data, self.inv_D, self.inv_c
@@ -220,8 +232,7 @@ class _Residuals:
     def select(self, index: torch.Tensor) -> _Residuals:
         """The residuals of the instances ``index`` ``(K,)``, with their reference."""
         selected = _Residuals(self.data.select(index), self.scaling.select(index), self.settings)
-        selected.eps_abs, selected.eps_rel = self.eps_abs, self.eps_rel
-        selected.previous = tuple(value[index] for value in self.previous)
+        selected.previous = _Reference(*(value[index] for value in self.previous))
         return selected
 
     def start(self, x: torch.Tensor, z: torch.Tensor, y: torch.Tensor) -> None:
@@ -235,7 +246,7 @@ class _Residuals:
 
     def remember(self) -> None:
         """Make the last measured iterate the reference of the certificates."""
-        self.previous = (self.x.clone(), self.y, self.Px, self.Cx, self.Cty)
+        self.previous = _Reference(self.x.clone(), self.y, self.Px, self.Cx, self.Cty)
 
     def converged(self, factor: float = 1.0) -> torch.Tensor:
         return (
@@ -257,8 +268,7 @@ class _Residuals:
         """Certificate test on ``dy`` ``(B, m)``, the change of the multipliers since the
         remembered check."""
         s, n_eq, eps = self.scaling, self.n_eq, self.settings.eps_prim_inf
-        y_before, Cty_before = self.previous[1], self.previous[4]
-        dy = self.y - y_before
+        dy = self.y - self.previous.y
         # Multipliers of inequality rows are nonnegative: keep the cone's part of dy.
         clamped = dy[:, n_eq:].clamp_min(0)
         dy_cone = torch.cat([dy[:, :n_eq], clamped], dim=1)
@@ -269,7 +279,7 @@ class _Residuals:
             return candidate
         # C'dy of the unclamped dy is a difference of kept products; clamping moves it
         # by at most `slack`, which rules most candidates out before any product.
-        Ct_dy = self.Cty - Cty_before
+        Ct_dy = self.Cty - self.previous.Cty
         removed = inf_norm(clamped - dy[:, n_eq:])
         if self.G_column_sums is not None:
             slack = removed * self.G_column_sums
@@ -282,13 +292,13 @@ class _Residuals:
         """Certificate test on ``dx`` ``(B, n)``, the change of the iterate since the
         remembered check."""
         s, n_eq, eps = self.scaling, self.n_eq, self.settings.eps_dual_inf
-        x_before, Px_before, Cx_before = self.previous[0], self.previous[2], self.previous[3]
-        dx = self.x - x_before
+        before = self.previous
+        dx = self.x - before.x
         size = inf_norm(s.D * dx)
         c = s.c[:, 0]
-        P_dx = inf_norm(self.Px - Px_before)
+        P_dx = inf_norm(self.Px - before.Px)
         q_dx = (self.data.q * dx).sum(-1)
-        C_dx = self.Cx - Cx_before
+        C_dx = self.Cx - before.Cx
         eq_ok = inf_norm(C_dx[:, :n_eq]) <= eps * size
         ineq_ok = (C_dx[:, n_eq:] <= eps * size.unsqueeze(-1)).all(-1)
         return (

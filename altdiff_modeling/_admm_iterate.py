@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 
 from ._factor import CholeskyFactor
+from ._qp import select_rows
 
 __all__ = ["AdmmIterate"]
 
@@ -76,8 +77,7 @@ class AdmmIterate:
         self.neg_q, self.b, self.h = self.neg_q[index], self.b[index], self.h[index]
         if not self.shared:
             self.C = self.C[index]
-        if self.rows.shape[0] > 1:
-            self.rows = self.rows[index]
+        self.rows = select_rows(self.rows, index)
         self.factor = self.factor.select(index)
         self.x_tilde = self.x
 

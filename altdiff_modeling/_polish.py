@@ -113,15 +113,15 @@ class SharedPolisher:
 
     def __init__(self, C: torch.Tensor, n_eq: int) -> None:
         self.C, self.n_eq = C[0], n_eq
-        self._key: tuple = ()
+        self._factor: CholeskyFactor | None = None
         self._S: torch.Tensor | None = None
 
     def _shared(self, factor: CholeskyFactor, rows: torch.Tensor) -> torch.Tensor:
         """``R S`` for the factor (computed once per factor)."""
-        if not self._key or self._key[0] is not factor:
+        if self._factor is not factor:
             LinvCt = torch.linalg.solve_triangular(factor.L[0], self.C.T, upper=False)
             self._S = LinvCt.T @ LinvCt
-            self._key = (factor,)
+            self._factor = factor
         return rows[0].unsqueeze(-1) * self._S
 
     def polish(

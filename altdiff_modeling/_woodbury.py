@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["MajoritySystems", "differing_rows", "solve_around_majority"]
+__all__ = ["MajoritySystems", "differing_rows"]
 
 _MAX_CONDITION = 1e10  # of the majority pattern's matrix
 
@@ -119,20 +119,3 @@ class MajoritySystems:
         # another matrix, and the rounding it carries grows with that one's condition.
         residual = rhs - (c @ self.RS.T - torch.where(self.inactive, c, 0.0))
         return torch.where(self.regular[:, None], c + self._apply(residual), 0.0)
-
-
-def solve_around_majority(
-    RS: torch.Tensor, inactive: torch.Tensor, rhs: torch.Tensor
-) -> torch.Tensor | None:
-    """Solve ``(RS - D_i) c_i = rhs_i`` for every instance i by the Woodbury identity
-    around the majority pattern (module docstring); None where `MajoritySystems.build`
-    declines or an instance's system is singular.
-
-    Args:
-        RS: ``(m, m)`` the shared ``R S``.  inactive: ``(B, m)`` the D_i.
-        rhs: ``(B, m)``.
-    """
-    systems = MajoritySystems.build(RS, inactive)
-    if systems is None or not bool(systems.regular.all()):
-        return None
-    return systems.solve(rhs)

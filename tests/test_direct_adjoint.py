@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from altdiff_modeling import solve_qp
-from altdiff_modeling._woodbury import MajoritySystems, differing_rows, solve_around_majority
+from altdiff_modeling._woodbury import MajoritySystems, differing_rows
 
 
 def _shared_system(rng: np.random.Generator, m: int, rank: int) -> torch.Tensor:
@@ -19,23 +19,41 @@ def _shared_system(rng: np.random.Generator, m: int, rank: int) -> torch.Tensor:
     return torch.from_numpy(R[:, None] * S)
 
 
+def _layer_like_batch(
+    rng: np.random.Generator, B: int, m: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inactive rows ``(B, m)`` (mostly inactive, the first 3 always active, as equality
+    rows are) and right-hand sides ``(B, m)``."""
+    inactive = torch.from_numpy(rng.random((B, m)) > 0.2)
+    inactive[:, :3] = False
+    return inactive, torch.from_numpy(rng.standard_normal((B, m)))
+
+
+def _each_instance_solution(
+    RS: torch.Tensor, inactive: torch.Tensor, rhs: torch.Tensor
+) -> torch.Tensor:
+    """``(RS - D_i)^{-1} rhs_i`` by one dense solve per instance."""
+    systems = RS.expand(inactive.shape[0], -1, -1) - torch.diag_embed(inactive.to(RS.dtype))
+    return torch.linalg.solve(systems, rhs.unsqueeze(-1)).squeeze(-1)
+
+
+def _relative_errors(c: torch.Tensor, expected: torch.Tensor) -> torch.Tensor:
+    return (c - expected).norm(dim=1) / expected.norm(dim=1)
+
+
 def test_woodbury_solve_matches_each_instance_system():
     rng = np.random.default_rng(0)
     m, B = 40, 16
     RS = _shared_system(rng, m, rank=30)
     # Mostly inactive inequality rows, each instance with its own few active ones.
-    inactive = torch.from_numpy(rng.random((B, m)) > 0.2)
-    inactive[:, :3] = False
+    inactive, rhs = _layer_like_batch(rng, B, m)
     inactive[0] = inactive.sum(0) * 2 > B  # one instance on the majority pattern itself
-    rhs = torch.from_numpy(rng.standard_normal((B, m)))
     _, differ = differing_rows(inactive)
     assert int(differ[0].sum()) == 0 and int(differ.sum(1).max()) >= 5
 
-    c = solve_around_majority(RS, inactive, rhs)
-    assert c is not None
-    systems = RS.expand(B, m, m) - torch.diag_embed(inactive.to(RS.dtype))
-    expected = torch.linalg.solve(systems, rhs.unsqueeze(-1)).squeeze(-1)
-    error = (c - expected).norm(dim=1) / expected.norm(dim=1)
+    systems = MajoritySystems.build(RS, inactive)
+    assert systems is not None and bool(systems.regular.all())
+    error = _relative_errors(systems.solve(rhs), _each_instance_solution(RS, inactive, rhs))
     assert float(error.max()) <= 1e-11, error
 
 
@@ -51,8 +69,7 @@ def test_woodbury_solve_gives_none_where_the_majority_matrix_is_singular():
         inactive[i, list(active)] = False
     systems = RS.expand(B, m, m) - torch.diag_embed(inactive.to(RS.dtype))
     assert float(torch.linalg.cond(systems).max()) < 1e8
-    rhs = torch.from_numpy(rng.standard_normal((B, m)))
-    assert solve_around_majority(RS, inactive, rhs) is None
+    assert MajoritySystems.build(RS, inactive) is None
 
 
 def test_direct_backward_on_a_batch_with_different_active_sets_matches_gmres(monkeypatch):
@@ -106,18 +123,14 @@ def test_a_singular_instance_is_flagged_and_the_others_are_solved():
     rng = np.random.default_rng(4)
     m, B = 40, 6
     RS = _shared_system(rng, m, rank=30)
-    inactive = torch.from_numpy(rng.random((B, m)) > 0.2)
-    inactive[:, :3] = False
+    inactive, rhs = _layer_like_batch(rng, B, m)
     inactive[1] = False
-    rhs = torch.from_numpy(rng.standard_normal((B, m)))
     systems = MajoritySystems.build(RS, inactive)
     assert systems is not None
     assert systems.regular.tolist() == [i != 1 for i in range(B)]
     c = systems.solve(rhs)
     assert float(c[1].abs().max()) == 0.0
     keep = [i for i in range(B) if i != 1]
-    matrices = RS.expand(len(keep), m, m) - torch.diag_embed(inactive[keep].to(RS.dtype))
-    expected = torch.linalg.solve(matrices, rhs[keep].unsqueeze(-1)).squeeze(-1)
-    error = (c[keep] - expected).norm(dim=1) / expected.norm(dim=1)
+    expected = _each_instance_solution(RS, inactive[keep], rhs[keep])
+    error = _relative_errors(c[keep], expected)
     assert float(error.max()) <= 1e-11, error
-    assert solve_around_majority(RS, inactive, rhs) is None
