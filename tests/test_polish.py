@@ -133,3 +133,63 @@ def test_polishing_through_the_shared_factor_matches_clarabel(lp: bool):
     np.testing.assert_allclose(x.numpy(), reference, atol=1e-7)
     # Most instances end at a polish, long before ADMM alone would meet 1e-9.
     assert int((info.iterations <= 100).sum()) >= B // 2
+
+
+def _polish_on(
+    estimate: torch.Tensor, blocks, corrections: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`_try_polish` of one unscaled instance from the origin on ``estimate`` ``(1, m)``
+    with up to ``corrections`` corrected polishes: the point it returns and whether it
+    kept the polished one."""
+    from altdiff_modeling._admm import _Residuals, _try_polish
+    from altdiff_modeling._qp import QPData
+    from altdiff_modeling._scaling import Scaling
+    from altdiff_modeling._settings import SolverSettings
+
+    P, q, A, b, G, h = (torch.from_numpy(block)[None] for block in blocks)
+    data = QPData(P=P, q=q, A=A, b=b, G=G, h=h, batch_size=1)
+    n, m = q.shape[-1], estimate.shape[-1]
+    unit = Scaling(
+        D=torch.ones(1, n, dtype=F64), E=torch.ones(1, m, dtype=F64), c=torch.ones(1, 1, dtype=F64)
+    )
+    residuals = _Residuals(data, unit, SolverSettings(eps_abs=1e-9, eps_rel=1e-9))
+    x, z, y = (
+        torch.zeros(1, n, dtype=F64),
+        torch.zeros(1, m, dtype=F64),
+        torch.zeros(1, m, dtype=F64),
+    )
+    residuals.measure(x, z, y)
+    x, _, _, kept = _try_polish(
+        data, residuals, x, z, y, torch.tensor([True]), estimate, corrections=corrections
+    )
+    return x[0], kept[0]
+
+
+def test_a_polish_corrects_wrong_rows_of_its_estimate():
+    # An estimate with one wrong row (an active row missing, or an inactive one held
+    # active) fails as it is; the polished point contradicts its estimate in that row
+    # (violated, or with a negative multiplier) and perhaps a few others, and a few
+    # corrected polishes land on the solution. Primal-dual active-set steps need not
+    # converge in so few rounds: here they do for about half of the 40 rows.
+    from altdiff_modeling._admm import _CORRECTIONS
+
+    P, q, A, b, G, h = _shared_batch(7, 1, n=30, n_eq=5, n_ineq=40)
+    blocks = (P, q[0], A, b[0], G, h[0])
+    reference = _clarabel(*blocks)
+    active = np.concatenate([np.ones(5, dtype=bool), h[0] - G @ reference < 1e-7])
+    assert active[5:].sum() == 17
+
+    def kept_rows(corrections: int) -> np.ndarray:
+        kept = np.zeros(active.shape, dtype=bool)
+        for row in range(5, active.size):
+            estimate = torch.from_numpy(active.copy())[None]
+            estimate[0, row] = not active[row]
+            x, kept[row] = _polish_on(estimate, blocks, corrections)
+            if kept[row]:
+                np.testing.assert_allclose(x.numpy(), reference, atol=1e-7)
+        return kept
+
+    corrected = kept_rows(_CORRECTIONS)
+    assert corrected[active].sum() >= 6  # of 17 dropped
+    assert corrected[~active].sum() >= 8  # of 23 added
+    assert not kept_rows(0).any()
