@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from pathlib import Path
 
 import cvxpy as cp
@@ -25,6 +26,7 @@ from altdiff_modeling import AltDiffLayer
 
 F64 = torch.float64
 N, FEATURES, BATCH, STEPS, WORLD = 6, 3, 8, 3, 2
+_DEADLINE = 300.0  # seconds; the replicas take about 8
 SOLVER_ARGS = {"eps_abs": 1e-12, "eps_rel": 1e-12, "max_iter": 50_000, "backward_eps": 1e-13}
 
 
@@ -96,9 +98,22 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _run_workers(out_dir: Path) -> None:
+    """Run the replicas; fail (instead of hanging the suite) if they have not finished
+    within `_DEADLINE` seconds: a replica left waiting on a collective whose peer died
+    would otherwise wait forever."""
+    context = mp.spawn(_worker, args=(_free_port(), str(out_dir)), nprocs=WORLD, join=False)
+    deadline = time.monotonic() + _DEADLINE
+    while not context.join(timeout=1.0):  # raises if a replica failed
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            raise AssertionError(f"the DDP replicas did not finish within {_DEADLINE} s")
+
+
 def test_ddp_gradients_match_single_process_training(tmp_path):
     assert dist.is_available() and dist.is_gloo_available()
-    mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    _run_workers(tmp_path)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
 
     threads = torch.get_num_threads()
