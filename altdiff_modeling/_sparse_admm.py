@@ -249,9 +249,12 @@ def sparse_admm_solve(
 
     for k in range(1, settings.max_iter + 1):
         x_before, y_before = x, y
-        rhs = sigma * x - q + _rmv(C, rho_rows * z - y)
-        x_tilde = factor.solve(rhs)
-        v = alpha * _mv(C, x_tilde) + (1 - alpha) * z + y / rho_rows
+        # OSQP's form of the x-update: K [x~; w] = [sigma x - q; z - y/r] gives
+        # H x~ = sigma x - q + C'(r z - y) and C x~ = z + (w - y)/r, so a step needs no
+        # product with C or C' besides the solve.
+        shifted = z - y / rho_rows
+        x_tilde, w = factor.solve_kkt(sigma * x - q, shifted)
+        v = alpha * (shifted + w / rho_rows) + (1 - alpha) * z + y / rho_rows
         x = alpha * x_tilde + (1 - alpha) * x
         z_next = project(v, bound, n_eq)
         y = rho_rows * (v - z_next)
