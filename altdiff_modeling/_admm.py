@@ -28,6 +28,7 @@ import torch
 
 from ._admm_iterate import AdmmIterate
 from ._factor import CholeskyFactor
+from ._factor_cache import FactorCache, quantize_rho
 from ._polish import SHARED_REFINE_STEPS, SharedPolisher, active_set, polish
 from ._qp import QPData, matvec, rmatvec, select_rows
 from ._scaling import Scaling
@@ -155,15 +156,25 @@ class _PenaltyMatrix:
 
     def __init__(self, P: torch.Tensor, W: torch.Tensor, sigma: float) -> None:
         self.dtype = P.dtype
-        self.W = W
-        n = P.shape[-1]
-        self.base = P.to(W.dtype) + sigma * torch.eye(n, dtype=W.dtype, device=P.device)
+        self.P, self.W, self.sigma = P, W, sigma
+        self._base: torch.Tensor | None = None
+
+    @property
+    def base(self) -> torch.Tensor:
+        """``P + sigma*I`` in W's dtype (formed on the first factorization: a call
+        whose factors all come from a `FactorCache` never needs it)."""
+        if self._base is None:
+            n = self.P.shape[-1]
+            eye = torch.eye(n, dtype=self.W.dtype, device=self.P.device)
+            self._base = self.P.to(self.W.dtype) + self.sigma * eye
+        return self._base
 
     def select(self, index: torch.Tensor) -> _PenaltyMatrix:
         """The matrices of the instances ``index`` ``(K,)`` (shared ones as they are)."""
-        selected = _PenaltyMatrix.__new__(_PenaltyMatrix)
-        selected.dtype = self.dtype
-        selected.W, selected.base = select_rows(self.W, index), select_rows(self.base, index)
+        selected = _PenaltyMatrix(select_rows(self.P, index), select_rows(self.W, index), 0.0)
+        selected.dtype, selected.sigma = self.dtype, self.sigma
+        if self._base is not None:
+            selected._base = select_rows(self._base, index)
         return selected
 
     def factor(self, rho: torch.Tensor) -> CholeskyFactor:
@@ -569,6 +580,7 @@ def admm_solve(
     tangents: ForwardTangents | None = None,
     warm_start: WarmStart | None = None,
     weights: torch.Tensor | None = None,
+    factors: FactorCache | None = None,
 ) -> SolveResult:
     """Solve a batch of (scaled) QPs with ADMM; see the module docstring.
 
@@ -579,6 +591,8 @@ def admm_solve(
         tangents: Forward-mode Alt-Diff state, advanced in lockstep with the iterates.
         warm_start: Starting iterates and penalty (scaled units); zeros otherwise.
         weights: `penalty_weights` of the scaled C, when the caller has it already.
+        factors: Factors of H kept across calls, for a batch whose P and C are a
+            layer's constants (the caller keys the cache by them).
 
     Returns:
         The iterate at which each instance stopped, with its status and residuals.
@@ -603,7 +617,13 @@ def admm_solve(
     if weights is None:
         weights = penalty_weights(C, n_eq)
     penalty = _PenaltyMatrix(P, weights, sigma)
-    factor = penalty.factor(rho)
+
+    def factor_for(rho: torch.Tensor) -> CholeskyFactor:
+        if factors is None or per_instance or scaling.c.numel() != 1:
+            return penalty.factor(rho)
+        return factors.factor(rho, scaling.c, lambda: penalty.factor(rho))
+
+    factor = factor_for(rho)
 
     it = AdmmIterate(q, C, bound, n_eq, x, z, y, rho_rows, factor, alpha, sigma)
     polisher = None
@@ -692,14 +712,16 @@ def admm_solve(
                 proposal = rho * ratio.sqrt()
             else:  # one rho for the batch: the geometric mean over the unfinished
                 proposal = rho * ratio[~done].log().mean().exp().sqrt()
-            proposal = proposal.clamp(_RHO_MIN, _RHO_MAX)
+            # On a grid, so that calls with the same matrices meet the same values
+            # (`FactorCache`).
+            proposal = quantize_rho(proposal.clamp(_RHO_MIN, _RHO_MAX))
             moved = (proposal > _RHO_UPDATE_FACTOR * rho) | (proposal < rho / _RHO_UPDATE_FACTOR)
             if per_instance:
                 moved = moved & ~done
             if bool(moved.any()):
                 rho = torch.where(moved, proposal, rho)
                 rho_rows = penalty_rows(rho, n_eq, m)
-                it.set_penalty(rho_rows, penalty.factor(rho), y)
+                it.set_penalty(rho_rows, factor_for(rho), y)
         if tangents is None and unfinished <= _COMPACT_FRACTION * done.shape[0]:
             keep = torch.nonzero(~done).flatten()
             batch, done, data = batch[keep], done[keep], data.select(keep)

@@ -26,6 +26,7 @@ from ._admm import (
 )
 from ._altdiff import DataGradients, DataTangents, ForwardTangents, reverse_gradients
 from ._errors import SolverError, SolverWarning
+from ._factor_cache import FactorCache
 from ._qp import QPData
 from ._scaling import (
     Equilibration,
@@ -124,6 +125,8 @@ class ConstantDataReuse:
         self._key: tuple = ()
         self._equilibration: Equilibration | None = None
         self._weights: torch.Tensor | None = None
+        self._factors = FactorCache()
+        self._scaled: tuple[float, tuple[torch.Tensor, ...]] | None = None
 
     def _matches(self, data: QPData, settings: SolverSettings) -> bool:
         key = self._key
@@ -142,7 +145,19 @@ class ConstantDataReuse:
             self._key = (data.P, data.A, data.G, settings.scaling)
             self._equilibration = equilibrate(data.P, data.C, settings.scaling)
             self._weights = None
+            self._factors.reset()
+            self._scaled = None
         return self._equilibration
+
+    def scale(self, scaling: Scaling, data: QPData, settings: SolverSettings) -> QPData:
+        """``scaling.scale(data)``, with the scaled constant matrices kept for the cost
+        scaling they were computed with; call after `equilibration`."""
+        if not self._matches(data, settings) or scaling.c.numel() != 1:
+            return scaling.scale(data)
+        cost = float(scaling.c.flatten()[0])
+        if self._scaled is None or self._scaled[0] != cost:
+            self._scaled = (cost, scaling.scale_matrices(data))
+        return scaling.scale(data, self._scaled[1])
 
     def weights(self, data: QPData, scaled: QPData, settings: SolverSettings) -> torch.Tensor:
         """``C'SC`` of the scaled C; call after `equilibration` for the same data."""
@@ -151,6 +166,16 @@ class ConstantDataReuse:
         if self._weights is None:
             self._weights = penalty_weights(scaled.C, scaled.n_eq)
         return self._weights
+
+    def factors(self, data: QPData, settings: SolverSettings) -> FactorCache | None:
+        """The factors of H for this data's constant matrices and these settings (None
+        where the matrices are not the cached ones); call after `equilibration`."""
+        if not self._matches(data, settings):
+            return None
+        key = (settings.sigma, data.q.dtype, data.q.device)
+        if self._factors.key != key:
+            self._factors.reset(key)
+        return self._factors
 
 
 def _solve(
@@ -163,7 +188,7 @@ def _solve(
 ) -> tuple[Scaling, QPData, SolveResult, ForwardTangents | None]:
     reuse = reuse if reuse is not None else ConstantDataReuse()
     scaling = ruiz_scaling(data, settings.scaling, reuse.equilibration(data, settings))
-    scaled = scaling.scale(data)
+    scaled = reuse.scale(scaling, data, settings)
     weights = reuse.weights(data, scaled, settings)
     tracker = None
     if tangents is not None:
@@ -172,7 +197,8 @@ def _solve(
     if warm is not None:
         x, z, y = scale_solution(scaling, warm.x, warm.z, warm.y)
         warm_start = WarmStart(x=x, z=z, y=y, rho=warm.rho)
-    result = admm_solve(scaled, settings, scaling, tracker, warm_start, weights)
+    factors = reuse.factors(data, settings)
+    result = admm_solve(scaled, settings, scaling, tracker, warm_start, weights, factors)
     info._fill(result)
     return scaling, scaled, result, tracker
 

@@ -41,17 +41,32 @@ class Scaling:
             D=select_rows(self.D, index), E=select_rows(self.E, index), c=select_rows(self.c, index)
         )
 
-    def scale(self, data: QPData) -> QPData:
-        """The data the solver sees."""
+    def scale_matrices(self, data: QPData) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The scaled ``P``, ``A`` and ``G`` of `scale`."""
         D, E, c = self.D, self.E, self.c
         n_eq = data.n_eq
         DD = D.unsqueeze(-1) * D.unsqueeze(-2)
+        return (
+            c.unsqueeze(-1) * DD * data.P,
+            E[:, :n_eq, None] * data.A * D.unsqueeze(-2),
+            E[:, n_eq:, None] * data.G * D.unsqueeze(-2),
+        )
+
+    def scale(
+        self,
+        data: QPData,
+        matrices: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+    ) -> QPData:
+        """The data the solver sees (``matrices``: its `scale_matrices`, when known)."""
+        D, E, c = self.D, self.E, self.c
+        n_eq = data.n_eq
+        P, A, G = matrices if matrices is not None else self.scale_matrices(data)
         return QPData(
-            P=c.unsqueeze(-1) * DD * data.P,
+            P=P,
             q=c * D * data.q,
-            A=E[:, :n_eq, None] * data.A * D.unsqueeze(-2),
+            A=A,
             b=E[:, :n_eq] * data.b,
-            G=E[:, n_eq:, None] * data.G * D.unsqueeze(-2),
+            G=G,
             h=E[:, n_eq:] * data.h,
             batch_size=data.batch_size,
         )

@@ -79,3 +79,74 @@ def test_parametric_and_batched_matrices_are_not_cached(equilibrate_calls):
     assert equilibrate_calls[0] == 2
     fresh = AltDiffLayer(problem, parameters=[G, h], variables=[x])
     assert torch.equal(b, fresh(G2, h_t)[0])
+
+
+def test_factors_of_constant_matrices_are_reused_across_calls(monkeypatch):
+    # H(rho) depends only on the constant matrices, rho (on a fixed grid) and the cost
+    # scaling: a second call with the same data factors nothing, and its results are
+    # those of a fresh layer bit for bit.
+    import altdiff_modeling._admm as admm
+
+    factorizations = [0]
+    original = admm._PenaltyMatrix.factor
+
+    def counting(self, rho):
+        factorizations[0] += 1
+        return original(self, rho)
+
+    monkeypatch.setattr(admm._PenaltyMatrix, "factor", counting)
+    problem, params, x, values = _problem(np.random.default_rng(4), n=12)
+    tensors = [torch.tensor(v) for v in values]
+    layer = AltDiffLayer(problem, parameters=params, variables=[x])
+    (first,) = layer(*tensors)
+    assert factorizations[0] >= 1
+    before = factorizations[0]
+    q = tensors[0].clone().requires_grad_()
+    (again,) = layer(q, *tensors[1:])
+    (grad_again,) = torch.autograd.grad(again.sum(), q)
+    assert factorizations[0] == before
+    fresh = AltDiffLayer(problem, parameters=params, variables=[x])
+    q = tensors[0].clone().requires_grad_()
+    (out,) = fresh(q, *tensors[1:])
+    (grad_fresh,) = torch.autograd.grad(out.sum(), q)
+    assert torch.equal(again, first) and torch.equal(again, out)
+    assert torch.equal(grad_again, grad_fresh)
+
+
+def test_rho_is_kept_on_its_grid():
+    from altdiff_modeling._factor_cache import quantize_rho
+
+    rho = torch.tensor([1e-6, 3.7e-3, 0.1, 0.42, 7.0, 1e6], dtype=torch.float64)
+    grid = quantize_rho(rho)
+    exponents = torch.log10(grid) * 8
+    assert torch.allclose(exponents, exponents.round(), atol=1e-9)
+    assert (torch.abs(torch.log10(grid / rho)) <= 1 / 16 + 1e-12).all()
+    assert torch.equal(quantize_rho(grid), grid)  # a grid value stays put
+
+
+def test_the_factor_cache_keeps_the_most_recent_within_its_budget(monkeypatch):
+    import altdiff_modeling._factor_cache as cache_module
+    from altdiff_modeling._factor import CholeskyFactor
+
+    monkeypatch.setattr(cache_module, "_MAX_FACTORS", 2)
+    cache = cache_module.FactorCache()
+    c = torch.ones(1, 1, dtype=torch.float64)
+    made = []
+
+    def make(value: float):
+        def compute():
+            made.append(value)
+            return CholeskyFactor(value * torch.eye(3, dtype=torch.float64)[None])
+
+        return compute
+
+    for value in (1.0, 2.0, 1.0, 3.0, 1.0, 2.0):
+        factor = cache.factor(torch.tensor([value]), c, make(value))
+        assert torch.allclose(factor.L[0, 0, 0], torch.tensor(value).sqrt().double())
+    # 1 and 2 computed, 1 reused, 3 evicts 2 (least recent), 1 reused, 2 computed again
+    assert made == [1.0, 2.0, 3.0, 2.0]
+    assert len(cache) == 2
+    monkeypatch.setattr(cache_module, "_MAX_BYTES", 8)  # less than one 3 x 3 factor
+    cache.reset()
+    cache.factor(torch.tensor([5.0]), c, make(5.0))
+    assert len(cache) == 0
