@@ -5,8 +5,8 @@ The constraints ``Ax = b`` and ``Gx <= h`` are stacked into ``C = [A; G]`` with 
 With relaxation ``alpha = 1`` the iteration is the slack-form ADMM of DESIGN section 3
 (``z = h - s``, ``y = [lambda; nu]``); ``alpha > 1`` over-relaxes it as OSQP does. Each
 row has its own penalty (equality rows a thousand times stiffer), and rho follows the
-ratio of the primal and dual residuals, refactoring H only when it moves by more than
-a factor of five.
+ratio of the primal and dual residuals, on a grid of values (shared with a layer's
+cache of factors), refactoring H only when it moves by more than a factor of five.
 
 The solver runs on Ruiz-scaled data but measures residuals and certificates in the
 user's units, so tolerances mean what they say. Every ``check_every`` iterations it

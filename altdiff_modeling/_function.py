@@ -114,11 +114,13 @@ def _failures(result: SolveResult, settings: SolverSettings) -> torch.Tensor | N
 class ConstantDataReuse:
     """What depends only on a layer's constant P, A and G, kept across its calls.
 
-    The Ruiz equilibration of P and C and the penalty weights ``C'SC`` of the scaled C
-    (see `penalty_weights`) cost as much as a factorization at large n; when the
-    matrices are the same tensors as in the previous call (a layer's constant blocks
-    are), they are reused. Anything else (a batched or parametric matrix, another
-    dtype, device or number of Ruiz passes) recomputes them.
+    The Ruiz equilibration of P and C, the penalty weights ``C'SC`` of the scaled C
+    (see `penalty_weights`), the scaled matrices (for the last cost scaling) and the
+    factors of H (a `FactorCache`) each cost about as much as a factorization at large
+    n; when the matrices are the same tensors as in the previous call (a layer's
+    constant blocks are), they are reused. Anything else (a batched or parametric
+    matrix, another number of Ruiz passes) recomputes them; another sigma, dtype or
+    device starts a new factor cache.
     """
 
     def __init__(self) -> None:
