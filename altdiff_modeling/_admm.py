@@ -171,8 +171,9 @@ class _PenaltyMatrix:
 
     def select(self, index: torch.Tensor) -> _PenaltyMatrix:
         """The matrices of the instances ``index`` ``(K,)`` (shared ones as they are)."""
-        selected = _PenaltyMatrix(select_rows(self.P, index), select_rows(self.W, index), 0.0)
-        selected.dtype, selected.sigma = self.dtype, self.sigma
+        selected = _PenaltyMatrix(
+            select_rows(self.P, index), select_rows(self.W, index), self.sigma
+        )
         if self._base is not None:
             selected._base = select_rows(self._base, index)
         return selected
