@@ -168,14 +168,31 @@ def _check_dcp_dpp(problem: cp.Problem) -> None:
     )
 
 
+def _param_cone_prog(problem: cp.Problem) -> tuple[Any, Any]:
+    """CVXPY's ``ParamConeProg`` of ``problem`` and the chain that produced it.
+
+    ``Problem.get_problem_data`` also evaluates every tensor at the parameters' current
+    values (as large as the tensors themselves: a third of the construction time of a
+    dense n = 3000 layer), and caches its result on the user's problem. Applying the
+    chain's reductions and the solver's constraint formatting directly does neither.
+
+    Raises:
+        cvxpy.error.DPPError, cvxpy.error.SolverError: As ``get_problem_data`` would.
+    """
+    chain = problem._construct_chain(solver=cp.CLARABEL, enforce_dpp=True)
+    reduced: Any = problem
+    for reduction in chain.reductions[:-1]:
+        reduced, _ = reduction.apply(reduced)
+    solver = chain.reductions[-1]
+    if not reduced.formatted:
+        reduced = solver.format_constraints(reduced, solver.EXP_CONE_ORDER)
+    return reduced, chain
+
+
 def _cone_types(problem: cp.Problem) -> list[str]:
-    data, _, _ = problem.get_problem_data(cp.CLARABEL, enforce_dpp=True)
+    param_prob, _ = _param_cone_prog(problem)
     return sorted(
-        {
-            type(c).__name__
-            for c in data[cp.settings.PARAM_PROB].constraints
-            if not isinstance(c, Zero | NonNeg)
-        }
+        {type(c).__name__ for c in param_prob.constraints if not isinstance(c, Zero | NonNeg)}
     )
 
 
@@ -306,26 +323,27 @@ def _blocks(param_prob: Any, S: sp.csr_array) -> dict[str, AffineBlock]:
         else sp.csr_array((N * N, S.shape[0]))
     )
     # P is stored column-major; our dense blocks are row-major (symmetric P: no matter).
-    r = np.arange(N * N)
-    P_index = (r % N) * N + r // N
+    P_index = np.arange(N * N).reshape(N, N).T.ravel()
     A_tensor = sp.csr_array(param_prob.A)
-    r = np.arange(n_rows * (N + 1))
-    row, col = r % n_rows, r // n_rows
-    is_matrix, is_eq = col < N, row < n_eq
     n_ineq = n_rows - n_eq
+    # Row r of A_tensor is entry (r % n_rows, r // n_rows) of [AF, bg], column-major: a
+    # (N + 1, n_rows) grid of tensor rows, sliced into the four blocks.
+    tensor_row = np.arange(n_rows * (N + 1)).reshape(N + 1, n_rows)
+    eq_rows, in_rows = np.arange(n_eq), np.arange(n_ineq)
+    columns = np.arange(N)[:, None]
 
-    def select(mask: np.ndarray) -> sp.csr_array:
-        return A_tensor[np.flatnonzero(mask)]
+    def select(rows: np.ndarray) -> sp.csr_array:
+        return A_tensor[rows.ravel()]
 
-    eq_m, in_m = is_matrix & is_eq, is_matrix & ~is_eq
-    eq_v, in_v = ~is_matrix & is_eq, ~is_matrix & ~is_eq
+    eq_matrix = (eq_rows * N + columns).ravel()
+    in_matrix = (in_rows * N + columns).ravel()
     return {
         "P": block(P_tensor, P_index, 1.0, (N, N)),
         "q": block(q_tensor, np.arange(N), 1.0, (N,)),
-        "A": block(select(eq_m), row[eq_m] * N + col[eq_m], 1.0, (n_eq, N)),
-        "b": block(select(eq_v), row[eq_v], -1.0, (n_eq,)),
-        "G": block(select(in_m), (row[in_m] - n_eq) * N + col[in_m], -1.0, (n_ineq, N)),
-        "h": block(select(in_v), row[in_v] - n_eq, 1.0, (n_ineq,)),
+        "A": block(select(tensor_row[:N, :n_eq]), eq_matrix, 1.0, (n_eq, N)),
+        "b": block(select(tensor_row[N, :n_eq]), eq_rows, -1.0, (n_eq,)),
+        "G": block(select(tensor_row[:N, n_eq:]), in_matrix, -1.0, (n_ineq, N)),
+        "h": block(select(tensor_row[N, n_eq:]), in_rows, 1.0, (n_ineq,)),
     }
 
 
@@ -374,12 +392,11 @@ def reduce_problem(
     _check_lists(problem, parameters, variables)
     _check_dcp_dpp(problem)
     try:
-        data, chain, _ = problem.get_problem_data(cp.CLARABEL, enforce_dpp=True)
+        param_prob, chain = _param_cone_prog(problem)
     except cp.error.DPPError as exc:  # pragma: no cover - caught by _check_dcp_dpp
         raise ProblemError(f"the problem is not DPP: {exc}") from None
     except cp.error.SolverError as exc:
         raise ProblemError(f"CVXPY could not reduce the problem: {exc}") from None
-    param_prob = data[cp.settings.PARAM_PROB]
     if any(not isinstance(c, Zero | NonNeg) for c in param_prob.constraints):
         raise ProblemError(
             "the problem is not a polyhedral QP (only linear equalities and inequalities, "
