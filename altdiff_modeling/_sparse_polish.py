@@ -6,8 +6,11 @@ regularized quasi-definite KKT matrix per instance, with iterative refinement). 
 the dense path, a wrong guess is corrected by rounds of the primal-dual active-set
 method (drop rows with negative multipliers, add violated rows, solve again): on
 problems with long chains of constraints, such as isotonic projections, ADMM
-identifies the last active rows slowly. The caller keeps the polished point only if it
-meets the tolerances.
+identifies the last active rows slowly. Where a full round makes the reduced QP
+singular (its solution blows up), the rounds go back one and continue damped, changing
+only the most wrong rows: a lasso's early iterates hold some small weights at zero, and
+a full round then releases many features at once. The caller keeps the polished point
+only if it meets the tolerances.
 """
 
 from __future__ import annotations
@@ -17,12 +20,30 @@ from collections.abc import Callable
 import numpy as np
 import scipy.sparse as sp
 
-from ._sparse_kkt import solve_active_kkt
+from ._sparse_kkt import _norm, solve_active_kkt
 
 __all__ = ["sparse_polish"]
 
 _ACTIVE_SET_ROUNDS = 30
 _STALLED_ROUNDS = 3
+# A damped round changes only the rows whose multiplier is below this fraction of the
+# most negative one, or whose violation is above this fraction of the largest.
+_DAMPING = 0.5
+# An active-set solution this much larger than the iterate (relative to 1 + its max-norm)
+# comes from a singular reduced QP (a variable no active row pins): the step was wrong.
+_BLOWUP = 1e6
+
+
+def _scores(
+    C: sp.csr_array, bound: np.ndarray, n_eq: int, solved: tuple[np.ndarray, np.ndarray]
+) -> np.ndarray:
+    """``w + (C u - bound)`` on the inequality rows (``+inf`` on the equalities): the
+    primal-dual active-set method makes exactly the rows with a positive score active,
+    which drops active rows with a negative multiplier and adds violated rows."""
+    u, w = solved
+    score = w + (C @ u - bound)
+    score[:n_eq] = np.inf
+    return score
 
 
 def _point(
@@ -69,7 +90,10 @@ def sparse_polish(
     """
     active = (bound - z) < y
     active[:n_eq] = True
+    scale = 1.0 + (_norm(x) if x is not None else 0.0)
     best, best_changes, stalled = None, None, 0
+    previous: tuple | None = None  # the last round's active set, solution and proposal
+    damped = False
     for _ in range(_ACTIVE_SET_ROUNDS):
         solved = solve_active_kkt(P, C, active, -q, bound, x)
         if solved is None:
@@ -78,20 +102,28 @@ def sparse_polish(
             point = _point(C, bound, n_eq, solved)
             if good(*point):
                 return point
-        # Primal-dual active-set update: keep rows whose multiplier is positive, add
-        # rows the solution violates; a fixed point is the QP's solution. The method
-        # can cycle (it is monotone only for M-matrix-like problems), so it stops when
-        # the number of rows it would change has not improved for a few rounds.
-        update = solved[1] + (C @ solved[0] - bound) > 0
-        update[:n_eq] = True
-        changes = int((update != active).sum())
-        if best_changes is None or changes < best_changes:
+        score = _scores(C, bound, n_eq, solved)
+        drop, add = active & (score <= 0), ~active & (score > 0)
+        changes = int(drop.sum() + add.sum())
+        blown = _norm(solved[0]) > _BLOWUP * scale
+        if blown and not damped and previous is not None:
+            # The step made the reduced QP singular: full steps drop too many rows where
+            # rows are coupled (a lasso's two rows on one feature: releasing one feature
+            # flips the multipliers of many others). Go back one round and continue
+            # with damped steps, which change only the most wrong rows.
+            damped, blown = True, False
+            active, solved, score, drop, add, changes = previous
+        elif not blown and (best_changes is None or changes < best_changes):
             best, best_changes, stalled = solved, changes, 0
         else:
             stalled += 1
         if changes == 0 or stalled >= _STALLED_ROUNDS:
             break
-        active = update
+        previous = (active, solved, score, drop, add, changes)
+        if damped:
+            drop = drop & (score < _DAMPING * score[drop].min(initial=0.0))
+            add = add & (score > _DAMPING * score[add].max(initial=0.0))
+        active = (active & ~drop) | add
     if best is None:
         return None
     return _point(C, bound, n_eq, best)

@@ -193,3 +193,63 @@ def test_a_polish_corrects_wrong_rows_of_its_estimate():
     assert corrected[active].sum() >= 6  # of 17 dropped
     assert corrected[~active].sum() >= 8  # of 23 added
     assert not kept_rows(0).any()
+
+
+def _lasso_qp(seed: int, n_features: int = 300, n_samples: int = 30):
+    """A lasso ``min 1/2 ||r||^2 + lam 1't  s.t.  F w - r = y,  w - t <= 0,  -w - t <= 0``
+    in the sparse polish's form over ``x = [w; t; r]``, and Clarabel's solution."""
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(seed)
+    p, s = n_features, n_samples
+    F = sp.random_array((s, p), density=0.3, rng=rng, data_sampler=rng.standard_normal)
+    y = F @ np.where(rng.random(p) < 0.1, rng.standard_normal(p), 0.0)
+    y += 0.1 * rng.standard_normal(s)
+    lam = 0.2 * np.abs(F.T @ y).max()
+    eye, none = sp.eye_array(p), sp.csr_array((p, s))
+    C = sp.vstack(
+        [
+            sp.hstack([F, sp.csr_array((s, p)), -sp.eye_array(s)]),
+            sp.hstack([eye, -eye, none]),
+            sp.hstack([-eye, -eye, none]),
+        ]
+    ).tocsr()
+    bound = np.concatenate([y, np.zeros(2 * p)])
+    P = sp.diags_array(np.concatenate([np.zeros(2 * p), np.ones(s)])).tocsc()
+    q = np.concatenate([np.zeros(p), np.full(p, lam), np.zeros(s)])
+    x = cp.Variable(q.size)
+    rows = [C[:s] @ x == y, C[s:] @ x <= 0]
+    cp.Problem(cp.Minimize(0.5 * cp.quad_form(x, P) + q @ x), rows).solve(
+        cp.CLARABEL, tol_gap_abs=1e-12, tol_gap_rel=1e-12, tol_feas=1e-12
+    )
+    active = np.concatenate([np.ones(s, dtype=bool), rows[1].dual_value > 1e-9])
+    return (P, q, C, bound, s), x.value, active
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_sparse_polish_recovers_from_a_lasso_estimate_with_features_held_at_zero(seed, monkeypatch):
+    # ADMM's early iterates hold small nonzero weights of a lasso at zero (both rows of
+    # the feature active). Full active-set steps from there release too many features
+    # at once and make the reduced QP unbounded (a free epigraph variable t_i); the
+    # polish then goes back one round and takes damped steps, which reach the solution.
+    import altdiff_modeling._sparse_polish as sparse_polish_module
+
+    (P, q, C, bound, n_eq), reference, active = _lasso_qp(seed)
+    p = (q.size - n_eq) // 2
+    nonzero = np.flatnonzero(np.abs(reference[:p]) > 1e-6)
+    estimate = active.copy()
+    held = nonzero[: nonzero.size // 2]
+    estimate[n_eq + held] = estimate[n_eq + p + held] = True
+    z = np.where(estimate, bound, bound - 1.0)  # (bound - z) < y marks the estimate
+    y = estimate.astype(float)
+
+    def polished() -> np.ndarray | None:
+        point = sparse_polish_module.sparse_polish(P, q, C, bound, n_eq, z, y, np.zeros(q.size))
+        return None if point is None else point[0]
+
+    x = polished()
+    assert x is not None
+    np.testing.assert_allclose(x, reference, atol=1e-6)
+    monkeypatch.setattr(sparse_polish_module, "_BLOWUP", np.inf)  # full steps only
+    x = polished()
+    assert x is None or np.abs(x - reference).max() > 1e-6
