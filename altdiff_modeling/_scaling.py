@@ -100,15 +100,19 @@ def equilibrate(P: torch.Tensor, C: torch.Tensor, iterations: int = 10) -> Equil
     with torch.no_grad():
         batch = max(P.shape[0], C.shape[0])
         n, m = P.shape[-1], C.shape[1]
-        D = P.new_ones(batch, n)
-        E = P.new_ones(batch, m)
+        # The passes only choose the scaling, so they work on single-precision copies of
+        # |P| and |C| (half the memory traffic of the batched passes, which dominate
+        # with per-instance matrices); D and E accumulate in the data's precision.
         # Scaling by positive factors commutes with abs: take it once, not every pass.
-        P_s, C_s = P.abs(), C.abs()
+        work = torch.float32 if P.dtype == torch.float64 else P.dtype
+        P_s, C_s = P.abs().to(work), C.abs().to(work)
         # A block shared across a batch whose other block is not gets per-instance scaling.
         if P_s.shape[0] != batch:
             P_s = P_s.expand(batch, n, n).clone()
         if C_s.shape[0] != batch:
             C_s = C_s.expand(batch, m, n).clone()
+        D = P.new_ones(batch, n)
+        E = P.new_ones(batch, m)
         for _ in range(iterations):
             col_norm = torch.maximum(_amax(P_s, -2), _amax(C_s, -2))  # (batch, n)
             row_norm = _amax(C_s, -1)  # (batch, m)
@@ -118,7 +122,7 @@ def equilibrate(P: torch.Tensor, C: torch.Tensor, iterations: int = 10) -> Equil
             # In place: P_s and C_s are this function's own copies (from abs above).
             P_s.mul_(d.unsqueeze(-1)).mul_(d.unsqueeze(-2))
             C_s.mul_(e.unsqueeze(-1)).mul_(d.unsqueeze(-2))
-        P_norm = _amax(P_s, -2).mean(-1, keepdim=True)  # (batch, 1)
+        P_norm = _amax(P_s, -2).mean(-1, keepdim=True).to(P.dtype)  # (batch, 1)
     return Equilibration(D=D, E=E, P_norm=P_norm)
 
 
