@@ -80,13 +80,72 @@ class AffineBlock:
 class _TorchBlock:
     """A block on a device: its constant value ``(1, *shape)`` when it depends on no
     parameter (the affine map is then not kept: for P at n = 5000 it would hold three
-    copies of n^2 entries), otherwise the entries' ``index`` and the ``(E, K + 1)``
-    sparse ``matrix``."""
+    copies of n^2 entries), otherwise the entries' ``index`` and either the ``(E, K +
+    1)`` sparse ``matrix`` or, when every entry combines a few parameter entries (the
+    common case), that ``selection``."""
 
     shape: tuple[int, ...]
     index: torch.Tensor | None
     matrix: torch.Tensor | None
     constant: torch.Tensor | None
+    selection: _Selection | None = None
+
+
+# Most parameter entries an entry may combine for the gather path (a symmetric
+# parameter's entry averages two); beyond, the sparse product is cheaper.
+_MAX_TERMS = 4
+
+
+@dataclass(frozen=True)
+class _Selection:
+    """Entry ``e`` of a block is ``sum_j theta_aug[column[j, e]] * coefficient[j, e]``
+    (``(k, E)`` each, k at most `_MAX_TERMS`; the constant is column K of ``theta_aug``):
+    gathers and products, whose gradient is scatter-adds, instead of a sparse product
+    and its transpose. The entries are in the block's row-major order, so a block whose
+    every entry is listed needs no scatter either (``complete``)."""
+
+    column: torch.Tensor
+    coefficient: torch.Tensor
+    complete: bool
+
+    @staticmethod
+    def of(
+        matrix: sp.csr_array,
+        index: np.ndarray,
+        size: int,
+        dtype: torch.dtype,
+        device: torch.device,
+    ) -> tuple[_Selection, np.ndarray] | None:
+        """The selection of the ``(E, K + 1)`` affine map of the entries ``index`` of a
+        block of ``size`` entries, and the entries' order in it; None when an entry
+        combines more than `_MAX_TERMS` parameter entries."""
+        matrix = sp.csr_array(matrix)
+        matrix.sum_duplicates()
+        matrix.eliminate_zeros()
+        per_row = np.diff(matrix.indptr)
+        terms = int(per_row.max(initial=0))
+        if per_row.size == 0 or terms > _MAX_TERMS:
+            return None
+        order = np.argsort(index, kind="stable")
+        matrix, per_row = matrix[order], per_row[order]
+        rows = np.repeat(np.arange(per_row.size), per_row)
+        slot = np.arange(rows.size) - np.repeat(matrix.indptr[:-1], per_row)
+        column = np.full((terms, per_row.size), matrix.shape[1] - 1, dtype=np.int64)
+        coefficient = np.zeros((terms, per_row.size))
+        column[slot, rows], coefficient[slot, rows] = matrix.indices, matrix.data
+        selection = _Selection(
+            torch.as_tensor(column, device=device),
+            torch.as_tensor(coefficient, dtype=dtype, device=device),
+            complete=bool(np.array_equal(index[order], np.arange(size))),
+        )
+        return selection, order
+
+    def __call__(self, theta_aug: torch.Tensor) -> torch.Tensor:
+        """``(Bt, K + 1)`` to the entries' values ``(Bt, E)``."""
+        values = theta_aug.index_select(1, self.column[0]) * self.coefficient[0]
+        for column, coefficient in zip(self.column[1:], self.coefficient[1:], strict=True):
+            values = values + theta_aug.index_select(1, column) * coefficient
+        return values
 
 
 @dataclass
@@ -140,6 +199,13 @@ class ParametricQP:
                         block.shape, None, None, constant.reshape(1, *block.shape)
                     )
                     continue
+                size = math.prod(block.shape)
+                found = _Selection.of(block.matrix, block.index, size, dtype, device)
+                if found is not None:
+                    selection, order = found
+                    index = torch.as_tensor(block.index[order], device=device)
+                    converted[name] = _TorchBlock(block.shape, index, None, None, selection)
+                    continue
                 index = torch.as_tensor(block.index, device=device)
                 matrix = _to_torch_sparse(block.matrix, dtype, device)
                 converted[name] = _TorchBlock(block.shape, index, matrix, None)
@@ -149,7 +215,12 @@ class ParametricQP:
     def _evaluate(self, block: _TorchBlock, theta_aug: torch.Tensor) -> torch.Tensor:
         if block.constant is not None:
             return block.constant
-        values = torch.sparse.mm(block.matrix, theta_aug.t()).t()  # (Bt, E)
+        if block.selection is not None:
+            values = block.selection(theta_aug)  # (Bt, E)
+            if block.selection.complete:
+                return values.reshape(-1, *block.shape)
+        else:
+            values = torch.sparse.mm(block.matrix, theta_aug.t()).t()
         flat = theta_aug.new_zeros(theta_aug.shape[0], math.prod(block.shape))
         return flat.index_copy(1, block.index, values).reshape(-1, *block.shape)
 
