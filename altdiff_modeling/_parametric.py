@@ -119,7 +119,7 @@ class _Selection:
         """The selection of the ``(E, K + 1)`` affine map of the entries ``index`` of a
         block of ``size`` entries, and the entries' order in it; None when an entry
         combines more than `_MAX_TERMS` parameter entries."""
-        matrix = sp.csr_array(matrix)
+        matrix = sp.csr_array(matrix, copy=True)  # the block's own map stays as it is
         matrix.sum_duplicates()
         matrix.eliminate_zeros()
         per_row = np.diff(matrix.indptr)

@@ -102,6 +102,10 @@ def sparse_polish(
             point = _point(C, bound, n_eq, solved)
             if good(*point):
                 return point
+        # Primal-dual active-set update: keep rows whose multiplier is positive, add
+        # rows the solution violates; a fixed point is the QP's solution. The method
+        # can cycle (it is monotone only for M-matrix-like problems), so it stops when
+        # the number of rows it would change has not improved for a few rounds.
         score = _scores(C, bound, n_eq, solved)
         drop, add = active & (score <= 0), ~active & (score > 0)
         changes = int(drop.sum() + add.sum())
