@@ -140,11 +140,13 @@ class _Selection:
         )
         return selection, order
 
-    def __call__(self, theta_aug: torch.Tensor) -> torch.Tensor:
-        """``(Bt, K + 1)`` to the entries' values ``(Bt, E)``."""
-        values = theta_aug.index_select(1, self.column[0]) * self.coefficient[0]
-        for column, coefficient in zip(self.column[1:], self.coefficient[1:], strict=True):
-            values = values + theta_aug.index_select(1, column) * coefficient
+    def combine(self, gathered: torch.Tensor) -> torch.Tensor:
+        """``theta_aug[:, column.ravel()]`` ``(Bt, k * E)`` to the entries' values
+        ``(Bt, E)``."""
+        E = self.coefficient.shape[1]
+        values = gathered[:, :E] * self.coefficient[0]
+        for j in range(1, self.coefficient.shape[0]):
+            values = values + gathered[:, j * E : (j + 1) * E] * self.coefficient[j]
         return values
 
 
@@ -212,17 +214,30 @@ class ParametricQP:
             self._torch_cache[key] = converted
         return self._torch_cache[key]
 
-    def _evaluate(self, block: _TorchBlock, theta_aug: torch.Tensor) -> torch.Tensor:
-        if block.constant is not None:
-            return block.constant
-        if block.selection is not None:
-            values = block.selection(theta_aug)  # (Bt, E)
-            if block.selection.complete:
-                return values.reshape(-1, *block.shape)
-        else:
-            values = torch.sparse.mm(block.matrix, theta_aug.t()).t()
-        flat = theta_aug.new_zeros(theta_aug.shape[0], math.prod(block.shape))
+    @staticmethod
+    def _place(block: _TorchBlock, values: torch.Tensor) -> torch.Tensor:
+        """The entries' values ``(Bt, E)`` as the block ``(Bt, *shape)``."""
+        if block.selection is not None and block.selection.complete:
+            return values.reshape(-1, *block.shape)
+        flat = values.new_zeros(values.shape[0], math.prod(block.shape))
         return flat.index_copy(1, block.index, values).reshape(-1, *block.shape)
+
+    def _gathered(
+        self, blocks: dict[str, _TorchBlock], names: tuple[str, ...], source: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """The selection blocks ``names`` at ``source`` ``(Bt, K + 1)`` by one gather, so
+        that the backward pass scatters into one zero gradient of ``source`` rather than
+        one per block (each as large as the batch's parameters)."""
+        key = ("columns", source.device, names)
+        if key not in self._torch_cache:
+            columns = [blocks[name].selection.column.reshape(-1) for name in names]
+            self._torch_cache[key] = torch.cat(columns)
+        gathered = source.index_select(1, self._torch_cache[key])
+        sizes = [blocks[name].selection.column.numel() for name in names]
+        return {
+            name: self._place(blocks[name], blocks[name].selection.combine(part))
+            for name, part in zip(names, gathered.split(sizes, dim=1), strict=True)
+        }
 
     def data(
         self,
@@ -244,10 +259,20 @@ class ParametricQP:
         shared_aug = None
         if shared_theta is not None:
             shared_aug = torch.cat([shared_theta, theta.new_ones(1, 1)], dim=1)
-        values = {}
+        values: dict[str, torch.Tensor] = {}
+        gathers: dict[int, tuple[torch.Tensor, list[str]]] = {}
         for name in BLOCK_NAMES:
+            block = blocks[name]
             source = shared_aug if name in shared_blocks and shared_aug is not None else theta_aug
-            values[name] = self._evaluate(blocks[name], source)
+            if block.constant is not None:
+                values[name] = block.constant
+            elif block.selection is not None:
+                gathers.setdefault(id(source), (source, []))[1].append(name)
+            else:
+                product = torch.sparse.mm(block.matrix, source.t()).t()  # (Bt, E)
+                values[name] = self._place(block, product)
+        for source, names in gathers.values():
+            values.update(self._gathered(blocks, tuple(names), source))
         batch = max(v.shape[0] for v in values.values())
         return QPData(**values, batch_size=max(batch, theta.shape[0]))
 
