@@ -37,6 +37,8 @@ _REFINE_TOL = 1e-13
 # Most long rows set aside for a dense Schur complement (one short solve each per
 # factorization, a k x k Cholesky factor).
 _MAX_LONG_ROWS = 500
+# Fill (nonzeros over k x n) above which the long rows are kept as a dense array.
+_DENSE_LONG_FILL = 0.25
 
 
 def _norm(v: np.ndarray) -> float:
@@ -159,6 +161,10 @@ class KKTFactor:
             self._short = np.flatnonzero(~long_rows)
             self._C_long = sp.csr_array(C[self._long])
             self._C_long_t = sp.csr_array(self._C_long.T)
+            # Long rows that are mostly filled (a portfolio's factor rows) are kept dense:
+            # their products are then BLAS calls, several times faster than scipy's.
+            filled = self._C_long.nnz > _DENSE_LONG_FILL * self._long.size * n
+            self._C_long_dense = self._C_long.toarray() if filled else None
             self._ldl = _LDL(P, C[self._short], check_inertia)
         else:
             self._ldl = _LDL(P, C, check_inertia)
@@ -186,13 +192,13 @@ class KKTFactor:
         assert self._ldl is not None
         n, k = self.n, self._long.size
         self._ldl.factor(self.sigma, self.row_diag[self._short])
-        rows = self._C_long.toarray()  # (k, n)
+        rows = self._C_long_dense if self._C_long_dense is not None else self._C_long.toarray()
         rhs = np.zeros(n + self._short.size)
         U = np.empty((k, n))  # H_short^{-1} C_long', by rows
         for i in range(k):
             rhs[:n] = rows[i]
             U[i] = self._ldl.solve(rhs)[:n]
-        minus_S = self._C_long @ U.T
+        minus_S = self._long_times(U).T  # C_long H_short^{-1} C_long'
         minus_S = 0.5 * (minus_S + minus_S.T)
         minus_S[np.diag_indices(k)] += self.row_diag[self._long]
         try:
@@ -205,6 +211,18 @@ class KKTFactor:
                     "negative definite); is P positive semidefinite?"
                 ) from None
             self._S = ("lu", sla_dense.lu_factor(minus_S))
+
+    def _long_times(self, V: np.ndarray) -> np.ndarray:
+        """``(C_long V')'``: ``(B, n)`` to ``(B, k)``."""
+        if self._C_long_dense is not None:
+            return V @ self._C_long_dense.T
+        return (self._C_long @ V.T).T
+
+    def _long_t_times(self, W: np.ndarray) -> np.ndarray:
+        """``(C_long' W')'``: ``(B, k)`` to ``(B, n)``."""
+        if self._C_long_dense is not None:
+            return W @ self._C_long_dense
+        return (self._C_long_t @ W.T).T
 
     def _solve_schur(self, rhs_x: np.ndarray, rhs_y: np.ndarray | None) -> np.ndarray:
         """Block elimination: a short solve, the long rows' multipliers from the Schur
@@ -219,7 +237,7 @@ class KKTFactor:
             if rhs_y is not None:
                 rhs[n:] = rhs_y[k, short]
             first[k] = self._ldl.solve(rhs)[:n]
-        residual = -(self._C_long @ first.T).T
+        residual = -self._long_times(first)
         if rhs_y is not None:
             residual += rhs_y[:, long]
         kind, S = self._S
@@ -227,7 +245,7 @@ class KKTFactor:
             w_long = -sla_dense.cho_solve(S, residual.T).T
         else:
             w_long = -sla_dense.lu_solve(S, residual.T).T
-        correction = (self._C_long_t @ w_long.T).T
+        correction = self._long_t_times(w_long)
         if rhs_y is None:
             out = np.empty((B, n))
             for k in range(B):

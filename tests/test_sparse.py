@@ -306,9 +306,9 @@ def test_large_layer_is_built_without_dense_intermediates() -> None:
 
 
 def test_kkt_factor_engines_agree_with_a_dense_solve() -> None:
-    """Short rows only select qdldl, a few long rows its Schur-complement variant, many
-    quasi-dense rows SuperLU; all three solve the KKT system (with and without a
-    right-hand side on the constraint rows)."""
+    """Short rows only select qdldl, a few long rows its Schur-complement variant (with
+    the long rows kept dense or sparse), many quasi-dense rows SuperLU; all solve the
+    KKT system (with and without a right-hand side on the constraint rows)."""
     import scipy.sparse as sp
 
     from altdiff_modeling._sparse_kkt import KKTFactor
@@ -320,16 +320,20 @@ def test_kkt_factor_engines_agree_with_a_dense_solve() -> None:
     few_long = sp.vstack([sp.random_array((3, n), density=0.15, rng=rng), np.ones((1, n))])
     many_long = sp.random_array((60, n), density=0.15, rng=rng)  # 60 entries a row
     cases = (
-        (chain, "qdldl"),
-        (sp.vstack([few_long[:2], chain, few_long[2:]]), "schur"),
-        (sp.vstack([chain, many_long]), "splu"),
+        (chain, "qdldl", None),
+        # long rows 36% filled (a row of ones among them): kept dense; 15%: sparse
+        (sp.vstack([few_long[:2], chain, few_long[2:]]), "schur", True),
+        (sp.vstack([few_long[:2], chain]), "schur", False),
+        (sp.vstack([chain, many_long]), "splu", None),
     )
-    for C, engine in cases:
+    for C, engine, dense_long_rows in cases:
         C = sp.csr_array(C)
         m = C.shape[0]
         row_diag = rng.uniform(0.1, 1.0, m)
         factor = KKTFactor(P, C, 1e-6, row_diag)
         assert factor.engine == engine
+        if dense_long_rows is not None:
+            assert (factor._C_long_dense is not None) == dense_long_rows
         rhs = rng.standard_normal((2, n))
         H = P.toarray() + 1e-6 * np.eye(n) + C.T.toarray() @ (C.toarray() / row_diag[:, None])
         assert relative_error(factor.solve(rhs), np.linalg.solve(H, rhs.T).T) < 1e-9
