@@ -162,7 +162,7 @@ class KKTFactor:
             self._C_long = sp.csr_array(C[self._long])
             self._C_long_t = sp.csr_array(self._C_long.T)
             # Long rows that are mostly filled (a portfolio's factor rows) are kept dense:
-            # their products are then BLAS calls, several times faster than scipy's.
+            # their products are then BLAS calls, faster than scipy's sparse ones there.
             filled = self._C_long.nnz > _DENSE_LONG_FILL * self._long.size * n
             self._C_long_dense = self._C_long.toarray() if filled else None
             self._ldl = _LDL(P, C[self._short], check_inertia)
