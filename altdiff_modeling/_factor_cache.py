@@ -1,10 +1,11 @@
 """Factors of ``H(rho)`` kept across the calls of a layer whose P, A and G are constant.
 
 With constant matrices, H depends on rho and on the cost scaling c alone (besides sigma
-and the equilibration, which a layer keeps; c too unless the norm of q sets it). ADMM starts every call at the same rho and moves it in factors of five
-or more, on a fixed grid (`quantize_rho`), so successive calls mostly meet the same few
-values: the factors of those are computed once per layer instead of once per call. At
-n = 3000 a factorization costs as much as several hundred ADMM steps.
+and the equilibration, which a layer keeps; c too unless the norm of q sets it). ADMM
+starts every call at the same rho and moves it in factors of five or more, on a fixed
+grid (`quantize_rho`), so successive calls mostly meet the same few values: the factors
+of those are computed once per layer instead of once per call. At n = 3000 a
+factorization costs as much as several hundred ADMM steps.
 """
 
 from __future__ import annotations

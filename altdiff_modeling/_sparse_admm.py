@@ -252,9 +252,10 @@ def sparse_admm_solve(
         # OSQP's form of the x-update: K [x~; w] = [sigma x - q; z - y/r] gives
         # H x~ = sigma x - q + C'(r z - y) and C x~ = z + (w - y)/r, so a step needs no
         # product with C or C' besides the solve.
-        shifted = z - y / rho_rows
+        y_over_rho = y / rho_rows
+        shifted = z - y_over_rho
         x_tilde, w = factor.solve_kkt(sigma * x - q, shifted)
-        v = alpha * (shifted + w / rho_rows) + (1 - alpha) * z + y / rho_rows
+        v = alpha * (shifted + w / rho_rows) + (1 - alpha) * z + y_over_rho
         x = alpha * x_tilde + (1 - alpha) * x
         z_next = project(v, bound, n_eq)
         y = rho_rows * (v - z_next)
