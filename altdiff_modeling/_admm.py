@@ -228,11 +228,15 @@ class _Residuals:
         self.G_column_sums = (G.abs().sum(-2) * self.inv_D).amax(-1) if G.shape[1] else None
         self.previous: _Reference | None = None
 
-    def measure(self, x: torch.Tensor, z: torch.Tensor, y: torch.Tensor) -> None:
+    def measure(
+        self, x: torch.Tensor, z: torch.Tensor, y: torch.Tensor, Cx: torch.Tensor | None = None
+    ) -> None:
+        """Residuals of ``x`` ``(B, n)``, ``z``, ``y`` ``(B, m)`` (scaled units); ``Cx``
+        ``(B, m)``: the product ``C x``, where the caller has it."""
         data, inv_D, inv_c = self.data, self.inv_D, self.inv_c
         self.x, self.y = x, y
         Px = matvec(data.P, x)
-        self.Cx = matvec(self.C, x) * self.inv_E
+        self.Cx = (matvec(self.C, x) if Cx is None else Cx) * self.inv_E
         self.Px = Px * inv_D
         self.Cty = rmatvec(self.C, y) * inv_D
         z_user = z * self.inv_E
@@ -674,7 +678,7 @@ def admm_solve(
         if not last and k % settings.check_every:
             continue
         x, z, y = it.x, it.z, it.y()
-        residuals.measure(x, z, y)
+        residuals.measure(x, z, y, it.Cx)
         converged = residuals.converged() & ~done
         chosen = plan.candidates(k, z, y, residuals.bound, n_eq, ~done & ~converged)
         if chosen is not None:

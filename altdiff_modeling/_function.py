@@ -27,7 +27,7 @@ from ._admm import (
 from ._altdiff import DataGradients, DataTangents, ForwardTangents, reverse_gradients
 from ._errors import SolverError, SolverWarning
 from ._factor_cache import FactorCache
-from ._qp import QPData
+from ._qp import QPData, stack_rows
 from ._scaling import (
     Equilibration,
     Scaling,
@@ -115,12 +115,13 @@ class ConstantDataReuse:
     """What depends only on a layer's constant P, A and G, kept across its calls.
 
     The Ruiz equilibration of P and C, the penalty weights ``C'SC`` of the scaled C
-    (see `penalty_weights`), the scaled matrices (for the last cost scaling) and the
-    factors of H (a `FactorCache`) each cost about as much as a factorization at large
-    n; when the matrices are the same tensors as in the previous call (a layer's
-    constant blocks are), they are reused. Anything else (a batched or parametric
-    matrix, another number of Ruiz passes) recomputes them; another sigma, dtype or
-    device starts a new factor cache.
+    (see `penalty_weights`), the scaled matrices and their stacked C (for the last cost
+    scaling) and the factors of H (a `FactorCache`) each cost about as much as a
+    factorization at large n (the stacking as much as a product with C); when the
+    matrices are the same tensors as in the previous call (a layer's constant blocks
+    are), they are reused. Anything else (a batched or parametric matrix, another
+    number of Ruiz passes) recomputes them; another sigma, dtype or device starts a
+    new factor cache.
     """
 
     def __init__(self) -> None:
@@ -128,7 +129,7 @@ class ConstantDataReuse:
         self._equilibration: Equilibration | None = None
         self._weights: torch.Tensor | None = None
         self._factors = FactorCache()
-        self._scaled: tuple[float, tuple[torch.Tensor, ...]] | None = None
+        self._scaled: tuple[float, tuple[torch.Tensor, ...], torch.Tensor] | None = None
 
     def _matches(self, data: QPData, settings: SolverSettings) -> bool:
         key = self._key
@@ -158,8 +159,10 @@ class ConstantDataReuse:
             return scaling.scale(data)
         cost = float(scaling.c.flatten()[0])
         if self._scaled is None or self._scaled[0] != cost:
-            self._scaled = (cost, scaling.scale_matrices(data))
-        return scaling.scale(data, self._scaled[1])
+            P, A, G = scaling.scale_matrices(data)
+            self._scaled = (cost, (P, A, G), stack_rows(A, G))
+        _, matrices, C = self._scaled
+        return scaling.scale(data, matrices).with_stacked(C)
 
     def weights(self, data: QPData, scaled: QPData, settings: SolverSettings) -> torch.Tensor:
         """``C'SC`` of the scaled C; call after `equilibration` for the same data."""

@@ -67,6 +67,12 @@ class QPData:
     def blocks(self) -> tuple[torch.Tensor, ...]:
         return (self.P, self.q, self.A, self.b, self.G, self.h)
 
+    def with_stacked(self, C: torch.Tensor) -> QPData:
+        """This data, with `C` taken as ``C`` (``[A; G]`` stacked before, by the
+        caller that keeps constant matrices) instead of stacked anew."""
+        self.__dict__["C"] = C  # the cache of the `C` property
+        return self
+
     def select(self, index: torch.Tensor) -> QPData:
         """The instances ``index`` ``(K,)`` of the batch (shared blocks stay shared)."""
         P, q, A, b, G, h = (select_rows(block, index) for block in self.blocks())
