@@ -9,7 +9,8 @@ problems with long chains of constraints, such as isotonic projections, ADMM
 identifies the last active rows slowly. Where a full round makes the reduced QP
 singular (its solution blows up), the rounds go back one and continue damped, changing
 only the most wrong rows: a lasso's early iterates hold some small weights at zero, and
-a full round then releases many features at once. The caller keeps the polished point
+a full round then releases many features at once. Rows whose multiplier or violation
+is at round-off level (ties) stay as they are. The caller keeps the polished point
 only if it meets the tolerances.
 """
 
@@ -32,6 +33,10 @@ _DAMPING = 0.5
 # An active-set solution this much larger than the iterate (relative to 1 + its max-norm)
 # comes from a singular reduced QP (a variable no active row pins): the step was wrong.
 _BLOWUP = 1e6
+# Scores within this fraction of (1 + the largest multiplier) are ties: an epigraph
+# variable t of |u| <= u_max has optimal values between |u| and u_max, so rows u <= t
+# hold with zero slack and zero multiplier. Dropping them frees t and the rounds wander.
+_TIE = 1e-10
 
 
 def _scores(
@@ -107,7 +112,8 @@ def sparse_polish(
         # can cycle (it is monotone only for M-matrix-like problems), so it stops when
         # the number of rows it would change has not improved for a few rounds.
         score = _scores(C, bound, n_eq, solved)
-        drop, add = active & (score <= 0), ~active & (score > 0)
+        tie = _TIE * (1.0 + _norm(solved[1]))
+        drop, add = active & (score < -tie), ~active & (score > tie)
         changes = int(drop.sum() + add.sum())
         blown = _norm(solved[0]) > _BLOWUP * scale
         if blown and not damped and previous is not None:

@@ -9,9 +9,11 @@ import cvxpy as cp
 import numpy as np
 import pytest
 import torch
+from sparse_families import mpc
 
-from altdiff_modeling import solve_qp
+from altdiff_modeling import AltDiffLayer, solve_qp
 from altdiff_modeling._admm import polish_schedule
+from altdiff_modeling._sparse_admm import _FIRST_POLISH
 
 F64 = torch.float64
 
@@ -253,3 +255,34 @@ def test_sparse_polish_recovers_from_a_lasso_estimate_with_features_held_at_zero
     monkeypatch.setattr(sparse_polish_module, "_BLOWUP", np.inf)  # full steps only
     x = polished()
     assert x is None or np.abs(x - reference).max() > 1e-6
+
+
+@pytest.mark.parametrize(("horizon", "n_x"), [(20, 6), (30, 8)])
+def test_sparse_polish_leaves_tied_rows_of_an_mpc_in_place(horizon, n_x, monkeypatch):
+    # CVXPY writes |u| <= u_max with an epigraph variable t: u <= t, -u <= t, t <= u_max.
+    # Any t between |u| and u_max is optimal, so the reduced QP's solution holds rows
+    # with zero slack and a multiplier at round-off level. Dropping them (a multiplier
+    # "<= 0") frees t, whose rows are then violated, and the rounds wander: the polish
+    # after the first 100 iterations failed and ADMM ran 200 to 400. Ties stay as they
+    # are, and that first polish lands on Clarabel's solution.
+    import altdiff_modeling._sparse_polish as sparse_polish_module
+
+    family = mpc(horizon, n_x, np.random.default_rng(1))
+    for parameter, value in zip(family.parameters, family.values, strict=True):
+        parameter.value = value
+    family.problem.solve(cp.CLARABEL, tol_gap_abs=1e-12, tol_gap_rel=1e-12, tol_feas=1e-12)
+    reference = family.variables[0].value
+
+    def solve() -> tuple[np.ndarray, int]:
+        layer = AltDiffLayer(
+            family.problem, family.parameters, family.variables, solver_args={"backend": "sparse"}
+        )
+        (u,), info = layer(*(torch.tensor(v) for v in family.values), return_info=True)
+        return u.numpy(), int(info.iterations[0])
+
+    u, iterations = solve()
+    assert iterations <= _FIRST_POLISH
+    np.testing.assert_allclose(u, reference, atol=1e-6)
+    monkeypatch.setattr(sparse_polish_module, "_TIE", 0.0)
+    _, iterations = solve()
+    assert iterations > _FIRST_POLISH
