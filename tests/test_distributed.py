@@ -80,16 +80,23 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD
     )
     try:
-        model = _Model()
-        ddp = DistributedDataParallel(model)
-        features, target = _batch()
-        half = slice(rank * BATCH // WORLD, (rank + 1) * BATCH // WORLD)
-        params = list(model.parameters())
-        history = _train(ddp, params, features[half], target[half])
-        final = [p.detach().clone() for p in params]
-        torch.save({"grads": history, "params": final}, Path(out_dir) / f"rank{rank}.pt")
+        _train_replica(rank, out_dir)
     finally:
+        # Only after the replica's DDP wrapper is gone: destroying the process group
+        # under a live wrapper left its teardown waiting on the group, about one run in
+        # ten, until the deadline.
         dist.destroy_process_group()
+
+
+def _train_replica(rank: int, out_dir: str) -> None:
+    model = _Model()
+    ddp = DistributedDataParallel(model)
+    features, target = _batch()
+    half = slice(rank * BATCH // WORLD, (rank + 1) * BATCH // WORLD)
+    params = list(model.parameters())
+    history = _train(ddp, params, features[half], target[half])
+    final = [p.detach().clone() for p in params]
+    torch.save({"grads": history, "params": final}, Path(out_dir) / f"rank{rank}.pt")
 
 
 def _free_port() -> int:
