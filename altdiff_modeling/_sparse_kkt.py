@@ -39,6 +39,9 @@ _REFINE_TOL = 1e-13
 _MAX_LONG_ROWS = 500
 # Fill (nonzeros over k x n) above which the long rows are kept as a dense array.
 _DENSE_LONG_FILL = 0.25
+# Most sparse products for the Schur complement of sparse long rows (`_sparse_complement`)
+# before it falls back to one solve per long row.
+_MAX_SCHUR_DEPTH = 8
 
 
 def _norm(v: np.ndarray) -> float:
@@ -114,6 +117,14 @@ class _LDL:
         assert self._solver is not None
         return self._solver.solve(rhs)
 
+    def factors(self) -> tuple[sp.csr_array, np.ndarray, np.ndarray]:
+        """``L`` (strictly lower, ``(n + m, n + m)``), ``D`` ``(n + m,)`` and the
+        ordering ``p`` ``(n + m,)`` of the last factorization: ``K[p][:, p] = (I + L) D
+        (I + L)'``."""
+        assert self._solver is not None
+        L, D, p = self._solver.factors()
+        return sp.csr_array(L), D, p
+
 
 class KKTFactor:
     """LDL' factor of ``[[P + sigma I, C'], [C, -diag(row_diag)]]``.
@@ -165,6 +176,7 @@ class KKTFactor:
             # their products are then BLAS calls, faster than scipy's sparse ones there.
             filled = self._C_long.nnz > _DENSE_LONG_FILL * self._long.size * n
             self._C_long_dense = self._C_long.toarray() if filled else None
+            self._permuted_long_t: sp.csr_array | None = None  # see `_sparse_complement`
             self._ldl = _LDL(P, C[self._short], check_inertia)
         else:
             self._ldl = _LDL(P, C, check_inertia)
@@ -192,13 +204,17 @@ class KKTFactor:
         assert self._ldl is not None
         n, k = self.n, self._long.size
         self._ldl.factor(self.sigma, self.row_diag[self._short])
-        rows = self._C_long_dense if self._C_long_dense is not None else self._C_long.toarray()
-        rhs = np.zeros(n + self._short.size)
-        U = np.empty((k, n))  # H_short^{-1} C_long', by rows
-        for i in range(k):
-            rhs[:n] = rows[i]
-            U[i] = self._ldl.solve(rhs)[:n]
-        minus_S = self._long_times(U).T  # C_long H_short^{-1} C_long'
+        minus_S = None  # C_long H_short^{-1} C_long'
+        if self._C_long_dense is None:
+            minus_S = self._sparse_complement()
+        if minus_S is None:
+            rows = self._C_long_dense if self._C_long_dense is not None else self._C_long.toarray()
+            rhs = np.zeros(n + self._short.size)
+            U = np.empty((k, n))  # H_short^{-1} C_long', by rows
+            for i in range(k):
+                rhs[:n] = rows[i]
+                U[i] = self._ldl.solve(rhs)[:n]
+            minus_S = self._long_times(U).T
         minus_S = 0.5 * (minus_S + minus_S.T)
         minus_S[np.diag_indices(k)] += self.row_diag[self._long]
         try:
@@ -211,6 +227,34 @@ class KKTFactor:
                     "negative definite); is P positive semidefinite?"
                 ) from None
             self._S = ("lu", sla_dense.lu_factor(minus_S))
+
+    def _sparse_complement(self) -> np.ndarray | None:
+        """``C_long H_short^{-1} C_long'`` ``(k, k)`` as ``W' D^{-1} W``, with ``W = (I +
+        L)^{-1} p [C_long'; 0]`` from the short factor, for sparse long rows; None where
+        W is not found within `_MAX_SCHUR_DEPTH` sparse products.
+
+        L is nilpotent, so ``W = (I - L + L^2 - ...) B`` (``B`` the permuted right-hand
+        sides) ends after as many terms as the longest chain of L's elimination below
+        B's rows. Where the short rows barely couple the variables (a lasso's two rows
+        per weight), that is two or three products with sparse W: about 30 ms against
+        about 75 ms for one qdldl solve per long row at 10,000 features.
+        """
+        assert self._ldl is not None
+        L, D, p = self._ldl.factors()
+        if self._permuted_long_t is None:  # the ordering is fixed after the first factor
+            padding = sp.csr_array((self._short.size, self._long.size))
+            stacked = sp.vstack([self._C_long_t, padding], format="csr")
+            self._permuted_long_t = sp.csr_array(stacked[p])
+        W = change = self._permuted_long_t
+        for _ in range(_MAX_SCHUR_DEPTH):
+            change = sp.csr_array(L @ change)  # the next term of W = (I - L + L^2 - ...) B
+            if change.nnz == 0:
+                return (W.T @ (sp.diags_array(1.0 / D) @ W)).toarray()
+            change = -change
+            W = sp.csr_array(W + change)
+            if W.nnz > _DENSE_LONG_FILL * W.shape[0] * W.shape[1]:
+                return None  # filling in: the solves are cheaper
+        return None
 
     def _long_times(self, V: np.ndarray) -> np.ndarray:
         """``(C_long V')'``: ``(B, n)`` to ``(B, k)``."""

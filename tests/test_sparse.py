@@ -307,8 +307,9 @@ def test_large_layer_is_built_without_dense_intermediates() -> None:
 
 def test_kkt_factor_engines_agree_with_a_dense_solve() -> None:
     """Short rows only select qdldl, a few long rows its Schur-complement variant (with
-    the long rows kept dense or sparse), many quasi-dense rows SuperLU; all solve the
-    KKT system (with and without a right-hand side on the constraint rows)."""
+    the long rows kept dense or sparse, below a chain or box rows), many quasi-dense
+    rows SuperLU; all solve the KKT system (with and without a right-hand side on the
+    constraint rows)."""
     import scipy.sparse as sp
 
     from altdiff_modeling._sparse_kkt import KKTFactor
@@ -324,6 +325,7 @@ def test_kkt_factor_engines_agree_with_a_dense_solve() -> None:
         # long rows 36% filled (a row of ones among them): kept dense; 15%: sparse
         (sp.vstack([few_long[:2], chain, few_long[2:]]), "schur", True),
         (sp.vstack([few_long[:2], chain]), "schur", False),
+        (sp.vstack([few_long[:2], sp.eye_array(n)]), "schur", False),
         (sp.vstack([chain, many_long]), "splu", None),
     )
     for C, engine, dense_long_rows in cases:
@@ -347,3 +349,40 @@ def test_kkt_factor_engines_agree_with_a_dense_solve() -> None:
         u, w = factor.solve_kkt(rhs, rhs_y)
         expected = np.linalg.solve(K, np.concatenate([rhs, rhs_y], 1).T).T
         assert relative_error(np.concatenate([u, w], 1), expected) < 1e-9
+
+
+def test_schur_complement_of_sparse_long_rows_by_sparse_products(monkeypatch) -> None:
+    """Below box rows, which couple no variables, the sparse long rows' Schur complement
+    comes from two sparse products with the short factor, and equals the one from a
+    solve per long row; below a chain (depth 399) it falls back to the solves."""
+    import scipy.sparse as sp
+
+    import altdiff_modeling._sparse_kkt as sparse_kkt
+
+    rng = np.random.default_rng(5)
+    n = 400
+    P = sp.csc_array(sp.diags_array(rng.uniform(0.0, 1.0, n)))
+    long_rows = sp.random_array((3, n), density=0.15, rng=rng)
+    chain = sp.diags_array([np.ones(n - 1), -np.ones(n - 1)], offsets=[0, 1], shape=(n - 1, n))
+    box = sp.csr_array(sp.vstack([long_rows, sp.eye_array(n)]))
+    row_diag = rng.uniform(0.1, 1.0, box.shape[0])
+    rhs = rng.standard_normal((2, n))
+
+    factor = sparse_kkt.KKTFactor(P, box, 1e-6, row_diag)
+    assert factor.engine == "schur" and factor._C_long_dense is None
+    by_products = factor._sparse_complement()
+    assert by_products is not None
+    u = factor.solve(rhs)
+    monkeypatch.setattr(sparse_kkt, "_MAX_SCHUR_DEPTH", 0)
+    by_solves = sparse_kkt.KKTFactor(P, box, 1e-6, row_diag)
+    assert by_solves._sparse_complement() is None
+    H_short = P.toarray() + 1e-6 * np.eye(n) + np.diag(1 / row_diag[3:])
+    expected = long_rows.toarray() @ np.linalg.solve(H_short, long_rows.toarray().T)
+    assert relative_error(by_products, expected) < 1e-10  # H_short: condition 1e6
+    assert relative_error(u, by_solves.solve(rhs)) < 1e-10
+
+    monkeypatch.setattr(sparse_kkt, "_MAX_SCHUR_DEPTH", 8)
+    below_chain = sparse_kkt.KKTFactor(
+        P, sp.csr_array(sp.vstack([long_rows, chain])), 1e-6, row_diag[:-1]
+    )
+    assert below_chain._sparse_complement() is None
