@@ -176,7 +176,9 @@ class KKTFactor:
             # their products are then BLAS calls, faster than scipy's sparse ones there.
             filled = self._C_long.nnz > _DENSE_LONG_FILL * self._long.size * n
             self._C_long_dense = self._C_long.toarray() if filled else None
-            self._permuted_long_t: sp.csr_array | None = None  # see `_sparse_complement`
+            # See `_sparse_complement`; whether it applies depends on the pattern only.
+            self._permuted_long_t: sp.csr_array | None = None
+            self._complement_by_products = self._C_long_dense is None
             self._ldl = _LDL(P, C[self._short], check_inertia)
         else:
             self._ldl = _LDL(P, C, check_inertia)
@@ -205,8 +207,9 @@ class KKTFactor:
         n, k = self.n, self._long.size
         self._ldl.factor(self.sigma, self.row_diag[self._short])
         minus_S = None  # C_long H_short^{-1} C_long'
-        if self._C_long_dense is None:
+        if self._complement_by_products:
             minus_S = self._sparse_complement()
+            self._complement_by_products = minus_S is not None
         if minus_S is None:
             rows = self._C_long_dense if self._C_long_dense is not None else self._C_long.toarray()
             rhs = np.zeros(n + self._short.size)

@@ -386,3 +386,4 @@ def test_schur_complement_of_sparse_long_rows_by_sparse_products(monkeypatch) ->
         P, sp.csr_array(sp.vstack([long_rows, chain])), 1e-6, row_diag[:-1]
     )
     assert below_chain._sparse_complement() is None
+    assert factor._complement_by_products and not below_chain._complement_by_products
