@@ -252,7 +252,9 @@ class KKTFactor:
         for _ in range(_MAX_SCHUR_DEPTH):
             change = sp.csr_array(L @ change)  # the next term of W = (I - L + L^2 - ...) B
             if change.nnz == 0:
-                return (W.T @ (sp.diags_array(1.0 / D) @ W)).toarray()
+                scaled = W.copy()  # D^{-1} W, scaling each row's entries in place
+                scaled.data *= np.repeat(1.0 / D, np.diff(W.indptr))
+                return (sp.csr_array(W.T) @ scaled).toarray()
             change = -change
             W = sp.csr_array(W + change)
             if W.nnz > _DENSE_LONG_FILL * W.shape[0] * W.shape[1]:
