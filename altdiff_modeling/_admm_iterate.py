@@ -17,7 +17,7 @@ iterations). This is the same iteration as the textbook form (DESIGN section 3).
 
 The step also keeps ``Cx`` as ``Cx + alpha (C x~ - Cx)``, from the product ``C x~`` it
 forms anyway: the checks then need no product with C for it (at n = 5000 one such
-product reads 120 MB, as long as a step's triangular solve).
+product reads 120 MB, about as long as one of a step's triangular solves).
 """
 
 from __future__ import annotations
