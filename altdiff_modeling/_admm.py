@@ -261,10 +261,13 @@ class _Residuals:
         selected.previous = _Reference(*(value[index] for value in self.previous))
         return selected
 
-    def start(self, x: torch.Tensor, z: torch.Tensor, y: torch.Tensor) -> None:
-        """Remember the starting point as the reference of the first check."""
+    def start(
+        self, x: torch.Tensor, z: torch.Tensor, y: torch.Tensor, Cx: torch.Tensor | None = None
+    ) -> None:
+        """Remember the starting point as the reference of the first check (``Cx`` as in
+        `measure`)."""
         if bool(x.any()) or bool(y.any()):
-            self.measure(x, z, y)
+            self.measure(x, z, y, Cx)
         else:  # a cold start: every product is zero
             self.x, self.y, self.Px, self.Cty = x, y, torch.zeros_like(x), torch.zeros_like(x)
             self.Cx = torch.zeros_like(y)
@@ -667,7 +670,7 @@ def admm_solve(
         if tangents is not None:
             tangents.record(mask)
 
-    residuals.start(it.x, it.z, y)
+    residuals.start(it.x, it.z, y, it.Cx)
     for k in range(1, settings.max_iter + 1):
         last = k == settings.max_iter
         if tangents is not None:
