@@ -37,7 +37,9 @@ _REFINE_TOL = 1e-13
 # Most long rows set aside for a dense Schur complement (one short solve each per
 # factorization, a k x k Cholesky factor).
 _MAX_LONG_ROWS = 500
-# Fill (nonzeros over k x n) above which the long rows are kept as a dense array.
+# Fill (nonzeros over rows x columns) above which a block of long-row data is better
+# dense: the long rows themselves (kept as a dense array), and `_sparse_complement`'s W
+# (which then gives way to one solve per long row).
 _DENSE_LONG_FILL = 0.25
 # Most sparse products for the Schur complement of sparse long rows (`_sparse_complement`)
 # before it falls back to one solve per long row.
