@@ -173,7 +173,7 @@ def reverse_gradients(
         cheaper = direct_is_cheaper(n, inactive, shared)
         method = "direct" if cheaper else "gmres"
     if method == "direct":
-        guess = direct_adjoint(data.P, C, r, inactive, grad_x, g_v, sigma)
+        guess = direct_adjoint(data.P, C, r, inactive, grad_x, g_v, sigma, factor.memo)
         if guess is not None:
             # Accept the factorization's answer only as a fixed point of the recursion
             # itself, to backward_eps. Where it is not, that instance's system is

@@ -15,7 +15,9 @@ an ``m x m`` system per instance. ``K``, ``S`` are computed once for a batch tha
 shares P, C and rho; the instances' systems then differ only in D, and
 `_woodbury.MajoritySystems` solves them with one small system each (the rows
 where an instance differs from the batch's majority). Where that is ill-conditioned,
-each instance's ``m x m`` system is factored instead. The caller checks the result
+each instance's ``m x m`` system is factored instead. K's factor, ``L^{-1} C'`` and the
+inverses around the majority patterns stay in the memo of the forward's factor of H,
+which a layer with constant matrices keeps across calls. The caller checks the result
 against the recursion and refines it with GMRES where the system is singular (a
 degenerate point).
 """
@@ -25,7 +27,7 @@ from __future__ import annotations
 import torch
 
 from ._admm import step_flops
-from ._woodbury import MajoritySystems, differing_rows
+from ._woodbury import MajorityBases, differing_rows
 
 __all__ = ["direct_adjoint", "direct_is_cheaper"]
 
@@ -48,6 +50,28 @@ def direct_is_cheaper(n: int, inactive: torch.Tensor, shared: bool) -> bool:
     return direct < krylov
 
 
+class _SharedAdjoint:
+    """What `direct_adjoint` computes from a batch's shared P, C and R alone: the
+    Cholesky factor of K ``(1, n, n)``, ``L^{-1} C'`` ``(1, n, m)`` and the majority
+    bases of ``R S`` ``(m, m)``."""
+
+    def __init__(self, L: torch.Tensor, LinvCt: torch.Tensor, rows: torch.Tensor) -> None:
+        self.L, self.LinvCt = L, LinvCt
+        self.bases = MajorityBases(rows[0].unsqueeze(-1) * (LinvCt[0].T @ LinvCt[0]))
+
+
+def _factor_K(
+    P: torch.Tensor, C: torch.Tensor, rows: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``L`` with ``L L' = K = P + C'RC`` and ``L^{-1} C'`` ``(1|B, n, m)``, or None
+    where K is not numerically positive definite."""
+    K = P + C.mT @ (rows.unsqueeze(-1) * C)
+    L, info = torch.linalg.cholesky_ex(K)
+    if bool((info != 0).any()):
+        return None
+    return L, torch.linalg.solve_triangular(L, C.mT, upper=False)
+
+
 def direct_adjoint(
     P: torch.Tensor,
     C: torch.Tensor,
@@ -56,6 +80,7 @@ def direct_adjoint(
     grad_x: torch.Tensor,
     g_v: torch.Tensor,
     sigma: float,
+    memo: dict[str, object] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor] | None:
     """Solve for the fixed point ``(a, c)`` of the transposed Alt-Diff recursion.
 
@@ -64,6 +89,9 @@ def direct_adjoint(
         inactive: ``(B, m)`` bool, the rows D where the projection is the identity.
         grad_x: ``(B, n)``.  g_v: ``(B, m)`` the source terms of the recursion.
         sigma: The proximal weight of H.
+        memo: Where a batch with shared P, C and R keeps what depends on them alone
+            (the memo of the forward's factor of H, which a layer may keep across
+            calls), or None.
 
     Returns:
         ``a (B, n)`` and ``c (B, m)`` in the dtype of ``grad_x``, or None where
@@ -71,14 +99,20 @@ def direct_adjoint(
     """
     dtype = grad_x.dtype
     work = torch.float64  # the small dense factorizations are cheap in float64
-    P, C, rows = P.to(work), C.to(work), rows.to(work)
     g_x, g_v = grad_x.to(work), g_v.to(work)
-    K = P + C.mT @ (rows.unsqueeze(-1) * C)
-    L, info = torch.linalg.cholesky_ex(K)
-    if bool((info != 0).any()):
-        return None
-    LinvCt = torch.linalg.solve_triangular(L, C.mT, upper=False)  # (1|B, n, m)
-    S = LinvCt.mT @ LinvCt  # (1|B, m, m)
+    shared = P.shape[0] == 1 and C.shape[0] == 1 and rows.shape[0] == 1
+    rows = rows.to(work)
+    kept = memo.get("adjoint") if memo is not None and shared else None
+    if isinstance(kept, _SharedAdjoint):
+        L, LinvCt = kept.L, kept.LinvCt
+    else:
+        factored = _factor_K(P.to(work), C.to(work), rows)
+        if factored is None:
+            return None
+        L, LinvCt = factored
+        kept = _SharedAdjoint(L, LinvCt, rows) if shared else None
+        if kept is not None and memo is not None:
+            memo["adjoint"] = kept
     if L.shape[0] == 1:
         Linv_gx = torch.linalg.solve_triangular(L[0], g_x.T, upper=False).T  # (B, n)
         u = Linv_gx @ LinvCt[0]
@@ -86,14 +120,14 @@ def direct_adjoint(
         Linv_gx = torch.linalg.solve_triangular(L, g_x.unsqueeze(-1), upper=False).squeeze(-1)
         u = (LinvCt.mT @ Linv_gx.unsqueeze(-1)).squeeze(-1)
     rhs = g_v - rows * u
-    RS = rows.unsqueeze(-1) * S
     c = None
-    if RS.shape[0] == 1:
+    if kept is not None:
         # An instance with a singular system gets c = 0 there, which the caller's check
         # rejects: GMRES then solves that instance only.
-        systems = MajoritySystems.build(RS[0], inactive)
+        systems = kept.bases.systems(inactive)
         c = None if systems is None else systems.solve(rhs)
     if c is None:
+        RS = rows.unsqueeze(-1) * (LinvCt.mT @ LinvCt)
         system = RS.expand(inactive.shape[0], -1, -1).clone()
         system.diagonal(dim1=-2, dim2=-1).sub_(inactive.to(work))
         c, info = torch.linalg.solve_ex(system, rhs.unsqueeze(-1))

@@ -28,6 +28,10 @@ class CholeskyFactor:
     columns instead of many small ones). A factor of shape ``(B, n, n)`` solves each
     instance with its own matrix.
 
+    ``memo`` holds what its users derive from the factor and the data it factors (the
+    polisher's and the direct adjoint's shared matrices): a factor a layer keeps across
+    calls (`FactorCache`) brings them along. A factor serves one P and C only.
+
     Args:
         H: ``(1, n, n)`` or ``(B, n, n)`` symmetric positive definite matrices.
 
@@ -45,12 +49,14 @@ class CholeskyFactor:
             )
         self.L = L
         self.shared = L.shape[0] == 1
+        self.memo: dict[str, object] = {}
 
     @classmethod
     def from_lower(cls, L: torch.Tensor) -> CholeskyFactor:
         """The factor whose lower triangle is ``L`` ``(1|B, n, n)`` (no factorization)."""
         factor = cls.__new__(cls)
         factor.L, factor.shared = L, L.shape[0] == 1
+        factor.memo = {}
         return factor
 
     def select(self, index: torch.Tensor) -> CholeskyFactor:

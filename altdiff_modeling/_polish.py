@@ -19,7 +19,7 @@ import torch
 
 from ._factor import CholeskyFactor, cholesky_solve
 from ._qp import matvec, rmatvec
-from ._woodbury import MajoritySystems
+from ._woodbury import MajorityBases
 
 __all__ = ["SharedPolisher", "active_set", "polish"]
 
@@ -118,21 +118,29 @@ class SharedPolisher:
     and S are shared by the batch, the instances' systems differ only in D, and
     `_woodbury.MajoritySystems` solves them with one small system each: a
     polish costs a few dozen ADMM steps' worth of small operations instead of a
-    factorization per instance, so a batch can try it often.
+    factorization per instance, so a batch can try it often. S and the inverses
+    around the majority patterns stay with the factor (its ``memo``) for the next
+    polish with it, in this call or a later one.
     """
 
     def __init__(self, C: torch.Tensor, n_eq: int) -> None:
         self.C, self.n_eq = C[0], n_eq
-        self._factor: CholeskyFactor | None = None
-        self._S: torch.Tensor | None = None
 
-    def _shared(self, factor: CholeskyFactor, rows: torch.Tensor) -> torch.Tensor:
-        """``R S`` for the factor (computed once per factor)."""
-        if self._factor is not factor:
+    @staticmethod
+    def prepared(factor: CholeskyFactor) -> bool:
+        """Whether ``S`` of this factor is computed already (a polish then pays only its
+        instances' systems, and the majority pattern's inverse where it is new)."""
+        return "polish" in factor.memo
+
+    def _bases(self, factor: CholeskyFactor, rows: torch.Tensor) -> MajorityBases:
+        """The majority bases of ``R S`` for the factor, kept in its memo: a layer's
+        cached factors bring them to its later calls."""
+        bases = factor.memo.get("polish")
+        if not isinstance(bases, MajorityBases):
             LinvCt = torch.linalg.solve_triangular(factor.L[0], self.C.T, upper=False)
-            self._S = LinvCt.T @ LinvCt
-            self._factor = factor
-        return rows[0].unsqueeze(-1) * self._S
+            bases = MajorityBases(rows[0].unsqueeze(-1) * (LinvCt.T @ LinvCt))
+            factor.memo["polish"] = bases
+        return bases
 
     def polish(
         self,
@@ -157,12 +165,11 @@ class SharedPolisher:
         """
         B, m = active.shape
         n_eq = self.n_eq
-        RS = self._shared(factor, rows)
         inactive = ~active
         bound = bound.expand(B, m)
         u = torch.where(active, bound, 0.0)
         C = self.C
-        systems = MajoritySystems.build(RS, inactive)
+        systems = self._bases(factor, rows).systems(inactive)
         if systems is None:
             return None
         x = x0

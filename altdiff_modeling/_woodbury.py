@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["MajoritySystems", "differing_rows"]
+__all__ = ["MajorityBase", "MajorityBases", "MajoritySystems", "differing_rows"]
 
 _MAX_CONDITION = 1e10  # of the majority pattern's matrix
+_KEPT_BASES = 4  # per RS (`MajorityBases`)
 
 
 def differing_rows(inactive: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -39,12 +40,47 @@ def _norm_1(M: torch.Tensor) -> torch.Tensor:
     return M.abs().sum(-2).amax(-1)
 
 
+class MajorityBase:
+    """The inverse ``W = (RS - D0)^{-1}`` for one majority pattern D0, shared by every
+    batch whose systems are built around that pattern.
+
+    Build with `MajorityBase.build`, which returns None where ``RS - D0`` is singular or
+    too ill-conditioned for the identity to be accurate. A caller that solves many
+    batches with the same ``RS`` (successive calls of a layer, or the corrected polishes
+    of a few instances) keeps the bases it built and passes them to
+    `MajoritySystems.build`: the ``m x m`` inverse is then paid once.
+    """
+
+    def __init__(self, majority: torch.Tensor, W: torch.Tensor) -> None:
+        self.majority, self.W = majority, W
+
+    @classmethod
+    def build(cls, RS: torch.Tensor, majority: torch.Tensor) -> MajorityBase | None:
+        """The base of ``RS`` ``(m, m)`` for the inactive rows ``majority`` ``(m,)``."""
+        base = RS - torch.diag(majority.to(RS.dtype))
+        W, info = torch.linalg.inv_ex(base)
+        if int(info) != 0 or not bool(torch.isfinite(W).all()):
+            return None
+        # Woodbury inherits the rounding of W, which grows with D0's condition number
+        # even where the instances' own matrices are well conditioned: beyond the
+        # bound, the caller factors each instance's system instead.
+        condition = _norm_1(base) * _norm_1(W)
+        if float(condition) > _MAX_CONDITION:
+            return None
+        return cls(majority, W)
+
+    def differing(self, inactive: torch.Tensor) -> int:
+        """The most rows ``(B, m)`` any instance differs in from this base's pattern."""
+        return int((inactive != self.majority).sum(1).max()) if inactive.shape[0] else 0
+
+
 class MajoritySystems:
     """The systems ``(RS - D_i) c_i = r_i`` of a batch, factored once around its
     majority pattern (module docstring) and solved for any number of right-hand sides.
 
-    Build with `MajoritySystems.build`, which returns None where the majority pattern's
-    matrix is singular or too ill-conditioned for the identity to be accurate.
+    Build with `MajoritySystems.build` (or `MajorityBases.systems`), which returns None
+    where the majority pattern's matrix is singular or too ill-conditioned for the
+    identity to be accurate.
     ``regular`` ``(B,)`` marks the instances whose own system could be solved; the
     solutions of the others are zero.
     """
@@ -64,20 +100,18 @@ class MajoritySystems:
         self.regular = regular
 
     @classmethod
-    def build(cls, RS: torch.Tensor, inactive: torch.Tensor) -> MajoritySystems | None:
-        """Factor the systems of ``RS`` ``(m, m)`` with inactive rows ``(B, m)``."""
+    def build(
+        cls, RS: torch.Tensor, inactive: torch.Tensor, base: MajorityBase | None = None
+    ) -> MajoritySystems | None:
+        """Factor the systems of ``RS`` ``(m, m)`` with inactive rows ``(B, m)`` around
+        ``base`` (by default, a new one for the batch's majority pattern)."""
         B, m = inactive.shape
-        majority, differ = differing_rows(inactive)
-        base = RS - torch.diag(majority.to(RS.dtype))
-        W, info = torch.linalg.inv_ex(base)
-        if int(info) != 0 or not bool(torch.isfinite(W).all()):
-            return None
-        # Woodbury inherits the rounding of W, which grows with D0's condition number
-        # even where the instances' own matrices are well conditioned: beyond the
-        # bound, the caller factors each instance's system instead.
-        condition = _norm_1(base) * _norm_1(W)
-        if float(condition) > _MAX_CONDITION:
-            return None
+        if base is None:
+            base = MajorityBase.build(RS, differing_rows(inactive)[0])
+            if base is None:
+                return None
+        majority, W = base.majority, base.W
+        differ = inactive != majority
         counts = differ.sum(1)
         k = int(counts.max()) if B else 0
         # Each instance's differing rows first, padded to k with rows that solve to zero.
@@ -119,3 +153,42 @@ class MajoritySystems:
         # another matrix, and the rounding it carries grows with that one's condition.
         residual = rhs - (c @ self.RS.T - torch.where(self.inactive, c, 0.0))
         return torch.where(self.regular[:, None], c + self._apply(residual), 0.0)
+
+
+class MajorityBases:
+    """The bases built for one ``RS`` ``(m, m)``, kept to build later batches' systems.
+
+    A batch whose instances differ from a kept base's pattern in hardly more rows than
+    from their own majority pattern reuses that base: its capacitance systems grow by
+    a few rows, and the ``m x m`` inverse is saved. The successive calls of a layer
+    mostly meet the same majority pattern, and the corrected polishes of a few
+    instances differ from the batch's by a few rows. Where a batch's own pattern gives
+    no base (too ill-conditioned), the nearest kept one serves it.
+    """
+
+    def __init__(self, RS: torch.Tensor) -> None:
+        self.RS = RS
+        self._bases: list[MajorityBase] = []
+        self._failed: list[torch.Tensor] = []  # patterns whose base could not be built
+
+    def systems(self, inactive: torch.Tensor) -> MajoritySystems | None:
+        """`MajoritySystems.build` of the inactive rows ``(B, m)`` on a kept base or a
+        new one (None where that cannot be built)."""
+        majority, differ = differing_rows(inactive)
+        own = int(differ.sum(1).max()) if inactive.shape[0] else 0
+        counts = [base.differing(inactive) for base in self._bases]
+        nearest = min(range(len(counts)), key=counts.__getitem__) if counts else None
+        if nearest is not None and counts[nearest] <= own + max(4, own // 4):
+            return MajoritySystems.build(self.RS, inactive, self._bases[nearest])
+        base = None
+        if not any(bool((majority == failed).all()) for failed in self._failed):
+            base = MajorityBase.build(self.RS, majority)
+        if base is not None:
+            self._bases = [*self._bases[-_KEPT_BASES + 1 :], base]
+        else:
+            self._failed = [*self._failed[-_KEPT_BASES + 1 :], majority]
+            if nearest is None:
+                return None
+            # Larger capacitance systems on a kept base rather than none at all.
+            base = self._bases[nearest]
+        return MajoritySystems.build(self.RS, inactive, base)

@@ -150,3 +150,45 @@ def test_the_factor_cache_keeps_the_most_recent_within_its_budget(monkeypatch):
     cache.reset()
     cache.factor(torch.tensor([5.0]), c, make(5.0))
     assert len(cache) == 0
+
+
+def test_a_batchs_later_calls_reuse_what_its_factors_kept(monkeypatch):
+    # With constant matrices, the polisher's S and majority inverses and the direct
+    # backward's factor of K stay with the cached factors of H: a second call with the
+    # same batch inverts and factors nothing, and returns the first call's results.
+    import altdiff_modeling._direct_adjoint as adjoint_module
+    import altdiff_modeling._woodbury as woodbury_module
+
+    counts = {"base": 0, "K": 0}
+    build_base = woodbury_module.MajorityBase.build.__func__
+    factor_K = adjoint_module._factor_K
+
+    def counting_base(cls, *args):
+        counts["base"] += 1
+        return build_base(cls, *args)
+
+    def counting_K(*args):
+        counts["K"] += 1
+        return factor_K(*args)
+
+    monkeypatch.setattr(woodbury_module.MajorityBase, "build", classmethod(counting_base))
+    monkeypatch.setattr(adjoint_module, "_factor_K", counting_K)
+    rng = np.random.default_rng(6)
+    problem, params, x, _ = _problem(rng, n=12)
+    B = 16
+    A = problem.constraints[0].args[0].args[0].value
+    G = problem.constraints[1].args[0].args[0].value
+    x0 = rng.standard_normal((B, 12))
+    values = [rng.standard_normal((B, 12)), x0 @ A.T, x0 @ G.T + rng.uniform(-0.3, 1, (B, 12))]
+    layer = AltDiffLayer(problem, parameters=params, variables=[x])
+    results = []
+    for call in range(2):
+        q = torch.tensor(values[0], requires_grad=True)
+        (out,) = layer(q, *(torch.tensor(v) for v in values[1:]))
+        (grad,) = torch.autograd.grad((out * out).sum(), q)
+        results.append((out, grad))
+        if call == 0:
+            assert counts["base"] >= 1 and counts["K"] == 1
+            counts.update(base=0, K=0)
+    assert counts == {"base": 0, "K": 0}
+    torch.testing.assert_close(results[1], results[0], rtol=1e-12, atol=1e-12)

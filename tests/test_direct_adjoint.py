@@ -6,8 +6,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from altdiff_modeling import _woodbury as woodbury_module
 from altdiff_modeling import solve_qp
-from altdiff_modeling._woodbury import MajoritySystems, differing_rows
+from altdiff_modeling._woodbury import MajorityBases, MajoritySystems, differing_rows
 
 
 def _shared_system(rng: np.random.Generator, m: int, rank: int) -> torch.Tensor:
@@ -70,6 +71,65 @@ def test_woodbury_solve_gives_none_where_the_majority_matrix_is_singular():
     systems = RS.expand(B, m, m) - torch.diag_embed(inactive.to(RS.dtype))
     assert float(torch.linalg.cond(systems).max()) < 1e8
     assert MajoritySystems.build(RS, inactive) is None
+
+
+def _counting_base_builds(monkeypatch) -> list[object]:
+    built: list[object] = []
+    original = woodbury_module.MajorityBase.build.__func__
+
+    def spy(cls, *args):
+        built.append(original(cls, *args))
+        return built[-1]
+
+    monkeypatch.setattr(woodbury_module.MajorityBase, "build", classmethod(spy))
+    return built
+
+
+def test_kept_bases_serve_later_batches_near_their_pattern(monkeypatch):
+    # A later batch on the same pattern, and a few instances whose own majority differs
+    # from it in a few rows (the corrected polishes), reuse the kept inverse.
+    built = _counting_base_builds(monkeypatch)
+    rng = np.random.default_rng(5)
+    m, B = 40, 16
+    RS = _shared_system(rng, m, rank=30)
+    bases = MajorityBases(RS)
+    inactive, rhs = _layer_like_batch(rng, B, m)
+    again, rhs_again = _layer_like_batch(rng, B, m)
+    few = inactive[:3].clone()
+    few[:, 10:13] = ~few[:, 10:13]
+    assert not torch.equal(differing_rows(few)[0], differing_rows(inactive)[0])
+    for batch, right in ((inactive, rhs), (few, rhs[:3]), (again, rhs_again)):
+        systems = bases.systems(batch)
+        assert systems is not None and bool(systems.regular.all())
+        error = _relative_errors(systems.solve(right), _each_instance_solution(RS, batch, right))
+        assert float(error.max()) <= 1e-11, error
+    assert len(built) == 1
+
+
+def test_a_batch_whose_pattern_gives_no_base_is_solved_on_a_kept_one(monkeypatch):
+    # The three instances of the singular-majority case, after a batch whose base is
+    # regular but far from their pattern (8 rows, more than the 2 + 4 a kept base may
+    # add): they are solved around that base instead of falling back.
+    built = _counting_base_builds(monkeypatch)
+    rng = np.random.default_rng(1)
+    m, B = 10, 3
+    RS = _shared_system(rng, m, rank=5)
+    inactive = torch.ones(B, m, dtype=torch.bool)
+    for i, active in enumerate([(0, 1, 2, 3), (2, 3, 4, 5), (0, 1, 4, 5)]):
+        inactive[i, list(active)] = False
+    bases = MajorityBases(RS)
+    first = torch.ones(2, m, dtype=torch.bool)
+    first[:, 6:] = False
+    assert bases.systems(first) is not None
+    rhs = torch.from_numpy(rng.standard_normal((B, m)))
+    systems = bases.systems(inactive)
+    assert [base is None for base in built] == [False, True]
+    assert systems is not None and bool(systems.regular.all())
+    error = _relative_errors(systems.solve(rhs), _each_instance_solution(RS, inactive, rhs))
+    assert float(error.max()) <= 1e-9, error
+    # A pattern known to fail is not inverted again.
+    assert MajorityBases(RS).systems(inactive) is None
+    assert bases.systems(inactive) is not None and len(built) == 3
 
 
 def test_direct_backward_on_a_batch_with_different_active_sets_matches_gmres(monkeypatch):
