@@ -146,11 +146,14 @@ def _dual_spec(
 
 
 def _check_dcp_dpp(problem: cp.Problem) -> None:
-    parts = [("the objective", problem.objective)] + [
-        (f"constraint {i} ({_describe(c)})", c) for i, c in enumerate(problem.constraints)
-    ]
+    # The constraints are described only for an error: printing their data costs as
+    # much as a tenth of a small layer's construction.
+    def name(i: int, constraint: Any) -> str:
+        return f"constraint {i} ({_describe(constraint)})"
+
     if not problem.is_dcp():
-        culprits = [name for name, part in parts if not part.is_dcp()]
+        culprits = [] if problem.objective.is_dcp() else ["the objective"]
+        culprits += [name(i, c) for i, c in enumerate(problem.constraints) if not c.is_dcp()]
         raise ProblemError(
             "the problem is not DCP (not recognizably convex): " + ", ".join(culprits) + " "
             "violates the DCP rules"
@@ -160,7 +163,7 @@ def _check_dcp_dpp(problem: cp.Problem) -> None:
     with scopes.quad_form_dpp_scope():
         objective_ok = problem.objective.is_dcp(dpp=True)
     culprits = [] if objective_ok else ["the objective"]
-    culprits += [name for name, part in parts[1:] if not part.is_dcp(dpp=True)]
+    culprits += [name(i, c) for i, c in enumerate(problem.constraints) if not c.is_dcp(dpp=True)]
     raise ProblemError(
         "the problem is not DPP (parameters must enter affinely, e.g. not parameter * "
         "parameter nor a parameter inside a nonlinear atom; quad_form(x, Q) with a "
