@@ -91,7 +91,9 @@ def equilibrate(P: torch.Tensor, C: torch.Tensor, iterations: int = 10) -> Equil
 
     Each pass divides every row and column by the square root of its largest entry
     (clipped to ``[1e-4, 1e4]``), as OSQP does. Shared matrices get a shared scaling, so
-    a batch that shares P and C still factors once.
+    a batch that shares P and C still factors once. A batch with per-instance P but a
+    shared C gets one D and E, so that its scaled C stays shared
+    (`_equilibrate_around_shared_constraints`).
 
     Args:
         P: ``(1|B, n, n)``.  C: ``(1|B, m, n)``.
@@ -106,7 +108,9 @@ def equilibrate(P: torch.Tensor, C: torch.Tensor, iterations: int = 10) -> Equil
         # Scaling by positive factors commutes with abs: take it once, not every pass.
         work = torch.float32 if P.dtype == torch.float64 else P.dtype
         P_s, C_s = P.abs().to(work), C.abs().to(work)
-        # A block shared across a batch whose other block is not gets per-instance scaling.
+        if C_s.shape[0] == 1 and batch > 1:
+            return _equilibrate_around_shared_constraints(P, P_s, C_s, iterations)
+        # A shared P in a batch whose C is not gets per-instance scaling.
         if P_s.shape[0] != batch:
             P_s = P_s.expand(batch, n, n).clone()
         if C_s.shape[0] != batch:
@@ -124,6 +128,27 @@ def equilibrate(P: torch.Tensor, C: torch.Tensor, iterations: int = 10) -> Equil
             C_s.mul_(e.unsqueeze(-1)).mul_(d.unsqueeze(-2))
         P_norm = _amax(P_s, -2).mean(-1, keepdim=True).to(P.dtype)  # (batch, 1)
     return Equilibration(D=D, E=E, P_norm=P_norm)
+
+
+def _equilibrate_around_shared_constraints(
+    P: torch.Tensor, P_s: torch.Tensor, C_s: torch.Tensor, iterations: int
+) -> Equilibration:
+    """`equilibrate` of per-instance ``P`` ``(B, n, n)`` with a shared ``C`` ``(1, m, n)``:
+    the passes run on the batch's envelope ``max_i |P_i|``, so that D and E are shared.
+
+    The scaled C then stays one matrix: every product with it (two per ADMM step) is
+    one matrix-matrix product for the batch instead of B matrix-vector products,
+    several times faster. P_norm stays per instance, so the cost scaling still adapts
+    to each instance's P.
+    """
+    envelope = P_s.amax(0, keepdim=True)
+    shared = equilibrate(envelope, C_s, iterations)
+    D = shared.D.to(P.dtype)
+    with torch.no_grad():
+        d = D.to(P_s.dtype)
+        scaled = P_s.mul_(d.unsqueeze(-1)).mul_(d.unsqueeze(-2))  # P_s is a copy
+        P_norm = _amax(scaled, -2).mean(-1, keepdim=True).to(P.dtype)  # (B, 1)
+    return Equilibration(D=D, E=shared.E.to(P.dtype), P_norm=P_norm)
 
 
 def ruiz_scaling(
