@@ -6,20 +6,32 @@ At the limit of the transposed recursion (see `_altdiff`), ``w = (a, c)`` satisf
     c = (2D - I) R C t + (I - D) c + g_v
 
 Substituting ``a`` cancels sigma: ``t = K^{-1} (g_x + C'c)`` with ``K = P + C' R C``.
-The inactive rows (D) give ``c_D = R_D C_D t + g_v,D`` and the others ``R C t = g_v``;
-with ``S = C K^{-1} C'`` and ``u = C K^{-1} g_x`` both read, row by row,
+The inactive rows (D) give ``c_D = R_D C_D t + g_v,D`` and the others ``R C t = g_v``.
+Two equivalent systems follow, and each batch gets the cheaper one.
+
+**Shared P, C and rho** (``m x m``). With ``S = C K^{-1} C'`` and ``u = C K^{-1} g_x``
+both conditions read, row by row,
 
     (R S - D) c = g_v - R u        (g_v is zero on inactive rows)
 
-an ``m x m`` system per instance. ``K``, ``S`` are computed once for a batch that
-shares P, C and rho; the instances' systems then differ only in D, and
-`_woodbury.MajoritySystems` solves them with one small system each (the rows
+``K``, ``S`` are computed once for the batch; the instances' systems then differ only
+in D, and `_woodbury.MajoritySystems` solves them with one small system each (the rows
 where an instance differs from the batch's majority). Where that is ill-conditioned,
 each instance's ``m x m`` system is factored instead. K's factor, ``L^{-1} C'`` and the
 inverses around the majority patterns stay in the memo of the forward's factor of H,
-which a layer with constant matrices keeps across calls. The caller checks the result
-against the recursion and refines it with GMRES where the system is singular (a
-degenerate point).
+which a layer with constant matrices keeps across calls.
+
+**Per-instance matrices** (``n + |a|``). Eliminating ``c_D`` from ``K t = g_x + C'c``
+leaves the active rows' KKT system, the one a polish solves::
+
+    [P  C_a'] [t]   [g_x + C_D' g_v,D]
+    [C_a  0 ] [mu] = [R_a^{-1} g_v,a  ],      c_a = g_v,a - mu
+
+one ``n x n`` factorization per instance (`_polish.solve_reduced_kkt`) instead of K's
+and an ``m x m`` one.
+
+The caller checks the result against the recursion and refines it with GMRES where
+the system is singular (a degenerate point).
 """
 
 from __future__ import annotations
@@ -27,6 +39,8 @@ from __future__ import annotations
 import torch
 
 from ._admm import step_flops
+from ._polish import solve_reduced_kkt
+from ._qp import matvec
 from ._woodbury import MajorityBases, differing_rows
 
 __all__ = ["direct_adjoint", "direct_is_cheaper"]
@@ -40,12 +54,12 @@ def direct_is_cheaper(n: int, inactive: torch.Tensor, shared: bool) -> bool:
     """Whether `direct_adjoint` should beat GMRES on a batch of problems of n variables
     with inactive rows ``inactive`` ``(B, m)`` (``shared``: one K and S for the batch)."""
     batch, m = inactive.shape
-    setup = n**3 / 3 + n * n * m + n * m * m
     if shared:
         k = int(differing_rows(inactive)[1].sum(1).max()) if batch else 0
+        setup = n**3 / 3 + n * n * m + n * m * m
         direct = setup + 2 * m**3 + batch * (2 * k**3 / 3 + 10 * m * m + 4 * n * m)
-    else:
-        direct = batch * (setup + 2 * m**3 / 3 + 4 * n * m)
+    else:  # the active rows' KKT system, with a few refinement steps
+        direct = batch * (n * n * m + n**3 / 3 + 10 * (2 * n * n + 4 * n * m))
     krylov = _KRYLOV_STEPS * (batch * step_flops(n, m) + _STEP_OVERHEAD)
     return direct < krylov
 
@@ -100,35 +114,27 @@ def direct_adjoint(
     dtype = grad_x.dtype
     work = torch.float64  # the small dense factorizations are cheap in float64
     g_x, g_v = grad_x.to(work), g_v.to(work)
-    shared = P.shape[0] == 1 and C.shape[0] == 1 and rows.shape[0] == 1
     rows = rows.to(work)
-    kept = memo.get("adjoint") if memo is not None and shared else None
-    if isinstance(kept, _SharedAdjoint):
-        L, LinvCt = kept.L, kept.LinvCt
-    else:
+    if not (P.shape[0] == 1 and C.shape[0] == 1 and rows.shape[0] == 1):
+        return _per_instance_adjoint(P.to(work), C.to(work), rows, inactive, g_x, g_v, sigma, dtype)
+    kept = memo.get("adjoint") if memo is not None else None
+    if not isinstance(kept, _SharedAdjoint):
         factored = _factor_K(P.to(work), C.to(work), rows)
         if factored is None:
             return None
-        L, LinvCt = factored
-        kept = _SharedAdjoint(L, LinvCt, rows) if shared else None
-        if kept is not None and memo is not None:
+        kept = _SharedAdjoint(*factored, rows)
+        if memo is not None:
             memo["adjoint"] = kept
-    if L.shape[0] == 1:
-        Linv_gx = torch.linalg.solve_triangular(L[0], g_x.T, upper=False).T  # (B, n)
-        u = Linv_gx @ LinvCt[0]
+    L, LinvCt = kept.L[0], kept.LinvCt[0]  # (n, n), (n, m)
+    Linv_gx = torch.linalg.solve_triangular(L, g_x.T, upper=False).T  # (B, n)
+    rhs = g_v - rows * (Linv_gx @ LinvCt)
+    # An instance with a singular system gets c = 0 there, which the caller's check
+    # rejects: GMRES then solves that instance only.
+    systems = kept.bases.systems(inactive)
+    if systems is not None:
+        c = systems.solve(rhs)
     else:
-        Linv_gx = torch.linalg.solve_triangular(L, g_x.unsqueeze(-1), upper=False).squeeze(-1)
-        u = (LinvCt.mT @ Linv_gx.unsqueeze(-1)).squeeze(-1)
-    rhs = g_v - rows * u
-    c = None
-    if kept is not None:
-        # An instance with a singular system gets c = 0 there, which the caller's check
-        # rejects: GMRES then solves that instance only.
-        systems = kept.bases.systems(inactive)
-        c = None if systems is None else systems.solve(rhs)
-    if c is None:
-        RS = rows.unsqueeze(-1) * (LinvCt.mT @ LinvCt)
-        system = RS.expand(inactive.shape[0], -1, -1).clone()
+        system = kept.bases.RS.expand(inactive.shape[0], -1, -1).clone()
         system.diagonal(dim1=-2, dim2=-1).sub_(inactive.to(work))
         c, info = torch.linalg.solve_ex(system, rhs.unsqueeze(-1))
         c = c.squeeze(-1)
@@ -137,10 +143,31 @@ def direct_adjoint(
     if not bool(torch.isfinite(c).all()):
         return None
     # t = K^{-1} (g_x + C'c) = L'^{-1} (L^{-1} g_x + L^{-1} C' c)
-    half = Linv_gx + (LinvCt @ c.unsqueeze(-1)).squeeze(-1)
-    if L.shape[0] == 1:
-        t = torch.linalg.solve_triangular(L[0].T, half.T, upper=True).T
-    else:
-        t = torch.linalg.solve_triangular(L.mT, half.unsqueeze(-1), upper=True).squeeze(-1)
+    half = Linv_gx + c @ LinvCt.T
+    t = torch.linalg.solve_triangular(L.T, half.T, upper=True).T
     a = sigma * t + g_x
     return a.to(dtype), c.to(dtype)
+
+
+def _per_instance_adjoint(
+    P: torch.Tensor,
+    C: torch.Tensor,
+    rows: torch.Tensor,
+    inactive: torch.Tensor,
+    g_x: torch.Tensor,
+    g_v: torch.Tensor,
+    sigma: float,
+    dtype: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """`direct_adjoint` by the active rows' KKT system of each instance (module
+    docstring); ``a`` and ``c`` are zero for an instance whose system is singular."""
+    active = ~inactive
+    g_inactive = torch.where(inactive, g_v, 0.0)
+    target_x = g_x + (C.mT @ g_inactive.unsqueeze(-1)).squeeze(-1)
+    t, mu, ok = solve_reduced_kkt(P, C, active, target_x, g_v / rows)
+    c = torch.where(active, g_v - mu, rows * matvec(C, t) + g_v)
+    a = sigma * t + g_x
+    if not bool(torch.isfinite(a).all() and torch.isfinite(c).all()):
+        return None
+    regular = ok.unsqueeze(-1)
+    return torch.where(regular, a, 0.0).to(dtype), torch.where(regular, c, 0.0).to(dtype)

@@ -21,7 +21,7 @@ from ._factor import CholeskyFactor, cholesky_solve
 from ._qp import matvec, rmatvec
 from ._woodbury import MajorityBases
 
-__all__ = ["SharedPolisher", "active_set", "polish"]
+__all__ = ["SharedPolisher", "active_set", "polish", "solve_reduced_kkt"]
 
 _DELTA = 1e-6
 _REFINE_STEPS = 5
@@ -42,6 +42,63 @@ def active_set(z: torch.Tensor, y: torch.Tensor, bound: torch.Tensor, n_eq: int)
     active = (bound - z) < y
     active[:, :n_eq] = True
     return active
+
+
+def solve_reduced_kkt(
+    P: torch.Tensor,
+    C: torch.Tensor,
+    active: torch.Tensor,
+    target_x: torch.Tensor,
+    target_y: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Solve ``[[P, C_a'], [C_a, 0]] [x; y_a] = [target_x; target_y_a]`` per instance.
+
+    Through the Cholesky factor of the regularized Schur complement
+    ``P + delta I + C_a'C_a / delta``, with iterative refinement against the
+    unregularized system (module docstring).
+
+    Args:
+        P: ``(1|B, n, n)``.  C: ``(1|B, m, n)``.
+        active: ``(B, m)`` bool, the rows of ``C_a``.
+        target_x: ``(B, n)``.  target_y: ``(B, m)`` (read on the active rows only).
+
+    Returns:
+        ``x (B, n)``, ``y (B, m)`` (zero on the inactive rows), and the ``(B,)`` mask of
+        the instances whose system could be factored.
+    """
+    B, m = active.shape
+    n = target_x.shape[-1]
+    dtype = target_x.dtype
+    weight = active.to(dtype) / _DELTA  # (B, m)
+    eye = torch.eye(n, dtype=dtype, device=target_x.device)
+    K = P + _DELTA * eye + C.transpose(-1, -2) @ (weight.unsqueeze(-1) * C)
+    L, info = torch.linalg.cholesky_ex(K.expand(B, n, n))
+    ok = info == 0
+    L = torch.where(ok[:, None, None], L, eye)
+
+    def solve_regularized(
+        r_x: torch.Tensor, r_y: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        dx = cholesky_solve((r_x + rmatvec(C, weight * r_y)).unsqueeze(-1), L).squeeze(-1)
+        dy = torch.where(active, weight * (matvec(C, dx) - r_y), -r_y)
+        return dx, dy
+
+    target_y = torch.where(active, target_y, 0.0)
+    x = target_x.new_zeros(B, n)
+    y = target_x.new_zeros(B, m)
+    # Refinement usually reaches round-off in three steps; the rest would be wasted.
+    size = 1.0 + max(_max_abs(target_x), _max_abs(target_y))
+    for _ in range(_REFINE_STEPS):
+        # Residual of the unregularized system [[P, C'M], [MC, -(I - M)]].
+        Cx = matvec(C, x)
+        r_x = target_x - (matvec(P, x) + rmatvec(C, torch.where(active, y, 0.0)))
+        r_y = target_y - torch.where(active, Cx, -y)
+        residual = max(_max_abs(r_x), _max_abs(r_y))
+        if residual <= _REFINE_TOL * size:
+            break
+        dx, dy = solve_regularized(r_x, r_y)
+        x, y = x + dx, y + dy
+    return x, torch.where(active, y, 0.0), ok
 
 
 def polish(
@@ -66,37 +123,7 @@ def polish(
     B, m = active.shape
     n = q.shape[-1]
     bound = bound.expand(B, m)
-    weight = active.to(q.dtype) / _DELTA  # (B, m)
-    eye = torch.eye(n, dtype=q.dtype, device=q.device)
-    K = P + _DELTA * eye + C.transpose(-1, -2) @ (weight.unsqueeze(-1) * C)
-    L, info = torch.linalg.cholesky_ex(K.expand(B, n, n))
-    ok = info == 0
-    L = torch.where(ok[:, None, None], L, eye)
-
-    def solve_regularized(
-        r_x: torch.Tensor, r_y: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        dx = cholesky_solve((r_x + rmatvec(C, weight * r_y)).unsqueeze(-1), L).squeeze(-1)
-        dy = torch.where(active, weight * (matvec(C, dx) - r_y), -r_y)
-        return dx, dy
-
-    target_x = -q.expand(B, n)
-    target_y = torch.where(active, bound, 0.0)
-    x = q.new_zeros(B, n)
-    y_p = q.new_zeros(B, m)
-    # Refinement usually reaches round-off in three steps; the rest would be wasted.
-    size = 1.0 + max(_max_abs(target_x), _max_abs(target_y))
-    for _ in range(_REFINE_STEPS):
-        # Residual of the unregularized system [[P, C'M], [MC, -(I - M)]].
-        Cx = matvec(C, x)
-        r_x = target_x - (matvec(P, x) + rmatvec(C, torch.where(active, y_p, 0.0)))
-        r_y = target_y - torch.where(active, Cx, -y_p)
-        residual = max(_max_abs(r_x), _max_abs(r_y))
-        if residual <= _REFINE_TOL * size:
-            break
-        dx, dy = solve_regularized(r_x, r_y)
-        x, y_p = x + dx, y_p + dy
-    y_p = torch.where(active, y_p, 0.0)
+    x, y_p, ok = solve_reduced_kkt(P, C, active, -q.expand(B, n), bound)
     Cx = matvec(C, x)
     z_p = torch.cat([bound[:, :n_eq], torch.minimum(Cx[:, n_eq:], bound[:, n_eq:])], dim=1)
     y_p = torch.cat([y_p[:, :n_eq], y_p[:, n_eq:].clamp_min(0)], dim=1)

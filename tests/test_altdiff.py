@@ -112,17 +112,22 @@ def test_direct_backward_agrees_with_gmres_on_batches(per_instance: str):
     _assert_gradients_close(grads["direct"], reference, 1e-7, per_instance)
 
 
-def test_direct_backward_falls_back_where_its_system_is_singular():
-    # Instance 1 repeats an equality row: its multipliers are not unique and the direct
-    # method's system is singular, so that instance goes to GMRES; instance 0 does not.
+def _repeated_row_gradients(shared: bool) -> tuple[dict, dict]:
+    """Gradients w.r.t. q of a batch of 2 whose instance 1 repeats an equality row
+    (``shared``: both do, with one A), by the direct and the fixed-point backward, and
+    the backward iterations of each."""
     case = _random_case(7)
     assert case["A"].shape[0] >= 2  # a repeated row replaces the last of two or more
-    A = np.stack([case["A"], np.vstack([case["A"][:-1], case["A"][0]])])
-    b = np.stack([case["b"], np.concatenate([case["b"][:-1], case["b"][:1]])])
+    repeated_A = np.vstack([case["A"][:-1], case["A"][0]])
+    repeated_b = np.concatenate([case["b"][:-1], case["b"][:1]])
+    if shared:
+        A, b = repeated_A, np.stack([repeated_b, repeated_b])
+    else:
+        A, b = np.stack([case["A"], repeated_A]), np.stack([case["b"], repeated_b])
     weights = torch.from_numpy(np.random.default_rng(7).standard_normal(case["q"].size))
     grads, iterations = {}, {}
     for method in ("direct", "fixed_point"):
-        q = torch.tensor(np.stack([case["q"], case["q"]]), requires_grad=True)
+        q = torch.tensor(np.stack([case["q"], case["q"] + 0.1]), requires_grad=True)
         args = [case["P"], q, A, b, case["G"], case["h"]]
         args = [a if isinstance(a, torch.Tensor) else torch.from_numpy(a) for a in args]
         x, info = solve_qp(
@@ -130,10 +135,35 @@ def test_direct_backward_falls_back_where_its_system_is_singular():
         )
         (grads[method],) = torch.autograd.grad((x @ weights).sum(), q)
         iterations[method] = info.backward_iterations
-    # dx/dq is unique even where the multipliers are not.
+    return grads, iterations
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_direct_backward_where_the_multipliers_are_not_unique(shared: bool):
+    # The repeated row makes the multipliers non-unique and the direct method's systems
+    # singular but consistent (the per-instance active-rows KKT system, or the shared
+    # path's m x m one); dx/dq is unique all the same.
+    grads, _ = _repeated_row_gradients(shared)
+    assert relative_error(grads["direct"].numpy(), grads["fixed_point"].numpy()) <= 1e-7
+    assert torch.isfinite(grads["direct"]).all()
+
+
+def test_a_direct_answer_off_the_fixed_point_goes_to_gmres(monkeypatch):
+    # The caller accepts the direct method's answer only as a fixed point of the
+    # recursion: a spoiled answer for instance 1 must be caught and that instance
+    # solved by GMRES.
+    import altdiff_modeling._altdiff as altdiff_module
+
+    direct = altdiff_module.direct_adjoint
+
+    def spoiled(*args, **kwargs):
+        a, c = direct(*args, **kwargs)
+        return a, torch.cat([c[:1], c[1:] + 1.0])
+
+    monkeypatch.setattr(altdiff_module, "direct_adjoint", spoiled)
+    grads, iterations = _repeated_row_gradients(shared=False)
     assert relative_error(grads["direct"].numpy(), grads["fixed_point"].numpy()) <= 1e-7
     assert iterations["direct"] > 1
-    assert torch.isfinite(grads["direct"]).all()
 
 
 def test_multipliers_are_outputs_with_cvxpy_signs_and_gradients():
