@@ -228,17 +228,21 @@ def _user_theta_map(
         )
         offset += param.size
     n_user, n_canon = offset, param_prob.total_param_size
-    rows, cols, vals = [n_canon], [n_user], [1.0]
+    # Arrays per parameter, concatenated once (the entries can number n^2 each).
+    rows, cols, vals = [np.array([n_canon])], [np.array([n_user])], [np.ones(1)]
     for param, spec in zip(parameters, specs, strict=True):
         for final_id in param_id_map.get(param.id, [param.id]):
             if final_id not in param_prob.param_id_to_col:
                 continue  # the parameter does not reach the canonical data
             col = param_prob.param_id_to_col[final_id]
             r, c, v = _reduction_entries(param)
-            rows.extend(col + r)
-            cols.extend(spec.offset + c)
-            vals.extend(v)
-    S = sp.csr_array((vals, (rows, cols)), shape=(n_canon + 1, n_user + 1))
+            rows.append(col + r)
+            cols.append(spec.offset + c)
+            vals.append(v)
+    S = sp.csr_array(
+        (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+        shape=(n_canon + 1, n_user + 1),
+    )
     return S, specs
 
 
