@@ -44,6 +44,28 @@ def active_set(z: torch.Tensor, y: torch.Tensor, bound: torch.Tensor, n_eq: int)
     return active
 
 
+def _active_gram(C: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
+    """``C_a' C_a`` ``(B, n, n)`` of each instance's active rows ``(B, m)``.
+
+    From the active rows alone (each instance's, padded with zero rows to the most any
+    instance has) where they are few: the product then costs that fraction of
+    ``C' diag(active) C``, the bulk of a polish of per-instance matrices.
+    """
+    B, m = active.shape
+    counts = active.sum(1)
+    k = int(counts.max()) if B else 0
+    if 4 * k > 3 * m:
+        return C.transpose(-1, -2) @ (active.to(C.dtype).unsqueeze(-1) * C)
+    first = torch.argsort((~active).to(torch.int8), dim=1, stable=True)[:, :k]  # (B, k)
+    if C.shape[0] == 1:
+        rows = C[0][first]  # (B, k, n)
+    else:
+        rows = C.gather(1, first.unsqueeze(-1).expand(B, k, C.shape[-1]))
+    valid = torch.arange(k, device=active.device) < counts.unsqueeze(1)
+    rows = rows * valid.unsqueeze(-1).to(C.dtype)
+    return rows.transpose(-1, -2) @ rows
+
+
 def solve_reduced_kkt(
     P: torch.Tensor,
     C: torch.Tensor,
@@ -71,7 +93,7 @@ def solve_reduced_kkt(
     dtype = target_x.dtype
     weight = active.to(dtype) / _DELTA  # (B, m)
     eye = torch.eye(n, dtype=dtype, device=target_x.device)
-    K = P + _DELTA * eye + C.transpose(-1, -2) @ (weight.unsqueeze(-1) * C)
+    K = P + _DELTA * eye + _active_gram(C, active) / _DELTA
     L, info = torch.linalg.cholesky_ex(K.expand(B, n, n))
     ok = info == 0
     L = torch.where(ok[:, None, None], L, eye)

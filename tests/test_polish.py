@@ -286,3 +286,21 @@ def test_sparse_polish_leaves_tied_rows_of_an_mpc_in_place(horizon, n_x, monkeyp
     monkeypatch.setattr(sparse_polish_module, "_TIE", 0.0)
     _, iterations = solve()
     assert iterations > _FIRST_POLISH
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_the_gram_matrix_of_the_active_rows_matches_the_weighted_product(shared: bool):
+    # Few active rows: gathered and padded; instance 2 with most rows active takes the
+    # product over all rows for the whole batch.
+    from altdiff_modeling._polish import _active_gram
+
+    rng = np.random.default_rng(9)
+    B, m, n = 4, 30, 7
+    C = torch.from_numpy(rng.standard_normal((1 if shared else B, m, n)))
+    for dense in (False, True):
+        active = torch.from_numpy(rng.random((B, m)) < 0.3)
+        active[1] = False  # no active row at all
+        if dense:
+            active[2] = True
+        expected = C.mT @ (active.to(F64).unsqueeze(-1) * C)
+        torch.testing.assert_close(_active_gram(C, active), expected, rtol=1e-13, atol=1e-13)
