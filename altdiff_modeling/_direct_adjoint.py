@@ -73,6 +73,11 @@ class _SharedAdjoint:
         self.L, self.LinvCt = L, LinvCt
         self.bases = MajorityBases(rows[0].unsqueeze(-1) * (LinvCt[0].T @ LinvCt[0]))
 
+    def nbytes(self) -> int:
+        """Bytes held (for the budget of a layer's factor cache)."""
+        own = sum(t.numel() * t.element_size() for t in (self.L, self.LinvCt))
+        return own + self.bases.nbytes()
+
 
 def _factor_K(
     P: torch.Tensor, C: torch.Tensor, rows: torch.Tensor

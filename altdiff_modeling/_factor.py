@@ -59,6 +59,13 @@ class CholeskyFactor:
         factor.memo = {}
         return factor
 
+    def nbytes(self) -> int:
+        """Bytes held: the factor and what its memo's entries report (``nbytes()``)."""
+        held = self.L.numel() * self.L.element_size()
+        return held + sum(
+            int(getattr(entry, "nbytes", lambda: 0)()) for entry in self.memo.values()
+        )
+
     def select(self, index: torch.Tensor) -> CholeskyFactor:
         """The factors of the instances ``index`` ``(K,)`` (a shared one as is)."""
         return self if self.shared else CholeskyFactor.from_lower(self.L[index])

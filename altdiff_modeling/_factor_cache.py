@@ -22,7 +22,7 @@ __all__ = ["FactorCache", "quantize_rho"]
 # rho takes values 10^(j / _RHO_GRID): steps of 1.33x, well inside the factor of five
 # by which an update must move it.
 _RHO_GRID = 8
-# Most factors kept, and most bytes (the least recently used go first).
+# Most factors kept, and most bytes with their memos (the least recently used go first).
 _MAX_FACTORS = 6
 _MAX_BYTES = 1 << 30
 
@@ -64,11 +64,16 @@ class FactorCache:
         cached = self._factors.get(value)
         if cached is not None:
             self._factors.move_to_end(value)
-            return cached
-        factor = compute()
-        size = factor.L.numel() * factor.L.element_size()
-        if size <= _MAX_BYTES:
-            self._factors[value] = factor
-            while len(self._factors) > min(_MAX_FACTORS, _MAX_BYTES // size):
-                self._factors.popitem(last=False)
-        return factor
+        else:
+            cached = compute()
+            if cached.nbytes() > _MAX_BYTES:
+                return cached
+            self._factors[value] = cached
+        # The factors' memos grow after they are cached (`CholeskyFactor.memo`): the
+        # budget counts them at every call, and never evicts the factor just returned.
+        while len(self._factors) > 1 and (
+            len(self._factors) > _MAX_FACTORS
+            or sum(factor.nbytes() for factor in self._factors.values()) > _MAX_BYTES
+        ):
+            self._factors.popitem(last=False)
+        return cached

@@ -171,6 +171,11 @@ class MajorityBases:
         self._bases: list[MajorityBase] = []
         self._failed: list[torch.Tensor] = []  # patterns whose base could not be built
 
+    def nbytes(self) -> int:
+        """Bytes held by ``RS`` and the kept inverses."""
+        tensors = [self.RS, *(base.W for base in self._bases)]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
     def systems(self, inactive: torch.Tensor) -> MajoritySystems | None:
         """`MajoritySystems.build` of the inactive rows ``(B, m)`` on a kept base or a
         new one (None where that cannot be built)."""

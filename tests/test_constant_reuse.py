@@ -192,3 +192,30 @@ def test_a_batchs_later_calls_reuse_what_its_factors_kept(monkeypatch):
             counts.update(base=0, K=0)
     assert counts == {"base": 0, "K": 0}
     torch.testing.assert_close(results[1], results[0], rtol=1e-12, atol=1e-12)
+
+
+def test_the_factor_cache_budget_counts_what_the_factors_memos_hold(monkeypatch):
+    import altdiff_modeling._factor_cache as cache_module
+    from altdiff_modeling._factor import CholeskyFactor
+
+    class Held:
+        def nbytes(self) -> int:
+            return 1000
+
+    monkeypatch.setattr(cache_module, "_MAX_BYTES", 1200)  # a 3 x 3 factor is 72 bytes
+    cache = cache_module.FactorCache()
+    c = torch.ones(1, 1, dtype=torch.float64)
+
+    def make(value: float):
+        return lambda: CholeskyFactor(value * torch.eye(3, dtype=torch.float64)[None])
+
+    first = cache.factor(torch.tensor([1.0]), c, make(1.0))
+    cache.factor(torch.tensor([2.0]), c, make(2.0))
+    assert len(cache) == 2
+    first.memo["held"] = Held()  # grows after it was cached
+    assert first.nbytes() == 72 + 1000
+    third = cache.factor(torch.tensor([3.0]), c, make(3.0))
+    # 1072 + 72 + 72 > 1200: the least recently used (the one with the memo) goes.
+    assert len(cache) == 2
+    assert cache.factor(torch.tensor([3.0]), c, make(9.0)) is third
+    assert cache.factor(torch.tensor([1.0]), c, make(1.0)) is not first
