@@ -188,12 +188,13 @@ class MajorityBases:
         base = None
         if not any(bool((majority == failed).all()) for failed in self._failed):
             base = MajorityBase.build(self.RS, majority)
+            if base is None:
+                self._failed = [*self._failed[-_KEPT_BASES + 1 :], majority]
         if base is not None:
             self._bases = [*self._bases[-_KEPT_BASES + 1 :], base]
-        else:
-            self._failed = [*self._failed[-_KEPT_BASES + 1 :], majority]
-            if nearest is None:
-                return None
+        elif nearest is not None:
             # Larger capacitance systems on a kept base rather than none at all.
             base = self._bases[nearest]
+        else:
+            return None
         return MajoritySystems.build(self.RS, inactive, base)
