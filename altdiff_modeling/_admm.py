@@ -77,10 +77,13 @@ _SETTLING_ROWS = 0.015  # fraction of rows an estimate may still change in, to p
 # least 2), and where a polish costs at most this many ADMM steps. On the seeded QP
 # suite (eps 1e-5) this took the median from 60 ADMM iterations to 40 and each solve's
 # time by about a quarter; more rounds, or any number of rows, cost more polishes than
-# they saved. Where a polish costs more (n of 1000; batches that do not share their
-# data), the retries cost more than the steps they save. A batch sharing its data
-# retries through `SharedPolisher` on the failed instances only: w2-B64-n100 then
-# finishes all 64 instances at its first polish (20 iterations) instead of at 40.
+# they saved. Where a polish costs more (n of 1000), the retries cost more than the
+# steps they save. A batch sharing its data retries through `SharedPolisher` on the
+# failed instances only: w2-B64-n100 then finishes all 64 instances at its first polish
+# (20 iterations) instead of at 40. A batch of per-instance matrices retries where its
+# polish costs at most 20 of its (memory-bound) steps: w3-AG-B64-n100 and
+# w3-P-B64-n100 then finish at 20 iterations too (forward 138 -> 128 ms and 75 ->
+# 64 ms).
 _CORRECTIONS = 4
 _CORRECTABLE_ROWS = 0.1
 _CORRECTION_GAP = 20
@@ -367,10 +370,23 @@ def polish_cost(B: int, n: int, m: int, shared: bool) -> float:
     return min(general, shared_polish_cost(B, n, m)) if shared else general
 
 
-def polish_gap(B: int, n: int, m: int, shared: bool = False) -> float:
+def batch_step_cost(B: int, n: int, m: int, per_instance: bool = False) -> float:
+    """Cost of one ADMM step of B instances, in the units of `step_flops`.
+
+    With per-instance matrices each instance's factor and C are read once per step
+    (matrix-vector products): the step is bound by memory, at about 32 units per
+    element of ``L`` and ``C`` (~30 GB/s against ~60 GFlop/s), many times its flops.
+    A shared factor and C serve the batch in matrix-matrix products, whose flops count.
+    """
+    per_step = step_flops(n, m)
+    if per_instance:
+        per_step = max(per_step, 32 * (n * n + n * m))
+    return B * per_step + _STEP_OVERHEAD
+
+
+def polish_gap(B: int, n: int, m: int, shared: bool = False, per_instance: bool = False) -> float:
     """The number of ADMM steps of B instances that cost as much as one polish."""
-    step = B * step_flops(n, m) + _STEP_OVERHEAD
-    return polish_cost(B, n, m, shared) / step
+    return polish_cost(B, n, m, shared) / batch_step_cost(B, n, m, per_instance)
 
 
 def polish_schedule(
@@ -410,20 +426,26 @@ class _PolishPlan:
 
     At the iterations of `polish_schedule` the unfinished instances polish unless their
     active-set estimate is the one of their last failed attempt (it would fail again);
-    in a batch that does not share its data, only the instances whose estimate has
-    nearly settled since the previous check (a moving estimate is most likely wrong;
-    those that polish leave the batch).
+    in a batch whose polish costs too much to be corrected, only the instances whose
+    estimate has nearly settled since the previous check (a moving estimate is most
+    likely wrong; those that polish leave the batch).
     At 100, 200, 400, ... iterations and at ``max_iter`` every unfinished instance
     polishes whatever its estimate.
     """
 
     def __init__(
-        self, B: int, n: int, m: int, settings: SolverSettings, shared: bool = False
+        self,
+        B: int,
+        n: int,
+        m: int,
+        settings: SolverSettings,
+        shared: bool = False,
+        per_instance: bool = False,
     ) -> None:
         check, max_iter = settings.check_every, settings.max_iter
         self.enabled = settings.polish
         self.max_iter = max_iter
-        self.shared = shared
+        self.shared, self.per_instance = shared, per_instance
         self.n, self.m, self.check = n, m, check
         self.settled_at = polish_schedule(B, n, m, check, max_iter, shared)
         self.corrections = self._corrections(B)
@@ -436,8 +458,8 @@ class _PolishPlan:
         """How many corrected polishes may follow a failed one (`_try_polish`)."""
         # A batch sharing its data corrects through `SharedPolisher`, which keeps S and
         # the majority inverse: a correction costs only the few failed instances' systems.
-        cheap = polish_gap(B, self.n, self.m, self.shared) <= _CORRECTION_GAP
-        return _CORRECTIONS if cheap or (self.shared and B > 1) else 0
+        gap = polish_gap(B, self.n, self.m, self.shared, self.per_instance)
+        return _CORRECTIONS if gap <= _CORRECTION_GAP or (self.shared and B > 1) else 0
 
     def candidates(
         self,
@@ -458,12 +480,12 @@ class _PolishPlan:
             chosen = pending
         elif k in self.settled_at and previous is not None:
             # A lone instance tries at once (an attempt costs at most `gap` steps); so
-            # does a batch sharing its data, whose polish costs mostly the same whatever
-            # the number of instances, and whose corrections fix most of the estimates
-            # still moving. Other batches polish the instances whose estimate settles.
+            # does a batch whose polish is cheap enough to be corrected (`_corrections`:
+            # its corrections fix most of the estimates still moving). Other batches
+            # polish the instances whose estimate settles.
             changed = (estimate != previous).sum(-1)
             chosen = pending
-            if pending.shape[0] > 1 and not self.shared:
+            if pending.shape[0] > 1 and not self.corrections:
                 # A polish costs a few checks' worth of steps. It mostly succeeds once
                 # an instance's estimate moves in no more than ~1% of the rows between
                 # checks, and mostly fails before.
@@ -647,7 +669,7 @@ def admm_solve(
     polisher = None
     if not per_instance and rho.shape[0] == 1 and dtype == torch.float64:
         polisher = SharedPolisher(C, n_eq)
-    plan = _PolishPlan(B, n, m, settings, shared=polisher is not None)
+    plan = _PolishPlan(B, n, m, settings, polisher is not None, per_instance)
 
     # Per instance of the whole batch: the outcome. The loop itself runs on the
     # unfinished instances `batch` only (it drops the finished ones when they are many:

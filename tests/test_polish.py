@@ -304,3 +304,39 @@ def test_the_gram_matrix_of_the_active_rows_matches_the_weighted_product(shared:
             active[2] = True
         expected = C.mT @ (active.to(F64).unsqueeze(-1) * C)
         torch.testing.assert_close(_active_gram(C, active), expected, rtol=1e-13, atol=1e-13)
+
+
+def test_a_batch_polishes_every_instance_where_its_polish_can_be_corrected(monkeypatch):
+    # Per-instance matrices at n = 100: a polish of the batch costs a few of its
+    # memory-bound steps, so every unfinished instance tries at the first attempt and
+    # failures are corrected. At n = 1000 a polish costs too much for that.
+    from altdiff_modeling import _admm
+    from altdiff_modeling._settings import SolverSettings
+
+    settings = SolverSettings()
+    small = _admm._PolishPlan(64, 100, 150, settings, shared=False, per_instance=True)
+    large = _admm._PolishPlan(64, 1000, 1500, settings, shared=False, per_instance=True)
+    assert small.corrections > 0 and large.corrections == 0
+
+    attempts = []  # (unfinished, chosen) at each check with an attempt
+    original = _admm._PolishPlan.candidates
+
+    def spy(self, k, z, y, bound, n_eq, pending):
+        chosen = original(self, k, z, y, bound, n_eq, pending)
+        if chosen is not None:
+            attempts.append((int(pending.sum()), int(chosen[0].sum())))
+        return chosen
+
+    monkeypatch.setattr(_admm._PolishPlan, "candidates", spy)
+    rng = np.random.default_rng(10)
+    B, n, n_eq, n_ineq = 16, 60, 15, 60
+    A, G = rng.standard_normal((B, n_eq, n)), rng.standard_normal((B, n_ineq, n))
+    x0 = rng.standard_normal((B, n))
+    h = np.einsum("bij,bj->bi", G, x0) + rng.uniform(0.0, 1.0, (B, n_ineq))
+    M = rng.standard_normal((n, n))
+    tensors = [M @ M.T + np.eye(n), rng.standard_normal((B, n)), A]
+    tensors += [np.einsum("bij,bj->bi", A, x0), G, h]
+    _, info = solve_qp(*[torch.from_numpy(t) for t in tensors], return_info=True)
+    assert info.status == ["solved"] * B
+    unfinished, chosen = attempts[0]
+    assert unfinished >= B // 2 and chosen == unfinished
