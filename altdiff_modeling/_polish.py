@@ -44,26 +44,24 @@ def active_set(z: torch.Tensor, y: torch.Tensor, bound: torch.Tensor, n_eq: int)
     return active
 
 
-def _active_gram(C: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
-    """``C_a' C_a`` ``(B, n, n)`` of each instance's active rows ``(B, m)``.
-
-    From the active rows alone (each instance's, padded with zero rows to the most any
-    instance has) where they are few: the product then costs that fraction of
-    ``C' diag(active) C``, the bulk of a polish of per-instance matrices.
-    """
+def _active_rows(
+    C: torch.Tensor, active: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """Each instance's active rows of ``C`` ``(1|B, m, n)``: ``(B, k, n)``, padded with
+    zero rows to the most any instance has, their ``(B, k)`` validity and ``(B, k)``
+    row indices; None where the rows are not few (over three quarters of m)."""
     B, m = active.shape
     counts = active.sum(1)
     k = int(counts.max()) if B else 0
     if 4 * k > 3 * m:
-        return C.transpose(-1, -2) @ (active.to(C.dtype).unsqueeze(-1) * C)
-    first = torch.argsort((~active).to(torch.int8), dim=1, stable=True)[:, :k]  # (B, k)
+        return None
+    index = torch.argsort((~active).to(torch.int8), dim=1, stable=True)[:, :k]  # (B, k)
     if C.shape[0] == 1:
-        rows = C[0][first]  # (B, k, n)
+        rows = C[0][index]
     else:
-        rows = C.gather(1, first.unsqueeze(-1).expand(B, k, C.shape[-1]))
+        rows = C.gather(1, index.unsqueeze(-1).expand(B, k, C.shape[-1]))
     valid = torch.arange(k, device=active.device) < counts.unsqueeze(1)
-    rows = rows * valid.unsqueeze(-1).to(C.dtype)
-    return rows.transpose(-1, -2) @ rows
+    return rows * valid.unsqueeze(-1).to(C.dtype), valid, index
 
 
 def solve_reduced_kkt(
@@ -77,7 +75,9 @@ def solve_reduced_kkt(
 
     Through the Cholesky factor of the regularized Schur complement
     ``P + delta I + C_a'C_a / delta``, with iterative refinement against the
-    unregularized system (module docstring).
+    unregularized system (module docstring). Where the active rows are few, ``C_a'C_a``
+    comes from them alone, and so do the refinement's products with a per-instance C
+    (a shared C keeps its products with the whole C: one matrix-matrix product each).
 
     Args:
         P: ``(1|B, n, n)``.  C: ``(1|B, m, n)``.
@@ -91,12 +91,38 @@ def solve_reduced_kkt(
     B, m = active.shape
     n = target_x.shape[-1]
     dtype = target_x.dtype
-    weight = active.to(dtype) / _DELTA  # (B, m)
     eye = torch.eye(n, dtype=dtype, device=target_x.device)
-    K = P + _DELTA * eye + _active_gram(C, active) / _DELTA
-    L, info = torch.linalg.cholesky_ex(K.expand(B, n, n))
+    gathered = _active_rows(C, active)
+    if gathered is None:
+        gram = C.transpose(-1, -2) @ (active.to(C.dtype).unsqueeze(-1) * C)
+    else:
+        gram = gathered[0].transpose(-1, -2) @ gathered[0]
+    L, info = torch.linalg.cholesky_ex((P + _DELTA * eye + gram / _DELTA).expand(B, n, n))
     ok = info == 0
     L = torch.where(ok[:, None, None], L, eye)
+    index = None
+    if gathered is not None and C.shape[0] > 1:
+        C, active, index = gathered
+        target_y = target_y.gather(1, index)
+    x, y = _refine(P, C, active, L, target_x, torch.where(active, target_y, 0.0))
+    if index is not None:
+        y = torch.zeros(B, m, dtype=dtype, device=y.device).scatter_(1, index, y)
+    return x, y, ok
+
+
+def _refine(
+    P: torch.Tensor,
+    C: torch.Tensor,
+    active: torch.Tensor,
+    L: torch.Tensor,
+    target_x: torch.Tensor,
+    target_y: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Iterative refinement of `solve_reduced_kkt` from zero, with the factor ``L`` of
+    its regularized Schur complement; ``target_y`` is zero off the active rows, and so
+    is the returned y."""
+    B, n = target_x.shape
+    weight = active.to(target_x.dtype) / _DELTA  # (B, m)
 
     def solve_regularized(
         r_x: torch.Tensor, r_y: torch.Tensor
@@ -105,9 +131,8 @@ def solve_reduced_kkt(
         dy = torch.where(active, weight * (matvec(C, dx) - r_y), -r_y)
         return dx, dy
 
-    target_y = torch.where(active, target_y, 0.0)
     x = target_x.new_zeros(B, n)
-    y = target_x.new_zeros(B, m)
+    y = torch.zeros_like(target_y)
     # Refinement usually reaches round-off in three steps; the rest would be wasted.
     size = 1.0 + max(_max_abs(target_x), _max_abs(target_y))
     for _ in range(_REFINE_STEPS):
@@ -120,7 +145,7 @@ def solve_reduced_kkt(
             break
         dx, dy = solve_regularized(r_x, r_y)
         x, y = x + dx, y + dy
-    return x, torch.where(active, y, 0.0), ok
+    return x, torch.where(active, y, 0.0)
 
 
 def polish(

@@ -289,21 +289,36 @@ def test_sparse_polish_leaves_tied_rows_of_an_mpc_in_place(horizon, n_x, monkeyp
 
 
 @pytest.mark.parametrize("shared", [False, True])
-def test_the_gram_matrix_of_the_active_rows_matches_the_weighted_product(shared: bool):
-    # Few active rows: gathered and padded; instance 2 with most rows active takes the
-    # product over all rows for the whole batch.
-    from altdiff_modeling._polish import _active_gram
+def test_the_reduced_kkt_solve_matches_each_instances_kkt_system(shared: bool):
+    # Few active rows (gathered, padded; instance 1 has none) and, in the second batch,
+    # an instance with most rows active (the whole C for every instance).
+    from altdiff_modeling._polish import solve_reduced_kkt
 
     rng = np.random.default_rng(9)
-    B, m, n = 4, 30, 7
+    B, m, n = 4, 30, 24
+    M = rng.standard_normal((B, n, n))
+    P = torch.from_numpy(M @ M.transpose(0, 2, 1) + np.eye(n))
     C = torch.from_numpy(rng.standard_normal((1 if shared else B, m, n)))
+    target_x = torch.from_numpy(rng.standard_normal((B, n)))
+    target_y = torch.from_numpy(rng.standard_normal((B, m)))
     for dense in (False, True):
-        active = torch.from_numpy(rng.random((B, m)) < 0.3)
-        active[1] = False  # no active row at all
-        if dense:
-            active[2] = True
-        expected = C.mT @ (active.to(F64).unsqueeze(-1) * C)
-        torch.testing.assert_close(_active_gram(C, active), expected, rtol=1e-13, atol=1e-13)
+        active = torch.from_numpy(rng.random((B, m)) < 0.25)
+        active[1] = False
+        if dense:  # 23 of 30 rows: more than three quarters
+            active[2, :23] = True
+            active[2, 23:] = False
+        x, y, ok = solve_reduced_kkt(P, C, active, target_x, target_y)
+        assert bool(ok.all())
+        for i in range(B):
+            rows = active[i].numpy()
+            C_a = C[0 if shared else i].numpy()[rows]
+            k = C_a.shape[0]
+            kkt = np.block([[P[i].numpy(), C_a.T], [C_a, np.zeros((k, k))]])
+            rhs = np.concatenate([target_x[i].numpy(), target_y[i].numpy()[rows]])
+            expected = np.linalg.solve(kkt, rhs)
+            np.testing.assert_allclose(x[i].numpy(), expected[:n], rtol=1e-9, atol=1e-9)
+            np.testing.assert_allclose(y[i].numpy()[rows], expected[n:], rtol=1e-9, atol=1e-9)
+            assert float(y[i][~active[i]].abs().max()) == 0.0
 
 
 def test_a_batch_polishes_every_instance_where_its_polish_can_be_corrected(monkeypatch):
