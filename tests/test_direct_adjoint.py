@@ -58,16 +58,20 @@ def test_woodbury_solve_matches_each_instance_system():
     assert float(error.max()) <= 1e-11, error
 
 
-def test_woodbury_solve_gives_none_where_the_majority_matrix_is_singular():
-    # S has rank 5. Each instance has 4 active rows among 0-5, each of those rows is
-    # active in two of the three instances: the majority pattern has 6 active rows and
-    # a singular matrix, while each instance's own system is regular.
-    rng = np.random.default_rng(1)
-    m, B = 10, 3
-    RS = _shared_system(rng, m, rank=5)
-    inactive = torch.ones(B, m, dtype=torch.bool)
+def _singular_majority_case() -> tuple[torch.Tensor, torch.Tensor]:
+    """``R S`` of rank 5 (m = 10) and three instances with 4 active rows each among rows
+    0-5, each row active in two of them: the majority pattern has 6 active rows and a
+    singular matrix, while each instance's own system is regular."""
+    RS = _shared_system(np.random.default_rng(1), 10, rank=5)
+    inactive = torch.ones(3, 10, dtype=torch.bool)
     for i, active in enumerate([(0, 1, 2, 3), (2, 3, 4, 5), (0, 1, 4, 5)]):
         inactive[i, list(active)] = False
+    return RS, inactive
+
+
+def test_woodbury_solve_gives_none_where_the_majority_matrix_is_singular():
+    RS, inactive = _singular_majority_case()
+    B, m = inactive.shape
     systems = RS.expand(B, m, m) - torch.diag_embed(inactive.to(RS.dtype))
     assert float(torch.linalg.cond(systems).max()) < 1e8
     assert MajoritySystems.build(RS, inactive) is None
@@ -111,12 +115,9 @@ def test_a_batch_whose_pattern_gives_no_base_is_solved_on_a_kept_one(monkeypatch
     # regular but far from their pattern (8 rows, more than the 2 + 4 a kept base may
     # add): they are solved around that base instead of falling back.
     built = _counting_base_builds(monkeypatch)
-    rng = np.random.default_rng(1)
-    m, B = 10, 3
-    RS = _shared_system(rng, m, rank=5)
-    inactive = torch.ones(B, m, dtype=torch.bool)
-    for i, active in enumerate([(0, 1, 2, 3), (2, 3, 4, 5), (0, 1, 4, 5)]):
-        inactive[i, list(active)] = False
+    RS, inactive = _singular_majority_case()
+    B, m = inactive.shape
+    rng = np.random.default_rng(11)
     bases = MajorityBases(RS)
     first = torch.ones(2, m, dtype=torch.bool)
     first[:, 6:] = False
