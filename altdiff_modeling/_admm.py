@@ -570,6 +570,9 @@ def _try_polish(
         if not bool(tried.any()):
             break
         estimate = estimate ^ contradicted
+    if not bool((pending & ~accept).any()):
+        # Every polished point was kept: the last measure describes them already.
+        return x_new, z_new, y_new, accept
     x = torch.where(accept[:, None], x_new, x)
     z = torch.where(accept[:, None], z_new, z)
     y = torch.where(accept[:, None], y_new, y)
