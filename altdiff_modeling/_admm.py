@@ -552,14 +552,14 @@ def _try_polish(
         index = torch.nonzero(tried).flatten()
         xp, zp, yp, ok = _polish_instances(data, x, index, estimate[index], shared)
         x_new[index], z_new[index], y_new[index] = xp, zp, yp
-        residuals.measure(x_new, z_new, y_new)
+        Cx = matvec(data.C, x_new)
+        residuals.measure(x_new, z_new, y_new, Cx)
         accept[index] = ok
         accept = accept & residuals.converged()
         if correction == corrections:
             break
         # The rows the polished points contradict: violated inactive inequality rows,
         # active inequality rows with a zero (clamped negative) multiplier.
-        Cx = matvec(data.C, x_new)
         contradicted = torch.where(estimate, y_new <= 0, Cx > data.bound)
         contradicted[:, :n_eq] = False
         wrong = contradicted.sum(-1)
