@@ -45,10 +45,9 @@ class MajorityBase:
     batch whose systems are built around that pattern.
 
     Build with `MajorityBase.build`, which returns None where ``RS - D0`` is singular or
-    too ill-conditioned for the identity to be accurate. A caller that solves many
-    batches with the same ``RS`` (successive calls of a layer, or the corrected polishes
-    of a few instances) keeps the bases it built and passes them to
-    `MajoritySystems.build`: the ``m x m`` inverse is then paid once.
+    too ill-conditioned for the identity to be accurate. `MajorityBases` keeps the bases
+    built for one ``RS``, so that many batches (successive calls of a layer, or the
+    corrected polishes of a few instances) pay the ``m x m`` inverse once.
     """
 
     def __init__(self, majority: torch.Tensor, W: torch.Tensor) -> None:
@@ -78,9 +77,8 @@ class MajoritySystems:
     """The systems ``(RS - D_i) c_i = r_i`` of a batch, factored once around its
     majority pattern (module docstring) and solved for any number of right-hand sides.
 
-    Build with `MajoritySystems.build` (or `MajorityBases.systems`), which returns None
-    where the majority pattern's matrix is singular or too ill-conditioned for the
-    identity to be accurate.
+    Build with `MajorityBases.systems`, which returns None where no majority pattern's
+    matrix is regular and well-conditioned enough for the identity to be accurate.
     ``regular`` ``(B,)`` marks the instances whose own system could be solved; the
     solutions of the others are zero.
     """
@@ -100,16 +98,10 @@ class MajoritySystems:
         self.regular = regular
 
     @classmethod
-    def build(
-        cls, RS: torch.Tensor, inactive: torch.Tensor, base: MajorityBase | None = None
-    ) -> MajoritySystems | None:
+    def build(cls, RS: torch.Tensor, inactive: torch.Tensor, base: MajorityBase) -> MajoritySystems:
         """Factor the systems of ``RS`` ``(m, m)`` with inactive rows ``(B, m)`` around
-        ``base`` (by default, a new one for the batch's majority pattern)."""
+        ``base``."""
         B, m = inactive.shape
-        if base is None:
-            base = MajorityBase.build(RS, differing_rows(inactive)[0])
-            if base is None:
-                return None
         majority, W = base.majority, base.W
         differ = inactive != majority
         counts = differ.sum(1)

@@ -52,7 +52,7 @@ def test_woodbury_solve_matches_each_instance_system():
     _, differ = differing_rows(inactive)
     assert int(differ[0].sum()) == 0 and int(differ.sum(1).max()) >= 5
 
-    systems = MajoritySystems.build(RS, inactive)
+    systems = MajorityBases(RS).systems(inactive)
     assert systems is not None and bool(systems.regular.all())
     error = _relative_errors(systems.solve(rhs), _each_instance_solution(RS, inactive, rhs))
     assert float(error.max()) <= 1e-11, error
@@ -74,7 +74,7 @@ def test_woodbury_solve_gives_none_where_the_majority_matrix_is_singular():
     B, m = inactive.shape
     systems = RS.expand(B, m, m) - torch.diag_embed(inactive.to(RS.dtype))
     assert float(torch.linalg.cond(systems).max()) < 1e8
-    assert MajoritySystems.build(RS, inactive) is None
+    assert MajorityBases(RS).systems(inactive) is None
 
 
 def _counting_base_builds(monkeypatch) -> list[object]:
@@ -186,7 +186,7 @@ def test_a_singular_instance_is_flagged_and_the_others_are_solved():
     RS = _shared_system(rng, m, rank=30)
     inactive, rhs = _layer_like_batch(rng, B, m)
     inactive[1] = False
-    systems = MajoritySystems.build(RS, inactive)
+    systems = MajorityBases(RS).systems(inactive)
     assert systems is not None
     assert systems.regular.tolist() == [i != 1 for i in range(B)]
     c = systems.solve(rhs)
