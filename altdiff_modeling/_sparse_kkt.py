@@ -25,6 +25,7 @@ import scipy.sparse as sp
 import scipy.sparse.linalg as sla
 
 from ._errors import SolverError
+from ._sparse_pinned import PinnedBlockFinder
 
 __all__ = ["KKTFactor", "solve_active_kkt"]
 
@@ -398,23 +399,68 @@ def solve_active_kkt(
     rhs_x: np.ndarray,
     rhs_y: np.ndarray,
     start: np.ndarray | None = None,
+    finder: PinnedBlockFinder | None = None,
 ) -> tuple[np.ndarray, np.ndarray] | None:
     """Solve the equality-constrained KKT system of the active rows of C.
 
-    ``[[P, C_a'], [C_a, 0]] [u; w_a] = [rhs_x; rhs_y_a]``, through a fresh LDL' (its own
-    ordering) of the regularized quasi-definite ``[[P + delta I, C_a'], [C_a, -delta
-    I]]`` and iterative refinement against the unregularized system. (Reusing the ADMM
-    factor's ordering for this matrix was tried: with delta this small it loses
-    several digits more, and refinement then diverges.)
+    ``[[P, C_a'], [C_a, 0]] [u; w_a] = [rhs_x; rhs_y_a]``. Variables that their own
+    short active rows fix (`altdiff_modeling._sparse_pinned`) are solved for first and
+    exactly; the rest through a fresh LDL' (its own ordering) of the regularized
+    quasi-definite ``[[P + delta I, C_a'], [C_a, -delta I]]`` of the remaining
+    variables and rows, with iterative refinement against the unregularized system.
+    (Reusing the ADMM factor's ordering for this matrix was tried: with delta this
+    small it loses several digits more, and refinement then diverges.)
 
     Args:
         P: ``(n, n)``.  C: ``(m, n)``.  active: ``(m,)`` bool.
         rhs_x: ``(n,)``.  rhs_y: ``(m,)`` (read on the active rows).
+        start: ``(n,)`` where the refinement starts, or None (zero).
+        finder: The fixing blocks' finder for this C (a polish keeps one across its
+            rounds), or None for a new one.
 
     Returns:
         ``u (n,)`` and ``w (m,)`` (zero off the active rows), or None when the
         regularized system cannot be factored or solved.
     """
+    m, n = C.shape
+    pinned = (finder or PinnedBlockFinder(C)).find(active)
+    if pinned is None or pinned.fixed_variables.size == n:
+        return _solve_regularized(P, C, active, rhs_x, rhs_y, start)
+    u = pinned.values(rhs_y, n)
+    free = np.ones(n, dtype=bool)
+    free[pinned.fixed_variables] = False
+    kept = active.copy()
+    kept[pinned.fixed_rows] = False
+    free_index = np.flatnonzero(free)
+    kept_rows = np.flatnonzero(kept)
+    C_kept = sp.csr_array(C[kept_rows])
+    P_free = sp.csr_array(sp.csr_array(P)[free_index][:, free_index])
+    solved = _solve_regularized(
+        P_free,
+        sp.csr_array(C_kept[:, free_index]),
+        np.ones(kept_rows.size, dtype=bool),
+        rhs_x[free_index] - (P @ u)[free_index],
+        rhs_y[kept_rows] - C_kept @ u,
+        None if start is None else start[free_index],
+    )
+    if solved is None:
+        return None
+    u[free_index] = solved[0]
+    w = np.zeros(m)
+    w[kept_rows] = solved[1]
+    pinned.multipliers(rhs_x - P @ u - C.T @ w, w)
+    return u, w
+
+
+def _solve_regularized(
+    P: sp.sparray,
+    C: sp.csr_array,
+    active: np.ndarray,
+    rhs_x: np.ndarray,
+    rhs_y: np.ndarray,
+    start: np.ndarray | None,
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """`solve_active_kkt` without the elimination of fixed variables."""
     rows = np.flatnonzero(active)
     C_a = sp.csr_array(C[rows])
     b_a = rhs_y[rows]

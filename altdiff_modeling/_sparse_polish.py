@@ -22,6 +22,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from ._sparse_kkt import _norm, solve_active_kkt
+from ._sparse_pinned import PinnedBlockFinder
 
 __all__ = ["sparse_polish"]
 
@@ -100,8 +101,9 @@ def sparse_polish(
     best, best_changes, stalled = None, None, 0
     previous: tuple | None = None  # the last round's active set, solution and proposal
     damped = False
+    finder = PinnedBlockFinder(C)
     for _ in range(_ACTIVE_SET_ROUNDS):
-        solved = solve_active_kkt(P, C, active, -q, bound, x)
+        solved = solve_active_kkt(P, C, active, -q, bound, x, finder)
         if solved is None:
             break
         if good is not None:
