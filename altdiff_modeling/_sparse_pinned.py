@@ -162,23 +162,31 @@ class PinnedBlockFinder:
 def _inverses(matrices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Inverses of ``(G, d, d)`` blocks and which are well conditioned (1-norm
     condition number at most `_MAX_CONDITION`); closed forms for d = 1 and 2, which
-    are most blocks and where a batched LAPACK call costs more than the arithmetic."""
+    are most blocks and where batched LAPACK calls cost more than the arithmetic."""
     d = matrices.shape[-1]
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         if d == 1:
             inverses = 1.0 / matrices
+            condition = np.where(matrices[:, 0, 0] != 0, 1.0, np.inf)
         elif d == 2:
             a, b = matrices[:, 0, 0], matrices[:, 0, 1]
             c, e = matrices[:, 1, 0], matrices[:, 1, 1]
             det = a * e - b * c
-            inverses = np.stack([np.stack([e, -b], -1), np.stack([-c, a], -1)], -2)
-            inverses = inverses / det[:, None, None]
+            inverses = np.empty_like(matrices)
+            inverses[:, 0, 0], inverses[:, 0, 1] = e / det, -b / det
+            inverses[:, 1, 0], inverses[:, 1, 1] = -c / det, a / det
+            absolute = np.abs(matrices)
+            first, second = absolute[:, 0, :], absolute[:, 1, :]  # rows a b, c e
+            norm = np.maximum(first[:, 0] + second[:, 0], first[:, 1] + second[:, 1])
+            # The inverse's column sums are |e| + |c| and |b| + |a|, over |det|.
+            inverse_norm = np.maximum(second[:, 1] + second[:, 0], first[:, 1] + first[:, 0])
+            condition = norm * inverse_norm / np.abs(det)
         else:
             inverses = np.full_like(matrices, np.nan)
             regular = np.abs(np.linalg.det(matrices)) > 0
             if regular.any():
                 inverses[regular] = np.linalg.inv(matrices[regular])
-        norm = np.abs(matrices).sum(-2).max(-1)
-        inverse_norm = np.abs(inverses).sum(-2).max(-1)
-        well = np.isfinite(inverse_norm) & (norm * inverse_norm <= _MAX_CONDITION)
+            norm = np.abs(matrices).sum(-2).max(-1)
+            condition = norm * np.abs(inverses).sum(-2).max(-1)
+        well = np.isfinite(condition) & (condition <= _MAX_CONDITION)
     return inverses, well
