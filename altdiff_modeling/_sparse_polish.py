@@ -32,6 +32,9 @@ _STALLED_ROUNDS = 3
 # most negative one; it adds every violated row (a row more cannot leave a variable
 # free, and damping the additions too took 15 solves on lasso-10k instead of 13).
 _DAMPING = 0.5
+# Damped rounds that stall go back to the best round with a stronger damping (the
+# fraction halves its distance to 1), at most this many times.
+_DAMPED_RESTARTS = 2
 # An active-set solution this much larger than the iterate (relative to 1 + its max-norm)
 # comes from a singular reduced QP (a variable no active row pins): the step was wrong.
 _BLOWUP = 1e6
@@ -100,7 +103,9 @@ def sparse_polish(
     scale = 1.0 + (_norm(x) if x is not None else 0.0)
     best, best_changes, stalled = None, None, 0
     previous: tuple | None = None  # the last round's active set, solution and proposal
-    damped = False
+    best_state: tuple | None = None  # the same for the best round
+    fraction: float | None = None  # damping: None for full steps
+    restarts = 0
     finder = PinnedBlockFinder(C)
     for _ in range(_ACTIVE_SET_ROUNDS):
         solved = solve_active_kkt(P, C, active, -q, bound, x, finder)
@@ -119,22 +124,32 @@ def sparse_polish(
         drop, add = active & (score < -tie), ~active & (score > tie)
         changes = int(drop.sum() + add.sum())
         blown = _norm(solved[0]) > _BLOWUP * scale
-        if blown and not damped and previous is not None:
+        if blown and fraction is None and previous is not None:
             # The step made the reduced QP singular: full steps drop too many rows where
             # rows are coupled (a lasso's two rows on one feature: releasing one feature
             # flips the multipliers of many others). Go back one round and continue
             # with damped steps, which drop only the most wrong rows.
-            damped, blown = True, False
+            fraction, blown = _DAMPING, False
             active, solved, score, drop, add, changes = previous
         elif not blown and (best_changes is None or changes < best_changes):
             best, best_changes, stalled = solved, changes, 0
+            best_state = (active, solved, score, drop, add, changes)
         else:
             stalled += 1
-        if changes == 0 or stalled >= _STALLED_ROUNDS:
+        if changes == 0:
             break
+        if stalled >= _STALLED_ROUNDS:
+            if fraction is None or best_state is None or restarts == _DAMPED_RESTARTS:
+                break
+            # Damped steps that stall still dropped too much at once (the reduced QP
+            # nearly singular: its solution large but finite). Go back to the best
+            # round and drop fewer rows.
+            restarts, stalled = restarts + 1, 0
+            fraction = 0.5 * (1.0 + fraction)
+            active, solved, score, drop, add, changes = best_state
         previous = (active, solved, score, drop, add, changes)
-        if damped:
-            drop = drop & (score < _DAMPING * score[drop].min(initial=0.0))
+        if fraction is not None:
+            drop = drop & (score < fraction * score[drop].min(initial=0.0))
         active = (active & ~drop) | add
     if best is None:
         return None
