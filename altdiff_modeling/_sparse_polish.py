@@ -1,17 +1,18 @@
 """Solution polishing on sparse data (see `altdiff_modeling._polish`).
 
 Guess the active set from an ADMM iterate and solve the equality-constrained QP it
-defines (`altdiff_modeling._sparse_kkt.solve_active_kkt`: one sparse LDL' of the
-regularized quasi-definite KKT matrix per instance, with iterative refinement). Unlike
-the dense path, a wrong guess is corrected by rounds of the primal-dual active-set
-method (drop rows with negative multipliers, add violated rows, solve again): on
-problems with long chains of constraints, such as isotonic projections, ADMM
-identifies the last active rows slowly. Where a full round makes the reduced QP
-singular (its solution blows up), the rounds go back one and continue damped, dropping
-only the most wrong rows: a lasso's early iterates hold some small weights at zero, and
-a full round then releases many features at once. Rows whose multiplier or violation
-is at round-off level (ties) stay as they are. The caller keeps the polished point
-only if it meets the tolerances.
+defines (`altdiff_modeling._sparse_kkt.solve_active_kkt`: the variables their own short
+active rows fix solved exactly, then one sparse LDL' of the regularized quasi-definite
+KKT matrix of the others, with iterative refinement). Unlike the dense path, a wrong
+guess is corrected by rounds of the primal-dual active-set method (drop rows with
+negative multipliers, add violated rows, solve again): on problems with long chains of
+constraints, such as isotonic projections, ADMM identifies the last active rows slowly.
+Where a full round makes the reduced QP singular (its solution blows up), the rounds go
+back one and continue damped, dropping only the most wrong rows: a lasso's early
+iterates hold some small weights at zero, and a full round then releases many features
+at once; damped rounds that stall go back to their best round and drop fewer rows. Rows
+whose multiplier or violation is at round-off level (ties) stay as they are. The caller
+keeps the polished point only if it meets the tolerances.
 """
 
 from __future__ import annotations
