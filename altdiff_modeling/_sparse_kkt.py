@@ -42,11 +42,6 @@ _MAX_LONG_ROWS = 500
 # dense: the long rows themselves (kept as a dense array), and `_sparse_complement`'s W
 # (which then gives way to one solve per long row).
 _DENSE_LONG_FILL = 0.25
-# Size (n + m) up to which qdldl factors the whole matrix whatever its long rows: AMD
-# then orders it in well under a millisecond, and a factorization took 3.0-3.8 ms
-# against 6.6-9.6 ms for the Schur variant or SuperLU at size 475 (100 rows of 25 to 60
-# entries over 250 variables); at 800-1300 either may win.
-_SMALL_KKT = 500
 # Most sparse products for the Schur complement of sparse long rows (`_sparse_complement`)
 # before it falls back to one solve per long row.
 _MAX_SCHUR_DEPTH = 8
@@ -385,12 +380,11 @@ def _choose_engine(row_counts: np.ndarray, size: int) -> tuple[str, np.ndarray]:
     rows) or fill every column they touch (a budget row over all variables), while
     their dense complement costs one short solve per long row. Beyond that, rows just
     below AMD's threshold go to SuperLU's minimum-degree ordering and the rest to
-    qdldl. Small matrices (``size <= _SMALL_KKT``, a polish's system once the fixed
-    variables are eliminated) go to qdldl whatever their rows.
+    qdldl.
     """
     long_rows = row_counts > np.sqrt(size)
     k = int(long_rows.sum())
-    if k == 0 or size <= _SMALL_KKT:
+    if k == 0:
         return "qdldl", long_rows
     if k <= min(_MAX_LONG_ROWS, max(row_counts.size // 10, 1)):
         return "schur", long_rows
