@@ -40,7 +40,7 @@ _FIRST_POLISH = 100
 # From half the first polish's iteration on, an instance whose active-set estimate
 # changed in at most this fraction of the rows since the previous check polishes at
 # once (once): an estimate that has stopped moving is no longer improved by iterating
-# (a lasso's stays 50 to 90 rows away from the solution's from iteration 20 on, while
+# (a lasso's stays 40 to 90 rows away from the solution's from iteration 20 on, while
 # a chain's or an MPC problem's keeps improving).
 _SETTLED_ROWS = 0.005
 
