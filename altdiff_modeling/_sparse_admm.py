@@ -26,7 +26,7 @@ from ._admm import (
 )
 from ._settings import SolverSettings
 from ._sparse_kkt import KKTFactor
-from ._sparse_polish import sparse_polish
+from ._sparse_polish import active_estimate, sparse_polish
 from ._sparse_scaling import SparseQP, SparseScaling
 
 __all__ = ["SparseSolveResult", "penalty_rows", "sparse_admm_solve"]
@@ -275,7 +275,7 @@ def sparse_admm_solve(
         residuals.measure(x, z, y)
         record(residuals.converged() & ~done, SOLVED, k)
         if settings.polish and not done.all():
-            previous, estimate = estimate, (bound[:, n_eq:] - z[:, n_eq:]) < y[:, n_eq:]
+            previous, estimate = estimate, active_estimate(bound, z, y, n_eq)
             if last or k in polish_at:
                 chosen = ~done
             elif previous is not None and first <= 2 * k < 2 * first:

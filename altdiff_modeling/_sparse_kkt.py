@@ -424,11 +424,12 @@ def solve_active_kkt(
     """
     m, n = C.shape
     pinned = (finder or PinnedBlockFinder(C)).find(active)
-    if pinned is None or pinned.fixed_variables.size == n:
+    fixed = None if pinned is None else pinned.fixed_variables
+    if pinned is None or fixed.size == n:
         return _solve_regularized(P, C, active, rhs_x, rhs_y, start)
     u = pinned.values(rhs_y, n)
     free = np.ones(n, dtype=bool)
-    free[pinned.fixed_variables] = False
+    free[fixed] = False
     kept = active.copy()
     kept[pinned.fixed_rows] = False
     free_index = np.flatnonzero(free)

@@ -40,15 +40,21 @@ class PinnedBlocks:
         variables: Per block size d, ``(G, d)`` the variables of G blocks.
         rows: Per block size d, ``(G, d)`` their rows (indices into C).
         inverses: Per block size d, ``(G, d, d)`` the inverses of ``C[rows][:, variables]``.
-        fixed_variables: ``(p,)`` all fixed variables.  fixed_rows: ``(p,)`` all their
-            rows.
     """
 
     variables: list[np.ndarray]
     rows: list[np.ndarray]
     inverses: list[np.ndarray]
-    fixed_variables: np.ndarray
-    fixed_rows: np.ndarray
+
+    @property
+    def fixed_variables(self) -> np.ndarray:
+        """``(p,)`` all fixed variables."""
+        return np.concatenate([v.ravel() for v in self.variables])
+
+    @property
+    def fixed_rows(self) -> np.ndarray:
+        """``(p,)`` all their rows."""
+        return np.concatenate([r.ravel() for r in self.rows])
 
     def values(self, rhs_y: np.ndarray, n: int) -> np.ndarray:
         """``(n,)`` with the fixed variables' values (``C_cc x_c = rhs_y_c``), 0 elsewhere."""
@@ -150,13 +156,7 @@ class PinnedBlockFinder:
             blocks[2].append(inverses[well])
         if not blocks[0]:
             return None
-        return PinnedBlocks(
-            variables=blocks[0],
-            rows=blocks[1],
-            inverses=blocks[2],
-            fixed_variables=np.concatenate([v.ravel() for v in blocks[0]]),
-            fixed_rows=np.concatenate([r.ravel() for r in blocks[1]]),
-        )
+        return PinnedBlocks(variables=blocks[0], rows=blocks[1], inverses=blocks[2])
 
 
 def _inverses(matrices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

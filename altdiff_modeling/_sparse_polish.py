@@ -18,6 +18,7 @@ keeps the polished point only if it meets the tolerances.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 import scipy.sparse as sp
@@ -25,7 +26,7 @@ import scipy.sparse as sp
 from ._sparse_kkt import _norm, solve_active_kkt
 from ._sparse_pinned import PinnedBlockFinder
 
-__all__ = ["sparse_polish"]
+__all__ = ["active_estimate", "sparse_polish"]
 
 _ACTIVE_SET_ROUNDS = 30
 _STALLED_ROUNDS = 3
@@ -43,6 +44,28 @@ _BLOWUP = 1e6
 # variable t of |u| <= u_max has optimal values between |u| and u_max, so rows u <= t
 # hold with zero slack and zero multiplier. Dropping them frees t and the rounds wander.
 _TIE = 1e-10
+
+
+def active_estimate(bound: np.ndarray, z: np.ndarray, y: np.ndarray, n_eq: int) -> np.ndarray:
+    """``(..., m)``: the rows an ADMM iterate takes as active, those whose multiplier
+    exceeds their slack (the equality rows always)."""
+    active = (bound - z) < y
+    active[..., :n_eq] = True
+    return active
+
+
+class _Round(NamedTuple):
+    """One active-set round: its active rows, solution and proposed changes."""
+
+    active: np.ndarray
+    solved: tuple[np.ndarray, np.ndarray]
+    score: np.ndarray
+    drop: np.ndarray
+    add: np.ndarray
+
+    @property
+    def changes(self) -> int:
+        return int(self.drop.sum() + self.add.sum())
 
 
 def _scores(
@@ -99,14 +122,12 @@ def sparse_polish(
         ``x (n,)``, ``z (m,)``, ``y (m,)`` of the polished point, or None when the
         reduced system could not be factored.
     """
-    active = (bound - z) < y
-    active[:n_eq] = True
+    active = active_estimate(bound, z, y, n_eq)
     scale = 1.0 + (_norm(x) if x is not None else 0.0)
-    best, best_changes, stalled = None, None, 0
-    previous: tuple | None = None  # the last round's active set, solution and proposal
-    best_state: tuple | None = None  # the same for the best round
+    previous: _Round | None = None  # the round before
+    best: _Round | None = None  # the round proposing the fewest changes
     fraction: float | None = None  # damping: None for full steps
-    restarts = 0
+    stalled = restarts = 0
     finder = PinnedBlockFinder(C)
     for _ in range(_ACTIVE_SET_ROUNDS):
         solved = solve_active_kkt(P, C, active, -q, bound, x, finder)
@@ -122,36 +143,33 @@ def sparse_polish(
         # the number of rows it would change has not improved for a few rounds.
         score = _scores(C, bound, n_eq, solved)
         tie = _TIE * (1.0 + _norm(solved[1]))
-        drop, add = active & (score < -tie), ~active & (score > tie)
-        changes = int(drop.sum() + add.sum())
+        current = _Round(active, solved, score, active & (score < -tie), ~active & (score > tie))
         blown = _norm(solved[0]) > _BLOWUP * scale
         if blown and fraction is None and previous is not None:
             # The step made the reduced QP singular: full steps drop too many rows where
             # rows are coupled (a lasso's two rows on one feature: releasing one feature
             # flips the multipliers of many others). Go back one round and continue
             # with damped steps, which drop only the most wrong rows.
-            fraction, blown = _DAMPING, False
-            active, solved, score, drop, add, changes = previous
-        elif not blown and (best_changes is None or changes < best_changes):
-            best, best_changes, stalled = solved, changes, 0
-            best_state = (active, solved, score, drop, add, changes)
+            fraction, current = _DAMPING, previous
+        elif not blown and (best is None or current.changes < best.changes):
+            best, stalled = current, 0
         else:
             stalled += 1
-        if changes == 0:
+        if current.changes == 0:
             break
         if stalled >= _STALLED_ROUNDS:
-            if fraction is None or best_state is None or restarts == _DAMPED_RESTARTS:
+            if fraction is None or best is None or restarts == _DAMPED_RESTARTS:
                 break
             # Damped steps that stall still dropped too much at once (the reduced QP
             # nearly singular: its solution large but finite). Go back to the best
             # round and drop fewer rows.
             restarts, stalled = restarts + 1, 0
-            fraction = 0.5 * (1.0 + fraction)
-            active, solved, score, drop, add, changes = best_state
-        previous = (active, solved, score, drop, add, changes)
+            fraction, current = 0.5 * (1.0 + fraction), best
+        previous = current
+        drop = current.drop
         if fraction is not None:
-            drop = drop & (score < fraction * score[drop].min(initial=0.0))
-        active = (active & ~drop) | add
+            drop = drop & (current.score < fraction * current.score[drop].min(initial=0.0))
+        active = (current.active & ~drop) | current.add
     if best is None:
         return None
-    return _point(C, bound, n_eq, best)
+    return _point(C, bound, n_eq, best.solved)
