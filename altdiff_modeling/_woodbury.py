@@ -12,7 +12,8 @@ inverse ``W = (R S - D0)^{-1}`` and one ``k x k`` system per instance::
     (d - W_EE) xi = (W r)_E,      c = W r + W E xi
 
 (k is typically the number of active inequalities, a fraction of m), followed by one
-step of iterative refinement against the instance's own matrix.
+step of iterative refinement against the instance's own matrix where the condition
+numbers of the base and of the capacitance systems could make the solution inaccurate.
 """
 
 from __future__ import annotations
@@ -23,6 +24,11 @@ __all__ = ["MajorityBase", "MajorityBases", "MajoritySystems", "differing_rows"]
 
 _MAX_CONDITION = 1e10  # of the majority pattern's matrix
 _KEPT_BASES = 4  # per RS (`MajorityBases`)
+# Below this product of the base's and the worst capacitance system's condition
+# numbers, the identity's solution is accurate to about 1e-10 and a refinement step
+# changes it in the last digits only (w2-B64-n100: products near 1e5, refinement
+# changes of 2e-15): the step is skipped.
+_REFINE_ABOVE = 1e6
 
 
 def differing_rows(inactive: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -50,8 +56,8 @@ class MajorityBase:
     corrected polishes of a few instances) pay the ``m x m`` inverse once.
     """
 
-    def __init__(self, majority: torch.Tensor, W: torch.Tensor) -> None:
-        self.majority, self.W = majority, W
+    def __init__(self, majority: torch.Tensor, W: torch.Tensor, condition: float) -> None:
+        self.majority, self.W, self.condition = majority, W, condition
 
     @classmethod
     def build(cls, RS: torch.Tensor, majority: torch.Tensor) -> MajorityBase | None:
@@ -63,10 +69,10 @@ class MajorityBase:
         # Woodbury inherits the rounding of W, which grows with D0's condition number
         # even where the instances' own matrices are well conditioned: beyond the
         # bound, the caller factors each instance's system instead.
-        condition = _norm_1(base) * _norm_1(W)
-        if float(condition) > _MAX_CONDITION:
+        condition = float(_norm_1(base) * _norm_1(W))
+        if condition > _MAX_CONDITION:
             return None
-        return cls(majority, W)
+        return cls(majority, W, condition)
 
     def differing(self, inactive: torch.Tensor) -> int:
         """The most rows ``(B, m)`` any instance differs in from this base's pattern."""
@@ -80,7 +86,8 @@ class MajoritySystems:
     Build with `MajorityBases.systems`, which returns None where no majority pattern's
     matrix is regular and well-conditioned enough for the identity to be accurate.
     ``regular`` ``(B,)`` marks the instances whose own system could be solved; the
-    solutions of the others are zero.
+    solutions of the others are zero. ``refine`` says whether `solve` takes a step of
+    iterative refinement (the conditioning could cost accuracy).
     """
 
     def __init__(
@@ -92,10 +99,11 @@ class MajoritySystems:
         valid: torch.Tensor,
         inverse: torch.Tensor | None,
         regular: torch.Tensor,
+        refine: bool,
     ) -> None:
         self.RS, self.inactive, self.Wt = RS, inactive, W.T
         self.rows, self.valid, self.inverse = rows, valid, inverse
-        self.regular = regular
+        self.regular, self.refine = regular, refine
 
     @classmethod
     def build(cls, RS: torch.Tensor, inactive: torch.Tensor, base: MajorityBase) -> MajoritySystems:
@@ -114,6 +122,7 @@ class MajoritySystems:
         valid = torch.arange(k, device=RS.device) < counts.unsqueeze(1)  # (B, k)
         inverse = None
         regular = torch.ones(B, dtype=torch.bool, device=RS.device)
+        condition = base.condition
         if k:
             pair = valid.unsqueeze(2) & valid.unsqueeze(1)
             d = inactive.gather(1, rows).to(RS.dtype) - majority.to(RS.dtype)[rows]  # +-1
@@ -124,10 +133,15 @@ class MajoritySystems:
             inverse, info = torch.linalg.inv_ex(capacitance)
             # A (numerically) singular capacitance matrix is a singular system of that
             # instance (a degenerate point, or a guess with dependent active rows).
-            condition = _norm_1(capacitance) * _norm_1(inverse)
-            regular = (info == 0) & torch.isfinite(condition) & (condition <= _MAX_CONDITION)
+            capacitance_condition = _norm_1(capacitance) * _norm_1(inverse)
+            regular = (
+                (info == 0)
+                & torch.isfinite(capacitance_condition)
+                & (capacitance_condition <= _MAX_CONDITION)
+            )
             inverse = torch.where(regular[:, None, None], inverse, 0.0)
-        return cls(RS, inactive, W, rows, valid, inverse, regular)
+            condition *= float(torch.where(regular, capacitance_condition, 0.0).amax())
+        return cls(RS, inactive, W, rows, valid, inverse, regular, condition > _REFINE_ABOVE)
 
     def _apply(self, r: torch.Tensor) -> torch.Tensor:
         p = r @ self.Wt
@@ -141,6 +155,8 @@ class MajoritySystems:
         """``c`` ``(B, m)`` with ``(RS - D_i) c_i = rhs_i`` ``(B, m)`` (zero where the
         instance's system is singular, see ``regular``)."""
         c = self._apply(rhs)
+        if not self.refine:
+            return torch.where(self.regular[:, None], c, 0.0)
         # One refinement step against each instance's own matrix: W is the inverse of
         # another matrix, and the rounding it carries grows with that one's condition.
         residual = rhs - (c @ self.RS.T - torch.where(self.inactive, c, 0.0))

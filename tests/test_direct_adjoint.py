@@ -69,6 +69,34 @@ def _singular_majority_case() -> tuple[torch.Tensor, torch.Tensor]:
     return RS, inactive
 
 
+def test_woodbury_solve_of_a_well_conditioned_batch_skips_the_refinement():
+    rng = np.random.default_rng(0)
+    m, B = 40, 16
+    C = rng.standard_normal((m, 60)) / np.sqrt(60)
+    RS = torch.from_numpy(0.5 * C @ C.T)  # condition numbers in the hundreds
+    inactive, rhs = _layer_like_batch(rng, B, m)
+    systems = MajorityBases(RS).systems(inactive)
+    assert systems is not None and bool(systems.regular.all()) and not systems.refine
+    error = _relative_errors(systems.solve(rhs), _each_instance_solution(RS, inactive, rhs))
+    assert float(error.max()) <= 1e-12, error
+
+
+def test_woodbury_solve_around_a_nearly_singular_majority_matrix_is_refined():
+    # The majority pattern's matrix has a condition number near 2e9: its inverse carries
+    # rounding of ~1e-7 into the identity, while each instance's own matrix is well
+    # conditioned (below 1e6): the refinement step against it recovers the digits.
+    RS, inactive = _singular_majority_case()
+    B, m = inactive.shape
+    RS = RS + 1e-6 * torch.eye(m, dtype=RS.dtype)
+    own = RS.expand(B, m, m) - torch.diag_embed(inactive.to(RS.dtype))
+    assert float(torch.linalg.cond(own).max()) < 1e6
+    rhs = torch.from_numpy(np.random.default_rng(2).standard_normal((B, m)))
+    systems = MajorityBases(RS).systems(inactive)
+    assert systems is not None and systems.refine
+    error = _relative_errors(systems.solve(rhs), _each_instance_solution(RS, inactive, rhs))
+    assert float(error.max()) <= 1e-10, error
+
+
 def test_woodbury_solve_gives_none_where_the_majority_matrix_is_singular():
     RS, inactive = _singular_majority_case()
     B, m = inactive.shape
