@@ -33,6 +33,7 @@ from ._polish import SHARED_REFINE_STEPS, SharedPolisher, active_set, polish
 from ._qp import QPData, matvec, rmatvec, select_rows
 from ._scaling import Scaling
 from ._settings import SolverSettings
+from ._woodbury import MajoritySystems
 
 if TYPE_CHECKING:
     from ._altdiff import ForwardTangents
@@ -109,6 +110,10 @@ class SolveResult:
         primal_residual: ``(B,)`` ``||Cx - z||_inf`` in the user's units.
         dual_residual: ``(B,)`` ``||Px + q + C'y||_inf`` in the user's units.
         solve_time: Wall-clock seconds of the solve.
+        polish_systems: The systems ``(R S - D_i)`` of ``factor`` that the last polish
+            of the whole batch solved, on each instance's last polished estimate
+            (`_polish.SharedPolisher`), or None. The direct backward solves the same
+            systems where the final active sets are those estimates.
     """
 
     x: torch.Tensor
@@ -122,6 +127,7 @@ class SolveResult:
     primal_residual: torch.Tensor
     dual_residual: torch.Tensor
     solve_time: float
+    polish_systems: MajoritySystems | None = None
 
 
 @dataclass(frozen=True)
@@ -527,7 +533,7 @@ def _try_polish(
     active: torch.Tensor,
     shared: tuple[SharedPolisher, CholeskyFactor, torch.Tensor, float] | None = None,
     corrections: int = _CORRECTIONS,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, MajoritySystems | None]:
     """Polish the pending instances on their active-set estimate ``active`` ``(B, m)``;
     keep each polished point only if it converged.
 
@@ -542,16 +548,24 @@ def _try_polish(
     and the batches whose majority system it cannot solve.
 
     On return ``residuals`` describes the returned iterates. Also returns the ``(B,)``
-    mask of the polished points kept.
+    mask of the polished points kept, and where the shared polisher polished every
+    instance, the systems it solved on each instance's last estimate (None otherwise).
     """
     n_eq = data.n_eq
     accept = torch.zeros_like(pending)
     x_new, z_new, y_new = x.clone(), z.clone(), y.clone()
     tried, estimate = pending, active
+    systems = None
     for correction in range(corrections + 1):
         index = torch.nonzero(tried).flatten()
-        xp, zp, yp, ok = _polish_instances(data, x, index, estimate[index], shared)
+        xp, zp, yp, ok, solved = _polish_instances(data, x, index, estimate[index], shared)
         x_new[index], z_new[index], y_new[index] = xp, zp, yp
+        if correction == 0:
+            systems = solved if index.shape[0] == pending.shape[0] else None
+        elif systems is not None and solved is not None:
+            systems = systems.merged(index, solved)
+        else:
+            systems = None
         Cx = matvec(data.C, x_new)
         residuals.measure(x_new, z_new, y_new, Cx)
         accept[index] = ok
@@ -572,12 +586,12 @@ def _try_polish(
         estimate = estimate ^ contradicted
     if not bool((pending & ~accept).any()):
         # Every polished point was kept: the last measure describes them already.
-        return x_new, z_new, y_new, accept
+        return x_new, z_new, y_new, accept, systems
     x = torch.where(accept[:, None], x_new, x)
     z = torch.where(accept[:, None], z_new, z)
     y = torch.where(accept[:, None], y_new, y)
     residuals.measure(x, z, y)
-    return x, z, y, accept
+    return x, z, y, accept, systems
 
 
 def _polish_instances(
@@ -586,10 +600,11 @@ def _polish_instances(
     index: torch.Tensor,
     active: torch.Tensor,
     shared: tuple[SharedPolisher, CholeskyFactor, torch.Tensor, float] | None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, MajoritySystems | None]:
     """Polish the instances ``index`` ``(K,)`` on their estimates ``active`` ``(K, m)``
-    by the cheaper method available; returns their ``x``, ``z``, ``y`` in x's dtype and
-    the ``(K,)`` mask of those whose reduced system could be solved."""
+    by the cheaper method available; returns their ``x``, ``z``, ``y`` in x's dtype,
+    the ``(K,)`` mask of those whose reduced system could be solved, and the shared
+    polisher's systems (None where the general `polish` served them)."""
 
     # In float64 whatever the data's dtype: the reduced system is regularized by 1e-6,
     # which float32 cannot resolve (its refinement would stall far from the solution).
@@ -598,7 +613,7 @@ def _polish_instances(
     def pick(block: torch.Tensor) -> torch.Tensor:
         return (block if block.shape[0] == 1 else block[index]).to(work)
 
-    polished = None
+    polished, systems = None, None
     K, n, m = index.shape[0], data.n, active.shape[1]
     if shared is not None and (
         SharedPolisher.prepared(shared[1])
@@ -608,12 +623,14 @@ def _polish_instances(
         polished = shared[0].polish(
             factor, rows, sigma, pick(data.q), pick(data.bound), active, x[index]
         )
+        if polished is not None:
+            *polished, systems = polished
     if polished is None:
         polished = polish(
             pick(data.P), pick(data.q), pick(data.C), pick(data.bound), data.n_eq, active
         )
     xp, zp, yp, ok = polished
-    return xp.to(x.dtype), zp.to(x.dtype), yp.to(x.dtype), ok
+    return xp.to(x.dtype), zp.to(x.dtype), yp.to(x.dtype), ok, systems
 
 
 def admm_solve(
@@ -705,6 +722,7 @@ def admm_solve(
         if tangents is not None:
             tangents.record(mask)
 
+    polish_systems = None
     residuals.start(it.x, it.z, y, it.Cx)
     for k in range(1, settings.max_iter + 1):
         last = k == settings.max_iter
@@ -722,9 +740,11 @@ def admm_solve(
         if chosen is not None:
             tried, estimate = chosen
             with_factor = None if polisher is None else (polisher, it.factor, it.rows, sigma)
-            x, z, y, kept = _try_polish(
+            x, z, y, kept, polish_systems = _try_polish(
                 data, residuals, x, z, y, tried, estimate, with_factor, plan.corrections
             )
+            if batch.shape[0] != B:  # they describe the unfinished instances only
+                polish_systems = None
             plan.record_failures(tried & ~kept, estimate)
             converged = residuals.converged() & ~done
             if bool(kept.any()):
@@ -765,6 +785,7 @@ def admm_solve(
                 rho = torch.where(moved, proposal, rho)
                 rho_rows = penalty_rows(rho, n_eq, m)
                 it.set_penalty(rho_rows, factor_for(rho), y)
+                polish_systems = None  # of the previous factor
         if tangents is None and unfinished <= _COMPACT_FRACTION * done.shape[0]:
             keep = torch.nonzero(~done).flatten()
             batch, done, data = batch[keep], done[keep], data.select(keep)
@@ -790,4 +811,5 @@ def admm_solve(
         primal_residual=out_primal,
         dual_residual=out_dual,
         solve_time=time.perf_counter() - start,
+        polish_systems=polish_systems,
     )

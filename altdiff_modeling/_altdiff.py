@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 
 from ._admm import SolveResult
-from ._direct_adjoint import direct_adjoint, direct_is_cheaper
+from ._direct_adjoint import adjoint_through_polish, direct_adjoint, direct_is_cheaper
 from ._factor import CholeskyFactor
 from ._krylov import batched_gmres
 from ._qp import QPData, matvec, rmatvec
@@ -152,14 +152,21 @@ def reverse_gradients(
 
     n = grad_x.shape[-1]
 
-    def adjoint_step(a: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``M' (a, c)``: one transposed Alt-Diff step, without the source term."""
+    def products(a: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``t = H^{-1} (a + C'c)`` and ``R C t``: a step's, and the gradients', parts."""
         t = factor.solve(a + rmatvec(C, c))
-        rCt = r * matvec(C, t)
+        return t, r * matvec(C, t)
+
+    def adjoint_step(
+        a: torch.Tensor, c: torch.Tensor, parts: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``M' (a, c)``: one transposed Alt-Diff step, without the source term (from
+        its `products` where known)."""
+        t, rCt = products(a, c) if parts is None else parts
         return sigma * t, torch.where(inactive, rCt, c - rCt)
 
-    def step(state: State) -> State:
-        a_step, c_step = adjoint_step(*state)
+    def step(state: State, parts: tuple[torch.Tensor, torch.Tensor] | None = None) -> State:
+        a_step, c_step = adjoint_step(*state, parts)
         return a_step + grad_x, c_step + g_v
 
     def measure(state: State) -> torch.Tensor:
@@ -167,25 +174,38 @@ def reverse_gradients(
 
     source = torch.cat([grad_x, g_v], dim=1)
     state, iterations, solved, start = (grad_x, g_v), 0, False, source
+    parts = None  # `products` of the final state, where the check formed them
+    tol = max(settings.backward_eps, 64 * torch.finfo(source.dtype).eps)
     method = settings.backward_method
+    # The systems the forward's last polish solved are the direct method's, with H for
+    # K, where the final active sets are the polished ones: no factorization at all.
+    polished = result.polish_systems
+    if polished is not None and not torch.equal(polished.inactive, inactive):
+        polished = None
     if method == "auto":
         shared = data.P.shape[0] == 1 and C.shape[0] == 1 and r.shape[0] == 1
-        cheaper = direct_is_cheaper(n, inactive, shared)
+        cheaper = polished is not None or direct_is_cheaper(n, inactive, shared)
         method = "direct" if cheaper else "gmres"
     if method == "direct":
-        guess = direct_adjoint(data.P, C, r, inactive, grad_x, g_v, sigma, factor.memo)
+        if polished is not None:
+            guess = adjoint_through_polish(factor, C, r, polished, grad_x, g_v, sigma, tol)
+        else:
+            guess = direct_adjoint(data.P, C, r, inactive, grad_x, g_v, sigma, factor.memo)
         if guess is not None:
             # Accept the factorization's answer only as a fixed point of the recursion
             # itself, to backward_eps. Where it is not, that instance's system is
             # (nearly) singular and its answer may carry a huge part in the null space,
             # which GMRES would keep: GMRES starts those rows afresh.
             iterations = 1
-            residual = (measure(guess) - measure(step(guess))).norm(dim=-1)
-            tol = max(settings.backward_eps, 64 * torch.finfo(source.dtype).eps)
+            parts = products(*guess)
+            residual = (measure(guess) - measure(step(guess, parts))).norm(dim=-1)
             accepted = residual <= tol * (1 + source.norm(dim=-1))
             solved = bool(accepted.all())
-            start = torch.where(accepted.unsqueeze(-1), measure(guess), source)
-            state = (start[:, :n], start[:, n:])
+            if solved:
+                state = guess
+            else:
+                start = torch.where(accepted.unsqueeze(-1), measure(guess), source)
+                state, parts = (start[:, :n], start[:, n:]), None
         method = "gmres"
     if method == "gmres" and not solved:
 
@@ -209,8 +229,7 @@ def reverse_gradients(
         state, steps = _iterate(step, state, measure, settings, max(budget, 0))
         iterations += steps
     a, c = state
-    t = factor.solve(a + rmatvec(C, c))
-    rCt = r * matvec(C, t)
+    t, rCt = products(a, c) if parts is None else parts
     grad_P = grad_C = None
     if need_P:
         grad_P = -0.5 * (t.unsqueeze(-1) * x.unsqueeze(-2) + x.unsqueeze(-1) * t.unsqueeze(-2))

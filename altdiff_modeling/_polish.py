@@ -19,7 +19,7 @@ import torch
 
 from ._factor import CholeskyFactor, cholesky_solve
 from ._qp import matvec, rmatvec
-from ._woodbury import MajorityBases
+from ._woodbury import MajorityBases, MajoritySystems
 
 __all__ = ["SharedPolisher", "active_set", "polish", "solve_reduced_kkt"]
 
@@ -225,7 +225,7 @@ class SharedPolisher:
         bound: torch.Tensor,
         active: torch.Tensor,
         x0: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, MajoritySystems] | None:
         """Polish the instances ``x0`` ``(B, n)`` on their estimates ``active`` ``(B, m)``.
 
         Args:
@@ -234,8 +234,9 @@ class SharedPolisher:
 
         Returns:
             ``x``, ``z``, ``y`` and the ``(B,)`` mask of the instances whose reduced
-            system could be solved, as `polish` does; or None where the batch's majority
-            system is too ill-conditioned to solve this way.
+            system could be solved, as `polish` does, and the systems ``(RS - D_i)`` it
+            solved (the direct backward at these points solves the same ones); or None
+            where the batch's majority system is too ill-conditioned to solve this way.
         """
         B, m = active.shape
         n_eq = self.n_eq
@@ -256,4 +257,4 @@ class SharedPolisher:
         Cx = x @ C.T
         z = torch.cat([bound[:, :n_eq], torch.minimum(Cx[:, n_eq:], bound[:, n_eq:])], dim=1)
         y = torch.cat([y[:, :n_eq], y[:, n_eq:].clamp_min(0)], dim=1)
-        return x, z, y, systems.regular
+        return x, z, y, systems.regular, systems

@@ -101,7 +101,7 @@ class MajoritySystems:
         regular: torch.Tensor,
         refine: bool,
     ) -> None:
-        self.RS, self.inactive, self.Wt = RS, inactive, W.T
+        self.RS, self.inactive, self.W, self.Wt = RS, inactive, W, W.T
         self.rows, self.valid, self.inverse = rows, valid, inverse
         self.regular, self.refine = regular, refine
 
@@ -142,6 +142,32 @@ class MajoritySystems:
             inverse = torch.where(regular[:, None, None], inverse, 0.0)
             condition *= float(torch.where(regular, capacitance_condition, 0.0).amax())
         return cls(RS, inactive, W, rows, valid, inverse, regular, condition > _REFINE_ABOVE)
+
+    def _padded(self, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``rows``, ``valid`` and ``inverse`` padded to k differing rows (padding rows
+        are invalid, which `_apply` masks)."""
+        B, width = self.rows.shape
+        rows = self.rows.new_zeros(B, k)
+        valid = self.valid.new_zeros(B, k)
+        inverse = self.W.new_zeros(B, k, k)
+        rows[:, :width], valid[:, :width] = self.rows, self.valid
+        if self.inverse is not None:
+            inverse[:, :width, :width] = self.inverse
+        return rows, valid, inverse
+
+    def merged(self, index: torch.Tensor, other: MajoritySystems) -> MajoritySystems | None:
+        """These systems with those of the instances ``index`` ``(K,)`` replaced by
+        ``other``'s ``K`` systems (a corrected polish of a few instances); None where
+        ``other`` was built around another base."""
+        if other.W is not self.W or other.RS is not self.RS:
+            return None
+        k = max(self.rows.shape[1], other.rows.shape[1])
+        rows, valid, inverse = self._padded(k)
+        rows[index], valid[index], inverse[index] = other._padded(k)
+        inactive, regular = self.inactive.clone(), self.regular.clone()
+        inactive[index], regular[index] = other.inactive, other.regular
+        refine = self.refine or other.refine
+        return MajoritySystems(self.RS, inactive, self.W, rows, valid, inverse, regular, refine)
 
     def _apply(self, r: torch.Tensor) -> torch.Tensor:
         p = r @ self.Wt

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from reference import kkt_implicit_gradient, solve_qp_reference
 
+from altdiff_modeling import _altdiff as altdiff_module
+from altdiff_modeling import _function as function_module
 from altdiff_modeling import _woodbury as woodbury_module
 from altdiff_modeling import solve_qp
 from altdiff_modeling._woodbury import MajorityBases, MajoritySystems, differing_rows
@@ -56,6 +59,134 @@ def test_woodbury_solve_matches_each_instance_system():
     assert systems is not None and bool(systems.regular.all())
     error = _relative_errors(systems.solve(rhs), _each_instance_solution(RS, inactive, rhs))
     assert float(error.max()) <= 1e-11, error
+
+
+def test_merged_systems_solve_each_instance_on_its_replaced_pattern():
+    # A batch's systems, then three instances polished again on corrected patterns (one
+    # of them with more differing rows than any before): the merged systems solve every
+    # instance's own system, and systems around another base do not merge.
+    rng = np.random.default_rng(3)
+    m, B = 40, 16
+    RS = _shared_system(rng, m, rank=30)
+    bases = MajorityBases(RS)
+    inactive, rhs = _layer_like_batch(rng, B, m)
+    systems = bases.systems(inactive)
+    index = torch.tensor([2, 7, 11])
+    corrected = inactive[index].clone()
+    corrected[0, 20:24] = ~corrected[0, 20:24]
+    corrected[2, 25:40] = False
+    assert systems is not None
+    (base,) = bases._bases  # the one a correction's systems are built around
+    again = MajoritySystems.build(RS, corrected, base)
+    assert again.rows.shape[1] > systems.rows.shape[1]
+    merged = systems.merged(index, again)
+    assert merged is not None and bool(merged.regular.all())
+    expected_inactive = inactive.clone()
+    expected_inactive[index] = corrected
+    assert torch.equal(merged.inactive, expected_inactive)
+    c = merged.solve(rhs)
+    # The merged systems are the parts' (padded), and solve each instance's own system.
+    keep = torch.ones(B, dtype=torch.bool)
+    keep[index] = False
+    assert float(_relative_errors(c[keep], systems.solve(rhs)[keep]).max()) <= 1e-10
+    assert float(_relative_errors(c[index], again.solve(rhs[index])).max()) <= 1e-10
+    error = _relative_errors(c, _each_instance_solution(RS, expected_inactive, rhs))
+    assert float(error.max()) <= 1e-10, error
+    other = MajorityBases(RS).systems(corrected)
+    assert other is not None and systems.merged(index, other) is None
+
+
+def _layer_batch_data(seed: int, B: int, n: int) -> list[np.ndarray]:
+    """Shared P, A, G (n/2 equalities, n inequalities) and batched q, b, h of feasible
+    instances, as the benchmarks' layer-style batches draw them."""
+    rng = np.random.default_rng(seed)
+    M = rng.standard_normal((n, n))
+    A, G = rng.standard_normal((n // 2, n)), rng.standard_normal((n, n))
+    q, b, h = (rng.standard_normal((B, k)) for k in (n, n // 2, n))
+    x0 = np.linalg.lstsq(A, b.T, rcond=None)[0].T
+    lifted = x0 @ G.T + np.abs(rng.standard_normal((B, n)))
+    return [M.T @ M, q, A, b, G, np.where(x0 @ G.T + 0.1 <= h, h, lifted)]
+
+
+def _spy(monkeypatch, module, name: str) -> list[object]:
+    calls: list[object] = []
+    original = getattr(module, name)
+
+    def spy(*args, **kwargs):
+        calls.append(original(*args, **kwargs))
+        return calls[-1]
+
+    monkeypatch.setattr(module, name, spy)
+    return calls
+
+
+def _layer_batch_gradients(data: list[np.ndarray], weights: np.ndarray):
+    """The solution ``(B, n)``, the solve's info and the gradients of
+    ``sum(weights * x)`` with respect to q, b, h."""
+    P, q, A, b, G, h = data
+    wanted = [torch.tensor(v, requires_grad=True) for v in (q, b, h)]
+    x, info = solve_qp(
+        torch.from_numpy(P),
+        wanted[0],
+        torch.from_numpy(A),
+        wanted[1],
+        torch.from_numpy(G),
+        wanted[2],
+        return_info=True,
+    )
+    grads = torch.autograd.grad((x * torch.from_numpy(weights)).sum(), wanted)
+    return x.detach().numpy(), info, [g.numpy() for g in grads]
+
+
+def test_backward_after_a_shared_polish_reuses_its_systems(monkeypatch):
+    # Every instance is polished at one check (20 iterations), some of them after a
+    # correction: the backward solves the polish's systems, merged with the
+    # correction's (no factorization, no capacitance system), and its gradients agree
+    # with implicit differentiation of each instance's KKT system at Clarabel's solution.
+    through = _spy(monkeypatch, altdiff_module, "adjoint_through_polish")
+    direct = _spy(monkeypatch, altdiff_module, "direct_adjoint")
+    merged = _spy(monkeypatch, MajoritySystems, "merged")
+    data = _layer_batch_data(1, 16, 30)
+    weights = np.random.default_rng(0).standard_normal((16, 30))
+    x, info, grads = _layer_batch_gradients(data, weights)
+    assert info.status == ["solved"] * 16 and info.iterations.tolist() == [20] * 16
+    assert len(merged) == 1 and merged[0] is not None
+    assert len(through) == 1 and not direct and info.backward_iterations == 1
+    P, q, A, b, G, h = data
+    for i in range(16):
+        x_ref, lam, nu = solve_qp_reference(P, q[i], A, b[i], G, h[i])
+        assert np.abs(x[i] - x_ref).max() <= 1e-7
+        reference = kkt_implicit_gradient(P, q[i], A, b[i], G, h[i], x_ref, lam, nu, weights[i])
+        for got, expected in zip(grads, reference[1::2], strict=True):
+            error = np.linalg.norm(got[i] - expected) / np.linalg.norm(expected)
+            assert error <= 1e-7, (i, error)
+
+
+def test_backward_on_other_active_sets_than_the_polished_ones_factors_its_own(monkeypatch):
+    # Systems of the polish's factor on patterns that are not the solution's (one row
+    # flipped in each instance) are not used: the direct backward builds its own, and
+    # the gradients are those of the polish's systems.
+    data = _layer_batch_data(2, 16, 30)
+    weights = np.random.default_rng(0).standard_normal((16, 30))
+    _, _, expected = _layer_batch_gradients(data, weights)
+    solve = function_module.admm_solve
+
+    def with_other_patterns(*args, **kwargs):
+        result = solve(*args, **kwargs)
+        systems = result.polish_systems
+        assert systems is not None
+        flipped = systems.inactive.clone()
+        flipped[:, -1] = ~flipped[:, -1]
+        result.polish_systems = result.factor.memo["polish"].systems(flipped)
+        return result
+
+    monkeypatch.setattr(function_module, "admm_solve", with_other_patterns)
+    through = _spy(monkeypatch, altdiff_module, "adjoint_through_polish")
+    direct = _spy(monkeypatch, altdiff_module, "direct_adjoint")
+    _, info, grads = _layer_batch_gradients(data, weights)
+    assert not through and len(direct) == 1 and info.backward_iterations == 1
+    for got, want in zip(grads, expected, strict=True):
+        assert np.linalg.norm(got - want) <= 1e-9 * np.linalg.norm(want)
 
 
 def _singular_majority_case() -> tuple[torch.Tensor, torch.Tensor]:

@@ -161,7 +161,7 @@ def _polish_on(
         torch.zeros(1, m, dtype=F64),
     )
     residuals.measure(x, z, y)
-    x, _, _, kept = _try_polish(
+    x, _, _, kept, _ = _try_polish(
         data, residuals, x, z, y, torch.tensor([True]), estimate, corrections=corrections
     )
     return x[0], kept[0]
