@@ -708,6 +708,8 @@ def admm_solve(
     def record(mask: torch.Tensor, code: torch.Tensor, k: int) -> None:
         """Store the outcome of the instances ``mask`` of `batch`."""
         nonlocal done
+        if not bool(mask.any()):
+            return
         where = torch.nonzero(mask).flatten()
         rows = batch[where]
         out_x[rows], out_z[rows], out_y[rows] = x[where], z[where], y[where]
@@ -751,8 +753,11 @@ def admm_solve(
                 it.load(x, z, y)
                 x, z = it.x, it.z
         pending = ~done & ~converged
-        primal_infeasible = residuals.primal_infeasible() & pending
-        dual_infeasible = residuals.dual_infeasible() & pending & ~primal_infeasible
+        if bool(pending.any()):
+            primal_infeasible = residuals.primal_infeasible() & pending
+            dual_infeasible = residuals.dual_infeasible() & pending & ~primal_infeasible
+        else:  # every instance finished (a polish mostly): no certificate to test
+            primal_infeasible = dual_infeasible = torch.zeros_like(pending)
         code = torch.where(
             converged,
             SOLVED,
