@@ -33,6 +33,7 @@ from ._admm import SolveResult
 from ._direct_adjoint import adjoint_through_polish, direct_adjoint, direct_is_cheaper
 from ._factor import CholeskyFactor
 from ._krylov import batched_gmres
+from ._polish import SharedPolishData
 from ._qp import QPData, matvec, rmatvec
 from ._settings import SolverSettings
 
@@ -179,8 +180,10 @@ def reverse_gradients(
     method = settings.backward_method
     # The systems the forward's last polish solved are the direct method's, with H for
     # K, where the final active sets are the polished ones: no factorization at all.
-    polished = result.polish_systems
-    if polished is not None and not torch.equal(polished.inactive, inactive):
+    polished, shared_data = result.polish_systems, factor.memo.get("polish")
+    if polished is not None and not (
+        isinstance(shared_data, SharedPolishData) and torch.equal(polished.inactive, inactive)
+    ):
         polished = None
     if method == "auto":
         shared = data.P.shape[0] == 1 and C.shape[0] == 1 and r.shape[0] == 1
@@ -188,7 +191,9 @@ def reverse_gradients(
         method = "direct" if cheaper else "gmres"
     if method == "direct":
         if polished is not None:
-            guess = adjoint_through_polish(factor, C, r, polished, grad_x, g_v, sigma, tol)
+            guess = adjoint_through_polish(
+                factor, C, r, polished, shared_data.HinvCt, grad_x, g_v, sigma, tol
+            )
         else:
             guess = direct_adjoint(data.P, C, r, inactive, grad_x, g_v, sigma, factor.memo)
         if guess is not None:

@@ -195,6 +195,7 @@ def adjoint_through_polish(
     C: torch.Tensor,
     rows: torch.Tensor,
     systems: MajoritySystems,
+    HinvCt: torch.Tensor,
     grad_x: torch.Tensor,
     g_v: torch.Tensor,
     sigma: float,
@@ -207,6 +208,7 @@ def adjoint_through_polish(
         factor: The shared factor of H ``(1, n, n)`` the systems were built for.
         C: ``(1, m, n)``.  rows: ``(1, m)`` the per-row penalty R of that factor.
         systems: `_woodbury.MajoritySystems` of ``R S_H`` on the batch's inactive rows.
+        HinvCt: ``H^{-1} C'`` ``(n, m)`` (`_polish.SharedPolishData`).
         grad_x: ``(B, n)``.  g_v: ``(B, m)`` the source terms of the recursion.
         sigma: The proximal weight of H.
         tol: Relative accuracy of t to stop at (estimated from successive changes).
@@ -221,10 +223,9 @@ def adjoint_through_polish(
     g_x, g_v = grad_x.to(C.dtype), g_v.to(C.dtype)
     t, last_change = torch.zeros_like(g_x), None
     for _ in range(_POLISH_ADJOINT_STEPS):
-        f = g_x + sigma * t
-        h = factor.solve(f)
+        h = factor.solve(g_x + sigma * t)
         c = systems.solve(g_v - rows * (h @ C.T))
-        t_next = h + factor.solve(c @ C)
+        t_next = torch.addmm(h, c, HinvCt.T)  # H^{-1} (g_x + sigma t + C'c)
         change, t = (t_next - t).norm(dim=-1), t_next
         if last_change is not None:
             # Linear convergence at the rate change / last_change: the error left is

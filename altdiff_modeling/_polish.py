@@ -21,7 +21,7 @@ from ._factor import CholeskyFactor, cholesky_solve
 from ._qp import matvec, rmatvec
 from ._woodbury import MajorityBases, MajoritySystems
 
-__all__ = ["SharedPolisher", "active_set", "polish", "solve_reduced_kkt"]
+__all__ = ["SharedPolishData", "SharedPolisher", "active_set", "polish", "solve_reduced_kkt"]
 
 _DELTA = 1e-6
 _REFINE_STEPS = 5
@@ -177,6 +177,24 @@ def polish(
     return x, z_p, y_p, ok
 
 
+class SharedPolishData:
+    """What the polishes with one factor of H share: the majority bases of ``R S``
+    (`_woodbury.MajorityBases`, ``S = C H^{-1} C'``) and ``H^{-1} C'`` ``(n, m)``, whose
+    products replace a solve with H in each refinement step (and in the backward pass
+    through the polish's systems, `_direct_adjoint.adjoint_through_polish`)."""
+
+    def __init__(self, bases: MajorityBases, HinvCt: torch.Tensor) -> None:
+        self.bases, self.HinvCt = bases, HinvCt
+
+    def systems(self, inactive: torch.Tensor) -> MajoritySystems | None:
+        """`MajorityBases.systems` of the inactive rows ``(B, m)``."""
+        return self.bases.systems(inactive)
+
+    def nbytes(self) -> int:
+        """Bytes held (for the budget of a layer's factor cache)."""
+        return self.bases.nbytes() + self.HinvCt.numel() * self.HinvCt.element_size()
+
+
 class SharedPolisher:
     """Polishing of a batch that shares P and C, through the ADMM factor of H.
 
@@ -206,15 +224,19 @@ class SharedPolisher:
         instances' systems, and the majority pattern's inverse where it is new)."""
         return "polish" in factor.memo
 
-    def _bases(self, factor: CholeskyFactor, rows: torch.Tensor) -> MajorityBases:
-        """The majority bases of ``R S`` for the factor, kept in its memo: a layer's
-        cached factors bring them to its later calls."""
-        bases = factor.memo.get("polish")
-        if not isinstance(bases, MajorityBases):
-            LinvCt = torch.linalg.solve_triangular(factor.L[0], self.C.T, upper=False)
-            bases = MajorityBases(rows[0].unsqueeze(-1) * (LinvCt.T @ LinvCt))
-            factor.memo["polish"] = bases
-        return bases
+    def shared_data(self, factor: CholeskyFactor, rows: torch.Tensor) -> SharedPolishData:
+        """What the polishes with this factor share, kept in its memo: a layer's cached
+        factors bring it to its later calls."""
+        shared = factor.memo.get("polish")
+        if not isinstance(shared, SharedPolishData):
+            L = factor.L[0]
+            LinvCt = torch.linalg.solve_triangular(L, self.C.T, upper=False)
+            HinvCt = torch.linalg.solve_triangular(L.T, LinvCt, upper=True)
+            shared = SharedPolishData(
+                MajorityBases(rows[0].unsqueeze(-1) * (LinvCt.T @ LinvCt)), HinvCt
+            )
+            factor.memo["polish"] = shared
+        return shared
 
     def polish(
         self,
@@ -244,15 +266,15 @@ class SharedPolisher:
         bound = bound.expand(B, m)
         u = torch.where(active, bound, 0.0)
         C = self.C
-        systems = self._bases(factor, rows).systems(inactive)
+        shared = self.shared_data(factor, rows)
+        systems = shared.systems(inactive)
         if systems is None:
             return None
         x = x0
         for _ in range(SHARED_REFINE_STEPS):
-            f = sigma * x - q
-            e = u - factor.solve(f) @ C.T
-            mu = systems.solve(rows * e)
-            x = factor.solve(f + mu @ C)
+            h = factor.solve(sigma * x - q)
+            mu = systems.solve(rows * (u - h @ C.T))
+            x = torch.addmm(h, mu, shared.HinvCt.T)  # H^{-1} (f + C' mu)
         y = torch.where(active, rows * u - mu, 0.0)
         Cx = x @ C.T
         z = torch.cat([bound[:, :n_eq], torch.minimum(Cx[:, n_eq:], bound[:, n_eq:])], dim=1)

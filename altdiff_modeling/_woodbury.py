@@ -127,8 +127,10 @@ class MajoritySystems:
             pair = valid.unsqueeze(2) & valid.unsqueeze(1)
             d = inactive.gather(1, rows).to(RS.dtype) - majority.to(RS.dtype)[rows]  # +-1
             eye = torch.eye(k, dtype=RS.dtype, device=RS.device)
-            # W_EE by flat positions: half the time of W[rows, rows'] advanced indexing.
-            W_EE = W.take(rows.unsqueeze(2) * m + rows.unsqueeze(1))
+            # W_EE by flat positions: a fifth of the time of W[rows, rows'] advanced
+            # indexing, half of W.take's.
+            flat = (rows.unsqueeze(2) * m + rows.unsqueeze(1)).view(-1)
+            W_EE = W.reshape(-1).index_select(0, flat).view(B, k, k)
             capacitance = torch.where(pair, torch.diag_embed(d) - W_EE, eye)
             inverse, info = torch.linalg.inv_ex(capacitance)
             # A (numerically) singular capacitance matrix is a singular system of that
