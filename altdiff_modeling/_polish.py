@@ -210,9 +210,9 @@ class SharedPolisher:
     and S are shared by the batch, the instances' systems differ only in D, and
     `_woodbury.MajoritySystems` solves them with one small system each: a
     polish costs a few dozen ADMM steps' worth of small operations instead of a
-    factorization per instance, so a batch can try it often. S and the inverses
-    around the majority patterns stay with the factor (its ``memo``) for the next
-    polish with it, in this call or a later one.
+    factorization per instance, so a batch can try it often. S, ``H^{-1} C'`` and the
+    inverses around the majority patterns (`SharedPolishData`) stay with the factor
+    (its ``memo``) for the next polish with it, in this call or a later one.
     """
 
     def __init__(self, C: torch.Tensor, n_eq: int) -> None:
