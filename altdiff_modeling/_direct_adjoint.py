@@ -37,8 +37,8 @@ sets are those estimates, the fixed point follows from the same systems: with
 ``f = g_x + sigma t``, ``t = H^{-1} (f + C'c)`` and the conditions above read
 ``(R S_H - D) c = g_v - R C H^{-1} f``. A guess of t gives c and a new t; the error
 shrinks by about ``sigma / lambda_min`` of K on the active rows' null space per step
-(1e-6 and less in the solver's units), so two or three steps reach round-off, and no
-matrix is factored or inverted.
+(about 4e-6 on the layer batch of 64 problems with n = 100), so two or three steps
+reach round-off, and no matrix is factored or inverted.
 
 The caller checks the result against the recursion and refines it with GMRES where
 the system is singular (a degenerate point).
