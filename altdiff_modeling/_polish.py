@@ -15,6 +15,9 @@ caller accepts a polished point only if it meets the termination criteria.
 
 from __future__ import annotations
 
+from typing import TypeVar
+
+import numpy as np
 import torch
 
 from ._factor import CholeskyFactor, cholesky_solve
@@ -22,6 +25,8 @@ from ._qp import matvec, rmatvec
 from ._woodbury import MajorityBases, MajoritySystems
 
 __all__ = ["SharedPolishData", "SharedPolisher", "active_set", "polish", "solve_reduced_kkt"]
+
+ArrayT = TypeVar("ArrayT", torch.Tensor, np.ndarray)
 
 _DELTA = 1e-6
 _REFINE_STEPS = 5
@@ -33,14 +38,15 @@ def _max_abs(v: torch.Tensor) -> float:
     return float(v.abs().amax()) if v.numel() else 0.0
 
 
-def active_set(z: torch.Tensor, y: torch.Tensor, bound: torch.Tensor, n_eq: int) -> torch.Tensor:
-    """``(B, m)`` bool: the rows an iterate ``(z, y)`` ``(B, m)`` estimates active.
+def active_set(z: ArrayT, y: ArrayT, bound: ArrayT, n_eq: int) -> ArrayT:
+    """``(..., m)`` bool: the rows an iterate ``(z, y)`` ``(..., m)`` estimates active,
+    as tensors or (the sparse backend's) NumPy arrays.
 
     A row is active when its multiplier outweighs its slack (OSQP's rule); equality rows
     always are.
     """
     active = (bound - z) < y
-    active[:, :n_eq] = True
+    active[..., :n_eq] = True
     return active
 
 

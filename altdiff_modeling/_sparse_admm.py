@@ -24,9 +24,10 @@ from ._admm import (
     SOLVED,
     SOLVED_INACCURATE,
 )
+from ._polish import active_set
 from ._settings import SolverSettings
 from ._sparse_kkt import KKTFactor
-from ._sparse_polish import active_estimate, sparse_polish
+from ._sparse_polish import sparse_polish
 from ._sparse_scaling import SparseQP, SparseScaling
 
 __all__ = ["SparseSolveResult", "penalty_rows", "sparse_admm_solve"]
@@ -275,7 +276,7 @@ def sparse_admm_solve(
         residuals.measure(x, z, y)
         record(residuals.converged() & ~done, SOLVED, k)
         if settings.polish and not done.all():
-            previous, estimate = estimate, active_estimate(bound, z, y, n_eq)
+            previous, estimate = estimate, active_set(z, y, bound, n_eq)
             if last or k in polish_at:
                 chosen = ~done
             elif previous is not None and first <= 2 * k < 2 * first:

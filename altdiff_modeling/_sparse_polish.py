@@ -23,10 +23,11 @@ from typing import NamedTuple
 import numpy as np
 import scipy.sparse as sp
 
+from ._polish import active_set
 from ._sparse_kkt import _norm, solve_active_kkt
 from ._sparse_pinned import PinnedBlockFinder
 
-__all__ = ["active_estimate", "sparse_polish"]
+__all__ = ["sparse_polish"]
 
 _ACTIVE_SET_ROUNDS = 30
 _STALLED_ROUNDS = 3
@@ -44,14 +45,6 @@ _BLOWUP = 1e6
 # variable t of |u| <= u_max has optimal values between |u| and u_max, so rows u <= t
 # hold with zero slack and zero multiplier. Dropping them frees t and the rounds wander.
 _TIE = 1e-10
-
-
-def active_estimate(bound: np.ndarray, z: np.ndarray, y: np.ndarray, n_eq: int) -> np.ndarray:
-    """``(..., m)``: the rows an ADMM iterate takes as active, those whose multiplier
-    exceeds their slack (the equality rows always)."""
-    active = (bound - z) < y
-    active[..., :n_eq] = True
-    return active
 
 
 class _Round(NamedTuple):
@@ -122,7 +115,7 @@ def sparse_polish(
         ``x (n,)``, ``z (m,)``, ``y (m,)`` of the polished point, or None when the
         reduced system could not be factored.
     """
-    active = active_estimate(bound, z, y, n_eq)
+    active = active_set(z, y, bound, n_eq)
     scale = 1.0 + (_norm(x) if x is not None else 0.0)
     previous: _Round | None = None  # the round before
     best: _Round | None = None  # the round proposing the fewest changes
