@@ -64,6 +64,9 @@ class MajorityBase:
         """The base of ``RS`` ``(m, m)`` for the inactive rows ``majority`` ``(m,)``."""
         base = RS - torch.diag(majority.to(RS.dtype))
         W, info = torch.linalg.inv_ex(base)
+        # LAPACK's column-major result, once in row-major order: the systems gather
+        # W_EE from its flat storage, which would otherwise copy all of W each time.
+        W = W.contiguous()
         if int(info) != 0 or not bool(torch.isfinite(W).all()):
             return None
         # Woodbury inherits the rounding of W, which grows with D0's condition number
@@ -191,14 +194,29 @@ class MajoritySystems:
         return torch.where(self.regular[:, None], c + self._apply(residual), 0.0)
 
 
+def _reuses(batch: int, m: int, own: int, differing: int) -> bool:
+    """Whether a batch of ``batch`` systems of size m whose instances differ from their
+    own majority pattern in at most ``own`` rows is better served by a kept base they
+    differ from in ``differing`` rows than by a new base.
+
+    Hardly more rows than their own pattern's: the capacitance systems grow by a few
+    rows. Or capacitance systems that cost little against a new ``m x m`` inverse
+    (``batch k^3 <= (m / 4)^3``: at most a sixty-fourth of its flops): a lone
+    instance (own = 0) of a later call of a layer, whose active set moved by a few
+    hundred rows out of thousands, keeps the base its first call paid for.
+    """
+    return differing <= own + max(4, own // 4) or 64 * batch * differing**3 <= m**3
+
+
 class MajorityBases:
     """The bases built for one ``RS`` ``(m, m)``, kept to build later batches' systems.
 
     A batch whose instances differ from a kept base's pattern in hardly more rows than
     from their own majority pattern reuses that base: its capacitance systems grow by
-    a few rows, and the ``m x m`` inverse is saved. The successive calls of a layer
-    mostly meet the same majority pattern, and the corrected polishes of a few
-    instances differ from the batch's by a few rows. Where a batch's own pattern gives
+    a few rows, and the ``m x m`` inverse is saved (`_reuses`). The successive calls of
+    a layer mostly meet the same majority pattern, or one a few hundred rows from it,
+    and the corrected polishes of a few instances differ from the batch's by a few
+    rows. Where a batch's own pattern gives
     no base (too ill-conditioned), the nearest kept one serves it.
     """
 
@@ -219,7 +237,9 @@ class MajorityBases:
         own = int(differ.sum(1).max()) if inactive.shape[0] else 0
         counts = [base.differing(inactive) for base in self._bases]
         nearest = min(range(len(counts)), key=counts.__getitem__) if counts else None
-        if nearest is not None and counts[nearest] <= own + max(4, own // 4):
+        if nearest is not None and _reuses(
+            inactive.shape[0], self.RS.shape[0], own, counts[nearest]
+        ):
             return MajoritySystems.build(self.RS, inactive, self._bases[nearest])
         base = None
         if not any(bool((majority == failed).all()) for failed in self._failed):
