@@ -162,29 +162,40 @@ def test_backward_after_a_shared_polish_reuses_its_systems(monkeypatch):
             assert error <= 1e-7, (i, error)
 
 
-def test_backward_on_other_active_sets_than_the_polished_ones_factors_its_own(monkeypatch):
+def test_backward_on_other_active_sets_than_the_polished_ones_solves_their_own(monkeypatch):
     # Systems of the polish's factor on patterns that are not the solution's (one row
-    # flipped in each instance) are not used: the direct backward builds its own, and
-    # the gradients are those of the polish's systems.
+    # flipped in each instance) are not used: the backward builds the solution's own
+    # systems on the factor's kept bases, with no factor of K, and the gradients are
+    # those of the polish's systems.
     data = _layer_batch_data(2, 16, 30)
     weights = np.random.default_rng(0).standard_normal((16, 30))
     _, _, expected = _layer_batch_gradients(data, weights)
     solve = function_module.admm_solve
+    final = []
 
     def with_other_patterns(*args, **kwargs):
         result = solve(*args, **kwargs)
         systems = result.polish_systems
         assert systems is not None
+        final.append(systems.inactive)
         flipped = systems.inactive.clone()
         flipped[:, -1] = ~flipped[:, -1]
         result.polish_systems = result.factor.memo["polish"].systems(flipped)
         return result
 
     monkeypatch.setattr(function_module, "admm_solve", with_other_patterns)
-    through = _spy(monkeypatch, altdiff_module, "adjoint_through_polish")
+    used = []
+    through = altdiff_module.adjoint_through_polish
+
+    def spy(factor, C, rows, systems, *args):
+        used.append(systems.inactive)
+        return through(factor, C, rows, systems, *args)
+
+    monkeypatch.setattr(altdiff_module, "adjoint_through_polish", spy)
     direct = _spy(monkeypatch, altdiff_module, "direct_adjoint")
     _, info, grads = _layer_batch_gradients(data, weights)
-    assert not through and len(direct) == 1 and info.backward_iterations == 1
+    assert len(used) == 1 and torch.equal(used[0], final[0])
+    assert not direct and info.backward_iterations == 1
     for got, want in zip(grads, expected, strict=True):
         assert np.linalg.norm(got - want) <= 1e-9 * np.linalg.norm(want)
 
@@ -267,6 +278,28 @@ def test_kept_bases_serve_later_batches_near_their_pattern(monkeypatch):
         error = _relative_errors(systems.solve(right), _each_instance_solution(RS, batch, right))
         assert float(error.max()) <= 1e-11, error
     assert len(built) == 1
+
+
+def test_a_lone_instance_reuses_a_kept_base_within_a_quarter_of_the_rows(monkeypatch):
+    # A layer's single problem on moving data: its active set moves by more rows than
+    # the few a batch may add (4), but capacitance systems of up to m / 4 rows cost
+    # little against a new m x m inverse, so the kept base serves; beyond, a new one.
+    built = _counting_base_builds(monkeypatch)
+    rng = np.random.default_rng(4)
+    m = 40
+    RS = _shared_system(rng, m, rank=30)
+    bases = MajorityBases(RS)
+    first = torch.from_numpy(rng.random((1, m)) > 0.3)
+    first[:, :3] = False
+    assert bases.systems(first) is not None and len(built) == 1
+    for moved, new_bases in ((10, 0), (11, 1)):
+        later = first.clone()
+        later[:, 3 : 3 + moved] = ~later[:, 3 : 3 + moved]
+        rhs = torch.from_numpy(rng.standard_normal((1, m)))
+        systems = bases.systems(later)
+        assert systems is not None and len(built) == 1 + new_bases
+        error = _relative_errors(systems.solve(rhs), _each_instance_solution(RS, later, rhs))
+        assert float(error.max()) <= 1e-10, error
 
 
 def test_a_batch_whose_pattern_gives_no_base_is_solved_on_a_kept_one(monkeypatch):
