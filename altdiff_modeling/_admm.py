@@ -359,44 +359,75 @@ def general_polish_cost(B: int, n: int, m: int) -> float:
     return B * per_instance + _POLISH_OVERHEAD
 
 
-def shared_polish_cost(B: int, n: int, m: int) -> float:
-    """Cost of `SharedPolisher.polish` on B instances: ``S = C H^{-1} C'`` and the
-    majority pattern's inverse once, and per instance a few refinement steps of solves
-    and products with ``m x m`` matrices and a small system."""
-    setup = 2 * (n * n * m + n * m * m + 2 * m**3)
-    refine = 2 * SHARED_REFINE_STEPS * (2 * step_flops(n, m) + 8 * m * m)
-    return setup + B * (refine + _SHARED_POLISH_CALL_OVERHEAD) + _SHARED_POLISH_OVERHEAD
+def shared_polish_cost(B: int, n: int, m: int, paid: float = 0.0) -> float:
+    """Cost of `SharedPolisher.polish` on B instances: ``S = C H^{-1} C'``, ``H^{-1} C'``
+    and the majority pattern's inverse once (less ``paid``, the part of that setup
+    counted as paid for: `SharedPolisher.credit`), and per instance a few refinement
+    steps of solves and products with ``m x m`` matrices and a small system."""
+    setup = max(2 * (n * n * m + n * m * m + 2 * m**3) - paid, 0.0)
+    # Each step's solve and products, read from memory once for the batch
+    # (`batch_step_cost`), and the products with the m x m inverse.
+    refine = 2 * SHARED_REFINE_STEPS * (2 * _step_cost(B, n, m) + max(8 * B * m * m, 32 * m * m))
+    return setup + refine + B * _SHARED_POLISH_CALL_OVERHEAD + _SHARED_POLISH_OVERHEAD
 
 
-def polish_cost(B: int, n: int, m: int, shared: bool) -> float:
+def polish_cost(
+    B: int, n: int, m: int, shared: bool, paid: float = 0.0, kept: bool = False
+) -> float:
     """Cost of one polish of B instances by the cheaper method available (``shared``:
-    the batch shares P and C), in the units of `step_flops` (operations, with the
-    fixed costs of tensor operations counted at ~60 GFlop/s)."""
+    the batch shares P and C; ``paid``: see `shared_polish_cost`), in the units of
+    `step_flops` (operations, with the fixed costs of tensor operations counted at
+    ~60 GFlop/s). ``kept``: the factor is a layer's, kept across calls: its shared
+    setup serves the later calls, while the general polish's factorization would be
+    thrown away and only postpone it, so the shared polish is the one to count."""
     general = general_polish_cost(B, n, m)
-    return min(general, shared_polish_cost(B, n, m)) if shared else general
+    if not shared:
+        return general
+    cost = shared_polish_cost(B, n, m, paid)
+    return cost if kept else min(general, cost)
+
+
+def _step_cost(B: int, n: int, m: int, per_instance: bool = False) -> float:
+    """`batch_step_cost` without its fixed overhead."""
+    if per_instance:
+        return B * max(step_flops(n, m), 32 * (n * n + n * m))
+    return max(B * step_flops(n, m), 32 * (n * n + n * m))
 
 
 def batch_step_cost(B: int, n: int, m: int, per_instance: bool = False) -> float:
     """Cost of one ADMM step of B instances, in the units of `step_flops`.
 
-    With per-instance matrices each instance's factor and C are read once per step
-    (matrix-vector products): the step is bound by memory, at about 32 units per
-    element of ``L`` and ``C`` (~30 GB/s against ~60 GFlop/s), many times its flops.
-    A shared factor and C serve the batch in matrix-matrix products, whose flops count.
+    A step reads the factor ``L`` and C from memory at least once: at about 32 units
+    per element (~30 GB/s against ~60 GFlop/s), which bounds a lone instance's step
+    (matrix-vector products) to many times its flops. With per-instance matrices every
+    instance's own are read. A shared factor and C serve a large batch in matrix-matrix
+    products, whose flops count.
     """
-    per_step = step_flops(n, m)
-    if per_instance:
-        per_step = max(per_step, 32 * (n * n + n * m))
-    return B * per_step + _STEP_OVERHEAD
+    return _step_cost(B, n, m, per_instance) + _STEP_OVERHEAD
 
 
-def polish_gap(B: int, n: int, m: int, shared: bool = False, per_instance: bool = False) -> float:
+def polish_gap(
+    B: int,
+    n: int,
+    m: int,
+    shared: bool = False,
+    per_instance: bool = False,
+    paid: float = 0.0,
+    kept: bool = False,
+) -> float:
     """The number of ADMM steps of B instances that cost as much as one polish."""
-    return polish_cost(B, n, m, shared) / batch_step_cost(B, n, m, per_instance)
+    return polish_cost(B, n, m, shared, paid, kept) / batch_step_cost(B, n, m, per_instance)
 
 
 def polish_schedule(
-    B: int, n: int, m: int, check_every: int, max_iter: int, shared: bool = False
+    B: int,
+    n: int,
+    m: int,
+    check_every: int,
+    max_iter: int,
+    shared: bool = False,
+    paid: float = 0.0,
+    kept: bool = False,
 ) -> set[int]:
     """The iterations, besides 100, 200, 400, ..., at which unfinished instances may
     polish (`_PolishPlan` says which).
@@ -410,13 +441,15 @@ def polish_schedule(
     and an early polish ends the solve there. A batch tries every other check from its
     second, when the first estimates can have settled: `_PolishPlan` picks the
     instances whose estimates are settling, and those whose polish succeeds leave the
-    batch.
+    batch. ``paid`` and ``kept`` are those of `polish_cost`: a layer's kept factor,
+    once its setup is paid for, polishes a single large problem within a few checks
+    instead of ending it by ADMM alone.
     """
 
     def on_check(k: float) -> int:
         return max(check_every, math.ceil(k / check_every) * check_every)
 
-    gap = polish_gap(B, n, m, shared)
+    gap = polish_gap(B, n, m, shared, paid=paid, kept=kept)
     first = min(_LATEST_FIRST_POLISH, gap)
     if B > 1:  # every other check: `_PolishPlan` picks settling estimates
         first = gap = min(first, 2 * check_every)
@@ -447,13 +480,16 @@ class _PolishPlan:
         settings: SolverSettings,
         shared: bool = False,
         per_instance: bool = False,
+        paid: float = 0.0,
+        kept: bool = False,
     ) -> None:
         check, max_iter = settings.check_every, settings.max_iter
         self.enabled = settings.polish
         self.max_iter = max_iter
         self.shared, self.per_instance = shared, per_instance
+        self.paid, self.kept = paid, kept
         self.n, self.m, self.check = n, m, check
-        self.settled_at = polish_schedule(B, n, m, check, max_iter, shared)
+        self.settled_at = polish_schedule(B, n, m, check, max_iter, shared, paid, kept)
         self.corrections = self._corrections(B)
         first = max(check, _LATEST_FIRST_POLISH // check * check)
         self.always_at = {first * 2**j for j in range(64) if first * 2**j < max_iter}
@@ -464,7 +500,7 @@ class _PolishPlan:
         """How many corrected polishes may follow a failed one (`_try_polish`)."""
         # A batch sharing its data corrects through `SharedPolisher`, which keeps S and
         # the majority inverse: a correction costs only the few failed instances' systems.
-        gap = polish_gap(B, self.n, self.m, self.shared, self.per_instance)
+        gap = polish_gap(B, self.n, self.m, self.shared, self.per_instance, self.paid, self.kept)
         return _CORRECTIONS if gap <= _CORRECTION_GAP or (self.shared and B > 1) else 0
 
     def candidates(
@@ -504,13 +540,25 @@ class _PolishPlan:
             return None
         return chosen, estimate
 
+    def _reschedule(self, B: int, k: int) -> None:
+        """Space the attempts after iteration k for B instances."""
+        later = polish_schedule(
+            B, self.n, self.m, self.check, self.max_iter, self.shared, self.paid, self.kept
+        )
+        self.settled_at = {a for a in self.settled_at if a <= k} | {a for a in later if a > k}
+        self.corrections = self._corrections(B)
+
+    def refactored(self, B: int, paid: float, k: int) -> None:
+        """After iteration k the B unfinished instances go on with another factor, of
+        which ``paid`` of the shared setup is paid for (`SharedPolisher.credit`)."""
+        if paid != self.paid:
+            self.paid = paid
+            self._reschedule(B, k)
+
     def select(self, index: torch.Tensor, k: int) -> None:
         """Keep the estimates of the instances ``index`` ``(K,)`` only; after iteration
         k, space the attempts for the smaller batch."""
-        B = index.shape[0]
-        later = polish_schedule(B, self.n, self.m, self.check, self.max_iter, self.shared)
-        self.settled_at = {a for a in self.settled_at if a <= k} | {a for a in later if a > k}
-        self.corrections = self._corrections(B)
+        self._reschedule(index.shape[0], k)
         if self.previous is not None:
             self.previous = self.previous[index]
         if self.failed is not None:
@@ -616,8 +664,10 @@ def _polish_instances(
     polished, systems = None, None
     K, n, m = index.shape[0], data.n, active.shape[1]
     if shared is not None and (
-        SharedPolisher.prepared(shared[1])
-        or shared_polish_cost(K, n, m) < general_polish_cost(K, n, m)
+        shared[0].kept
+        or SharedPolisher.prepared(shared[1])
+        or shared_polish_cost(K, n, m, SharedPolisher.credit(shared[1]))
+        < general_polish_cost(K, n, m)
     ):
         factor, rows, sigma = shared[1:]
         polished = shared[0].polish(
@@ -678,8 +728,10 @@ def admm_solve(
         weights = penalty_weights(C, n_eq)
     penalty = _PenaltyMatrix(P, weights, sigma)
 
+    factor_kept = factors is not None and not per_instance and scaling.c.numel() == 1
+
     def factor_for(rho: torch.Tensor) -> CholeskyFactor:
-        if factors is None or per_instance or scaling.c.numel() != 1:
+        if not factor_kept:
             return penalty.factor(rho)
         return factors.factor(rho, scaling.c, lambda: penalty.factor(rho))
 
@@ -688,8 +740,10 @@ def admm_solve(
     it = AdmmIterate(q, C, bound, n_eq, x, z, y, rho_rows, factor, alpha, sigma)
     polisher = None
     if not per_instance and rho.shape[0] == 1 and dtype == torch.float64:
-        polisher = SharedPolisher(C, n_eq)
-    plan = _PolishPlan(B, n, m, settings, polisher is not None, per_instance)
+        polisher = SharedPolisher(C, n_eq, factor_kept)
+    paid = SharedPolisher.credit(factor) if polisher is not None else 0.0
+    plan = _PolishPlan(B, n, m, settings, polisher is not None, per_instance, paid, factor_kept)
+    step_cost = batch_step_cost(B, n, m, per_instance)  # charged to the factor's work
 
     # Per instance of the whole batch: the outcome. The loop itself runs on the
     # unfinished instances `batch` only (it drops the finished ones when they are many:
@@ -731,6 +785,7 @@ def admm_solve(
         if tangents is not None:
             z_step, y_step = it.z.clone(), it.y()
         it.step()
+        it.factor.ledger.work += step_cost
         if tangents is not None:
             tangents.advance(z_step, y_step, it.x_tilde, it.v, it.rows, it.factor)
         if not last and k % settings.check_every:
@@ -791,12 +846,15 @@ def admm_solve(
                 rho_rows = penalty_rows(rho, n_eq, m)
                 it.set_penalty(rho_rows, factor_for(rho), y)
                 polish_systems = None  # of the previous factor
+                if polisher is not None:
+                    plan.refactored(batch.shape[0], SharedPolisher.credit(it.factor), k)
         if tangents is None and unfinished <= _COMPACT_FRACTION * done.shape[0]:
             keep = torch.nonzero(~done).flatten()
             batch, done, data = batch[keep], done[keep], data.select(keep)
             it.select(keep)
             residuals = residuals.select(keep)
             plan.select(keep, k)
+            step_cost = batch_step_cost(keep.shape[0], n, m, per_instance)
             if per_instance:
                 rho, penalty = rho[keep], penalty.select(keep)
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ._admm import SolveResult
+from ._admm import SolveResult, batch_step_cost
 from ._direct_adjoint import adjoint_through_polish, direct_adjoint, direct_is_cheaper
 from ._factor import CholeskyFactor
 from ._krylov import batched_gmres
@@ -180,13 +180,16 @@ def reverse_gradients(
     method = settings.backward_method
     # The systems the forward's last polish solved are the direct method's, with H for
     # K, where the final active sets are the polished ones: no factorization at all.
+    # Where they are not (a row estimated active whose multiplier came out zero, or no
+    # polish of the whole batch with the final factor), the kept bases of H's systems
+    # give the final sets' systems, a capacitance system per instance.
+    shared = data.P.shape[0] == 1 and C.shape[0] == 1 and r.shape[0] == 1
     polished, shared_data = result.polish_systems, factor.memo.get("polish")
-    if polished is not None and not (
-        isinstance(shared_data, SharedPolishData) and torch.equal(polished.inactive, inactive)
-    ):
+    if not (shared and isinstance(shared_data, SharedPolishData)):
         polished = None
+    elif polished is None or not torch.equal(polished.inactive, inactive):
+        polished = shared_data.systems(inactive)
     if method == "auto":
-        shared = data.P.shape[0] == 1 and C.shape[0] == 1 and r.shape[0] == 1
         cheaper = polished is not None or direct_is_cheaper(n, inactive, shared)
         method = "direct" if cheaper else "gmres"
     if method == "direct":
@@ -233,6 +236,9 @@ def reverse_gradients(
         budget = settings.backward_max_iter - iterations
         state, steps = _iterate(step, state, measure, settings, max(budget, 0))
         iterations += steps
+    # The recursion's steps cost what ADMM steps do: a kept factor's work, which pays
+    # for the setup that lets later backwards go through the polish's systems instead.
+    factor.ledger.work += iterations * batch_step_cost(x.shape[0], n, C.shape[1], not shared)
     a, c = state
     t, rCt = products(a, c) if parts is None else parts
     grad_P = grad_C = None

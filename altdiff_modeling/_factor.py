@@ -28,6 +28,21 @@ def cholesky_solve(rhs: torch.Tensor, L: torch.Tensor) -> torch.Tensor:
     return torch.linalg.solve_triangular(L.mT, half, upper=True)
 
 
+class WorkLedger:
+    """The cost of the iterations (ADMM steps and backward products, in the units of
+    `_admm.step_flops`) taken with some factors since a setup was last paid from it.
+
+    The factors a layer keeps across calls (`FactorCache`) share one: what their
+    iterations cost is the budget from which a setup that makes the later calls
+    cheaper is paid for (`_polish.SharedPolisher.credit`).
+    """
+
+    __slots__ = ("work",)
+
+    def __init__(self) -> None:
+        self.work = 0.0
+
+
 class CholeskyFactor:
     """Lower Cholesky factor of a symmetric positive definite H.
 
@@ -39,6 +54,8 @@ class CholeskyFactor:
     ``memo`` holds what its users derive from the factor and the data it factors (the
     polisher's and the direct adjoint's shared matrices): a factor a layer keeps across
     calls (`FactorCache`) brings them along. A factor serves one P and C only.
+    ``ledger`` counts the cost of the iterations taken with it (`WorkLedger`); the
+    factors a layer keeps share one.
 
     Args:
         H: ``(1, n, n)`` or ``(B, n, n)`` symmetric positive definite matrices.
@@ -58,6 +75,7 @@ class CholeskyFactor:
         self.L = L
         self.shared = L.shape[0] == 1
         self.memo: dict[str, object] = {}
+        self.ledger = WorkLedger()
         self._step_inverse: torch.Tensor | bool | None = False  # False: not computed yet
 
     @classmethod
@@ -66,6 +84,7 @@ class CholeskyFactor:
         factor = cls.__new__(cls)
         factor.L, factor.shared = L, L.shape[0] == 1
         factor.memo = {}
+        factor.ledger = WorkLedger()
         factor._step_inverse = False
         return factor
 

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import torch
 
-from ._factor import CholeskyFactor
+from ._factor import CholeskyFactor, WorkLedger
 
 __all__ = ["FactorCache", "quantize_rho"]
 
@@ -42,11 +42,13 @@ class FactorCache:
     def __init__(self) -> None:
         self._key: tuple = ()
         self._factors: OrderedDict[tuple[float, float], CholeskyFactor] = OrderedDict()
+        self._ledger = WorkLedger()
 
     def reset(self, key: tuple = ()) -> None:
         """Drop every factor; ``key`` identifies what the next ones are factors of."""
         self._key = key
         self._factors.clear()
+        self._ledger = WorkLedger()
 
     @property
     def key(self) -> tuple:
@@ -68,6 +70,7 @@ class FactorCache:
             cached = compute()
             if cached.nbytes() > _MAX_BYTES:
                 return cached
+            cached.ledger = self._ledger  # the layer's work, whichever rho it ran at
             self._factors[value] = cached
         # The factors' memos grow after they are cached (`CholeskyFactor.memo`): the
         # budget counts them at every call, and never evicts the factor just returned.

@@ -15,6 +15,7 @@ caller accepts a polished point only if it meets the termination criteria.
 
 from __future__ import annotations
 
+import math
 from typing import TypeVar
 
 import numpy as np
@@ -219,16 +220,32 @@ class SharedPolisher:
     factorization per instance, so a batch can try it often. S, ``H^{-1} C'`` and the
     inverses around the majority patterns (`SharedPolishData`) stay with the factor
     (its ``memo``) for the next polish with it, in this call or a later one.
+    ``kept`` says that the factors are a layer's, kept across calls (`FactorCache`).
     """
 
-    def __init__(self, C: torch.Tensor, n_eq: int) -> None:
-        self.C, self.n_eq = C[0], n_eq
+    def __init__(self, C: torch.Tensor, n_eq: int, kept: bool = False) -> None:
+        self.C, self.n_eq, self.kept = C[0], n_eq, kept
 
     @staticmethod
     def prepared(factor: CholeskyFactor) -> bool:
         """Whether ``S`` of this factor is computed already (a polish then pays only its
         instances' systems, and the majority pattern's inverse where it is new)."""
         return "polish" in factor.memo
+
+    @staticmethod
+    def credit(factor: CholeskyFactor) -> float:
+        """How much of the shared setup (``S``, ``H^{-1} C'``, a majority inverse) counts
+        as paid for with this factor: all of it once computed, else the work of the
+        iterations taken since the last setup was paid (its `_factor.WorkLedger`, which
+        the factors a layer keeps share).
+
+        A layer keeps its factors across calls; where its calls are long (a single
+        large problem iterates at the speed of memory), the setup, a few calls' worth
+        of steps, makes every later call's polish and backward a few steps' worth.
+        Buying it once the iterations have cost as much (a rent-or-buy rule) spends at
+        most twice what the better of never and at once would have.
+        """
+        return math.inf if SharedPolisher.prepared(factor) else factor.ledger.work
 
     def shared_data(self, factor: CholeskyFactor, rows: torch.Tensor) -> SharedPolishData:
         """What the polishes with this factor share, kept in its memo: a layer's cached
@@ -242,6 +259,7 @@ class SharedPolisher:
                 MajorityBases(rows[0].unsqueeze(-1) * (LinvCt.T @ LinvCt)), HinvCt
             )
             factor.memo["polish"] = shared
+            factor.ledger.work = 0.0  # spent on this setup
         return shared
 
     def polish(
