@@ -110,10 +110,14 @@ class SolveResult:
         primal_residual: ``(B,)`` ``||Cx - z||_inf`` in the user's units.
         dual_residual: ``(B,)`` ``||Px + q + C'y||_inf`` in the user's units.
         solve_time: Wall-clock seconds of the solve.
-        polish_systems: The systems ``(R S - D_i)`` of ``factor`` that the last polish
-            of the whole batch solved, on each instance's last polished estimate
+        polish_systems: The systems ``(R S - D_i)`` that the last polish of the whole
+            batch solved, on each instance's last polished estimate
             (`_polish.SharedPolisher`), or None. The direct backward solves the same
             systems where the final active sets are those estimates.
+        polish_factor: The factor of H whose memo holds the shared polish's data that
+            the backward may use, where it is not ``factor`` (a layer's factor kept for
+            polishing, of another rho), else None.
+        polish_rows: ``(1, m)`` the per-row penalty of ``polish_factor``, or None.
     """
 
     x: torch.Tensor
@@ -128,6 +132,8 @@ class SolveResult:
     dual_residual: torch.Tensor
     solve_time: float
     polish_systems: MajoritySystems | None = None
+    polish_factor: CholeskyFactor | None = None
+    polish_rows: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -683,6 +689,26 @@ def _polish_instances(
     return xp.to(x.dtype), zp.to(x.dtype), yp.to(x.dtype), ok, systems
 
 
+def _polish_source(
+    factor: CholeskyFactor,
+    systems: MajoritySystems | None,
+    polished_with: tuple[CholeskyFactor, torch.Tensor] | None,
+    polishing: tuple[torch.Tensor, CholeskyFactor] | None,
+    n_eq: int,
+    m: int,
+) -> dict[str, object]:
+    """`SolveResult`'s ``polish_factor`` and ``polish_rows``: the factor of the systems
+    of the last polish, or where the final factor has no polish data, the layer's
+    factor kept for polishing (the backward builds the final active sets' systems on
+    its bases); nothing where that is the final factor itself."""
+    source = polished_with if systems is not None else None
+    if source is None and polishing is not None and not SharedPolisher.prepared(factor):
+        source = polishing[1], penalty_rows(polishing[0], n_eq, m)
+    if source is None or source[0] is factor:
+        return {}
+    return {"polish_factor": source[0], "polish_rows": source[1]}
+
+
 def admm_solve(
     data: QPData,
     settings: SolverSettings,
@@ -741,7 +767,22 @@ def admm_solve(
     polisher = None
     if not per_instance and rho.shape[0] == 1 and dtype == torch.float64:
         polisher = SharedPolisher(C, n_eq, factor_kept)
-    paid = SharedPolisher.credit(factor) if polisher is not None else 0.0
+    # A layer's factor kept for polishing serves every call's polishes, at any rho: the
+    # polish solves the same reduced KKT system with any H = P + sigma I + C'R'C.
+    polishing = None
+    if polisher is not None and factors is not None and factor_kept:
+        polishing = factors.polishing(scaling.c)
+
+    def credit(factor: CholeskyFactor) -> float:
+        return math.inf if polishing is not None else SharedPolisher.credit(factor)
+
+    def polish_with() -> tuple[CholeskyFactor, torch.Tensor]:
+        """The factor (and its per-row penalty) to polish with."""
+        if polishing is None or SharedPolisher.prepared(it.factor):
+            return it.factor, it.rows
+        return polishing[1], penalty_rows(polishing[0], n_eq, m)
+
+    paid = credit(factor) if polisher is not None else 0.0
     plan = _PolishPlan(B, n, m, settings, polisher is not None, per_instance, paid, factor_kept)
     step_cost = batch_step_cost(B, n, m, per_instance)  # charged to the factor's work
 
@@ -778,7 +819,7 @@ def admm_solve(
         if tangents is not None:
             tangents.record(mask)
 
-    polish_systems = None
+    polish_systems, polished_with = None, None
     residuals.start(it.x, it.z, y, it.Cx)
     for k in range(1, settings.max_iter + 1):
         last = k == settings.max_iter
@@ -796,10 +837,17 @@ def admm_solve(
         chosen = plan.candidates(k, z, y, residuals.bound, n_eq, ~done & ~converged)
         if chosen is not None:
             tried, estimate = chosen
-            with_factor = None if polisher is None else (polisher, it.factor, it.rows, sigma)
+            with_factor = None
+            if polisher is not None:
+                polished_with = polish_with()
+                with_factor = (polisher, *polished_with, sigma)
             x, z, y, kept, polish_systems = _try_polish(
                 data, residuals, x, z, y, tried, estimate, with_factor, plan.corrections
             )
+            if factor_kept and polishing is None and SharedPolisher.prepared(it.factor):
+                # This call bought the setup: the layer's later calls polish with it.
+                factors.keep_for_polishing(rho, scaling.c, it.factor)
+                polishing = factors.polishing(scaling.c)
             if batch.shape[0] != B:  # they describe the unfinished instances only
                 polish_systems = None
             plan.record_failures(tried & ~kept, estimate)
@@ -847,7 +895,7 @@ def admm_solve(
                 it.set_penalty(rho_rows, factor_for(rho), y)
                 polish_systems = None  # of the previous factor
                 if polisher is not None:
-                    plan.refactored(batch.shape[0], SharedPolisher.credit(it.factor), k)
+                    plan.refactored(batch.shape[0], credit(it.factor), k)
         if tangents is None and unfinished <= _COMPACT_FRACTION * done.shape[0]:
             keep = torch.nonzero(~done).flatten()
             batch, done, data = batch[keep], done[keep], data.select(keep)
@@ -875,4 +923,5 @@ def admm_solve(
         dual_residual=out_dual,
         solve_time=time.perf_counter() - start,
         polish_systems=polish_systems,
+        **_polish_source(factor, polish_systems, polished_with, polishing, n_eq, m),
     )

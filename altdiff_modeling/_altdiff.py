@@ -183,8 +183,13 @@ def reverse_gradients(
     # Where they are not (a row estimated active whose multiplier came out zero, or no
     # polish of the whole batch with the final factor), the kept bases of H's systems
     # give the final sets' systems, a capacitance system per instance.
+    # They may be of another factor, with its penalty R' (a layer's factor kept for
+    # polishing): `adjoint_through_polish` converts.
     shared = data.P.shape[0] == 1 and C.shape[0] == 1 and r.shape[0] == 1
-    polished, shared_data = result.polish_systems, factor.memo.get("polish")
+    polish_factor, polish_rows = factor, r
+    if result.polish_factor is not None and result.polish_rows is not None:
+        polish_factor, polish_rows = result.polish_factor, result.polish_rows
+    polished, shared_data = result.polish_systems, polish_factor.memo.get("polish")
     if not (shared and isinstance(shared_data, SharedPolishData)):
         polished = None
     elif polished is None or not torch.equal(polished.inactive, inactive):
@@ -195,7 +200,16 @@ def reverse_gradients(
     if method == "direct":
         if polished is not None:
             guess = adjoint_through_polish(
-                factor, C, r, polished, shared_data.HinvCt, grad_x, g_v, sigma, tol
+                polish_factor,
+                C,
+                polish_rows,
+                polished,
+                shared_data.HinvCt,
+                grad_x,
+                g_v,
+                sigma,
+                tol,
+                r,
             )
         else:
             guess = direct_adjoint(data.P, C, r, inactive, grad_x, g_v, sigma, factor.memo)

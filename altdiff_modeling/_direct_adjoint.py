@@ -200,9 +200,16 @@ def adjoint_through_polish(
     g_v: torch.Tensor,
     sigma: float,
     tol: float,
+    recursion_rows: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The fixed point ``(a, c)`` of `direct_adjoint` through the systems a shared
     polish solved (module docstring), for a batch whose inactive rows are theirs.
+
+    The systems may be of another penalty R' than the recursion's R
+    (``recursion_rows``): with ``c~ = c - R C t`` the fixed point reads
+    ``P t = g_x + C'c~``, ``c~_D = g_v,D``, ``C_a t = R_a^{-1} g_v,a``, in which R
+    enters only through ``R^{-1} g_v``. So the systems of R' solve it for
+    ``g_v' = R' R^{-1} g_v``, and ``c = c' + (R - R') C t``.
 
     Args:
         factor: The shared factor of H ``(1, n, n)`` the systems were built for.
@@ -212,6 +219,8 @@ def adjoint_through_polish(
         grad_x: ``(B, n)``.  g_v: ``(B, m)`` the source terms of the recursion.
         sigma: The proximal weight of H.
         tol: Relative accuracy of t to stop at (estimated from successive changes).
+        recursion_rows: ``(1, m)`` the recursion's per-row penalty R where it is not
+            ``rows`` (the penalty of ``factor`` and the systems), else None.
 
     Returns:
         ``a (B, n)`` and ``c (B, m)`` in the dtype of ``grad_x``; ``c`` is zero for an
@@ -221,6 +230,9 @@ def adjoint_through_polish(
     dtype = grad_x.dtype
     C, rows = C[0].to(systems.RS.dtype), rows.to(systems.RS.dtype)
     g_x, g_v = grad_x.to(C.dtype), g_v.to(C.dtype)
+    if recursion_rows is not None:
+        recursion_rows = recursion_rows.to(C.dtype)
+        g_v = g_v * (rows / recursion_rows)
     t, last_change = torch.zeros_like(g_x), None
     for _ in range(_POLISH_ADJOINT_STEPS):
         h = factor.solve(g_x + sigma * t)
@@ -234,5 +246,7 @@ def adjoint_through_polish(
             if bool((left <= tol * (1 + t.norm(dim=-1))).all()):
                 break
         last_change = change
+    if recursion_rows is not None:
+        c = c + (recursion_rows - rows) * (t @ C.T)
     a = sigma * t + g_x
     return a.to(dtype), c.to(dtype)

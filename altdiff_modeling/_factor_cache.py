@@ -37,18 +37,41 @@ class FactorCache:
 
     Valid for one P, C, scaling, sigma, dtype and device: the owner (a layer's
     `ConstantDataReuse`) clears it when any of those changes (`reset`).
+
+    One factor may be kept for polishing (`keep_for_polishing`): the one whose memo
+    holds the shared polish's setup, which any later call with the same cost scaling
+    polishes with, whatever rho it iterates at. It is never evicted.
     """
 
     def __init__(self) -> None:
         self._key: tuple = ()
         self._factors: OrderedDict[tuple[float, float], CholeskyFactor] = OrderedDict()
         self._ledger = WorkLedger()
+        self._polishing: tuple[tuple[float, float], torch.Tensor, CholeskyFactor] | None = None
 
     def reset(self, key: tuple = ()) -> None:
         """Drop every factor; ``key`` identifies what the next ones are factors of."""
         self._key = key
         self._factors.clear()
         self._ledger = WorkLedger()
+        self._polishing = None
+
+    def keep_for_polishing(
+        self, rho: torch.Tensor, cost_scale: torch.Tensor, factor: CholeskyFactor
+    ) -> None:
+        """Keep ``factor``, the cached one of ``rho`` ``(1,)`` and ``cost_scale``, for
+        the polishes of later calls (its memo holds their setup)."""
+        value = (float(rho[0]), float(cost_scale.flatten()[0]))
+        if self._factors.get(value) is factor:
+            self._polishing = (value, rho.clone(), factor)
+
+    def polishing(self, cost_scale: torch.Tensor) -> tuple[torch.Tensor, CholeskyFactor] | None:
+        """The factor kept for polishing and its rho ``(1,)``, where it has this cost
+        scaling (H depends on it), else None."""
+        kept = self._polishing
+        if kept is None or kept[0][1] != float(cost_scale.flatten()[0]):
+            return None
+        return kept[1], kept[2]
 
     @property
     def key(self) -> tuple:
@@ -73,10 +96,15 @@ class FactorCache:
             cached.ledger = self._ledger  # the layer's work, whichever rho it ran at
             self._factors[value] = cached
         # The factors' memos grow after they are cached (`CholeskyFactor.memo`): the
-        # budget counts them at every call, and never evicts the factor just returned.
-        while len(self._factors) > 1 and (
+        # budget counts them at every call, and never evicts the factor just returned,
+        # nor the one kept for polishing (its setup costs several factorizations).
+        spared = {value, self._polishing[0] if self._polishing is not None else value}
+        while (
             len(self._factors) > _MAX_FACTORS
             or sum(factor.nbytes() for factor in self._factors.values()) > _MAX_BYTES
         ):
-            self._factors.popitem(last=False)
+            oldest = next((key for key in self._factors if key not in spared), None)
+            if oldest is None:
+                break
+            del self._factors[oldest]
         return cached

@@ -256,10 +256,21 @@ def test_a_single_problem_layer_differentiates_through_its_kept_polish_systems(m
     # factor brings the shared polish's S and bases to every call, each call polishes
     # through them, and each backward solves their systems (no factor of K, no GMRES).
     # The gradients agree with implicit differentiation of the KKT system at Clarabel's
-    # solution.
+    # solution. The third call iterates on at another rho after its polish: its
+    # backward solves the systems of the factor kept for polishing, converted to the
+    # final penalty.
     from reference import kkt_implicit_gradient, solve_qp_reference
 
     import altdiff_modeling._altdiff as altdiff_module
+
+    sources = []
+    reverse = function_module.reverse_gradients
+
+    def spy(data, result, *args, **kwargs):
+        sources.append(result.polish_factor is not None)
+        return reverse(data, result, *args, **kwargs)
+
+    monkeypatch.setattr(function_module, "reverse_gradients", spy)
 
     calls = {"through": 0, "direct": 0, "gmres": 0}
     for name, key in (
@@ -299,3 +310,33 @@ def test_a_single_problem_layer_differentiates_through_its_kept_polish_systems(m
             error = np.linalg.norm(got.numpy() - expected) / np.linalg.norm(expected)
             assert error <= 1e-7, error
     assert calls == {"through": 3, "direct": 0, "gmres": 0}
+    assert sources == [False, False, True]
+
+
+def test_the_factor_kept_for_polishing_serves_its_cost_scaling_and_is_never_evicted(
+    monkeypatch,
+):
+    import altdiff_modeling._factor_cache as cache_module
+    from altdiff_modeling._factor import CholeskyFactor
+
+    monkeypatch.setattr(cache_module, "_MAX_FACTORS", 2)
+    cache = cache_module.FactorCache()
+    c, other_c = (torch.full((1, 1), v, dtype=torch.float64) for v in (1.0, 2.0))
+
+    def make(value: float):
+        return lambda: CholeskyFactor(value * torch.eye(3, dtype=torch.float64)[None])
+
+    rho = torch.tensor([1.0], dtype=torch.float64)
+    kept = cache.factor(rho, c, make(1.0))
+    cache.keep_for_polishing(rho, c, kept)
+    assert cache.polishing(other_c) is None
+    kept_rho, factor = cache.polishing(c)
+    assert factor is kept and torch.equal(kept_rho, rho)
+    for value in (2.0, 3.0, 4.0):  # the least recently used goes, but not the kept one
+        cache.factor(torch.tensor([value]), c, make(value))
+    assert len(cache) == 2 and cache.factor(rho, c, make(9.0)) is kept
+    stray = CholeskyFactor(torch.eye(3, dtype=torch.float64)[None])
+    cache.keep_for_polishing(torch.tensor([5.0]), c, stray)  # not a cached factor
+    assert cache.polishing(c)[1] is kept
+    cache.reset(("other",))
+    assert cache.polishing(c) is None

@@ -434,3 +434,50 @@ def test_direct_backward_with_per_instance_matrices_solves_the_active_rows_syste
             assert int((slack < 1e-7).sum()) >= B  # active inequalities to pass through
     for direct, gmres in zip(grads["direct"], grads["gmres"], strict=True):
         assert float((direct - gmres).norm() / gmres.norm()) <= 1e-7
+
+
+def test_backward_through_the_systems_of_another_penalty_matches_its_own():
+    # A layer polishes with the factor it kept for polishing, whose rho may differ from
+    # the final iteration's: the systems of H(R') give the recursion's fixed point for
+    # R once g_v is scaled by R'/R and c corrected by (R - R') C t.
+    from altdiff_modeling._admm import penalty_rows
+    from altdiff_modeling._altdiff import adjoint_through_polish as through
+    from altdiff_modeling._factor import CholeskyFactor
+    from altdiff_modeling._polish import SharedPolisher
+
+    rng = np.random.default_rng(12)
+    n, n_eq, m, B, sigma = 30, 5, 35, 4, 1e-6
+    M = rng.standard_normal((n, n))
+    P = torch.from_numpy(M.T @ M / n)[None]
+    C = torch.from_numpy(rng.standard_normal((m, n)))[None]
+    inactive = torch.from_numpy(rng.random((B, m)) > 0.4)
+    inactive[:, :n_eq] = False
+    g_x = torch.from_numpy(rng.standard_normal((B, n)))
+    g_v = torch.where(inactive, 0.0, torch.from_numpy(rng.standard_normal((B, m))))
+    answers = []
+    for rho in (0.1, 3.0):
+        rows = penalty_rows(torch.tensor([rho], dtype=torch.float64), n_eq, m)
+        H = P + sigma * torch.eye(n, dtype=torch.float64) + C.mT @ (rows[..., None] * C)
+        factor = CholeskyFactor(H)
+        shared = SharedPolisher(C, n_eq).shared_data(factor, rows)
+        answers.append((factor, rows, shared))
+    (f_own, r_own, own), (f_other, r_other, other) = answers
+    expected = through(f_own, C, r_own, own.systems(inactive), own.HinvCt, g_x, g_v, sigma, 1e-14)
+    got = through(
+        f_other,
+        C,
+        r_other,
+        other.systems(inactive),
+        other.HinvCt,
+        g_x,
+        g_v,
+        sigma,
+        1e-14,
+        r_own,
+    )
+    for value, want in zip(got, expected, strict=True):
+        assert float((value - want).norm() / want.norm()) <= 1e-9
+    unconverted = through(
+        f_other, C, r_other, other.systems(inactive), other.HinvCt, g_x, g_v, sigma, 1e-14
+    )
+    assert float((unconverted[1] - expected[1]).norm() / expected[1].norm()) > 1e-3
