@@ -727,8 +727,9 @@ def admm_solve(
         tangents: Forward-mode Alt-Diff state, advanced in lockstep with the iterates.
         warm_start: Starting iterates and penalty (scaled units); zeros otherwise.
         weights: `penalty_weights` of the scaled C, when the caller has it already.
-        factors: Factors of H kept across calls, for a batch whose P and C are a
-            layer's constants (the caller keys the cache by them).
+        factors: Factors of H for a batch whose P and C are constants (the caller
+            keys the cache by them): a layer's, kept across calls
+            (``factors.across_calls``), or a one-off solve's.
 
     Returns:
         The iterate at which each instance stopped, with its status and residuals.
@@ -754,10 +755,12 @@ def admm_solve(
         weights = penalty_weights(C, n_eq)
     penalty = _PenaltyMatrix(P, weights, sigma)
 
-    factor_kept = factors is not None and not per_instance and scaling.c.numel() == 1
+    cached = factors is not None and not per_instance and scaling.c.numel() == 1
+    # Factors a layer keeps across calls: what is computed from them serves later calls.
+    factor_kept = cached and factors is not None and factors.across_calls
 
     def factor_for(rho: torch.Tensor) -> CholeskyFactor:
-        if not factor_kept:
+        if not cached:
             return penalty.factor(rho)
         return factors.factor(rho, scaling.c, lambda: penalty.factor(rho))
 

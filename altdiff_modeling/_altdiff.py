@@ -209,7 +209,7 @@ def reverse_gradients(
                 g_v,
                 sigma,
                 tol,
-                r,
+                r if polish_factor is not factor else None,
             )
         else:
             guess = direct_adjoint(data.P, C, r, inactive, grad_x, g_v, sigma, factor.memo)

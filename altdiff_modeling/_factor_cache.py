@@ -41,9 +41,15 @@ class FactorCache:
     One factor may be kept for polishing (`keep_for_polishing`): the one whose memo
     holds the shared polish's setup, which any later call with the same cost scaling
     polishes with, whatever rho it iterates at. It is never evicted.
+
+    Args:
+        across_calls: The cache outlives the call (a layer's): a setup computed with
+            its factors serves later calls, which makes it worth buying
+            (`_admm.polish_cost`). A one-off solve's cache serves that solve only.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, across_calls: bool = False) -> None:
+        self.across_calls = across_calls
         self._key: tuple = ()
         self._factors: OrderedDict[tuple[float, float], CholeskyFactor] = OrderedDict()
         self._ledger = WorkLedger()

@@ -121,14 +121,14 @@ class ConstantDataReuse:
     matrices are the same tensors as in the previous call (a layer's constant blocks
     are), they are reused. Anything else (a batched or parametric matrix, another
     number of Ruiz passes) recomputes them; another sigma, dtype or device starts a
-    new factor cache.
+    new factor cache. ``across_calls``: the object outlives the call (a layer's).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, across_calls: bool = False) -> None:
         self._key: tuple = ()
         self._equilibration: Equilibration | None = None
         self._weights: torch.Tensor | None = None
-        self._factors = FactorCache()
+        self._factors = FactorCache(across_calls)
         self._scaled: tuple[float, tuple[torch.Tensor, ...], torch.Tensor] | None = None
 
     def _matches(self, data: QPData, settings: SolverSettings) -> bool:

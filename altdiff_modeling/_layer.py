@@ -145,7 +145,7 @@ class AltDiffLayer(torch.nn.Module):
             self._block_dependencies("dense")
         self._last_solution: Solution | None = None
         # Equilibration and C'SC of constant P, A, G, computed on the first call.
-        self._reuse = ConstantDataReuse()
+        self._reuse = ConstantDataReuse(across_calls=True)
 
     @property
     def backend(self) -> str:

@@ -585,6 +585,9 @@ def run_child(args: argparse.Namespace) -> None:
             fwd, bwd = [result["first_forward_s"]], [result["first_backward_s"] or 0.0]
             result["timed_from_warmup"] = True
         result["timed_repeats"] = len(fwd) if not result.get("timed_from_warmup") else 0
+        # Every timed call, in order: a method that buys a setup after a few calls (the
+        # layer's kept factors) shows its transition here, the median its steady state.
+        result["forward_calls_s"], result["backward_calls_s"] = fwd, bwd
         result["forward_s"] = statistics.median(fwd)
         result["backward_s"] = statistics.median(bwd) if method.has_backward else None
         result["total_s"] = statistics.median([a + c for a, c in zip(fwd, bwd)])

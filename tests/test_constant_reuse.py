@@ -340,3 +340,29 @@ def test_the_factor_kept_for_polishing_serves_its_cost_scaling_and_is_never_evic
     assert cache.polishing(c)[1] is kept
     cache.reset(("other",))
     assert cache.polishing(c) is None
+
+
+def test_only_a_layers_factors_are_kept_across_calls(monkeypatch):
+    # A setup bought with kept factors pays off in later calls: a layer's cache outlives
+    # its calls, a one-off solve's does not (its polish takes the cheaper method now).
+    from altdiff_modeling import solve_qp
+
+    seen = []
+    solve = function_module.admm_solve
+
+    def spy(*args, **kwargs):
+        seen.append(args[-1].across_calls)
+        return solve(*args, **kwargs)
+
+    monkeypatch.setattr(function_module, "admm_solve", spy)
+    problem, params, x, values = _problem(np.random.default_rng(4))
+    layer = AltDiffLayer(problem, parameters=params, variables=[x])
+    layer(*(torch.tensor(v) for v in values))
+    rng = np.random.default_rng(4)
+    M = rng.standard_normal((8, 8))
+    A, G = rng.standard_normal((3, 8)), rng.standard_normal((8, 8))
+    solve_qp(
+        *(torch.from_numpy(v) for v in (M.T @ M + np.eye(8), values[0], A, values[1], G)),
+        torch.from_numpy(values[2]),
+    )
+    assert seen == [True, False]
