@@ -190,7 +190,9 @@ def reverse_gradients(
     if result.polish_factor is not None and result.polish_rows is not None:
         polish_factor, polish_rows = result.polish_factor, result.polish_rows
     polished, shared_data = result.polish_systems, polish_factor.memo.get("polish")
-    if not (shared and isinstance(shared_data, SharedPolishData)):
+    if method not in ("auto", "direct") or not (
+        shared and isinstance(shared_data, SharedPolishData)
+    ):
         polished = None
     elif polished is None or not torch.equal(polished.inactive, inactive):
         polished = shared_data.systems(inactive)
