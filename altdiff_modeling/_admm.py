@@ -693,9 +693,7 @@ def _polish_source(
     factor: CholeskyFactor,
     systems: MajoritySystems | None,
     polished_with: tuple[CholeskyFactor, torch.Tensor] | None,
-    polishing: tuple[torch.Tensor, CholeskyFactor] | None,
-    n_eq: int,
-    m: int,
+    polishing: tuple[CholeskyFactor, torch.Tensor] | None,
 ) -> dict[str, object]:
     """`SolveResult`'s ``polish_factor`` and ``polish_rows``: the factor of the systems
     of the last polish, or where the final factor has no polish data, the layer's
@@ -703,7 +701,7 @@ def _polish_source(
     its bases); nothing where that is the final factor itself."""
     source = polished_with if systems is not None else None
     if source is None and polishing is not None and not SharedPolisher.prepared(factor):
-        source = polishing[1], penalty_rows(polishing[0], n_eq, m)
+        source = polishing
     if source is None or source[0] is factor:
         return {}
     return {"polish_factor": source[0], "polish_rows": source[1]}
@@ -770,11 +768,17 @@ def admm_solve(
     polisher = None
     if not per_instance and rho.shape[0] == 1 and dtype == torch.float64:
         polisher = SharedPolisher(C, n_eq, factor_kept)
+
     # A layer's factor kept for polishing serves every call's polishes, at any rho: the
     # polish solves the same reduced KKT system with any H = P + sigma I + C'R'C.
-    polishing = None
-    if polisher is not None and factors is not None and factor_kept:
-        polishing = factors.polishing(scaling.c)
+    def kept_for_polishing() -> tuple[CholeskyFactor, torch.Tensor] | None:
+        """The layer's factor kept for polishing and its per-row penalty, if any."""
+        if polisher is None or factors is None or not factor_kept:
+            return None
+        kept = factors.polishing(scaling.c)
+        return None if kept is None else (kept[1], penalty_rows(kept[0], n_eq, m))
+
+    polishing = kept_for_polishing()
 
     def credit(factor: CholeskyFactor) -> float:
         return math.inf if polishing is not None else SharedPolisher.credit(factor)
@@ -783,7 +787,7 @@ def admm_solve(
         """The factor (and its per-row penalty) to polish with."""
         if polishing is None or SharedPolisher.prepared(it.factor):
             return it.factor, it.rows
-        return polishing[1], penalty_rows(polishing[0], n_eq, m)
+        return polishing
 
     paid = credit(factor) if polisher is not None else 0.0
     plan = _PolishPlan(B, n, m, settings, polisher is not None, per_instance, paid, factor_kept)
@@ -850,7 +854,7 @@ def admm_solve(
             if factor_kept and polishing is None and SharedPolisher.prepared(it.factor):
                 # This call bought the setup: the layer's later calls polish with it.
                 factors.keep_for_polishing(rho, scaling.c, it.factor)
-                polishing = factors.polishing(scaling.c)
+                polishing = kept_for_polishing()
             if batch.shape[0] != B:  # they describe the unfinished instances only
                 polish_systems = None
             plan.record_failures(tried & ~kept, estimate)
@@ -926,5 +930,5 @@ def admm_solve(
         dual_residual=out_dual,
         solve_time=time.perf_counter() - start,
         polish_systems=polish_systems,
-        **_polish_source(factor, polish_systems, polished_with, polishing, n_eq, m),
+        **_polish_source(factor, polish_systems, polished_with, polishing),
     )
