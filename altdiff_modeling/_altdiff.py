@@ -30,7 +30,12 @@ from dataclasses import dataclass
 import torch
 
 from ._admm import SolveResult, batch_step_cost
-from ._direct_adjoint import adjoint_through_polish, direct_adjoint, direct_is_cheaper
+from ._direct_adjoint import (
+    AdjointSolver,
+    adjoint_through_polish,
+    direct_adjoint,
+    direct_is_cheaper,
+)
 from ._factor import CholeskyFactor
 from ._krylov import batched_gmres
 from ._polish import SharedPolishData
@@ -112,6 +117,32 @@ def _iterate(
             break
         previous_change = change
     return state, steps
+
+
+def _verified(
+    solver: AdjointSolver,
+    guess: State,
+    image: State,
+    source: torch.Tensor,
+    tol: float,
+) -> torch.Tensor:
+    """``(B,)`` bool: where a direct solver's answer ``guess`` ``w`` is the transposed
+    recursion's limit to ``tol``, given its ``image`` ``M'w + source``.
+
+    The residual ``rho = source - (I - M') w`` must be small, and so must the error it
+    implies, ``(I - M')^{-1} rho``, which the same solver estimates (one step of
+    iterative refinement). The residual alone cannot tell: where the system is singular
+    or nearly so (dependent active rows, a solution that is not unique), an answer may
+    carry any multiple of a null vector, with a residual at round-off, and gradients a
+    billion times the recursion's. There the solver amplifies the residual's round-off
+    as much as it did the source's, and the correction is as large as the answer.
+    """
+    w = torch.cat(guess, dim=1)
+    residual = torch.cat(image, dim=1) - w
+    n = guess[0].shape[1]
+    correction = torch.cat(solver(residual[:, :n], residual[:, n:], rough=True), dim=1)
+    small = residual.norm(dim=-1) <= tol * (1 + source.norm(dim=-1))
+    return small & (correction.norm(dim=-1) <= tol * (1 + w.norm(dim=-1)))
 
 
 def reverse_gradients(
@@ -201,33 +232,29 @@ def reverse_gradients(
         method = "direct" if cheaper else "gmres"
     if method == "direct":
         if polished is not None:
-            guess = adjoint_through_polish(
+            solver = adjoint_through_polish(
                 polish_factor,
                 C,
                 polish_rows,
                 polished,
                 shared_data.HinvCt,
-                grad_x,
-                g_v,
                 sigma,
                 tol,
                 r if polish_factor is not factor else None,
             )
         else:
-            guess = direct_adjoint(data.P, C, r, inactive, grad_x, g_v, sigma, factor.memo)
-        if guess is not None:
-            # Accept the factorization's answer only as a fixed point of the recursion
-            # itself, to backward_eps. Where it is not, that instance's system is
-            # (nearly) singular and its answer may carry a huge part in the null space,
-            # which GMRES would keep: GMRES starts those rows afresh.
+            solver = direct_adjoint(data.P, C, r, inactive, sigma, factor.memo)
+        if solver is not None:
             iterations = 1
+            guess = solver(grad_x, g_v)
             parts = products(*guess)
-            residual = (measure(guess) - measure(step(guess, parts))).norm(dim=-1)
-            accepted = residual <= tol * (1 + source.norm(dim=-1))
+            accepted = _verified(solver, guess, step(guess, parts), source, tol)
             solved = bool(accepted.all())
             if solved:
                 state = guess
             else:
+                # GMRES starts the rejected instances afresh: from the factorization's
+                # answer it would keep that answer's part in the null space.
                 start = torch.where(accepted.unsqueeze(-1), measure(guess), source)
                 state, parts = (start[:, :n], start[:, n:]), None
         method = "gmres"

@@ -7,12 +7,14 @@ At the limit of the transposed recursion (see `_altdiff`), ``w = (a, c)`` satisf
 
 Substituting ``a`` cancels sigma: ``t = K^{-1} (g_x + C'c)`` with ``K = P + C' R C``.
 The inactive rows (D) give ``c_D = R_D C_D t + g_v,D`` and the others ``R C t = g_v``.
-Two equivalent systems follow, and each batch gets the cheaper one.
+Two equivalent systems follow, and each batch gets the cheaper one. Each is factored
+once and solved for any source ``(g_x, g_v)``: the caller solves for the gradient's
+and then for the residual's, to verify the first (`_altdiff`).
 
 **Shared P, C and rho** (``m x m``). With ``S = C K^{-1} C'`` and ``u = C K^{-1} g_x``
 both conditions read, row by row,
 
-    (R S - D) c = g_v - R u        (g_v is zero on inactive rows)
+    (R S - D) c = s - R u,         s = g_v on the active rows, -g_v on the inactive
 
 ``K``, ``S`` are computed once for the batch; the instances' systems then differ only
 in D, and `_woodbury.MajoritySystems` solves them with one small system each (the rows
@@ -27,7 +29,7 @@ leaves the active rows' KKT system, the one a polish solves::
     [P  C_a'] [t]   [g_x + C_D' g_v,D]
     [C_a  0 ] [mu] = [R_a^{-1} g_v,a  ],      c_a = g_v,a - mu
 
-one ``n x n`` factorization per instance (`_polish.solve_reduced_kkt`) instead of K's
+one ``n x n`` factorization per instance (`_polish.ReducedKKT`) instead of K's
 and an ``m x m`` one.
 
 **After a shared polish** (`adjoint_through_polish`). The polish of the forward solved
@@ -35,26 +37,31 @@ and an ``m x m`` one.
 estimate (`_polish.SharedPolisher`), and keeps those systems. Where the final active
 sets are those estimates, the fixed point follows from the same systems: with
 ``f = g_x + sigma t``, ``t = H^{-1} (f + C'c)`` and the conditions above read
-``(R S_H - D) c = g_v - R C H^{-1} f``. A guess of t gives c and a new t; the error
+``(R S_H - D) c = s - R C H^{-1} f``. A guess of t gives c and a new t; the error
 shrinks by about ``sigma / lambda_min`` of K on the active rows' null space per step
 (about 4e-6 on the layer batch of 64 problems with n = 100), so two or three steps
 reach round-off, and no matrix is factored or inverted.
 
-The caller checks the result against the recursion and refines it with GMRES where
-the system is singular (a degenerate point).
+A factorization's answer can satisfy the fixed-point equation to round-off and still
+be far from the recursion's limit: where the system is singular or nearly so (linearly
+dependent active rows, a solution that is not unique), any multiple of its null vector
+may be added. The caller accepts it only where it is verified, and solves the other
+instances by GMRES (`_altdiff.reverse_gradients`).
 """
 
 from __future__ import annotations
+
+from typing import Protocol
 
 import torch
 
 from ._admm import step_flops
 from ._factor import CholeskyFactor
-from ._polish import solve_reduced_kkt
+from ._polish import ReducedKKT
 from ._qp import matvec
-from ._woodbury import MajorityBases, MajoritySystems, differing_rows
+from ._woodbury import MajorityBases, MajoritySystems, differing_rows, regular_inverse
 
-__all__ = ["adjoint_through_polish", "direct_adjoint", "direct_is_cheaper"]
+__all__ = ["AdjointSolver", "adjoint_through_polish", "direct_adjoint", "direct_is_cheaper"]
 
 # Cost model of `direct_is_cheaper`, in floating-point operations.
 _KRYLOV_STEPS = 50  # operator applications GMRES typically needs at backward_eps = 1e-8
@@ -103,37 +110,45 @@ def _factor_K(
     return L, torch.linalg.solve_triangular(L, C.mT, upper=False)
 
 
+class AdjointSolver(Protocol):
+    """Maps source terms ``g_x (B, n)``, ``g_v (B, m)`` to the fixed point ``a (B, n)``,
+    ``c (B, m)`` of ``w = M'w + (g_x, g_v)``. ``rough``: a few digits suffice (an error
+    estimate), where the solver iterates."""
+
+    def __call__(
+        self, g_x: torch.Tensor, g_v: torch.Tensor, rough: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
 def direct_adjoint(
     P: torch.Tensor,
     C: torch.Tensor,
     rows: torch.Tensor,
     inactive: torch.Tensor,
-    grad_x: torch.Tensor,
-    g_v: torch.Tensor,
     sigma: float,
     memo: dict[str, object] | None = None,
-) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """Solve for the fixed point ``(a, c)`` of the transposed Alt-Diff recursion.
+) -> AdjointSolver | None:
+    """Factor the fixed-point equations of the transposed Alt-Diff recursion.
 
     Args:
         P: ``(1|B, n, n)``.  C: ``(1|B, m, n)``.  rows: ``(1|B, m)`` per-row penalty R.
         inactive: ``(B, m)`` bool, the rows D where the projection is the identity.
-        grad_x: ``(B, n)``.  g_v: ``(B, m)`` the source terms of the recursion.
         sigma: The proximal weight of H.
         memo: Where a batch with shared P, C and R keeps what depends on them alone
             (the memo of the forward's factor of H, which a layer may keep across
             calls), or None.
 
     Returns:
-        ``a (B, n)`` and ``c (B, m)`` in the dtype of ``grad_x``, or None where
-        ``K = P + C'RC`` is not numerically positive definite, or a system is singular.
+        A solver mapping source terms ``g_x (B, n)``, ``g_v (B, m)`` to the fixed point
+        ``a (B, n)``, ``c (B, m)`` of ``w = M'w + (g_x, g_v)``, in the dtype of
+        ``g_x``; or None where ``K = P + C'RC`` is not numerically positive definite.
+        An instance whose system is singular or too ill-conditioned to trust gets
+        ``c = 0`` or ``(a, c) = 0``, which the caller's check rejects.
     """
-    dtype = grad_x.dtype
     work = torch.float64  # the small dense factorizations are cheap in float64
-    g_x, g_v = grad_x.to(work), g_v.to(work)
     rows = rows.to(work)
     if not (P.shape[0] == 1 and C.shape[0] == 1 and rows.shape[0] == 1):
-        return _per_instance_adjoint(P.to(work), C.to(work), rows, inactive, g_x, g_v, sigma, dtype)
+        return _per_instance_adjoint(P.to(work), C.to(work), rows, inactive, sigma)
     kept = memo.get("adjoint") if memo is not None else None
     if not isinstance(kept, _SharedAdjoint):
         factored = _factor_K(P.to(work), C.to(work), rows)
@@ -143,27 +158,31 @@ def direct_adjoint(
         if memo is not None:
             memo["adjoint"] = kept
     L, LinvCt = kept.L[0], kept.LinvCt[0]  # (n, n), (n, m)
-    Linv_gx = torch.linalg.solve_triangular(L, g_x.T, upper=False).T  # (B, n)
-    rhs = g_v - rows * (Linv_gx @ LinvCt)
-    # An instance with a singular system gets c = 0 there, which the caller's check
-    # rejects: GMRES then solves that instance only.
     systems = kept.bases.systems(inactive)
-    if systems is not None:
-        c = systems.solve(rhs)
-    else:
+    if systems is None:  # each instance's own m x m system
         system = kept.bases.RS.expand(inactive.shape[0], -1, -1).clone()
         system.diagonal(dim1=-2, dim2=-1).sub_(inactive.to(work))
-        c, info = torch.linalg.solve_ex(system, rhs.unsqueeze(-1))
-        c = c.squeeze(-1)
-        if bool((info != 0).any()):
-            return None
-    if not bool(torch.isfinite(c).all()):
-        return None
-    # t = K^{-1} (g_x + C'c) = L'^{-1} (L^{-1} g_x + L^{-1} C' c)
-    half = Linv_gx + c @ LinvCt.T
-    t = torch.linalg.solve_triangular(L.T, half.T, upper=True).T
-    a = sigma * t + g_x
-    return a.to(dtype), c.to(dtype)
+        inverse = regular_inverse(system)[0]
+
+    def solve(
+        grad_x: torch.Tensor, g_v: torch.Tensor, rough: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        dtype = grad_x.dtype
+        g_x, g_v = grad_x.to(work), g_v.to(work)
+        Linv_gx = torch.linalg.solve_triangular(L, g_x.T, upper=False).T  # (B, n)
+        rhs = torch.where(inactive, -g_v, g_v) - rows * (Linv_gx @ LinvCt)
+        if systems is not None:
+            c = systems.solve(rhs)
+        else:
+            c = (inverse @ rhs.unsqueeze(-1)).squeeze(-1)
+        c = torch.where(torch.isfinite(c), c, 0.0)
+        # t = K^{-1} (g_x + C'c) = L'^{-1} (L^{-1} g_x + L^{-1} C' c)
+        half = Linv_gx + c @ LinvCt.T
+        t = torch.linalg.solve_triangular(L.T, half.T, upper=True).T
+        a = sigma * t + g_x
+        return a.to(dtype), c.to(dtype)
+
+    return solve
 
 
 def _per_instance_adjoint(
@@ -171,23 +190,30 @@ def _per_instance_adjoint(
     C: torch.Tensor,
     rows: torch.Tensor,
     inactive: torch.Tensor,
-    g_x: torch.Tensor,
-    g_v: torch.Tensor,
     sigma: float,
-    dtype: torch.dtype,
-) -> tuple[torch.Tensor, torch.Tensor] | None:
+) -> AdjointSolver:
     """`direct_adjoint` by the active rows' KKT system of each instance (module
-    docstring); ``a`` and ``c`` are zero for an instance whose system is singular."""
+    docstring). ``a`` and ``c`` are zero for an instance whose system is singular: its
+    regularized solve would return one of many solutions, with no sign of it in the
+    residual."""
     active = ~inactive
-    g_inactive = torch.where(inactive, g_v, 0.0)
-    target_x = g_x + (C.mT @ g_inactive.unsqueeze(-1)).squeeze(-1)
-    t, mu, ok = solve_reduced_kkt(P, C, active, target_x, g_v / rows)
-    c = torch.where(active, g_v - mu, rows * matvec(C, t) + g_v)
-    a = sigma * t + g_x
-    if not bool(torch.isfinite(a).all() and torch.isfinite(c).all()):
-        return None
-    regular = ok.unsqueeze(-1)
-    return torch.where(regular, a, 0.0).to(dtype), torch.where(regular, c, 0.0).to(dtype)
+    system = ReducedKKT(P, C, active)
+    regular = (~system.singular()).unsqueeze(-1)
+
+    def solve(
+        grad_x: torch.Tensor, g_v: torch.Tensor, rough: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        dtype = grad_x.dtype
+        g_x, g_v = grad_x.to(P.dtype), g_v.to(P.dtype)
+        target_x = g_x + matvec(C.mT, torch.where(inactive, g_v, 0.0))
+        t, mu = system.solve(target_x, g_v / rows)
+        c = torch.where(active, g_v - mu, rows * matvec(C, t) + g_v)
+        a = sigma * t + g_x
+        usable = regular & torch.isfinite(a).all(-1, keepdim=True)
+        usable = usable & torch.isfinite(c).all(-1, keepdim=True)
+        return torch.where(usable, a, 0.0).to(dtype), torch.where(usable, c, 0.0).to(dtype)
+
+    return solve
 
 
 def adjoint_through_polish(
@@ -196,57 +222,63 @@ def adjoint_through_polish(
     rows: torch.Tensor,
     systems: MajoritySystems,
     HinvCt: torch.Tensor,
-    grad_x: torch.Tensor,
-    g_v: torch.Tensor,
     sigma: float,
     tol: float,
     recursion_rows: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The fixed point ``(a, c)`` of `direct_adjoint` through the systems a shared
-    polish solved (module docstring), for a batch whose inactive rows are theirs.
+) -> AdjointSolver:
+    """`direct_adjoint` through the systems a shared polish solved (module docstring),
+    for a batch whose inactive rows are theirs.
 
     The systems may be of another penalty R' than the recursion's R
     (``recursion_rows``): with ``c~ = c - R C t`` the fixed point reads
     ``P t = g_x + C'c~``, ``c~_D = g_v,D``, ``C_a t = R_a^{-1} g_v,a``, in which R
-    enters only through ``R^{-1} g_v``. So the systems of R' solve it for
-    ``g_v' = R' R^{-1} g_v``, and ``c = c' + (R - R') C t``.
+    enters only through ``R_a^{-1} g_v,a``. So the systems of R' solve it for
+    ``g_v,a' = R_a' R_a^{-1} g_v,a``, and ``c = c' + (R - R') C t``.
 
     Args:
         factor: The shared factor of H ``(1, n, n)`` the systems were built for.
         C: ``(1, m, n)``.  rows: ``(1, m)`` the per-row penalty R of that factor.
         systems: `_woodbury.MajoritySystems` of ``R S_H`` on the batch's inactive rows.
         HinvCt: ``H^{-1} C'`` ``(n, m)`` (`_polish.SharedPolishData`).
-        grad_x: ``(B, n)``.  g_v: ``(B, m)`` the source terms of the recursion.
         sigma: The proximal weight of H.
         tol: Relative accuracy of t to stop at (estimated from successive changes).
         recursion_rows: ``(1, m)`` the recursion's per-row penalty R where it is not
             ``rows`` (the penalty of ``factor`` and the systems), else None.
 
     Returns:
-        ``a (B, n)`` and ``c (B, m)`` in the dtype of ``grad_x``; ``c`` is zero for an
-        instance whose system is singular (``systems.regular``), which the caller's
-        check rejects.
+        A solver as `direct_adjoint`'s; ``c`` is zero for an instance whose system is
+        singular (``systems.regular``), which the caller's check rejects.
     """
-    dtype = grad_x.dtype
-    C, rows = C[0].to(systems.RS.dtype), rows.to(systems.RS.dtype)
-    g_x, g_v = grad_x.to(C.dtype), g_v.to(C.dtype)
+    work = systems.RS.dtype
+    C, rows = C[0].to(work), rows.to(work)
+    inactive = systems.inactive
     if recursion_rows is not None:
-        recursion_rows = recursion_rows.to(C.dtype)
-        g_v = g_v * (rows / recursion_rows)
-    t, last_change = torch.zeros_like(g_x), None
-    for _ in range(_POLISH_ADJOINT_STEPS):
-        h = factor.solve(g_x + sigma * t)
-        c = systems.solve(g_v - rows * (h @ C.T))
-        t_next = torch.addmm(h, c, HinvCt.T)  # H^{-1} (g_x + sigma t + C'c)
-        change, t = (t_next - t).norm(dim=-1), t_next
-        if last_change is not None:
-            # Linear convergence at the rate change / last_change: the error left is
-            # about change^2 / last_change.
-            left = change * change / last_change.clamp_min(torch.finfo(C.dtype).tiny)
-            if bool((left <= tol * (1 + t.norm(dim=-1))).all()):
-                break
-        last_change = change
-    if recursion_rows is not None:
-        c = c + (recursion_rows - rows) * (t @ C.T)
-    a = sigma * t + g_x
-    return a.to(dtype), c.to(dtype)
+        recursion_rows = recursion_rows.to(work)
+
+    def solve(
+        grad_x: torch.Tensor, g_v: torch.Tensor, rough: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        dtype = grad_x.dtype
+        g_x, g_v = grad_x.to(work), g_v.to(work)
+        if recursion_rows is not None:
+            g_v = torch.where(inactive, g_v, g_v * (rows / recursion_rows))
+        signed = torch.where(inactive, -g_v, g_v)
+        t, last_change = torch.zeros_like(g_x), None
+        for _ in range(1 if rough else _POLISH_ADJOINT_STEPS):
+            h = factor.solve(g_x + sigma * t)
+            c = systems.solve(signed - rows * (h @ C.T))
+            t_next = torch.addmm(h, c, HinvCt.T)  # H^{-1} (g_x + sigma t + C'c)
+            change, t = (t_next - t).norm(dim=-1), t_next
+            if last_change is not None:
+                # Linear convergence at the rate change / last_change: the error left is
+                # about change^2 / last_change.
+                left = change * change / last_change.clamp_min(torch.finfo(work).tiny)
+                if bool((left <= tol * (1 + t.norm(dim=-1))).all()):
+                    break
+            last_change = change
+        if recursion_rows is not None:
+            c = c + (recursion_rows - rows) * (t @ C.T)
+        a = sigma * t + g_x
+        return a.to(dtype), c.to(dtype)
+
+    return solve

@@ -42,6 +42,10 @@ def _gmres_cycle(
     hessenberg = r.new_zeros(B, steps + 1, steps)
     omega = torch.eye(steps + 1, dtype=r.dtype, device=r.device).repeat(B, 1, 1)
     done = 0
+    # Steps each row uses: a row stops where it meets its threshold. Later directions
+    # would only add round-off, or, near the Krylov space's breakdown on a singular
+    # system, large multiples of a null vector that leave the residual unchanged.
+    used_steps = torch.full((B,), steps, dtype=torch.int64, device=r.device)
     for j in range(steps):
         u = operator(basis[:, j])
         used = basis[:, : j + 1]
@@ -64,13 +68,18 @@ def _gmres_cycle(
         omega[:, j] = cos * row_j + sin * row_next
         omega[:, j + 1] = cos * row_next - sin * row_j
         done = j + 1
-        if bool((beta * omega[:, j + 1, 0].abs() <= threshold).all()):
+        met = beta * omega[:, j + 1, 0].abs() <= threshold
+        used_steps = torch.where(met & (used_steps > done), done, used_steps)
+        if bool(met.all()):
             break
     R = torch.bmm(omega[:, :done, : done + 1], hessenberg[:, : done + 1, :done]).triu()
+    beyond = torch.arange(done, device=r.device) >= used_steps.unsqueeze(-1)  # (B, done)
+    R = torch.where(beyond.unsqueeze(-1) | beyond.unsqueeze(-2), 0.0, R)
     diagonal = R.diagonal(dim1=-2, dim2=-1)
-    # A zero pivot means the Krylov space is exhausted: that row is already solved.
+    # A zero pivot means the Krylov space is exhausted (or the row stopped): that row is
+    # already solved.
     R = R + torch.diag_embed((diagonal == 0).to(R.dtype))
-    g = (beta.unsqueeze(-1) * omega[:, :done, 0]).unsqueeze(-1)
+    g = torch.where(beyond, 0.0, beta.unsqueeze(-1) * omega[:, :done, 0]).unsqueeze(-1)
     y = torch.linalg.solve_triangular(R, g, upper=True)
     return torch.bmm(y.transpose(1, 2), basis[:, :done]).squeeze(1), done
 
@@ -124,7 +133,10 @@ def batched_gmres(
         if bool(((best_beta <= threshold) | stalled).all()) or matvecs >= max_matvecs:
             break
         step, used = _gmres_cycle(operator, r, beta, threshold, min(restart, max_matvecs - matvecs))
-        x, matvecs = x + step, matvecs + used
+        # Rows already solved keep their iterate, as for one row alone: on a singular
+        # system, more cycles from a residual at round-off would add null vectors.
+        solved = best_beta <= threshold
+        x, matvecs = torch.where(solved.unsqueeze(-1), x, x + step), matvecs + used
     # A stagnated row counts as solved when its residual is down at round-off scale
     # (eps^(1/4) of the right-hand side: 1e-4 in float64, 2e-2 in float32); far above
     # that, the system is singular (a degenerate point) and the caller falls back.

@@ -25,13 +25,26 @@ from ._factor import CholeskyFactor, cholesky_solve
 from ._qp import matvec, rmatvec
 from ._woodbury import MajorityBases, MajoritySystems
 
-__all__ = ["SharedPolishData", "SharedPolisher", "active_set", "polish", "solve_reduced_kkt"]
+__all__ = [
+    "ReducedKKT",
+    "SharedPolishData",
+    "SharedPolisher",
+    "active_set",
+    "gather_active_rows",
+    "polish",
+    "solve_reduced_kkt",
+]
 
 ArrayT = TypeVar("ArrayT", torch.Tensor, np.ndarray)
 
 _DELTA = 1e-6
 _REFINE_STEPS = 5
 _REFINE_TOL = 1e-14
+# `ReducedKKT.singular`: inverse iteration steps, and how close to delta the smallest
+# eigenvalue modulus may come (a regular system's is at least ten times delta).
+_INVERSE_ITERATIONS = 3
+_SINGULAR_WITHIN = 10.0
+_TINY = 1e-300
 SHARED_REFINE_STEPS = 2  # of `SharedPolisher.polish`; its cost model counts them
 
 
@@ -51,7 +64,7 @@ def active_set(z: ArrayT, y: ArrayT, bound: ArrayT, n_eq: int) -> ArrayT:
     return active
 
 
-def _active_rows(
+def gather_active_rows(
     C: torch.Tensor, active: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
     """Each instance's active rows of ``C`` ``(1|B, m, n)``: ``(B, k, n)``, padded with
@@ -71,14 +84,9 @@ def _active_rows(
     return rows * valid.unsqueeze(-1).to(C.dtype), valid, index
 
 
-def solve_reduced_kkt(
-    P: torch.Tensor,
-    C: torch.Tensor,
-    active: torch.Tensor,
-    target_x: torch.Tensor,
-    target_y: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Solve ``[[P, C_a'], [C_a, 0]] [x; y_a] = [target_x; target_y_a]`` per instance.
+class ReducedKKT:
+    """The systems ``[[P, C_a'], [C_a, 0]] [x; y_a] = [target_x; target_y_a]`` of a
+    batch, factored once and solved for any number of right-hand sides.
 
     Through the Cholesky factor of the regularized Schur complement
     ``P + delta I + C_a'C_a / delta``, with iterative refinement against the
@@ -89,32 +97,87 @@ def solve_reduced_kkt(
     Args:
         P: ``(1|B, n, n)``.  C: ``(1|B, m, n)``.
         active: ``(B, m)`` bool, the rows of ``C_a``.
-        target_x: ``(B, n)``.  target_y: ``(B, m)`` (read on the active rows only).
 
-    Returns:
-        ``x (B, n)``, ``y (B, m)`` (zero on the inactive rows), and the ``(B,)`` mask of
-        the instances whose system could be factored.
+    Attributes:
+        ok: ``(B,)`` mask of the instances whose system could be factored.
     """
-    B, m = active.shape
-    n = target_x.shape[-1]
-    dtype = target_x.dtype
-    eye = torch.eye(n, dtype=dtype, device=target_x.device)
-    gathered = _active_rows(C, active)
-    if gathered is None:
-        gram = C.transpose(-1, -2) @ (active.to(C.dtype).unsqueeze(-1) * C)
-    else:
-        gram = gathered[0].transpose(-1, -2) @ gathered[0]
-    L, info = torch.linalg.cholesky_ex((P + _DELTA * eye + gram / _DELTA).expand(B, n, n))
-    ok = info == 0
-    L = torch.where(ok[:, None, None], L, eye)
-    index = None
-    if gathered is not None and C.shape[0] > 1:
-        C, active, index = gathered
-        target_y = target_y.gather(1, index)
-    x, y = _refine(P, C, active, L, target_x, torch.where(active, target_y, 0.0))
-    if index is not None:
-        y = torch.zeros(B, m, dtype=dtype, device=y.device).scatter_(1, index, y)
-    return x, y, ok
+
+    def __init__(self, P: torch.Tensor, C: torch.Tensor, active: torch.Tensor) -> None:
+        B, m = active.shape
+        n = P.shape[-1]
+        eye = torch.eye(n, dtype=P.dtype, device=P.device)
+        gathered = gather_active_rows(C, active)
+        if gathered is None:
+            gram = C.transpose(-1, -2) @ (active.to(C.dtype).unsqueeze(-1) * C)
+        else:
+            gram = gathered[0].transpose(-1, -2) @ gathered[0]
+        L, info = torch.linalg.cholesky_ex((P + _DELTA * eye + gram / _DELTA).expand(B, n, n))
+        self.ok = info == 0
+        self._L = torch.where(self.ok[:, None, None], L, eye)
+        self._P, self._C, self._active, self._m = P, C, active, m
+        self._index = None
+        if gathered is not None and C.shape[0] > 1:
+            self._C, self._active, self._index = gathered
+
+    def solve(
+        self, target_x: torch.Tensor, target_y: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x (B, n)`` and ``y (B, m)`` (zero on the inactive rows) for ``target_x``
+        ``(B, n)`` and ``target_y`` ``(B, m)`` (read on the active rows only)."""
+        if self._index is not None:
+            target_y = target_y.gather(1, self._index)
+        active = self._active
+        x, y = _refine(
+            self._P, self._C, active, self._L, target_x, torch.where(active, target_y, 0.0)
+        )
+        if self._index is not None:
+            y = y.new_zeros(y.shape[0], self._m).scatter_(1, self._index, y)
+        return x, y
+
+    def singular(self) -> torch.Tensor:
+        """``(B,)`` bool: the instances whose system is singular or nearly so (its
+        solutions not unique: a null vector ``(x, 0)`` with ``P x = 0``, ``C_a x = 0``,
+        or ``(0, y_a)`` with ``C_a' y_a = 0``: dependent active rows).
+
+        The regularized matrix ``[[P + delta I, C_a'], [C_a, -delta I]]``, which the
+        factor solves exactly, has an eigenvalue of modulus about delta along each null
+        vector, and its others stay near the unregularized ones. A few steps of inverse
+        iteration from a fixed start find the smallest modulus: against the next
+        one, it grows by their ratio each step.
+        """
+        B, n = self._L.shape[0], self._L.shape[-1]
+        k = self._active.shape[1]
+        C, active = self._C, self._active
+        weight = active.to(self._L.dtype) / _DELTA
+        dtype, device = self._L.dtype, self._L.device
+        start = torch.sin(torch.arange(1, n + k + 1, dtype=dtype, device=device) * 0.7548776662)
+        v_x, v_y = start[:n].expand(B, n), torch.where(active, start[n:], 0.0)
+        growth = torch.ones(B, dtype=dtype, device=device)
+        for _ in range(_INVERSE_ITERATIONS):
+            size = torch.cat([v_x, v_y], dim=1).norm(dim=1, keepdim=True).clamp_min(_TINY)
+            v_x, v_y = v_x / size, v_y / size
+            # The regularized matrix's inverse: the Schur complement's factor, then y.
+            u_x = cholesky_solve((v_x + rmatvec(C, weight * v_y)).unsqueeze(-1), self._L)
+            u_x = u_x.squeeze(-1)
+            v_y = torch.where(active, weight * (matvec(C, u_x) - v_y), -v_y)
+            v_x = u_x
+            growth = torch.cat([v_x, v_y], dim=1).norm(dim=1)
+        return ~self.ok | (growth * _DELTA * _SINGULAR_WITHIN >= 1)
+
+
+def solve_reduced_kkt(
+    P: torch.Tensor,
+    C: torch.Tensor,
+    active: torch.Tensor,
+    target_x: torch.Tensor,
+    target_y: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`ReducedKKT` for one right-hand side: ``x (B, n)``, ``y (B, m)`` (zero on the
+    inactive rows) and the ``(B,)`` mask of the instances whose system could be
+    factored."""
+    system = ReducedKKT(P, C, active)
+    x, y = system.solve(target_x, target_y)
+    return x, y, system.ok
 
 
 def _refine(
@@ -125,7 +188,7 @@ def _refine(
     target_x: torch.Tensor,
     target_y: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Iterative refinement of `solve_reduced_kkt` from zero, with the factor ``L`` of
+    """Iterative refinement of `ReducedKKT` from zero, with the factor ``L`` of
     its regularized Schur complement; ``target_y`` is zero off the active rows, and so
     is the returned y."""
     B, n = target_x.shape

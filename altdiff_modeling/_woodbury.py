@@ -20,7 +20,13 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["MajorityBase", "MajorityBases", "MajoritySystems", "differing_rows"]
+__all__ = [
+    "MajorityBase",
+    "MajorityBases",
+    "MajoritySystems",
+    "differing_rows",
+    "regular_inverse",
+]
 
 _MAX_CONDITION = 1e10  # of the majority pattern's matrix
 _KEPT_BASES = 4  # per RS (`MajorityBases`)
@@ -44,6 +50,16 @@ def _norm_1(M: torch.Tensor) -> torch.Tensor:
     if M.shape[-1] == 0:
         return M.new_zeros(M.shape[:-2])
     return M.abs().sum(-2).amax(-1)
+
+
+def regular_inverse(M: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The inverses of a batch of matrices ``(B, k, k)``, the ``(B,)`` mask of those
+    regular and well-conditioned enough to trust (1-norm condition number at most
+    ``_MAX_CONDITION``; the others' inverses are zero), and the condition numbers."""
+    inverse, info = torch.linalg.inv_ex(M)
+    condition = _norm_1(M) * _norm_1(inverse)
+    regular = (info == 0) & torch.isfinite(condition) & (condition <= _MAX_CONDITION)
+    return torch.where(regular[:, None, None], inverse, 0.0), regular, condition
 
 
 class MajorityBase:
@@ -135,16 +151,9 @@ class MajoritySystems:
             flat = (rows.unsqueeze(2) * m + rows.unsqueeze(1)).view(-1)
             W_EE = W.reshape(-1).index_select(0, flat).view(B, k, k)
             capacitance = torch.where(pair, torch.diag_embed(d) - W_EE, eye)
-            inverse, info = torch.linalg.inv_ex(capacitance)
             # A (numerically) singular capacitance matrix is a singular system of that
             # instance (a degenerate point, or a guess with dependent active rows).
-            capacitance_condition = _norm_1(capacitance) * _norm_1(inverse)
-            regular = (
-                (info == 0)
-                & torch.isfinite(capacitance_condition)
-                & (capacitance_condition <= _MAX_CONDITION)
-            )
-            inverse = torch.where(regular[:, None, None], inverse, 0.0)
+            inverse, regular, capacitance_condition = regular_inverse(capacitance)
             condition *= float(torch.where(regular, capacitance_condition, 0.0).amax())
         return cls(RS, inactive, W, rows, valid, inverse, regular, condition > _REFINE_ABOVE)
 

@@ -462,22 +462,10 @@ def test_backward_through_the_systems_of_another_penalty_matches_its_own():
         shared = SharedPolisher(C, n_eq).shared_data(factor, rows)
         answers.append((factor, rows, shared))
     (f_own, r_own, own), (f_other, r_other, other) = answers
-    expected = through(f_own, C, r_own, own.systems(inactive), own.HinvCt, g_x, g_v, sigma, 1e-14)
-    got = through(
-        f_other,
-        C,
-        r_other,
-        other.systems(inactive),
-        other.HinvCt,
-        g_x,
-        g_v,
-        sigma,
-        1e-14,
-        r_own,
-    )
-    for value, want in zip(got, expected, strict=True):
+    expected = through(f_own, C, r_own, own.systems(inactive), own.HinvCt, sigma, 1e-14)(g_x, g_v)
+    got = through(f_other, C, r_other, other.systems(inactive), other.HinvCt, sigma, 1e-14, r_own)
+    for value, want in zip(got(g_x, g_v), expected, strict=True):
         assert float((value - want).norm() / want.norm()) <= 1e-9
-    unconverted = through(
-        f_other, C, r_other, other.systems(inactive), other.HinvCt, g_x, g_v, sigma, 1e-14
-    )
+    unconverted = through(f_other, C, r_other, other.systems(inactive), other.HinvCt, sigma, 1e-14)
+    unconverted = unconverted(g_x, g_v)
     assert float((unconverted[1] - expected[1]).norm() / expected[1].norm()) > 1e-3

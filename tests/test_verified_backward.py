@@ -1,0 +1,248 @@
+"""The default backward returns the Alt-Diff recursion's own limit on every call.
+
+Its direct shortcuts (one factorization instead of GMRES's iterations) are accepted only
+where they are verified: their answer must satisfy the recursion's fixed-point equation,
+the error that its residual implies must be small, and the system must not be singular.
+On a singular system (dependent active rows, or a solution that is not unique) any
+multiple of a null vector may be added to a factorization's answer with no sign of it in
+the residual, and the shortcut returned gradients off by their own size, or a billion
+times too large; GMRES started from the source reaches the recursion's limit there.
+"""
+
+from __future__ import annotations
+
+import cvxpy as cp
+import numpy as np
+import pytest
+import torch
+
+from altdiff_modeling import AltDiffLayer
+from altdiff_modeling import _altdiff as altdiff_module
+from altdiff_modeling._direct_adjoint import adjoint_through_polish, direct_adjoint
+from altdiff_modeling._factor import CholeskyFactor
+from altdiff_modeling._krylov import batched_gmres
+from altdiff_modeling._polish import ReducedKKT, SharedPolisher
+
+SIGMA = 1e-6
+
+
+def _transposed_step_matrix(
+    P: np.ndarray, C: np.ndarray, rows: np.ndarray, inactive: np.ndarray
+) -> np.ndarray:
+    """``M'`` ``(n + m, n + m)`` of one instance, built from the recursion's definition
+    (``_altdiff``): ``t = H^{-1}(a + C'c)``, ``a+ = sigma t``,
+    ``c+ = R C t`` on the inactive rows and ``c - R C t`` on the others."""
+    n, m = P.shape[0], C.shape[0]
+    H = P + SIGMA * np.eye(n) + C.T @ (rows[:, None] * C)
+    T = np.linalg.solve(H, np.hstack([np.eye(n), C.T]))  # t as a map of (a, c)
+    RCT = rows[:, None] * (C @ T)
+    c_next = np.where(inactive[:, None], RCT, np.hstack([np.zeros((m, n)), np.eye(m)]) - RCT)
+    return np.vstack([SIGMA * T, c_next])
+
+
+def _fixed_points(
+    P: np.ndarray, C: np.ndarray, rows: np.ndarray, inactive: np.ndarray, source: np.ndarray
+) -> np.ndarray:
+    """``(I - M')^{-1} source`` ``(B, n + m)`` for each instance, by dense solves."""
+    N = source.shape[1]
+    return np.stack(
+        [
+            np.linalg.solve(np.eye(N) - _transposed_step_matrix(P, C, rows, d), s)
+            for d, s in zip(inactive, source)
+        ]
+    )
+
+
+def _small_case(seed: int, B: int = 5, n: int = 12, m: int = 16, n_eq: int = 3):
+    rng = np.random.default_rng(seed)
+    M = rng.standard_normal((n, n))
+    P = M.T @ M / n + 0.1 * np.eye(n)
+    C = rng.standard_normal((m, n))
+    rows = np.where(np.arange(m) < n_eq, 100.0, 0.7)
+    inactive = rng.random((B, m)) < 0.6
+    inactive[:, :n_eq] = False
+    # A source with parts on every row, inactive ones included: the residual the
+    # verification solves for is of that kind.
+    source = rng.standard_normal((B, n + m))
+    return P, C, rows, inactive, source
+
+
+def _answer(solver, source: np.ndarray, n: int) -> np.ndarray:
+    g = torch.from_numpy(source)
+    return torch.cat(solver(g[:, :n], g[:, n:]), dim=1).numpy()
+
+
+def test_the_direct_solvers_give_the_fixed_point_for_any_source():
+    P, C, rows, inactive, source = _small_case(0)
+    n = P.shape[0]
+    expected = _fixed_points(P, C, rows, inactive, source)
+    P_t, C_t = torch.from_numpy(P)[None], torch.from_numpy(C)[None]
+    rows_t, inactive_t = torch.from_numpy(rows)[None], torch.from_numpy(inactive)
+    shared = direct_adjoint(P_t, C_t, rows_t, inactive_t, SIGMA)
+    per_instance = direct_adjoint(P_t.expand(5, -1, -1).clone(), C_t, rows_t, inactive_t, SIGMA)
+    H = P_t + SIGMA * torch.eye(n, dtype=torch.float64) + C_t.mT @ (rows_t[..., None] * C_t)
+    factor = CholeskyFactor(H)
+    polish = SharedPolisher(C_t, 3).shared_data(factor, rows_t)
+    systems = polish.systems(inactive_t)
+    assert shared is not None and per_instance is not None and systems is not None
+    through = adjoint_through_polish(factor, C_t, rows_t, systems, polish.HinvCt, SIGMA, 1e-14)
+    for solver in (shared, per_instance, through):
+        got = _answer(solver, source, n)
+        error = np.linalg.norm(got - expected, axis=1) / np.linalg.norm(expected, axis=1)
+        assert float(error.max()) <= 1e-9, error
+
+
+def _dependent_rows_case():
+    """Three instances: the first with a regular reduced KKT system, the second with an
+    active row that repeats another (``C_a' y = 0`` has a solution), the third with a
+    variable that neither P nor an active row sees (``P x = 0 = C_a x``)."""
+    rng = np.random.default_rng(4)
+    n, m = 6, 8
+    P = np.diag([2.0, 1.0, 3.0, 1.5, 0.5, 0.0])  # the last variable only through row 4
+    C = rng.standard_normal((m, n))
+    C[:, 5] = 0.0
+    C[4, 5] = 1.0
+    C[7] = C[1]
+    active = np.zeros((3, m), dtype=bool)
+    for i, rows in enumerate(([0, 1, 2, 4], [0, 1, 7, 4], [0, 2, 3])):
+        active[i, rows] = True
+    return torch.from_numpy(P)[None], torch.from_numpy(C)[None], torch.from_numpy(active)
+
+
+def test_reduced_kkt_flags_singular_systems():
+    P, C, active = _dependent_rows_case()
+    system = ReducedKKT(P, C, active)
+    assert system.ok.all()
+    assert system.singular().tolist() == [False, True, True]
+    # Nearly singular (a row within 1e-9 of another) counts as singular, a row well
+    # away from it does not.
+    for offset, expected in ((1e-9, True), (1e-1, False)):
+        C_near = C.clone()
+        C_near[0, 7] = C[0, 1] + offset * torch.ones_like(C[0, 1])
+        assert bool(ReducedKKT(P, C_near, active[1:2]).singular()) is expected
+
+
+def test_the_per_instance_solver_refuses_singular_systems():
+    # Its regularized solve on the second and third instances above would return one of
+    # many fixed points: their answers are zero, which the residual check rejects.
+    P, C, active = _dependent_rows_case()
+    rows = torch.full((1, C.shape[1]), 0.5, dtype=torch.float64)
+    solver = direct_adjoint(P.expand(3, -1, -1).clone(), C, rows, ~active, SIGMA)
+    assert solver is not None
+    g = torch.from_numpy(np.random.default_rng(1).standard_normal((3, P.shape[-1])))
+    a, c = solver(g, torch.zeros(3, C.shape[1], dtype=torch.float64))
+    assert float(a[0].norm()) > 0 and float(c[0].norm()) > 0
+    assert float(a[1:].abs().max()) == 0.0 and float(c[1:].abs().max()) == 0.0
+
+
+def _portfolio_problem(n_assets: int = 12, factors: int = 3):
+    w = cp.Variable(n_assets)
+    holdings = cp.Parameter(n_assets)
+    F = cp.Parameter((n_assets, factors))
+    mu = cp.Parameter(n_assets)
+    objective = (
+        mu @ w
+        - cp.sum_squares(F.T @ w)
+        - 0.1 * cp.sum(cp.abs(w - holdings))
+        - 0.005 * cp.sum(cp.neg(w))
+    )
+    problem = cp.Problem(cp.Maximize(objective), [cp.sum(w) == 1, w >= -0.5, w <= 1])
+    return problem, [holdings, F, mu], w
+
+
+def test_portfolio_training_gradients_are_the_recursions():
+    # A Markowitz layer with abs transaction and neg shorting costs, trained by Adam at
+    # eps 1e-5, its covariance factor and returns shared by the batch: transaction
+    # costs keep many weights at their holdings, where the active rows are dependent
+    # and the direct shortcut's systems singular. Every call's gradient is the
+    # recursion's limit (GMRES to 1e-10, on a layer given the same calls), and no call
+    # amplifies the incoming gradient more than the recursion does. Before the
+    # shortcut was verified, the first call's gradient was off by 87%.
+    problem, parameters, w = _portfolio_problem()
+    tolerances = {"eps_abs": 1e-5, "eps_rel": 1e-5}
+    layers = {
+        method: AltDiffLayer(problem, parameters, [w], solver_args={**tolerances, **extra})
+        for method, extra in (
+            ("default", {}),
+            ("recursion", {"backward_method": "gmres", "backward_eps": 1e-10}),
+        )
+    }
+    torch.manual_seed(5)
+    rng = np.random.default_rng(5)
+    N, k, B = 12, 3, 8
+    F = torch.nn.Parameter(0.3 * torch.randn(N, k, dtype=torch.float64))
+    mu = torch.nn.Parameter(0.05 * torch.randn(N, dtype=torch.float64))
+    optimizer = torch.optim.Adam([F, mu], lr=1e-2)
+    for _ in range(15):
+        holdings = torch.tensor(rng.dirichlet(np.ones(N), size=B))
+        target = torch.tensor(rng.dirichlet(np.ones(N), size=B))
+        grads, weights, amplification = {}, {}, {}
+        for method, layer in layers.items():
+            optimizer.zero_grad()
+            held = holdings.clone().requires_grad_()
+            (weights[method],) = layer(held, F, mu)
+            residual = weights[method] - target
+            (residual**2).sum().backward()
+            grads[method] = torch.cat([held.grad.flatten(), F.grad.flatten(), mu.grad])
+            amplification[method] = float(grads[method].norm() / (2 * residual).detach().norm())
+        assert torch.equal(weights["default"], weights["recursion"])
+        got, want = grads["default"], grads["recursion"]
+        assert float((got - want).norm() / want.norm()) <= 1e-6
+        assert amplification["default"] <= amplification["recursion"] * (1 + 1e-6)
+        F.grad, mu.grad = got[B * N : B * N + N * k].view(N, k), got[B * N + N * k :]
+        optimizer.step()
+
+
+@pytest.mark.parametrize("other_rows", [1, 4])
+def test_gmres_solves_each_row_as_if_alone(other_rows: int):
+    # A singular but consistent system (its limit from the source is unique) next to
+    # rows that take longer: the row reaches the same answer alone and in the batch,
+    # because a solved row is left alone while the others go on.
+    rng = np.random.default_rng(2)
+    N = 20
+    Q, _ = np.linalg.qr(rng.standard_normal((N, N)))
+    singular = Q @ np.diag(np.r_[np.linspace(0.2, 1.5, N - 1), 0.0]) @ Q.T
+    slow = [Q @ np.diag(np.geomspace(1e-3, 1.0, N)) @ Q.T for _ in range(other_rows)]
+    matrices = torch.from_numpy(np.stack([singular, *slow]))
+    rhs = torch.from_numpy(rng.standard_normal((1 + other_rows, N)))
+    rhs[0] = matrices[0] @ rhs[0]  # in the range: consistent
+
+    def operator(x: torch.Tensor) -> torch.Tensor:
+        return (matrices[: x.shape[0]] @ x.unsqueeze(-1)).squeeze(-1)
+
+    alone, _, solved_alone = batched_gmres(operator, rhs[:1], rhs[:1].clone(), 1e-12, 500)
+    batch, _, solved = batched_gmres(operator, rhs, rhs.clone(), 1e-12, 500)
+    assert bool(solved_alone.all()) and bool(solved.all())
+    assert float((batch[0] - alone[0]).norm() / alone[0].norm()) <= 1e-12
+    # Its limit: the solution in rhs + range(A).
+    null = torch.from_numpy(Q[:, -1])
+    particular = torch.linalg.lstsq(matrices[0], rhs[0].unsqueeze(-1)).solution.squeeze(-1)
+    limit = particular - null * (null @ (particular - rhs[0]))
+    assert float((batch[0] - limit).norm() / limit.norm()) <= 1e-10
+
+
+def test_the_direct_shortcut_is_checked_on_every_call(monkeypatch):
+    # The verification runs for the default backward, and a rejected instance falls to
+    # GMRES (more than the one check's application).
+    calls = []
+    original = altdiff_module._verified
+
+    def spy(*args):
+        accepted = original(*args)
+        calls.append(accepted.clone())
+        return accepted
+
+    monkeypatch.setattr(altdiff_module, "_verified", spy)
+    problem, parameters, w = _portfolio_problem()
+    layer = AltDiffLayer(problem, parameters, [w])
+    rng = np.random.default_rng(0)
+    holdings = torch.tensor(rng.dirichlet(np.ones(12), size=4), requires_grad=True)
+    F = torch.tensor(0.05 * rng.standard_normal((4, 12, 3)), requires_grad=True)
+    mu = torch.zeros(4, 12, dtype=torch.float64, requires_grad=True)  # no trade
+    (weights,), info = layer(holdings, F, mu, return_info=True)
+    weights.sum().backward()
+    assert len(calls) == 1
+    # With zero returns nothing is traded: every weight sits at its holding, and the
+    # active rows (both sides of every abs, and the budget) are dependent.
+    np.testing.assert_allclose(weights.detach().numpy(), holdings.detach().numpy(), atol=1e-6)
+    assert not bool(calls[0].any()) and info.backward_iterations > 1
