@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import platform
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -53,3 +55,70 @@ def markdown_table(header: list[str], rows: list[list[object]]) -> str:
 
 def thread_count() -> int:
     return int(os.environ.get("OMP_NUM_THREADS", os.cpu_count() or 1))
+
+
+#: The solvers and layer libraries whose versions a report records.
+PACKAGES = (
+    "cvxpy",
+    "cvxpylayers",
+    "diffcp",
+    "proxsuite",
+    "qpth",
+    "moreau",
+    "clarabel",
+    "osqp",
+    "piqp",
+    "scipy",
+    "numpy",
+)
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), or the platform's machine type."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def library_commit() -> str:
+    """The library's commit; "(modified)" when ``altdiff_modeling/`` differs from it (the
+    library is measured as the working tree was when each child started)."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "altdiff_modeling"],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+        ).stdout.strip()
+    except OSError:
+        return "unknown"
+    return head + (" (modified)" if dirty else "")
+
+
+def environment(packages: tuple[str, ...] = PACKAGES) -> dict:
+    """What a result was measured with: machine, load, date, versions, commit."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {}
+    for pkg in packages:
+        try:
+            versions[pkg] = version(pkg)
+        except PackageNotFoundError:
+            versions[pkg] = "not installed"
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "cpu": cpu_model(),
+        "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "versions": versions,
+        "altdiff_commit": library_commit(),
+    }

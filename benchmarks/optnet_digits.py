@@ -176,7 +176,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="three batches only")
     args = parser.parse_args()
     if args.method == "all":
-        from peers import LIBRARY_METHODS, PEER_METHODS, thread_env
+        from _child import thread_env
+        from peers import LIBRARY_METHODS, PEER_METHODS
 
         for name in (*LIBRARY_METHODS, *PEER_METHODS):
             cmd = [sys.executable, __file__, "--method", name, "--threads", str(args.threads)]

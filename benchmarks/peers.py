@@ -39,30 +39,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: F401  (puts tests/ on sys.path for `reference`)
 import numpy as np
+from _child import write_json
 from workloads import BLOCKS, Workload
 
 # Accuracy bands of the status column: "ok" meets the issue's 1e-5 gradient target.
 OK_TOL = 1e-5
 INACCURATE_TOL = 1e-2
-
-
-# ------------------------------------------------------------------------ threads
-
-
-def thread_env(threads: int) -> dict[str, str]:
-    """Environment variables that pin every thread pool a method may use."""
-    value = str(threads)
-    return {
-        name: value
-        for name in (
-            "OMP_NUM_THREADS",
-            "MKL_NUM_THREADS",
-            "OPENBLAS_NUM_THREADS",
-            "VECLIB_MAXIMUM_THREADS",
-            "NUMEXPR_NUM_THREADS",
-            "RAYON_NUM_THREADS",
-        )
-    }
 
 
 # ------------------------------------------------------------------------ methods
@@ -141,8 +123,14 @@ class AltDiffLayerMethod(Method):
 
     def construct(self, wl: Workload) -> None:
         problem, params, x = build_cvxpy_problem(wl)
-        self.layer = self.cls(problem, parameters=params, variables=[x])
+        self.build(problem, params, [x])
         self.order = wl.grad_wrt
+
+    def build(self, problem, parameters: list, variables: list, solver_args=None) -> None:
+        """The layer over any CVXPY problem (``solver_args``: the layer's defaults)."""
+        self.layer = self.cls(
+            problem, parameters=parameters, variables=variables, solver_args=solver_args
+        )
 
     def forward(self, t):
         (x,) = self.layer(*[t[k] for k in self.order])
@@ -177,12 +165,19 @@ class QpthMethod(Method):
 
     def construct(self, wl: Workload) -> None:
         self.fixed = _as_torch(wl, [k for k in BLOCKS if k not in wl.grad_wrt])
-        self.fn = self.QPFunction()
+        self.fn = self.new_function()
         self.single = wl.batch is None
 
+    def new_function(self):
+        """The autograd function a qpth user builds once."""
+        return self.QPFunction()
+
+    def solve(self, d: dict):
+        """x of the QP with the six blocks ``d`` (x is ``(B, n)``: qpth always batches)."""
+        return self.fn(d["P"], d["q"], d["G"], d["h"], d["A"], d["b"])
+
     def forward(self, t):
-        d = {**self.fixed, **t}
-        x = self.fn(d["P"], d["q"], d["G"], d["h"], d["A"], d["b"])
+        x = self.solve({**self.fixed, **t})
         return x.squeeze(0) if self.single else x
 
 
@@ -207,16 +202,24 @@ class ProxsuiteMethod(Method):
         self.QPFunction = qplayer.QPFunction
 
     def construct(self, wl: Workload) -> None:
-        import torch
-
         self.fixed = _as_torch(wl, [k for k in BLOCKS if k not in wl.grad_wrt])
-        self.lower = torch.full((wl.n_ineq,), -1e20, dtype=torch.float64)
-        self.fn = self.QPFunction(omp_parallel=self.threads > 1)
+        self.fn = self.new_function()
         self.single = wl.batch is None
 
+    def new_function(self):
+        """The autograd function a QPLayer user builds once."""
+        return self.QPFunction(omp_parallel=self.threads > 1)
+
+    def solve(self, d: dict):
+        """x of the QP with the six blocks ``d`` (one-sided rows: lower bound -1e20)."""
+        import torch
+
+        lower = torch.full((d["h"].shape[-1],), -1e20, dtype=d["h"].dtype)
+        x, _, _ = self.fn(d["P"], d["q"], d["A"], d["b"], d["G"], lower, d["h"])
+        return x
+
     def forward(self, t):
-        d = {**self.fixed, **t}
-        x, _, _ = self.fn(d["P"], d["q"], d["A"], d["b"], d["G"], self.lower, d["h"])
+        x = self.solve({**self.fixed, **t})
         return x.squeeze(0) if self.single else x
 
 
@@ -243,12 +246,20 @@ class CvxpyLayersMethod(Method):
 
     def construct(self, wl: Workload) -> None:
         problem, params, x = build_cvxpy_problem(wl)
-        kwargs = {"solver": self.solver} if self.solver else {}
-        self.layer = self.cls(problem, parameters=params, variables=[x], **kwargs)
+        self.build(problem, params, [x])
         self.order = wl.grad_wrt
 
+    def build(self, problem, parameters: list, variables: list) -> None:
+        """The layer over any CVXPY problem, with this backend."""
+        kwargs = {"solver": self.solver} if self.solver else {}
+        self.layer = self.cls(problem, parameters=parameters, variables=variables, **kwargs)
+
+    def call(self, tensors: list) -> tuple:
+        """The layer's outputs at ``tensors`` (one per parameter)."""
+        return self.layer(*tensors, solver_args=self.call_args())
+
     def forward(self, t):
-        (x,) = self.layer(*[t[k] for k in self.order], solver_args=self.call_args())
+        (x,) = self.call([t[k] for k in self.order])
         return x
 
 
@@ -343,6 +354,44 @@ def clarabel_qp(P, q, A, b, G, h) -> tuple[np.ndarray, np.ndarray, np.ndarray, s
 MAX_REFERENCE_INSTANCES = 64
 
 
+#: ``active_tol`` values tried in turn by :func:`kkt_reference_gradient`.
+ACTIVE_TOLS = (1e-7, 1e-6, 1e-5)
+
+
+def kkt_reference_gradient(
+    d: dict, x: np.ndarray, lam: np.ndarray, nu: np.ndarray, w: np.ndarray, **kwargs
+) -> tuple[tuple, float]:
+    """KKT implicit gradients of ``<w, x*>`` w.r.t. the six blocks ``d`` at a reference
+    solution (``tests/reference.kkt_implicit_gradient``), with the first active-set
+    tolerance of ``ACTIVE_TOLS`` at which every row is strictly complementary.
+
+    Returns ``((dP, dq, dA, db, dG, dh), active_tol)``. Raises ValueError when no
+    tolerance separates the active rows from the inactive ones (a degenerate instance).
+    """
+    from reference import kkt_implicit_gradient
+
+    for tol in ACTIVE_TOLS:
+        try:
+            g = kkt_implicit_gradient(
+                d["P"],
+                d["q"],
+                d["A"],
+                d["b"],
+                d["G"],
+                d["h"],
+                x,
+                lam,
+                nu,
+                w,
+                active_tol=tol,
+                **kwargs,
+            )
+            return g, tol
+        except ValueError:
+            continue
+    raise ValueError(f"degenerate at active_tol {ACTIVE_TOLS[-1]:g}")
+
+
 def compute_reference(wl: Workload, log=print) -> dict:
     """Reference x and gradients of ``sum(w * x)`` for the first
     ``MAX_REFERENCE_INSTANCES`` instances of ``wl`` (all of them up to B = 64).
@@ -352,7 +401,7 @@ def compute_reference(wl: Workload, log=print) -> dict:
     which checks strict complementarity with ``active_tol = 1e-7`` (relaxed to 1e-6,
     then 1e-5, where an instance is closer to degenerate; the tolerance used is kept).
     """
-    from reference import kkt_implicit_gradient, relative_error, solve_qp_reference
+    from reference import relative_error, solve_qp_reference
 
     count = min(wl.batch or 1, MAX_REFERENCE_INSTANCES)
     xs, grads = [], {k: [] for k in wl.grad_wrt}
@@ -371,17 +420,11 @@ def compute_reference(wl: Workload, log=print) -> dict:
             crosscheck = relative_error(x, x_cvxpy)
         slack = d["h"] - d["G"] @ x
         margins.append(float(np.min(np.maximum(slack, nu))))
-        for tol in (1e-7, 1e-6, 1e-5):
-            try:
-                g = kkt_implicit_gradient(
-                    d["P"], d["q"], d["A"], d["b"], d["G"], d["h"], x, lam, nu, w, active_tol=tol
-                )
-                tols.append(tol)
-                break
-            except ValueError:
-                continue
-        else:
-            raise RuntimeError(f"{wl.name}: instance {i} is degenerate at active_tol 1e-5")
+        try:
+            g, tol = kkt_reference_gradient(d, x, lam, nu, w)
+        except ValueError as exc:
+            raise RuntimeError(f"{wl.name}: instance {i} is {exc}") from exc
+        tols.append(tol)
         xs.append(x)
         for k in wl.grad_wrt:
             grads[k].append(g[index[k]])
@@ -465,12 +508,6 @@ def accuracy_status(errors: dict | None) -> str:
 # ------------------------------------------------------------------------ child
 
 
-def _write(path: Path, result: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=1, default=float))
-    tmp.replace(path)
-
-
 def _peak_mb() -> float:
     """This process's peak resident memory (MiB): VmHWM of /proc/self/status.
 
@@ -492,6 +529,26 @@ def _rss_mb() -> float:
     return psutil.Process().memory_info().rss / 2**20
 
 
+def time_construction(construct) -> dict:
+    """Time ``construct()``: once cold, then warm where affordable (three more times when
+    the cold one took under a second, since one of ~15 ms moves by a third with the
+    machine's load; once more under 20 s). ``construct_s`` is the median warm time (the
+    cold one when none was affordable); every time is kept."""
+    t0 = time.perf_counter()
+    construct()
+    cold = time.perf_counter() - t0
+    warm = []
+    for _ in range(3 if cold < 1.0 else 1 if cold < 20.0 else 0):
+        t0 = time.perf_counter()
+        construct()
+        warm.append(time.perf_counter() - t0)
+    return {
+        "construct_cold_s": cold,
+        "construct_warm_s": warm,
+        "construct_s": statistics.median(warm) if warm else cold,
+    }
+
+
 def run_child(args: argparse.Namespace) -> None:
     import torch
 
@@ -509,11 +566,11 @@ def run_child(args: argparse.Namespace) -> None:
         "status": "running",
         "phase": "start",
     }
-    _write(out, result)
+    write_json(out, result)
     reason = method.unavailable(wl)
     if reason:
         result.update(status=f"unavailable: {reason}", phase="done")
-        _write(out, result)
+        write_json(out, result)
         return
     ref = None
     if args.reference and Path(args.reference).exists():
@@ -525,22 +582,10 @@ def run_child(args: argparse.Namespace) -> None:
         method.prepare()
         result["baseline_rss_mb"] = _rss_mb()
         result["phase"] = "construct"
-        _write(out, result)
-        t0 = time.perf_counter()
-        method.construct(wl)
-        cold = time.perf_counter() - t0
-        result["construct_cold_s"] = cold
-        warm = []
-        # Warm constructions when affordable: three under a second (a single one of
-        # ~15 ms moves by a third with the machine's load), else one under 20 s.
-        for _ in range(3 if cold < 1.0 else 1 if cold < 20.0 else 0):
-            t0 = time.perf_counter()
-            method.construct(wl)
-            warm.append(time.perf_counter() - t0)
-        result["construct_warm_s"] = warm
-        result["construct_s"] = statistics.median(warm) if warm else cold
+        write_json(out, result)
+        result.update(time_construction(lambda: method.construct(wl)))
         result["phase"] = "warm-up"
-        _write(out, result)
+        write_json(out, result)
 
         def fresh() -> dict:
             return {
@@ -571,7 +616,7 @@ def run_child(args: argparse.Namespace) -> None:
             )
         del x, grads
         result["phase"] = "repeats"
-        _write(out, result)
+        write_json(out, result)
         fwd, bwd = [], []
         last = f + b
         while len(fwd) < args.repeats and (time.perf_counter() - start) + last < 0.8 * args.budget:
@@ -580,7 +625,7 @@ def run_child(args: argparse.Namespace) -> None:
             bwd.append(b)
             last = f + b
             result.update(timed_repeats=len(fwd))
-            _write(out, result)
+            write_json(out, result)
         if not fwd:  # too slow to repeat within the budget: report the warm-up call
             fwd, bwd = [result["first_forward_s"]], [result["first_backward_s"] or 0.0]
             result["timed_from_warmup"] = True
@@ -602,7 +647,7 @@ def run_child(args: argparse.Namespace) -> None:
         result["peak_mb"] = _peak_mb()
     result["phase"] = "done"
     result["wall_s"] = time.perf_counter() - start
-    _write(out, result)
+    write_json(out, result)
 
 
 def main() -> None:

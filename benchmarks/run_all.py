@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -64,26 +63,18 @@ def parse_args() -> argparse.Namespace:
 
 ARGS = parse_args()
 # Pin the thread pools before numpy and torch load: the reference solves run here too.
-# (The same variables as peers.thread_env, which cannot be imported before numpy.)
-for _variable in (
-    "OMP_NUM_THREADS",
-    "MKL_NUM_THREADS",
-    "OPENBLAS_NUM_THREADS",
-    "VECLIB_MAXIMUM_THREADS",
-    "NUMEXPR_NUM_THREADS",
-    "RAYON_NUM_THREADS",
-):
-    os.environ[_variable] = str(ARGS.threads)
+from _child import child_env, reusable, run_budgeted, thread_env
+
+os.environ.update(thread_env(ARGS.threads))
 
 import numpy as np
-from _common import markdown_table, publish, results_dir
+from _common import environment, markdown_table, publish, results_dir
 from peers import (
     INACCURATE_TOL,
     LIBRARY_METHODS,
     OK_TOL,
     PEER_METHODS,
     compute_reference,
-    thread_env,
 )
 from workloads import Workload, workload_specs
 
@@ -96,42 +87,9 @@ def log(*parts) -> None:
     print(time.strftime("%H:%M:%S"), *parts, flush=True)
 
 
-def child_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(thread_env(ARGS.threads))
-    root = str(HERE.parent)
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    return env
-
-
 def run_child(cmd: list[str], out: Path, budget: float, label: str) -> dict:
-    """Run one child; on timeout keep its partial JSON and say where it stopped."""
-    if out.exists():
-        out.unlink()
-    start = time.perf_counter()
-    log_path = out.with_suffix(".log")
-    with open(log_path, "w") as log_file:
-        proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=child_env())
-        try:
-            rc = proc.wait(timeout=budget)
-            timed_out = False
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            rc = proc.wait()
-            timed_out = True
-    wall = time.perf_counter() - start
-    result = json.loads(out.read_text()) if out.exists() else {}
-    result.setdefault("method", label)
-    if timed_out:
-        result["status"] = f"timeout (> {budget:.0f} s, in {result.get('phase', 'start')})"
-    elif rc != 0 and result.get("phase") != "done":
-        tail = log_path.read_text()[-300:].strip().replace("\n", " | ")
-        if rc == -9 and not tail:
-            tail = "killed by SIGKILL, most likely the kernel's out-of-memory killer"
-        result["status"] = f"crashed (exit {rc}, in {result.get('phase', 'start')}): {tail}"
-    result["child_wall_s"] = wall
-    out.write_text(json.dumps(result, indent=1))
-    return result
+    """Run one child with every thread pool pinned to ``--threads``."""
+    return run_budgeted(cmd, out, budget, label, child_env(ARGS.threads, HERE.parent))
 
 
 # ------------------------------------------------------------------------ runs
@@ -179,11 +137,10 @@ def run_workloads(records: dict, runs: Path, cache: Path) -> None:
         del wl
         for method in method_list(entry["meta"]["group"]):
             out = runs / f"{name}__{method.replace('(', '').replace(')', '')}.json"
-            if ARGS.resume and out.exists():
-                previous = json.loads(out.read_text())
-                if previous.get("phase") == "done" or "timeout" in previous.get("status", ""):
-                    entry[method] = previous
-                    continue
+            previous = reusable(out) if ARGS.resume else None
+            if previous is not None:
+                entry[method] = previous
+                continue
             cmd = [
                 sys.executable,
                 str(HERE / "peers.py"),
@@ -212,11 +169,10 @@ def run_digits(records: dict, runs: Path) -> None:
     entry = records.setdefault("digits", {"meta": {"group": 4}})
     for method in [m for m in ARGS.methods.split(",") if m] or list(ALL_METHODS):
         out = runs / f"digits__{method}.json"
-        if ARGS.resume and out.exists():
-            previous = json.loads(out.read_text())
-            if previous.get("phase") == "done" or "timeout" in previous.get("status", ""):
-                entry[method] = previous
-                continue
+        previous = reusable(out) if ARGS.resume else None
+        if previous is not None:
+            entry[method] = previous
+            continue
         cmd = [
             sys.executable,
             str(HERE / "optnet_digits.py"),
@@ -484,40 +440,13 @@ def write_report(records: dict) -> None:
         k: records[k]
         for k in sorted(records, key=lambda k: order.index(k) if k in order else len(order))
     }
-    import torch
-
     env = {
         "threads": ARGS.threads,
         "repeats": ARGS.repeats,
         "budget_s": ARGS.budget,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-        "load_average": os.getloadavg(),
-        "date": time.strftime("%Y-%m-%d %H:%M"),
+        **environment(),
     }
-    versions = {}
-    for pkg in ("cvxpy", "cvxpylayers", "diffcp", "proxsuite", "qpth", "moreau", "clarabel"):
-        try:
-            from importlib.metadata import version
-
-            versions[pkg] = version(pkg)
-        except Exception:
-            versions[pkg] = "not installed"
-    env["versions"] = versions
-    try:  # the library is measured as the working tree was when each child started
-        head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "altdiff_modeling"],
-            capture_output=True,
-            text=True,
-            cwd=HERE.parent,
-        ).stdout.strip()
-        env["altdiff_commit"] = head + (" (modified)" if dirty else "")
-    except OSError:
-        env["altdiff_commit"] = "unknown"
+    versions = env["versions"]
     (out / f"{TAG}.json").write_text(json.dumps({"env": env, "records": records}, indent=1))
     parts = [
         f"# Peer comparison{' (quick validation sizes)' if ARGS.quick else ''}",
@@ -629,7 +558,7 @@ def main() -> None:
         cmd = [sys.executable, str(HERE / "solver_iterations.py")]
         if ARGS.quick:
             cmd.append("--quick")
-        subprocess.run(cmd, check=False, env=child_env())
+        subprocess.run(cmd, check=False, env=child_env(ARGS.threads, HERE.parent))
 
 
 if __name__ == "__main__":
