@@ -27,6 +27,7 @@ __all__ = [
     "CLARABEL_TIGHT",
     "CanonicalMargins",
     "canonical_margins",
+    "directional_finite_difference",
     "finite_difference_gradient",
     "is_symmetric_parameter",
     "kkt_implicit_gradient",
@@ -211,6 +212,31 @@ def finite_difference_gradient(
     return grads
 
 
+def directional_finite_difference(
+    problem: cp.Problem,
+    param_values: Mapping[cp.Parameter, np.ndarray],
+    variables: Sequence[cp.Variable],
+    weights: Sequence[np.ndarray],
+    direction: Mapping[cp.Parameter, np.ndarray],
+    step: float = 1e-5,
+) -> float:
+    """Central finite difference of ``L = sum_k <weights[k], x_k*>`` along ``direction``.
+
+    Two :func:`solve_reference` solves, at ``param_values +- step * direction``; the
+    parameters not in ``direction`` keep their values. Compare with ``sum_p <dL/dp,
+    direction[p]>`` of a gradient (the round-off and truncation notes of
+    :func:`finite_difference_gradient` apply).
+    """
+    losses = []
+    for sign in (1.0, -1.0):
+        shifted = {
+            p: np.asarray(v, dtype=np.float64) + sign * step * direction.get(p, 0.0)
+            for p, v in param_values.items()
+        }
+        losses.append(_loss(problem, shifted, variables, weights))
+    return (losses[0] - losses[1]) / (2.0 * step)
+
+
 def solve_qp_reference(
     P: np.ndarray,
     q: np.ndarray,
@@ -288,6 +314,7 @@ def kkt_implicit_gradient(
     nu: np.ndarray,
     grad_x: np.ndarray,
     active_tol: float = 1e-7,
+    least_squares: bool = False,
 ) -> tuple[np.ndarray, ...]:
     """Gradients of ``L = <grad_x, x*>`` by implicit differentiation of the KKT conditions.
 
@@ -323,6 +350,13 @@ def kkt_implicit_gradient(
         x, lam, nu: Optimal primal and dual solution (``lam``/``nu`` empty where absent).
         grad_x: ``dL/dx``, ``(n,)``.
         active_tol: Threshold separating ~0 from > 0 in slacks and duals.
+        least_squares: Solve the adjoint system in the least-squares sense (its
+            minimum-norm solution) instead of requiring ``K`` nonsingular. Where the
+            active rows ``(A, G_a)`` are linearly dependent (a redundant flow
+            conservation row, a degenerate LP vertex) but ``P`` is positive definite on
+            their null space, ``d_x`` and hence ``dL/dq`` and ``dL/dP`` are still
+            exact; the other blocks' gradients then depend on the multipliers, which
+            are not unique.
 
     Returns:
         ``(dP, dq, dA, db, dG, dh)`` shaped like the data; None for absent blocks.
@@ -345,7 +379,7 @@ def kkt_implicit_gradient(
     C = np.vstack([A_, Ga])
     K = np.block([[P, C.T], [C, np.zeros((n_eq + n_a, n_eq + n_a))]])
     rhs = np.concatenate([-np.asarray(grad_x, dtype=np.float64), np.zeros(n_eq + n_a)])
-    d = np.linalg.solve(K, rhs)
+    d = np.linalg.lstsq(K, rhs, rcond=None)[0] if least_squares else np.linalg.solve(K, rhs)
     d_x, d_lam, d_nu = d[:n], d[n : n + n_eq], d[n + n_eq :]
 
     dP = 0.5 * (np.outer(d_x, x) + np.outer(x, d_x))
