@@ -29,7 +29,7 @@ help:
 	@echo "make test     ruff check, ruff format --check, pytest, then make docs"
 	@echo "make lint     ruff check and ruff format --check"
 	@echo "make format   ruff format and ruff check --fix"
-	@echo "make bench    install the bench extra (+ qpth), run benchmarks/run_all.py and sparse_problems.py"
+	@echo "make bench    install the bench extra (+ qpth), run run_all.py, sparse_problems.py, families.py, maros_meszaros.py"
 	@echo "make docs     build the documentation (mkdocs build --strict) into site/"
 	@echo "make tutorials  run the tutorials in full; refresh docs/figures and docs/outputs"
 	@echo "make clean    remove $(VENV), caches and build outputs"
@@ -84,6 +84,8 @@ bench: install $(BENCH_STAMP)
 	  echo "benchmarks/run_all.py does not exist yet: nothing to run"; \
 	fi
 	$(VENV_PY) benchmarks/sparse_problems.py
+	$(VENV_PY) benchmarks/families.py
+	$(VENV_PY) benchmarks/maros_meszaros.py
 
 $(DOCS_STAMP): pyproject.toml $(INSTALL_STAMP)
 	$(PIP) install -e ".[test,docs]"
