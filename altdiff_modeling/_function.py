@@ -25,9 +25,10 @@ from ._admm import (
     penalty_weights,
 )
 from ._altdiff import DataGradients, DataTangents, ForwardTangents, reverse_gradients
+from ._batched_sparse import BatchedSparse, SparsePattern
 from ._errors import SolverError, SolverWarning
 from ._factor_cache import FactorCache
-from ._qp import QPData, stack_rows
+from ._qp import Matrix, QPData
 from ._scaling import (
     Equilibration,
     Scaling,
@@ -129,23 +130,23 @@ class ConstantDataReuse:
         self._equilibration: Equilibration | None = None
         self._weights: torch.Tensor | None = None
         self._factors = FactorCache(across_calls)
-        self._scaled: tuple[float, tuple[torch.Tensor, ...], torch.Tensor] | None = None
+        self._scaled: tuple[float, tuple[Matrix, Matrix]] | None = None
 
     def _matches(self, data: QPData, settings: SolverSettings) -> bool:
         key = self._key
         return (
             bool(key)
-            and (key[0] is data.P and key[1] is data.A and key[2] is data.G)
-            and key[3] == settings.scaling
+            and (key[0] is _storage(data.P) and key[1] is _storage(data.C))
+            and key[2] == settings.scaling
         )
 
     def equilibration(self, data: QPData, settings: SolverSettings) -> Equilibration:
-        shared = data.P.shape[0] == data.A.shape[0] == data.G.shape[0] == 1
-        constant = not (data.P.requires_grad or data.A.requires_grad or data.G.requires_grad)
+        shared = data.P.shape[0] == data.C.shape[0] == 1
+        constant = not (data.P.requires_grad or data.C.requires_grad)
         if not (shared and constant):
             return equilibrate(data.P, data.C, settings.scaling)
         if not self._matches(data, settings):
-            self._key = (data.P, data.A, data.G, settings.scaling)
+            self._key = (_storage(data.P), _storage(data.C), settings.scaling)
             self._equilibration = equilibrate(data.P, data.C, settings.scaling)
             self._weights = None
             self._factors.reset()
@@ -159,10 +160,8 @@ class ConstantDataReuse:
             return scaling.scale(data)
         cost = float(scaling.c.flatten()[0])
         if self._scaled is None or self._scaled[0] != cost:
-            P, A, G = scaling.scale_matrices(data)
-            self._scaled = (cost, (P, A, G), stack_rows(A, G))
-        _, matrices, C = self._scaled
-        return scaling.scale(data, matrices).with_stacked(C)
+            self._scaled = (cost, scaling.scale_matrices(data))
+        return scaling.scale(data, self._scaled[1])
 
     def weights(self, data: QPData, scaled: QPData, settings: SolverSettings) -> torch.Tensor:
         """``C'SC`` of the scaled C; call after `equilibration` for the same data."""
@@ -218,12 +217,22 @@ def _scale_tangents(scaling: Scaling, t: DataTangents, n_eq: int) -> DataTangent
     )
 
 
-def _unscale_gradients(scaling: Scaling, g: DataGradients) -> DataGradients:
+def _unscale_gradients(scaling: Scaling, data: QPData, g: DataGradients) -> DataGradients:
+    """Gradients w.r.t. the user's data from those w.r.t. the scaled data (dense
+    matrices, or values on the patterns of `BatchedSparse` ones)."""
     D, E, c = scaling.D, scaling.E, scaling.c
+
+    def matrix(grad: torch.Tensor | None, M: Matrix, row: torch.Tensor, col: torch.Tensor):
+        if grad is None:
+            return None
+        if isinstance(M, BatchedSparse):
+            return grad * row[:, M.rows] * col[:, M.cols]
+        return row.unsqueeze(-1) * grad * col.unsqueeze(-2)
+
     return DataGradients(
-        P=None if g.P is None else c.unsqueeze(-1) * D.unsqueeze(-1) * g.P * D.unsqueeze(-2),
+        P=matrix(g.P, data.P, c * D, D),
         q=c * D * g.q,
-        C=None if g.C is None else E.unsqueeze(-1) * g.C * D.unsqueeze(-2),
+        C=matrix(g.C, data.C, E, D),
         bound=E * g.bound,
         iterations=g.iterations,
     )
@@ -257,6 +266,27 @@ def _masked(grad: torch.Tensor | None, failed: torch.Tensor | None) -> torch.Ten
     return torch.where(failed[:, None], 0.0, grad)
 
 
+def _storage(M: Matrix) -> torch.Tensor:
+    """The tensor that holds a matrix's entries (a `BatchedSparse` one's values)."""
+    return M.values if isinstance(M, BatchedSparse) else M
+
+
+def _assemble(
+    blocks: tuple[torch.Tensor, ...], layout: tuple[int, SparsePattern | None, SparsePattern | None]
+) -> QPData:
+    """`QPData` from the Function's tensors ``(P, q, C, bound)`` and their layout
+    ``(n_eq, P's pattern, C's pattern)`` (patterns None for dense matrices)."""
+    P, q, C, bound = blocks
+    n_eq, P_pattern, C_pattern = layout
+    if P_pattern is not None:
+        P = BatchedSparse(P, P_pattern)
+    if C_pattern is not None:
+        C = BatchedSparse(C, C_pattern)
+    sizes = [block.shape[0] for block in blocks]
+    batch = 0 if 0 in sizes else max(sizes)  # a leading 1 broadcasts, also to 0
+    return QPData(P, q, C, bound, n_eq, batch)
+
+
 class _ReverseFunction(torch.autograd.Function):
     @staticmethod
     def forward(
@@ -266,11 +296,10 @@ class _ReverseFunction(torch.autograd.Function):
         holder: list,
         warm: Solution | None,
         reuse: ConstantDataReuse | None,
+        layout: tuple[int, SparsePattern | None, SparsePattern | None],
         *blocks: torch.Tensor,
     ):
-        sizes = [block.shape[0] for block in blocks]
-        batch = 0 if 0 in sizes else max(sizes)  # a leading 1 broadcasts, also to 0
-        data = QPData(*blocks, batch_size=batch)
+        data = _assemble(blocks, layout)
         scaling, scaled, result, _ = _solve(data, settings, info, warm=warm, reuse=reuse)
         ctx.set_materialize_grads(False)
         ctx.settings, ctx.info, ctx.data, ctx.scaled = settings, info, data, scaled
@@ -280,35 +309,27 @@ class _ReverseFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad_x: torch.Tensor | None, grad_y: torch.Tensor | None):
-        needs = ctx.needs_input_grad[5:]
+        needs = ctx.needs_input_grad[6:]
         if not any(needs) or (grad_x is None and grad_y is None):
-            return (None,) * 11
+            return (None,) * 10
         s: Scaling = ctx.scaling
         grad_x, grad_y = _masked(grad_x, ctx.failed), _masked(grad_y, ctx.failed)
         x = ctx.result.x
         scaled_gx = s.D * grad_x if grad_x is not None else torch.zeros_like(x)
         scaled_gy = s.E * grad_y / s.c if grad_y is not None else None
-        need_P, need_C = needs[0], needs[2] or needs[4]
+        need_P, need_C = needs[0], needs[2]
         grads = reverse_gradients(
             ctx.scaled, ctx.result, scaled_gx, scaled_gy, ctx.settings, need_P, need_C
         )
-        grads = _unscale_gradients(s, grads)
+        grads = _unscale_gradients(s, ctx.data, grads)
         ctx.info.backward_iterations = grads.iterations
-        n_eq = ctx.data.n_eq
-        grad_C = grads.C
-        per_instance = (
-            grads.P,
-            grads.q,
-            None if grad_C is None else grad_C[:, :n_eq],
-            grads.bound[:, :n_eq],
-            None if grad_C is None else grad_C[:, n_eq:],
-            grads.bound[:, n_eq:],
-        )
+        data = ctx.data
+        per_instance = (grads.P, grads.q, grads.C, grads.bound)
         out = tuple(
-            _reduce_to(grad, block) if need else None
-            for grad, block, need in zip(per_instance, ctx.data.blocks(), needs, strict=True)
+            _reduce_to(grad, _storage(block)) if need else None
+            for grad, block, need in zip(per_instance, data.blocks(), needs, strict=True)
         )
-        return (None, None, None, None, None, *out)
+        return (None,) * 6 + out
 
 
 def solve_reverse(
@@ -322,7 +343,8 @@ def solve_reverse(
     """Solve with gradients by reverse-mode Alt-Diff.
 
     Args:
-        data: Blocks with leading dimension 1 or B; autograd tracks them.
+        data: Blocks with leading dimension 1 or B, dense or `BatchedSparse`; autograd
+            tracks them (a `BatchedSparse` matrix through its values).
         settings: Solver and backward settings.
         info: Filled with the solve's statuses and counts.
         warm: A previous solution to start from.
@@ -336,7 +358,14 @@ def solve_reverse(
         SolverError: An instance was not solved and ``on_failure`` is ``"raise"``.
     """
     holder = holder if holder is not None else []
-    return _ReverseFunction.apply(settings, info, holder, warm, reuse, *data.blocks())
+    P, C = data.P, data.C
+    layout = (
+        data.n_eq,
+        P.pattern if isinstance(P, BatchedSparse) else None,
+        C.pattern if isinstance(C, BatchedSparse) else None,
+    )
+    blocks = (_storage(P), data.q, _storage(C), data.bound)
+    return _ReverseFunction.apply(settings, info, holder, warm, reuse, layout, *blocks)
 
 
 class DataMap(Protocol):

@@ -127,7 +127,7 @@ class _EntryMap:
             piece.reshape(theta.shape[0], *block.shape[1:]) if flag else block.detach()
             for piece, block, flag in zip(pieces, self.blocks, self.in_theta, strict=True)
         ]
-        return QPData(*blocks, batch_size=self.batch)
+        return QPData.from_blocks(*blocks, batch_size=self.batch)
 
     def tangents(self, dtype: torch.dtype, device: torch.device) -> DataTangents:
         K = sum(self.sizes)
@@ -194,7 +194,9 @@ def solve_qp(
         )
     blocks, batch, batched = _normalize(P, q, A, b, G, h)
     blocks[0] = 0.5 * (blocks[0] + blocks[0].transpose(-1, -2))
-    QPData(*blocks, batch_size=batch).check_finite()
+    for name, block in zip(_NAMES, blocks, strict=True):
+        if block.numel() and not bool(torch.isfinite(block).all()):
+            raise InputError(f"the QP data block {name} contains NaN or Inf values")
     bad, smallest = semidefinite_violations(blocks[0].detach())
     if bad:
         raise InputError(
@@ -207,7 +209,7 @@ def solve_qp(
         entry_map = _EntryMap(blocks, needs_grad, batch)
         x, y = solve_forward_mode(entry_map, entry_map.theta(), settings, info)
     else:
-        x, y = solve_reverse(QPData(*blocks, batch_size=batch), settings, info)
+        x, y = solve_reverse(QPData.from_blocks(*blocks, batch_size=batch), settings, info)
     n_eq = blocks[2].shape[-2]
     outputs = [x, y[:, :n_eq], y[:, n_eq:]] if return_duals else [x]
     if not batched:

@@ -164,7 +164,7 @@ def _polish_on(
     from altdiff_modeling._settings import SolverSettings
 
     P, q, A, b, G, h = (torch.from_numpy(block)[None] for block in blocks)
-    data = QPData(P=P, q=q, A=A, b=b, G=G, h=h, batch_size=1)
+    data = QPData.from_blocks(P, q, A, b, G, h, batch_size=1)
     n, m = q.shape[-1], estimate.shape[-1]
     unit = Scaling(
         D=torch.ones(1, n, dtype=F64), E=torch.ones(1, m, dtype=F64), c=torch.ones(1, 1, dtype=F64)
