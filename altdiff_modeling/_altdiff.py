@@ -24,23 +24,25 @@ parameters, and then reads off the gradients of every data block in closed form:
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
-from ._admm import SolveResult, batch_step_cost
+from ._admm import SolveResult
+from ._batched_sparse import BatchedSparse
 from ._direct_adjoint import (
     AdjointSolver,
     adjoint_through_polish,
     direct_adjoint,
     direct_is_cheaper,
 )
-from ._factor import CholeskyFactor
 from ._krylov import batched_gmres
 from ._polish import SharedPolishData
 from ._qp import QPData, matvec, rmatvec
 from ._settings import SolverSettings
+from .linsys.cholesky import CholeskyFactor
 
 __all__ = ["DataGradients", "DataTangents", "ForwardTangents", "reverse_gradients"]
 
@@ -169,6 +171,7 @@ def reverse_gradients(
         Gradients w.r.t. P ``(B, n, n)``, q ``(B, n)``, C ``(B, m, n)`` and the bound
         ``(B, m)``.
     """
+    started = time.perf_counter()
     C, n_eq = data.C, data.n_eq
     x, y, r, factor = result.x, result.y, result.rho_rows, result.factor
     sigma = settings.sigma
@@ -228,7 +231,13 @@ def reverse_gradients(
     elif polished is None or not torch.equal(polished.inactive, inactive):
         polished = shared_data.systems(inactive)
     if method == "auto":
-        cheaper = polished is not None or direct_is_cheaper(n, inactive, shared)
+        # Sparse data: the active rows' sparse KKT systems, which GMRES on long chains of
+        # constraints would need thousands of steps to match.
+        cheaper = (
+            data.sparse
+            or polished is not None
+            or direct_is_cheaper(n, inactive, shared, result.rates)
+        )
         method = "direct" if cheaper else "gmres"
     if method == "direct":
         if polished is not None:
@@ -279,16 +288,22 @@ def reverse_gradients(
         budget = settings.backward_max_iter - iterations
         state, steps = _iterate(step, state, measure, settings, max(budget, 0))
         iterations += steps
-    # The recursion's steps cost what ADMM steps do: a kept factor's work, which pays
-    # for the setup that lets later backwards go through the polish's systems instead.
-    factor.ledger.work += iterations * batch_step_cost(x.shape[0], n, C.shape[1], not shared)
+    # The backward's time is work done with a kept factor, which pays for the setup
+    # that lets later backwards go through the polish's systems instead.
+    factor.ledger.work += time.perf_counter() - started
     a, c = state
     t, rCt = products(a, c) if parts is None else parts
     grad_P = grad_C = None
     if need_P:
-        grad_P = -0.5 * (t.unsqueeze(-1) * x.unsqueeze(-2) + x.unsqueeze(-1) * t.unsqueeze(-2))
+        if isinstance(data.P, BatchedSparse):  # on P's pattern
+            grad_P = -0.5 * (data.P.on_pattern(t, x) + data.P.on_pattern(x, t))
+        else:
+            grad_P = -0.5 * (t.unsqueeze(-1) * x.unsqueeze(-2) + x.unsqueeze(-1) * t.unsqueeze(-2))
     if need_C:
-        grad_C = -y.unsqueeze(-1) * t.unsqueeze(-2) + (c - rCt).unsqueeze(-1) * x.unsqueeze(-2)
+        if isinstance(C, BatchedSparse):
+            grad_C = C.on_pattern(-y, t) + C.on_pattern(c - rCt, x)
+        else:
+            grad_C = -y.unsqueeze(-1) * t.unsqueeze(-2) + (c - rCt).unsqueeze(-1) * x.unsqueeze(-2)
     grad_bound = keep * (2 * rCt - c) + bound_from_dual
     return DataGradients(P=grad_P, q=-t, C=grad_C, bound=grad_bound, iterations=iterations)
 

@@ -22,12 +22,10 @@ from ._admm import (
     SolveResult,
     WarmStart,
     admm_solve,
-    penalty_weights,
 )
 from ._altdiff import DataGradients, DataTangents, ForwardTangents, reverse_gradients
 from ._batched_sparse import BatchedSparse, SparsePattern
 from ._errors import SolverError, SolverWarning
-from ._factor_cache import FactorCache
 from ._qp import Matrix, QPData
 from ._scaling import (
     Equilibration,
@@ -38,6 +36,8 @@ from ._scaling import (
     unscale_solution,
 )
 from ._settings import SolverSettings
+from .linsys.factor_cache import FactorCache
+from .linsys.systems import penalty_weights
 
 __all__ = ["DataMap", "Solution", "SolveInfo", "solve_forward_mode", "solve_reverse"]
 
@@ -163,8 +163,13 @@ class ConstantDataReuse:
             self._scaled = (cost, scaling.scale_matrices(data))
         return scaling.scale(data, self._scaled[1])
 
-    def weights(self, data: QPData, scaled: QPData, settings: SolverSettings) -> torch.Tensor:
-        """``C'SC`` of the scaled C; call after `equilibration` for the same data."""
+    def weights(
+        self, data: QPData, scaled: QPData, settings: SolverSettings
+    ) -> torch.Tensor | None:
+        """``C'SC`` of the scaled dense C (None for sparse data, whose factors need no
+        such product); call after `equilibration` for the same data."""
+        if data.sparse:
+            return None
         if not self._matches(data, settings):
             return penalty_weights(scaled.C, scaled.n_eq)
         if self._weights is None:

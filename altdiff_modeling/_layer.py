@@ -19,11 +19,10 @@ from ._function import (
     solve_forward_mode,
     solve_reverse,
 )
-from ._parametric import BLOCK_NAMES, ParameterSpec, ParametricQP, VariableSpec
+from ._parametric import ParameterSpec, ParametricQP, VariableSpec
 from ._qp import semidefinite_violations
 from ._settings import SUPPORTED_DTYPES, SolverSettings, parse_solver_args
 from ._sparse_data import SparseParametricQP, choose_backend, sparse_qp
-from ._sparse_function import solve_sparse
 
 __all__ = ["AltDiffLayer"]
 
@@ -270,22 +269,16 @@ class AltDiffLayer(torch.nn.Module):
         backend = self._backend(settings)
         if backend == "sparse" and settings.backend == "auto" and settings.mode == "forward":
             backend = "dense"  # "auto" never picks a backend that cannot serve the call
-        if backend == "sparse":
-            if settings.mode == "forward" and needs_grad:
-                raise InputError(
-                    "solver_args['mode'] = 'forward' is not supported by the sparse backend; "
-                    "use mode 'reverse', or backend 'dense' for a small problem"
-                )
-            theta = torch.cat([f.expand(batch, -1) for f in flats], dim=1)
-            batched_positions = {i for i, is_b in enumerate(batched) if is_b}
-            deps = self._block_dependencies("sparse")
-            shared = not ((deps["P"] | deps["C"]) & batched_positions)
-            x, y = solve_sparse(self._sparse_qp, theta, shared, settings, info, warm, holder)
-        elif settings.mode == "forward" and needs_grad:
+        if backend == "sparse" and settings.mode == "forward" and needs_grad:
+            raise InputError(
+                "solver_args['mode'] = 'forward' is not supported by the sparse backend; "
+                "use mode 'reverse', or backend 'dense' for a small problem"
+            )
+        if settings.mode == "forward" and needs_grad:
             theta = torch.cat([f.expand(batch, -1) for f in flats], dim=1)
             x, y = solve_forward_mode(self._qp, theta, settings, info, warm, holder)
         else:
-            data = self._data(flats, batched, batch)
+            data = self._data(backend, flats, batched, batch)
             x, y = solve_reverse(data, settings, info, warm, holder, self._reuse)
         self._last_solution = holder[0] if holder else None
 
@@ -350,10 +343,11 @@ class AltDiffLayer(torch.nn.Module):
             return None
         return last
 
-    def _data(self, flats: list[torch.Tensor], batched: list[bool], batch: int):
+    def _data(self, backend: str, flats: list[torch.Tensor], batched: list[bool], batch: int):
         """QP data with blocks that depend only on unbatched parameters kept shared."""
+        qp = self._sparse_qp if backend == "sparse" else self._qp
         if not any(batched):
-            return self._qp.data(torch.cat(flats, dim=1))
+            return qp.data(torch.cat(flats, dim=1))
         theta = torch.cat([f.expand(batch, -1) for f in flats], dim=1)
         shared_theta = torch.cat(
             [
@@ -365,7 +359,7 @@ class AltDiffLayer(torch.nn.Module):
         batched_positions = {i for i, is_b in enumerate(batched) if is_b}
         shared = frozenset(
             name
-            for name in BLOCK_NAMES
-            if not (self._block_dependencies("dense")[name] & batched_positions)
+            for name, dependencies in self._block_dependencies(backend).items()
+            if not (dependencies & batched_positions)
         )
-        return self._qp.data(theta, shared_theta, shared)
+        return qp.data(theta, shared_theta, shared)

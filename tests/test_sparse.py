@@ -312,7 +312,7 @@ def test_kkt_factor_engines_agree_with_a_dense_solve() -> None:
     constraint rows)."""
     import scipy.sparse as sp
 
-    from altdiff_modeling._sparse_kkt import KKTFactor
+    from altdiff_modeling.linsys.sparse_kkt import KKTFactor
 
     rng = np.random.default_rng(18)
     n = 400
@@ -357,7 +357,7 @@ def test_schur_complement_of_sparse_long_rows_by_sparse_products(monkeypatch) ->
     solve per long row; below a chain (depth 399) it falls back to the solves."""
     import scipy.sparse as sp
 
-    import altdiff_modeling._sparse_kkt as sparse_kkt
+    import altdiff_modeling.linsys.sparse_kkt as sparse_kkt
 
     rng = np.random.default_rng(5)
     n = 400

@@ -19,9 +19,9 @@ import torch
 from altdiff_modeling import AltDiffLayer
 from altdiff_modeling import _altdiff as altdiff_module
 from altdiff_modeling._direct_adjoint import adjoint_through_polish, direct_adjoint
-from altdiff_modeling._factor import CholeskyFactor
 from altdiff_modeling._krylov import batched_gmres
 from altdiff_modeling._polish import ReducedKKT, SharedPolisher
+from altdiff_modeling.linsys.cholesky import CholeskyFactor
 
 SIGMA = 1e-6
 
@@ -150,7 +150,7 @@ def _portfolio_problem(n_assets: int = 12, factors: int = 3):
     return problem, [holdings, F, mu], w
 
 
-def test_portfolio_training_gradients_are_the_recursions():
+def test_portfolio_training_gradients_are_the_recursions(unlimited_polishing):
     # A Markowitz layer with abs transaction and neg shorting costs, trained by Adam at
     # eps 1e-5, its covariance factor and returns shared by the batch: transaction
     # costs keep many weights at their holdings, where the active rows are dependent
