@@ -10,6 +10,7 @@ import cvxpy as cp
 import torch
 
 from ._canon import CanonicalForm, dense_qp, reduce_problem
+from ._dtypes import compute_dtype
 from ._errors import InputError
 from ._function import (
     ConstantDataReuse,
@@ -21,7 +22,7 @@ from ._function import (
 )
 from ._parametric import BLOCK_NAMES, ParameterSpec, ParametricQP, VariableSpec
 from ._qp import semidefinite_violations
-from ._settings import SUPPORTED_DTYPES, SolverSettings, parse_solver_args
+from ._settings import SolverSettings, parse_solver_args
 from ._sparse_data import SparseParametricQP, choose_backend, sparse_qp
 from ._sparse_function import solve_sparse
 
@@ -193,25 +194,20 @@ class AltDiffLayer(torch.nn.Module):
                 f"the layer takes {len(specs)} tensor(s), one per parameter "
                 f"{[s.name for s in specs]}, but was called with {len(values)}"
             )
-        reference: torch.Tensor | None = None
-        flats, batched, batch_sizes = [], [], {}
         for spec, value in zip(specs, values, strict=True):
             if not isinstance(value, torch.Tensor):
                 raise InputError(
                     f"parameter '{spec.name}' must be given as a torch.Tensor, got {type(value).__name__}"
                 )
-            if value.dtype not in SUPPORTED_DTYPES:
+        dtype = compute_dtype([(f"parameter '{s.name}'", v.dtype) for s, v in zip(specs, values)])
+        flats, batched, batch_sizes = [], [], {}
+        for spec, value in zip(specs, values, strict=True):
+            if value.device != values[0].device:
                 raise InputError(
-                    f"parameter '{spec.name}' must have dtype float32 or float64, got {value.dtype}"
+                    f"parameter '{spec.name}' is on {value.device}, but '{specs[0].name}' is on "
+                    f"{values[0].device}; all parameters must be on one device"
                 )
-            if reference is None:
-                reference = value
-            elif value.dtype != reference.dtype or value.device != reference.device:
-                raise InputError(
-                    f"parameter '{spec.name}' has dtype {value.dtype} on {value.device}, but "
-                    f"'{specs[0].name}' has {reference.dtype} on {reference.device}; all "
-                    "parameters must share dtype and device"
-                )
+            value = value.to(dtype)  # a new tensor where the dtype differs; autograd follows
             shape = tuple(value.shape)
             if shape == spec.shape:
                 flats.append(_flatten_column_major(value.unsqueeze(0), len(spec.shape)))

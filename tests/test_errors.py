@@ -181,20 +181,33 @@ def test_inconsistent_batch_sizes(simple):
         layer(q, h)
 
 
-def test_integer_dtype_is_rejected(simple):
+def test_integer_inputs_compute_in_the_default_float_dtype(simple):
+    # torch's promotion: integers next to float64 compute in float64; integers alone in
+    # torch's default dtype (float32 here).
     _, layer, *_ = simple
     _, h = _q_h()
-    with pytest.raises(
-        InputError, match=r"parameter 'q' must have dtype float32 or float64.*torch\.int64"
-    ):
-        layer(torch.zeros(3, dtype=torch.int64), h)
+    q_int = torch.tensor([1, -2, 0])
+    (x_float,) = layer(q_int.double(), h)
+    (x_mixed,) = layer(q_int, h)
+    assert x_mixed.dtype == torch.float64
+    torch.testing.assert_close(x_mixed, x_float)
+    (x_ints,) = layer(q_int, torch.ones(2, dtype=torch.int32))
+    assert x_ints.dtype == torch.get_default_dtype()
+    torch.testing.assert_close(x_ints.double(), x_float, atol=1e-3, rtol=0)
 
 
-def test_mixed_dtypes_are_rejected(simple):
+def test_mixed_float_dtypes_compute_in_the_widest(simple):
     _, layer, *_ = simple
     q, _ = _q_h()
-    with pytest.raises(InputError, match=r"parameter 'h' has dtype torch\.float32"):
-        layer(q, torch.ones(2, dtype=torch.float32))
+    q = q.clone().requires_grad_()
+    h32 = torch.ones(2, dtype=torch.float32, requires_grad=True)
+    (x,) = layer(q, h32)
+    assert x.dtype == torch.float64
+    (x_ref,) = layer(q.detach(), h32.detach().double())
+    torch.testing.assert_close(x.detach(), x_ref)
+    x.sum().backward()
+    assert h32.grad is not None and h32.grad.dtype == torch.float32  # each input's own dtype
+    assert h32.dtype == torch.float32  # the input itself is not converted
 
 
 def test_not_a_tensor(simple):
@@ -280,11 +293,13 @@ def test_solve_qp_nan_names_block():
         solve_qp(**data)
 
 
-def test_solve_qp_mixed_dtype():
+def test_solve_qp_mixed_dtype_computes_in_the_widest():
     data = _qp()
+    x_ref = solve_qp(**data)
     data["G"] = data["G"].float()
-    with pytest.raises(InputError, match=r"G has dtype torch\.float32"):
-        solve_qp(**data)
+    x = solve_qp(**data)
+    assert x.dtype == torch.float64
+    torch.testing.assert_close(x, x_ref)
 
 
 def test_inputs_are_not_modified(simple):
@@ -298,8 +313,23 @@ def test_inputs_are_not_modified(simple):
     assert torch.equal(h.detach(), h_before)
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.complex128])
-def test_unsupported_floating_dtypes(simple, dtype):
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_alone_is_rejected(simple, dtype):
     _, layer, *_ = simple
-    with pytest.raises(InputError, match=r"parameter 'q' must have dtype float32 or float64"):
+    with pytest.raises(
+        InputError,
+        match=rf"parameter 'q' \({dtype}\).*would compute in {dtype}.*float32 or float64",
+    ):
         layer(torch.zeros(3, dtype=dtype), torch.ones(2, dtype=dtype))
+
+
+def test_half_precision_next_to_float32_computes_in_float32(simple):
+    _, layer, *_ = simple
+    (x,) = layer(torch.zeros(3, dtype=torch.float16), torch.ones(2, dtype=torch.float32))
+    assert x.dtype == torch.float32
+
+
+def test_complex_dtype_is_rejected(simple):
+    _, layer, *_ = simple
+    with pytest.raises(InputError, match=r"parameter 'q': complex dtypes are not supported"):
+        layer(torch.zeros(3, dtype=torch.complex128), torch.ones(2, dtype=torch.float64))
