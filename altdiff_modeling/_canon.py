@@ -22,7 +22,7 @@ import scipy.sparse as sp
 from cvxpy.constraints import NonNeg, Zero
 from cvxpy.utilities import scopes
 
-from ._errors import ProblemError
+from ._errors import InputError, ProblemError
 from ._parametric import AffineBlock, ParameterSpec, ParametricQP, VariableSpec
 
 __all__ = ["CanonicalForm", "canonicalize", "dense_qp", "reduce_problem"]
@@ -171,7 +171,23 @@ def _check_dcp_dpp(problem: cp.Problem) -> None:
     )
 
 
-def _param_cone_prog(problem: cp.Problem) -> tuple[Any, Any]:
+def _check_canon_backend(canon_backend: Any) -> None:
+    """Raise `InputError` unless ``canon_backend`` names one of CVXPY's backends (or None)."""
+    if canon_backend is None:
+        return
+    known = sorted(
+        getattr(cp.settings, name)
+        for name in dir(cp.settings)
+        if name.endswith("_CANON_BACKEND") and name != "DEFAULT_CANON_BACKEND"
+    )
+    if canon_backend not in known:
+        raise InputError(
+            f"canon_backend must be None or one of CVXPY's canonicalization backends "
+            f"{known}, got {canon_backend!r}"
+        )
+
+
+def _param_cone_prog(problem: cp.Problem, canon_backend: str | None = None) -> tuple[Any, Any]:
     """CVXPY's ``ParamConeProg`` of ``problem`` and the chain that produced it.
 
     ``Problem.get_problem_data`` also evaluates every tensor at the parameters' current
@@ -179,10 +195,15 @@ def _param_cone_prog(problem: cp.Problem) -> tuple[Any, Any]:
     dense n = 3000 layer), and caches its result on the user's problem. Applying the
     chain's reductions and the solver's constraint formatting directly does neither.
 
+    ``canon_backend`` is CVXPY's (``get_problem_data``'s): how it builds the affine maps,
+    not what they are.
+
     Raises:
         cvxpy.error.DPPError, cvxpy.error.SolverError: As ``get_problem_data`` would.
     """
-    chain = problem._construct_chain(solver=cp.CLARABEL, enforce_dpp=True)
+    chain = problem._construct_chain(
+        solver=cp.CLARABEL, enforce_dpp=True, canon_backend=canon_backend
+    )
     reduced: Any = problem
     for reduction in chain.reductions[:-1]:
         reduced, _ = reduction.apply(reduced)
@@ -388,22 +409,35 @@ class CanonicalForm:
 
 
 def reduce_problem(
-    problem: cp.Problem, parameters: Sequence[cp.Parameter], variables: Sequence[cp.Variable]
+    problem: cp.Problem,
+    parameters: Sequence[cp.Parameter],
+    variables: Sequence[cp.Variable],
+    canon_backend: str | None = None,
 ) -> CanonicalForm:
     """Check ``problem`` and reduce it with CVXPY, without forming any data block.
+
+    Args:
+        problem: The user's problem.
+        parameters: Its parameters, in the order a call takes them.
+        variables: The outputs.
+        canon_backend: CVXPY's canonicalization backend (None: its default).
 
     Raises:
         ProblemError: The lists do not match the problem, or the problem is not DCP,
             not DPP, not continuous, or not polyhedral (the message names the part).
+        InputError: ``canon_backend`` is not one of CVXPY's, or is not installed.
     """
+    _check_canon_backend(canon_backend)
     _check_lists(problem, parameters, variables)
     _check_dcp_dpp(problem)
     try:
-        param_prob, chain = _param_cone_prog(problem)
+        param_prob, chain = _param_cone_prog(problem, canon_backend)
     except cp.error.DPPError as exc:  # pragma: no cover - caught by _check_dcp_dpp
         raise ProblemError(f"the problem is not DPP: {exc}") from None
     except cp.error.SolverError as exc:
         raise ProblemError(f"CVXPY could not reduce the problem: {exc}") from None
+    except ImportError as exc:  # a backend CVXPY knows but cannot load (RUST)
+        raise InputError(f"canon_backend={canon_backend!r} is not available: {exc}") from None
     if any(not isinstance(c, Zero | NonNeg) for c in param_prob.constraints):
         raise ProblemError(
             "the problem is not a polyhedral QP (only linear equalities and inequalities, "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -11,6 +12,7 @@ from ._altdiff import DataTangents
 from ._dtypes import compute_dtype
 from ._errors import InputError
 from ._function import SolveInfo, solve_forward_mode, solve_reverse
+from ._log import enable_verbose, log_backward, log_solve
 from ._qp import QPData, semidefinite_violations, stack_rows
 from ._settings import SolverSettings, parse_solver_args
 
@@ -185,6 +187,7 @@ def solve_qp(
             ``solver_args`` is invalid.
         SolverError: An instance was not solved to the requested accuracy.
     """
+    started = time.perf_counter()
     settings: SolverSettings = parse_solver_args(solver_args)
     if settings.backend == "sparse":
         raise InputError(
@@ -192,6 +195,7 @@ def solve_qp(
             "tensors and always uses the dense backend"
         )
     blocks, batch, batched = _normalize(P, q, A, b, G, h)
+    settings = settings.for_dtype(blocks[1].dtype)
     blocks[0] = 0.5 * (blocks[0] + blocks[0].transpose(-1, -2))
     QPData(*blocks, batch_size=batch).check_finite()
     bad, smallest = semidefinite_violations(blocks[0].detach())
@@ -209,6 +213,12 @@ def solve_qp(
         x, y = solve_reverse(QPData(*blocks, batch_size=batch), settings, info)
     n_eq = blocks[2].shape[-2]
     outputs = [x, y[:, :n_eq], y[:, n_eq:]] if return_duals else [x]
+    if settings.verbose:
+        enable_verbose()
+        log_solve("solve_qp", info, batch, x.dtype, started)
+        # Hooks go on the solve's own tensors, never on the caller's.
+        own = [t for t in blocks if all(t is not u for u in (P, q, A, b, G, h))]
+        log_backward("solve_qp", info, outputs, own)
     if not batched:
         outputs = [out.squeeze(0) for out in outputs]
     if return_info:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -10,6 +12,7 @@ import cvxpy as cp
 import torch
 
 from ._canon import CanonicalForm, dense_qp, reduce_problem
+from ._compat import layer_arguments
 from ._dtypes import compute_dtype
 from ._errors import InputError
 from ._function import (
@@ -20,6 +23,7 @@ from ._function import (
     solve_forward_mode,
     solve_reverse,
 )
+from ._log import LOGGER, enable_verbose, log_backward, log_solve
 from ._parametric import BLOCK_NAMES, ParameterSpec, ParametricQP, VariableSpec
 from ._qp import semidefinite_violations
 from ._settings import SolverSettings, parse_solver_args
@@ -103,6 +107,9 @@ class AltDiffLayer(torch.nn.Module):
     QP data, solves the batch with ADMM and, on backward, differentiates it with
     Alt-Diff.
 
+    The constructor takes cvxpylayers' ``CvxpyLayer`` arguments, in its order, so that
+    a program written for it runs with only the import changed.
+
     Args:
         problem: A DPP ``cvxpy.Problem`` that CVXPY reduces to a QP with linear
             equality and inequality constraints.
@@ -111,13 +118,24 @@ class AltDiffLayer(torch.nn.Module):
         variables: The outputs, in order: variables of the problem, or
             ``constraint.dual_variables[0]`` for a constraint's multipliers (with
             CVXPY's sign conventions), differentiable like the variables.
-        solver_args: Default settings for every call (see `SolverSettings`). Its
-            ``backend`` picks dense or sparse data (``"auto"``: sparse for large
-            sparse problems); see the user guide's page on large sparse problems.
+        solver: Accepted for cvxpylayers' programs and ignored, with a `SolverWarning`:
+            the layer always solves with its own ADMM. A mapping in this place is
+            taken as ``solver_args``.
+        gp: Must be False: geometric programs are not supported.
+        verbose: Log each call's statuses, iterations and times (logger
+            ``"altdiff_modeling"``, level INFO; shown on stderr where the program has
+            not configured logging).
+        canon_backend: CVXPY's canonicalization backend (``"CPP"``, ``"SCIPY"``,
+            ...; None: CVXPY's default), as in ``Problem.get_problem_data``.
+        solver_args: Default settings for every call (see `SolverSettings`; cvxpylayers'
+            keys are accepted too). Its ``backend`` picks dense or sparse data
+            (``"auto"``: sparse for large sparse problems); see the user guide's page on
+            large sparse problems.
 
     Raises:
-        ProblemError: The problem is not supported or the lists do not match it.
-        InputError: ``solver_args`` is invalid.
+        ProblemError: The problem is not supported (``gp=True`` included) or the lists
+            do not match it.
+        InputError: ``solver_args``, ``gp``, ``verbose`` or ``canon_backend`` is invalid.
 
     Example:
         >>> layer = AltDiffLayer(problem, parameters=[q, b, h], variables=[x])
@@ -129,11 +147,19 @@ class AltDiffLayer(torch.nn.Module):
         problem: cp.Problem,
         parameters: Sequence[cp.Parameter],
         variables: Sequence[cp.Variable],
+        solver: Any = None,
+        gp: bool = False,
+        verbose: bool = False,
+        canon_backend: str | None = None,
         solver_args: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        self._form: CanonicalForm = reduce_problem(problem, parameters, variables)
+        started = time.perf_counter()
+        solver_args = layer_arguments(solver, gp, verbose, solver_args)
+        self._form: CanonicalForm = reduce_problem(problem, parameters, variables, canon_backend)
         self._settings: SolverSettings = parse_solver_args(solver_args)
+        if verbose:
+            self._settings = dataclasses.replace(self._settings, verbose=True)
         self._auto_backend = choose_backend(self._form)
         self._dense: ParametricQP | None = None
         self._sparse: SparseParametricQP | None = None
@@ -147,6 +173,11 @@ class AltDiffLayer(torch.nn.Module):
         self._last_solution: Solution | None = None
         # Equilibration and C'SC of constant P, A, G, computed on the first call.
         self._reuse = ConstantDataReuse(across_calls=True)
+        if self._settings.verbose:
+            enable_verbose()
+            LOGGER.info(
+                "AltDiffLayer built in %.2f s: %s", time.perf_counter() - started, self.extra_repr()
+            )
 
     @property
     def backend(self) -> str:
@@ -235,6 +266,7 @@ class AltDiffLayer(torch.nn.Module):
         self,
         *params: torch.Tensor,
         solver_args: Mapping[str, Any] | None = None,
+        warm_start: bool | None = None,
         return_info: bool = False,
     ) -> tuple[torch.Tensor, ...] | tuple[tuple[torch.Tensor, ...], SolveInfo]:
         """Solve the problem at the given parameter values.
@@ -242,7 +274,13 @@ class AltDiffLayer(torch.nn.Module):
         Args:
             *params: One tensor per parameter, shaped like the parameter or with a
                 leading batch dimension B; unbatched ones are shared by the batch.
+                Their dtypes may differ: the call computes in the widest float dtype
+                among them (torch's type promotion; integers alone: the default float
+                dtype), and returns its outputs in it.
             solver_args: Settings for this call, overriding the layer's.
+            warm_start: Start from the previous call's solution (when the batch size,
+                dtype and device match), as cvxpylayers' ``warm_start=True``; None
+                leaves it to ``solver_args['warm_start']``.
             return_info: Also return a `SolveInfo`.
 
         Returns:
@@ -255,8 +293,12 @@ class AltDiffLayer(torch.nn.Module):
                 values, inconsistent batch sizes, or invalid ``solver_args``.
             SolverError: An instance was not solved to the requested accuracy.
         """
+        started = time.perf_counter()
         settings = parse_solver_args(solver_args, self._settings)
+        if warm_start is not None:
+            settings = parse_solver_args({"warm_start": warm_start}, settings)
         flats, batched, batch = self._flatten_inputs(params)
+        settings = settings.for_dtype(flats[0].dtype)
         any_batched = any(batched)
         info = SolveInfo()
         needs_grad = torch.is_grad_enabled() and any(f.requires_grad for f in flats)
@@ -290,6 +332,10 @@ class AltDiffLayer(torch.nn.Module):
             value = _unflatten_column_major(_gather(spec, x, y), spec.shape)
             outputs.append(value if any_batched else value.squeeze(0))
         outputs = tuple(outputs)
+        if settings.verbose:
+            enable_verbose()
+            log_solve("AltDiffLayer", info, batch, x.dtype, started)
+            log_backward("AltDiffLayer", info, outputs, flats)
         return (outputs, info) if return_info else outputs
 
     def jacobian(
@@ -322,6 +368,7 @@ class AltDiffLayer(torch.nn.Module):
                 "problem is dense); pass solver_args={'backend': 'dense'} for a small problem"
             )
         flats, batched, batch = self._flatten_inputs(params)
+        settings = settings.for_dtype(flats[0].dtype)
         theta = torch.cat([f.expand(batch, -1) for f in flats], dim=1)
         solved = forward_mode_solve(self._qp, theta, settings, SolveInfo())
         jacobians = []
