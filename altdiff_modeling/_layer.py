@@ -56,7 +56,7 @@ def _check_declared(spec: ParameterSpec, value: torch.Tensor) -> None:
             holds, word = _SIGNS[attribute]
             if not bool(holds(value).all()):
                 raise InputError(
-                    f"parameter '{spec.name}' is declared {attribute}=True, but its value has "
+                    f"{spec.label} is declared {attribute}=True, but its value has "
                     f"entries that are not {word}"
                 )
         else:  # PSD or NSD: (n, n) or (B, n, n)
@@ -64,7 +64,7 @@ def _check_declared(spec: ParameterSpec, value: torch.Tensor) -> None:
             bad, smallest = semidefinite_violations(sign * value.reshape(-1, *spec.shape))
             if bad:
                 raise InputError(
-                    f"parameter '{spec.name}' is declared {attribute}=True, but its value is not "
+                    f"{spec.label} is declared {attribute}=True, but its value is not "
                     f"{word} semidefinite (batch indices {bad[:10]}, extreme eigenvalue "
                     f"{sign * smallest:.3g})"
                 )
@@ -219,45 +219,64 @@ class AltDiffLayer(torch.nn.Module):
         )
 
     def _flatten_inputs(self, values: Sequence[Any]) -> tuple[list[torch.Tensor], list[bool], int]:
+        """Check a call's tensors and flatten them: ``(B or 1, size)`` each, batched flags, B.
+
+        The messages contain cvxpylayers' phrases for the same faults ("A tensor must be
+        provided for each CVXPY parameter", "Invalid parameter shape", "Invalid
+        parameter dimensionality", "Inconsistent batch sizes"), so that a program
+        matching them still does.
+        """
         specs = self._form.parameters
         if len(values) != len(specs):
             raise InputError(
-                f"the layer takes {len(specs)} tensor(s), one per parameter "
-                f"{[s.name for s in specs]}, but was called with {len(values)}"
+                f"A tensor must be provided for each CVXPY parameter: the layer takes "
+                f"{len(specs)} tensor(s), one per parameter {[s.name for s in specs]}, but "
+                f"was called with {len(values)}"
             )
         for spec, value in zip(specs, values, strict=True):
             if not isinstance(value, torch.Tensor):
                 raise InputError(
-                    f"parameter '{spec.name}' must be given as a torch.Tensor, got {type(value).__name__}"
+                    f"{spec.label} must be given as a torch.Tensor, got {type(value).__name__}"
                 )
-        dtype = compute_dtype([(f"parameter '{s.name}'", v.dtype) for s, v in zip(specs, values)])
+        dtype = compute_dtype([(s.label, v.dtype) for s, v in zip(specs, values, strict=True)])
         flats, batched, batch_sizes = [], [], {}
-        for spec, value in zip(specs, values, strict=True):
+        for position, (spec, value) in enumerate(zip(specs, values, strict=True)):
+            where = f"{spec.label} (parameters[{position}])" if spec.named else spec.label
             if value.device != values[0].device:
                 raise InputError(
-                    f"parameter '{spec.name}' is on {value.device}, but '{specs[0].name}' is on "
+                    f"{spec.label} is on {value.device}, but {specs[0].label} is on "
                     f"{values[0].device}; all parameters must be on one device"
                 )
             value = value.to(dtype)  # a new tensor where the dtype differs; autograd follows
-            shape = tuple(value.shape)
+            shape, ndim = tuple(value.shape), len(spec.shape)
+            batched_shape = (
+                "(B" + "".join(f", {d}" for d in spec.shape) + ("," if not ndim else "") + ")"
+            )
             if shape == spec.shape:
-                flats.append(_flatten_column_major(value.unsqueeze(0), len(spec.shape)))
+                flats.append(_flatten_column_major(value.unsqueeze(0), ndim))
                 batched.append(False)
-            elif len(shape) == len(spec.shape) + 1 and shape[1:] == spec.shape:
-                flats.append(_flatten_column_major(value, len(spec.shape)))
+            elif len(shape) == ndim + 1 and shape[1:] == spec.shape:
+                flats.append(_flatten_column_major(value, ndim))
                 batched.append(True)
                 batch_sizes[spec.name] = shape[0]
+            elif len(shape) in (ndim, ndim + 1):
+                raise InputError(
+                    f"Invalid parameter shape for {where}: expected {spec.shape}, or "
+                    f"{batched_shape} with a batch dimension B, got {shape}"
+                )
             else:
                 raise InputError(
-                    f"parameter '{spec.name}' expects shape {spec.shape} (or (B, *{spec.shape}) "
-                    f"with a batch dimension), got {shape}"
+                    f"Invalid parameter dimensionality for {where}: expected {ndim} or "
+                    f"{ndim + 1} dimensions (shape {spec.shape}, or {batched_shape} with a batch "
+                    f"dimension B), got {len(shape)} (shape {shape})"
                 )
             if value.numel() and not bool(torch.isfinite(value).all()):
-                raise InputError(f"parameter '{spec.name}' contains NaN or Inf values")
+                raise InputError(f"{spec.label} contains NaN or Inf values")
             _check_declared(spec, value.detach())
         if len(set(batch_sizes.values())) > 1:
             raise InputError(
-                f"inconsistent batch sizes {batch_sizes}; all batched parameters must share one"
+                f"Inconsistent batch sizes {batch_sizes}: all batched parameters must share one "
+                "batch size B (an unbatched parameter is shared by the whole batch)"
             )
         batch = next(iter(batch_sizes.values()), 1)
         return flats, batched, batch

@@ -109,7 +109,7 @@ def test_n3_parameter_inside_nonaffine_atom_in_constraint():
     p = cp.Parameter(2, name="p")
     problem = cp.Problem(cp.Minimize(cp.sum_squares(x)), [x >= 0, x >= cp.exp(p)])
     with pytest.raises(
-        ProblemError, match=r"not a polyhedral QP.*constraint 1 \(exp\(p\).*ExpCone"
+        ProblemError, match=r"not a polyhedral QP.*constraint 1 \(cp\.exp\(p\) <= x\).*ExpCone"
     ):
         AltDiffLayer(problem, parameters=[p], variables=[x])
 
@@ -118,7 +118,7 @@ def test_n4_parametric_quad_form_in_constraint():
     x = cp.Variable(2, name="x")
     Q = cp.Parameter((2, 2), PSD=True, name="Q")
     problem = cp.Problem(cp.Minimize(cp.sum(x)), [x >= -1, cp.quad_form(x, Q) <= 1])
-    with pytest.raises(ProblemError, match=r"not DPP.*constraint 1 \(QuadForm\(x, Q\)"):
+    with pytest.raises(ProblemError, match=r"not DPP.*constraint 1 \(cp\.quad_form\(x, Q\) <= 1\)"):
         AltDiffLayer(problem, parameters=[Q], variables=[x])
 
 
@@ -144,7 +144,10 @@ def test_n7_exact_power_cone():
     p = cp.Parameter(2, name="p")
     constraints = [cp.power(x[0], 3, approx=False) <= t, x >= 0, x <= 1]
     problem = cp.Problem(cp.Minimize(t + p @ x), constraints)
-    with pytest.raises(ProblemError, match=r"not a polyhedral QP.*constraint 0 .*needs PowCone3D"):
+    with pytest.raises(
+        ProblemError,
+        match=r"not a polyhedral QP.*cp\.power\(x\[0\], 3\) in constraint 0 .*needs a power cone \(PowCone3D\)",
+    ):
         AltDiffLayer(problem, parameters=[p], variables=[x])
 
 
@@ -153,7 +156,10 @@ def test_n8_cubic_power_constraint():
     t = cp.Variable(name="t")
     p = cp.Parameter(2, name="p")
     problem = cp.Problem(cp.Minimize(t + p @ x), [x >= 0, x <= 1, cp.power(x[0], 3) <= t])
-    with pytest.raises(ProblemError, match=r"not a polyhedral QP.*constraint 2 .*needs SOC"):
+    with pytest.raises(
+        ProblemError,
+        match=r"not a polyhedral QP.*cp\.power\(x\[0\], 3\) in constraint 2 .*needs .*\(SOC\)",
+    ):
         AltDiffLayer(problem, parameters=[p], variables=[x])
 
 
@@ -161,7 +167,10 @@ def test_n9_exponential_cone_in_objective():
     x = cp.Variable(2, name="x")
     p = cp.Parameter(2, name="p")
     problem = cp.Problem(cp.Maximize(cp.sum(cp.log(x)) - p @ x), [x <= 1])
-    with pytest.raises(ProblemError, match=r"not a polyhedral QP.*the objective .*needs ExpCone"):
+    with pytest.raises(
+        ProblemError,
+        match=r"not a polyhedral QP.*cp\.log\(x\) in the objective needs an exponential cone \(ExpCone\)",
+    ):
         AltDiffLayer(problem, parameters=[p], variables=[x])
 
 
@@ -192,7 +201,9 @@ def test_n12_empty_variables_list(simple):
 
 def test_n13_duplicate_variable(simple):
     problem, _, x, q, h = simple
-    with pytest.raises(ProblemError, match="Variable 'x' appears twice in variables"):
+    with pytest.raises(
+        ProblemError, match=r"variable 'x' appears twice in variables \(again at variables\[1\]\)"
+    ):
         AltDiffLayer(problem, parameters=[q, h], variables=[x, x])
 
 
@@ -239,7 +250,7 @@ def test_n19_tensors_on_different_devices(simple):
     _, layer, *_ = simple
     q, _ = _q_h()
     h = torch.ones(2, dtype=F64, device="meta")
-    with pytest.raises(InputError, match=r"parameter 'h' is on meta, but 'q' is on cpu"):
+    with pytest.raises(InputError, match=r"parameter 'h' is on meta, but parameter 'q' is on cpu"):
         layer(q, h)
 
 
@@ -257,7 +268,10 @@ def test_n20_bool_dtype_computes_as_float(simple):
 def test_n21_too_few_dimensions(simple):
     _, layer, *_ = simple
     _, h = _q_h()
-    with pytest.raises(InputError, match=r"parameter 'q' expects shape \(3,\).*got \(\)"):
+    with pytest.raises(
+        InputError,
+        match=r"Invalid parameter dimensionality for parameter 'q'.*shape \(3,\).*got 0 \(shape \(\)\)",
+    ):
         layer(torch.tensor(0.0, dtype=F64), h)
 
 
@@ -266,7 +280,10 @@ def test_n22_matrix_parameter_transposed():
     F = cp.Parameter((2, 3), name="F")
     problem = cp.Problem(cp.Minimize(cp.sum_squares(x)), [F @ x <= 1])
     layer = AltDiffLayer(problem, parameters=[F], variables=[x])
-    with pytest.raises(InputError, match=r"parameter 'F' expects shape \(2, 3\).*got \(3, 2\)"):
+    with pytest.raises(
+        InputError,
+        match=r"Invalid parameter shape for parameter 'F'.*expected \(2, 3\).*got \(3, 2\)",
+    ):
         layer(torch.ones(3, 2, dtype=F64))
 
 
