@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 
 from ._altdiff import DataTangents
+from ._dtypes import compute_dtype
 from ._errors import InputError
 from ._function import SolveInfo, solve_forward_mode, solve_reverse
+from ._log import enable_verbose, log_backward, log_solve
 from ._qp import QPData, semidefinite_violations, stack_rows
-from ._settings import SUPPORTED_DTYPES, SolverSettings, parse_solver_args
+from ._settings import SolverSettings, parse_solver_args
 
 __all__ = ["solve_qp"]
 
@@ -21,8 +24,6 @@ _NAMES = ("P", "q", "A", "b", "G", "h")
 def _check_tensor(name: str, value: Any, ndims: tuple[int, int]) -> torch.Tensor:
     if not isinstance(value, torch.Tensor):
         raise InputError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
-    if value.dtype not in SUPPORTED_DTYPES:
-        raise InputError(f"{name} must have dtype float32 or float64, got {value.dtype}")
     if value.dim() not in ndims:
         raise InputError(
             f"{name} must have {ndims[0]} dimensions (or {ndims[1]} with a leading batch "
@@ -47,26 +48,26 @@ def _normalize(
     n = q.shape[-1]
     if n == 0:
         raise InputError("q has 0 entries: the QP needs at least one variable")
-    ref = q
-    blocks: dict[str, torch.Tensor] = {"q": q, "P": _check_tensor("P", P, (2, 3))}
+    given: dict[str, torch.Tensor] = {"q": q, "P": _check_tensor("P", P, (2, 3))}
     for name, value, ndims in (
         ("A", A, (2, 3)),
         ("b", b, (1, 2)),
         ("G", G, (2, 3)),
         ("h", h, (1, 2)),
     ):
-        if value is None:
-            rows_shape = (0, n) if ndims[0] == 2 else (0,)
-            blocks[name] = ref.new_zeros(rows_shape)
-        else:
-            blocks[name] = _check_tensor(name, value, ndims)
-    for name in _NAMES:
-        block = blocks[name]
-        if block.dtype != ref.dtype or block.device != ref.device:
+        if value is not None:
+            given[name] = _check_tensor(name, value, ndims)
+    for name, block in given.items():
+        if block.device != q.device:
             raise InputError(
-                f"{name} has dtype {block.dtype} on {block.device}, but q has dtype "
-                f"{ref.dtype} on {ref.device}; all QP data must share dtype and device"
+                f"{name} is on {block.device}, but q is on {q.device}; all QP data must be on "
+                "one device"
             )
+    dtype = compute_dtype([(name, block.dtype) for name, block in given.items()])
+    blocks = {name: block.to(dtype) for name, block in given.items()}
+    for name, ndims in (("A", 2), ("b", 1), ("G", 2), ("h", 1)):
+        if name not in blocks:
+            blocks[name] = q.new_zeros((0, n) if ndims == 2 else (0,), dtype=dtype)
 
     unbatched_ndim = {"P": 2, "q": 1, "A": 2, "b": 1, "G": 2, "h": 1}
     batch_sizes = {
@@ -186,6 +187,7 @@ def solve_qp(
             ``solver_args`` is invalid.
         SolverError: An instance was not solved to the requested accuracy.
     """
+    started = time.perf_counter()
     settings: SolverSettings = parse_solver_args(solver_args)
     if settings.backend == "sparse":
         raise InputError(
@@ -193,6 +195,7 @@ def solve_qp(
             "tensors and always uses the dense backend"
         )
     blocks, batch, batched = _normalize(P, q, A, b, G, h)
+    settings = settings.for_dtype(blocks[1].dtype)
     blocks[0] = 0.5 * (blocks[0] + blocks[0].transpose(-1, -2))
     for name, block in zip(_NAMES, blocks, strict=True):
         if block.numel() and not bool(torch.isfinite(block).all()):
@@ -212,6 +215,12 @@ def solve_qp(
         x, y = solve_reverse(QPData.from_blocks(*blocks, batch_size=batch), settings, info)
     n_eq = blocks[2].shape[-2]
     outputs = [x, y[:, :n_eq], y[:, n_eq:]] if return_duals else [x]
+    if settings.verbose:
+        enable_verbose()
+        log_solve("solve_qp", info, batch, x.dtype, started)
+        # Hooks go on the solve's own tensors, never on the caller's.
+        own = [t for t in blocks if all(t is not u for u in (P, q, A, b, G, h))]
+        log_backward("solve_qp", info, outputs, own)
     if not batched:
         outputs = [out.squeeze(0) for out in outputs]
     if return_info:

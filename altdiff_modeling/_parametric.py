@@ -27,16 +27,26 @@ BLOCK_NAMES = ("P", "q", "A", "b", "G", "h")
 
 @dataclass(frozen=True)
 class ParameterSpec:
-    """A user parameter: its name, shape, and offset in theta."""
+    """A user parameter: its name, shape, and offset in theta.
+
+    ``name`` is the name the user gave it, or ``parameters[i]`` (its place in the
+    layer's list) where CVXPY made one up (``named`` is then False).
+    """
 
     name: str
     shape: tuple[int, ...]
     offset: int
     attributes: frozenset[str] = frozenset()  # declared sign / PSD / NSD attributes
+    named: bool = True
 
     @property
     def size(self) -> int:
         return math.prod(self.shape)
+
+    @property
+    def label(self) -> str:
+        """The parameter in a message: ``parameter 'h'``, or ``parameters[1]``."""
+        return f"parameter '{self.name}'" if self.named else self.name
 
 
 @dataclass(frozen=True)
