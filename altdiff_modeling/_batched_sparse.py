@@ -187,7 +187,9 @@ class BatchedSparse:
         return u[:, self.rows] * v[:, self.cols]
 
     def row_abs_max(self) -> torch.Tensor:
-        """``(1|B, r)``: the largest absolute entry of each row (0 for an empty one)."""
+        """``(1|B, r)``: the largest absolute entry of each row (0 for an empty one);
+        a pattern that repeats a position gives the largest of its parts, not of their
+        sum (the solver's patterns hold each position once)."""
         return self._abs_max(self.rows, self.size[0])
 
     def col_abs_max(self) -> torch.Tensor:

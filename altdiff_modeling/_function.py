@@ -85,6 +85,9 @@ class Solution:
     y: torch.Tensor
     rho: torch.Tensor
 
+    def to(self, device: torch.device) -> Solution:
+        return Solution(*(value.to(device) for value in (self.x, self.z, self.y, self.rho)))
+
 
 def _failures(result: SolveResult, settings: SolverSettings) -> torch.Tensor | None:
     """Apply the failure policy; return the mask of rows to set to NaN, if any."""
@@ -305,12 +308,20 @@ class _ReverseFunction(torch.autograd.Function):
         *blocks: torch.Tensor,
     ):
         data = _assemble(blocks, layout)
+        # Sparse factors live on the CPU: a call on another device moves its data there
+        # once, and its results back, rather than every solve of every iteration.
+        device = data.q.device
+        if data.sparse and device.type != "cpu":
+            data = data.to(torch.device("cpu"))
+            warm = None if warm is None else warm.to(torch.device("cpu"))
         scaling, scaled, result, _ = _solve(data, settings, info, warm=warm, reuse=reuse)
         ctx.set_materialize_grads(False)
         ctx.settings, ctx.info, ctx.data, ctx.scaled = settings, info, data, scaled
-        ctx.scaling, ctx.result = scaling, result
+        ctx.scaling, ctx.result, ctx.device = scaling, result, device
         x, y, ctx.failed = _outputs(scaling, result, settings, holder)
-        return x, y
+        if holder:
+            holder[0] = holder[0].to(device)
+        return x.to(device), y.to(device)
 
     @staticmethod
     def backward(ctx: Any, grad_x: torch.Tensor | None, grad_y: torch.Tensor | None):
@@ -318,6 +329,9 @@ class _ReverseFunction(torch.autograd.Function):
         if not any(needs) or (grad_x is None and grad_y is None):
             return (None,) * 10
         s: Scaling = ctx.scaling
+        here = ctx.result.x.device
+        grad_x = None if grad_x is None else grad_x.to(here)
+        grad_y = None if grad_y is None else grad_y.to(here)
         grad_x, grad_y = _masked(grad_x, ctx.failed), _masked(grad_y, ctx.failed)
         x = ctx.result.x
         scaled_gx = s.D * grad_x if grad_x is not None else torch.zeros_like(x)
@@ -331,7 +345,7 @@ class _ReverseFunction(torch.autograd.Function):
         data = ctx.data
         per_instance = (grads.P, grads.q, grads.C, grads.bound)
         out = tuple(
-            _reduce_to(grad, _storage(block)) if need else None
+            _reduce_to(grad, _storage(block)).to(ctx.device) if need else None
             for grad, block, need in zip(per_instance, data.blocks(), needs, strict=True)
         )
         return (None,) * 6 + out

@@ -15,6 +15,7 @@ from ._function import SolveInfo, solve_forward_mode, solve_reverse
 from ._log import enable_verbose, log_backward, log_solve
 from ._qp import QPData, semidefinite_violations, stack_rows
 from ._settings import SolverSettings, parse_solver_args
+from ._sparse_inputs import Entries, is_sparse, sparse_problem, to_entries
 
 __all__ = ["solve_qp"]
 
@@ -39,8 +40,10 @@ def _normalize(
     b: torch.Tensor | None,
     G: torch.Tensor | None,
     h: torch.Tensor | None,
-) -> tuple[list[torch.Tensor], int, bool]:
-    """Check shapes and return the six blocks with a leading dimension of 1 or B."""
+) -> tuple[list[torch.Tensor | Entries], int, bool, torch.dtype]:
+    """Check shapes and return the six blocks with a leading dimension of 1 or B (a
+    sparse matrix as `Entries`), the batch size, whether any was batched, and the
+    dtype the solve computes in."""
     for matrix, vector, pair in ((A, b, "A and b"), (G, h, "G and h")):
         if (matrix is None) != (vector is None):
             raise InputError(f"{pair} must be given together (or both None)")
@@ -48,7 +51,18 @@ def _normalize(
     n = q.shape[-1]
     if n == 0:
         raise InputError("q has 0 entries: the QP needs at least one variable")
-    given: dict[str, torch.Tensor] = {"q": q, "P": _check_tensor("P", P, (2, 3))}
+
+    def matrix(name: str, value: Any) -> torch.Tensor | Entries:
+        if is_sparse(value):
+            if isinstance(value, torch.Tensor) and value.device != q.device:
+                raise InputError(
+                    f"{name} is on {value.device}, but q is on {q.device}; all QP data must "
+                    "be on one device"
+                )
+            return to_entries(name, value, q.device)
+        return _check_tensor(name, value, (2, 3))
+
+    given: dict[str, torch.Tensor | Entries] = {"q": q, "P": matrix("P", P)}
     for name, value, ndims in (
         ("A", A, (2, 3)),
         ("b", b, (1, 2)),
@@ -56,7 +70,7 @@ def _normalize(
         ("h", h, (1, 2)),
     ):
         if value is not None:
-            given[name] = _check_tensor(name, value, ndims)
+            given[name] = matrix(name, value) if name in "AG" else _check_tensor(name, value, ndims)
     for name, block in given.items():
         if block.device != q.device:
             raise InputError(
@@ -64,20 +78,26 @@ def _normalize(
                 "one device"
             )
     dtype = compute_dtype([(name, block.dtype) for name, block in given.items()])
-    blocks = {name: block.to(dtype) for name, block in given.items()}
+    blocks = {
+        name: block if isinstance(block, Entries) else block.to(dtype)
+        for name, block in given.items()
+    }
     for name, ndims in (("A", 2), ("b", 1), ("G", 2), ("h", 1)):
         if name not in blocks:
             blocks[name] = q.new_zeros((0, n) if ndims == 2 else (0,), dtype=dtype)
 
     unbatched_ndim = {"P": 2, "q": 1, "A": 2, "b": 1, "G": 2, "h": 1}
     batch_sizes = {
-        name: blocks[name].shape[0] for name in _NAMES if blocks[name].dim() > unbatched_ndim[name]
+        name: blocks[name].shape[0]
+        for name in _NAMES
+        if len(blocks[name].shape) > unbatched_ndim[name]
     }
     if len(set(batch_sizes.values())) > 1:
         raise InputError(f"inconsistent batch sizes {batch_sizes}; batched inputs must agree")
     batch = next(iter(batch_sizes.values()), 1)
     shaped = {
-        name: block if name in batch_sizes else block.unsqueeze(0) for name, block in blocks.items()
+        name: block if name in batch_sizes or isinstance(block, Entries) else block.unsqueeze(0)
+        for name, block in blocks.items()
     }
     n_eq, n_ineq = shaped["A"].shape[-2], shaped["G"].shape[-2]
     expected = {
@@ -89,13 +109,15 @@ def _normalize(
         "h": (n_ineq,),
     }
     for name in _NAMES:
-        if tuple(shaped[name].shape[1:]) != expected[name]:
+        block = shaped[name]
+        shape = block.shape if isinstance(block, Entries) else tuple(block.shape[1:])
+        if tuple(shape) != expected[name]:
             raise InputError(
                 f"{name} has shape {tuple(blocks[name].shape)}; with n = {n} variables, "
                 f"{n_eq} equalities and {n_ineq} inequalities it must be "
                 f"{expected[name]} (or with a leading batch dimension)"
             )
-    return [shaped[name] for name in _NAMES], batch, bool(batch_sizes)
+    return [shaped[name] for name in _NAMES], batch, bool(batch_sizes), dtype
 
 
 class _EntryMap:
@@ -145,6 +167,20 @@ class _EntryMap:
         return DataTangents(P=P, q=q, C=stack_rows(A, G), bound=stack_rows(b, h))
 
 
+def _values(block: torch.Tensor | Entries) -> torch.Tensor:
+    return block.values if isinstance(block, Entries) else block
+
+
+def _dense(block: torch.Tensor | Entries, dtype: torch.dtype) -> torch.Tensor:
+    """A block as a dense ``(1|B, ...)`` tensor (a sparse matrix densified)."""
+    if not isinstance(block, Entries):
+        return block
+    r, c = block.shape
+    flat = block.values.new_zeros(1, r * c).to(dtype)
+    flat = flat.index_add(1, block.rows * c + block.cols, block.values.to(dtype))
+    return flat.view(1, r, c)
+
+
 def solve_qp(
     P: torch.Tensor,
     q: torch.Tensor,
@@ -162,6 +198,13 @@ def solve_qp(
     batch (as in qpth's ``QPFunction``). ``A, b`` or ``G, h`` may be None. P must be
     positive semidefinite (zero gives an LP); it is symmetrized as ``(P + P')/2``, so
     its gradient is symmetric.
+
+    P, A and G may also be 2-d sparse matrices, shared by the batch: scipy.sparse
+    (constants) or torch sparse COO/CSR tensors (differentiable; their gradients are
+    sparse, on their patterns). The problem is then solved on sparse data (sparse LDL'
+    factors of the KKT matrix, on the CPU; see the user guide on large sparse
+    problems); ``solver_args['backend']`` ``"sparse"`` or ``"dense"`` overrides the
+    choice.
 
     Args:
         P: ``(n, n)`` or ``(B, n, n)``.
@@ -189,37 +232,48 @@ def solve_qp(
     """
     started = time.perf_counter()
     settings: SolverSettings = parse_solver_args(solver_args)
-    if settings.backend == "sparse":
-        raise InputError(
-            "solver_args['backend'] = 'sparse' is for AltDiffLayer; solve_qp takes dense "
-            "tensors and always uses the dense backend"
-        )
-    blocks, batch, batched = _normalize(P, q, A, b, G, h)
-    settings = settings.for_dtype(blocks[1].dtype)
-    blocks[0] = 0.5 * (blocks[0] + blocks[0].transpose(-1, -2))
+    blocks, batch, batched, dtype = _normalize(P, q, A, b, G, h)
+    settings = settings.for_dtype(dtype)
     for name, block in zip(_NAMES, blocks, strict=True):
-        if block.numel() and not bool(torch.isfinite(block).all()):
+        values = block.values if isinstance(block, Entries) else block
+        if values.numel() and not bool(torch.isfinite(values).all()):
             raise InputError(f"the QP data block {name} contains NaN or Inf values")
-    bad, smallest = semidefinite_violations(blocks[0].detach())
-    if bad:
-        raise InputError(
-            f"P is not positive semidefinite (batch indices {bad[:10]}, smallest eigenvalue "
-            f"{smallest:.3g}); solve_qp needs a convex QP"
-        )
+    given_sparse = any(isinstance(block, Entries) for block in blocks)
+    sparse = settings.backend == "sparse" or (given_sparse and settings.backend == "auto")
     info = SolveInfo()
-    needs_grad = [block.requires_grad for block in blocks]
-    if settings.mode == "forward" and torch.is_grad_enabled() and any(needs_grad):
-        entry_map = _EntryMap(blocks, needs_grad, batch)
-        x, y = solve_forward_mode(entry_map, entry_map.theta(), settings, info)
+    needs_grad = [_values(block).requires_grad for block in blocks]
+    forward_mode = settings.mode == "forward" and torch.is_grad_enabled() and any(needs_grad)
+    if sparse:
+        if forward_mode:
+            raise InputError(
+                "solver_args['mode'] = 'forward' needs dense matrices; sparse ones are solved "
+                "in reverse mode"
+            )
+        # P's semidefiniteness is checked by the sparse factorization (its inertia).
+        data = sparse_problem(*blocks, dtype=dtype, batch=batch)
+        x, y = solve_reverse(data, settings, info)
     else:
-        x, y = solve_reverse(QPData.from_blocks(*blocks, batch_size=batch), settings, info)
+        blocks = [_dense(block, dtype) for block in blocks]
+        blocks[0] = 0.5 * (blocks[0] + blocks[0].transpose(-1, -2))
+        bad, smallest = semidefinite_violations(blocks[0].detach())
+        if bad:
+            raise InputError(
+                f"P is not positive semidefinite (batch indices {bad[:10]}, smallest "
+                f"eigenvalue {smallest:.3g}); solve_qp needs a convex QP"
+            )
+        if forward_mode:
+            entry_map = _EntryMap(blocks, needs_grad, batch)
+            x, y = solve_forward_mode(entry_map, entry_map.theta(), settings, info)
+        else:
+            x, y = solve_reverse(QPData.from_blocks(*blocks, batch_size=batch), settings, info)
     n_eq = blocks[2].shape[-2]
     outputs = [x, y[:, :n_eq], y[:, n_eq:]] if return_duals else [x]
     if settings.verbose:
         enable_verbose()
         log_solve("solve_qp", info, batch, x.dtype, started)
         # Hooks go on the solve's own tensors, never on the caller's.
-        own = [t for t in blocks if all(t is not u for u in (P, q, A, b, G, h))]
+        own = [_values(t) for t in blocks]
+        own = [t for t in own if all(t is not u for u in (P, q, A, b, G, h))]
         log_backward("solve_qp", info, outputs, own)
     if not batched:
         outputs = [out.squeeze(0) for out in outputs]

@@ -103,6 +103,11 @@ class QPData:
         """``(P, q, C, bound)``."""
         return (self.P, self.q, self.C, self.bound)
 
+    def to(self, device: torch.device) -> QPData:
+        """The data on ``device`` (autograd follows the copies)."""
+        P, q, C, bound = (block.to(device) for block in self.blocks())
+        return QPData(P, q, C, bound, self.n_eq, self.batch_size)
+
     def select(self, index: torch.Tensor) -> QPData:
         """The instances ``index`` ``(K,)`` of the batch (shared blocks stay shared)."""
         P, q, C, bound = (select_rows(block, index) for block in self.blocks())

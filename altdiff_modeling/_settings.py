@@ -61,14 +61,17 @@ class SolverSettings:
             factorization per instance, checked against the recursion and refined by
             GMRES where needed; fast on batches of small problems), ``"auto"`` (the
             default: ``"direct"`` where a cost model favours it, else ``"gmres"``) or
-            ``"fixed_point"`` (the plain transposed recursion). Forward mode and the
-            sparse backend use GMRES for all but ``"fixed_point"``.
+            ``"fixed_point"`` (the plain transposed recursion). Forward mode uses
+            GMRES for all but ``"fixed_point"``; sparse data's ``"auto"`` is
+            ``"direct"`` (each instance's sparse active-rows system, verified).
         mode: ``"reverse"`` (vector-Jacobian products, the default) or ``"forward"``
             (the Jacobian recursion run in lockstep with ADMM).
-        backend: How a layer stores and factors its data: ``"dense"`` (batched torch
-            tensors, Cholesky of H), ``"sparse"`` (scipy sparse data, sparse LDL' of
-            the KKT matrix; large sparse problems) or ``"auto"`` (the default: sparse
-            when the canonical problem is large and sparse). Layers only.
+        backend: How the data are stored and factored: ``"dense"`` (batched torch
+            tensors, Cholesky of H), ``"sparse"`` (values on sparsity patterns, sparse
+            LDL' factors of the KKT matrix on the CPU; large sparse problems) or
+            ``"auto"`` (the default: a layer's is sparse when its canonical problem is
+            large and sparse; `solve_qp`'s is sparse when a matrix is given sparse).
+            Both run the same ADMM loop and the same Alt-Diff backward.
         verbose: Log each call's statuses, iterations and times at level INFO on the
             logger ``"altdiff_modeling"`` (a layer's ``verbose=True`` sets it for every
             call).
