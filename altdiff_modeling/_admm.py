@@ -405,10 +405,10 @@ def _try_polish(
     A polished point that misses the tolerance names the rows its estimate got wrong:
     the inactive rows it violates and the active rows whose multiplier came out
     negative. Where those are few, the instance polishes again on the corrected
-    estimate (a primal-dual active-set step), up to ``_CORRECTIONS`` times as the
-    ``budget`` allows (each attempt's time is charged to it): one wrong row would
-    otherwise cost the ADMM iterations until its iterate sorts it out. Sparse data's
-    polish makes its own active-set rounds instead.
+    estimate (a primal-dual active-set step), up to ``corrections`` times: one wrong row
+    would otherwise cost the ADMM iterations until its iterate sorts it out. Sparse
+    data's polish makes its own active-set rounds instead. The attempt's time, its
+    corrections included, is charged to ``budget``.
 
     ``shared`` is the polisher of a batch with shared float64 data, with the current
     factor of H, per-row penalty and sigma; the general `polish` serves the others
@@ -427,6 +427,7 @@ def _try_polish(
         budget = PolishBudget(lambda _: 0.0)
         budget.iterating = math.inf
     corrections = 0 if data.sparse else corrections
+    spent = 0.0
     for correction in range(corrections + 1):
         index = torch.nonzero(tried).flatten()
         with timed() as clock:
@@ -437,7 +438,6 @@ def _try_polish(
                 polished = _polish_instances(data, x, index, estimate[index], shared)
                 xp, zp, yp, ok, solved = polished
             ok_any = bool(ok.any())  # waits for a device's work: it is timed
-        budget.spend(clock.seconds, index.shape[0])
         x_new[index], z_new[index], y_new[index] = xp, zp, yp
         if correction == 0:
             systems = solved if index.shape[0] == pending.shape[0] else None
@@ -447,6 +447,7 @@ def _try_polish(
             systems = None
         Cx = matvec(data.C, x_new)
         residuals.measure(x_new, z_new, y_new, Cx)
+        spent += clock.seconds
         accept[index] = ok
         accept = accept & residuals.converged()
         if correction == corrections:
@@ -460,9 +461,11 @@ def _try_polish(
         solvable = torch.zeros_like(pending)
         solvable[index] = ok
         tried = tried & solvable & ~accept & (wrong > 0) & (wrong <= limit)
-        if not ok_any or not bool(tried.any()) or not budget.affords(int(tried.sum())):
+        if not ok_any or not bool(tried.any()):
             break
         estimate = estimate ^ contradicted
+    # One attempt, its corrections included, against the budget.
+    budget.spend(spent, int(pending.sum()), int(accept.sum()))
     if not bool((pending & ~accept).any()):
         # Every polished point was kept: the last measure describes them already.
         return x_new, z_new, y_new, accept, systems
@@ -680,7 +683,9 @@ def admm_solve(
     measured = factor.memo.get("polish_seconds")
     budget = PolishBudget(predict, measured if isinstance(measured, tuple) else None)
     plan = _PolishPlan(settings, budget)
-    checked = start  # the time of the last check; the iterations since are charged
+    # The solve's own time so far (scaling, the first factorization) is in the budget:
+    # polishing may cost as much as the rest of the solve.
+    checked = start  # the time of the last check; the time since is charged
 
     # Per instance of the whole batch: the outcome. The loop itself runs on the
     # unfinished instances `batch` only (it drops the finished ones when they are many:
@@ -734,6 +739,7 @@ def admm_solve(
         now = time.perf_counter()  # after the checks' reads: a device's steps are done
         budget.iterating += now - checked
         it.factor.ledger.work += now - checked  # the iterations' rent (SharedPolisher)
+        checked = now
         chosen = plan.candidates(k, z, y, residuals.bound, n_eq, ~done & ~converged)
         if chosen is not None:
             tried, estimate = chosen

@@ -8,8 +8,9 @@ never a rate or an overhead calibrated to one machine:
 - a polish's time is measured once it has run; before that, it is predicted from the
   measured time of the factorization of H, scaled by the ratio of the two operation
   counts (`factor_rate`), a property of the problem's structure;
-- polishing may spend at most as much time as the iterations have (`PolishBudget`): it
-  can at most double a solve's work, and a solve that needs it gets it early.
+- failed polishes may spend at most as much time as the rest of the solve has
+  (`PolishBudget`): they can at most double a solve's work, while a polish that ends
+  its instances is never counted against it (it saved their iterations).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ __all__ = [
     "timed",
 ]
 
-#: Polishing may spend this fraction of the time spent iterating.
+#: Failed polishes may spend this fraction of the rest of the solve's time.
 POLISH_SHARE = 1.0
 
 
@@ -123,36 +124,56 @@ def measured_rates(
 
 
 class PolishBudget:
-    """The time a solve may still spend polishing: ``POLISH_SHARE`` times the time
-    spent iterating, less the polishes' time so far.
+    """The time a solve may still spend on polishes that fail: ``POLISH_SHARE`` times
+    the rest of the solve's time (its set-up and its iterations), less the failed
+    polishes' time so far.
 
-    An attempt on K instances is priced by the last measured attempt (scaled up where K
-    is larger; its fixed costs do not shrink where K is smaller), or before any by
-    ``predict(K)`` (the caller's model at the rates measured so far), or by a
-    measurement the caller kept from an earlier solve.
+    An attempt on K instances is priced by ``predict(K)`` (the caller's model at the
+    rates measured so far), scaled to the last measured attempt where there is one (of
+    this solve, or one the caller kept from an earlier solve: ``measured``, as
+    ``(seconds, instances, finished)``); what it risks is that price times the share
+    of the last attempt's instances that it did not finish (all of it before any).
     """
 
     def __init__(
-        self, predict: Callable[[int], float], measured: tuple[float, int] | None = None
+        self,
+        predict: Callable[[int], float],
+        measured: tuple[float, int, int] | None = None,
     ) -> None:
         self.iterating = 0.0
         self.polishing = 0.0
         self._predict = predict
-        self.measured = measured  # (seconds, instances) of the last attempt
+        self.measured = measured
 
     def price(self, instances: int) -> float:
-        """The predicted time of an attempt on ``instances`` instances."""
-        if self.measured is not None:
-            seconds, polished = self.measured
-            return seconds * max(1.0, instances / max(polished, 1))
+        """The predicted time of an attempt on ``instances`` instances: the model's,
+        calibrated by the last measured attempt where there is one (the model says how
+        the time grows with the instances: mostly fixed for a batched polish, in
+        proportion for one that factors each instance)."""
         predicted = self._predict(instances)
-        return predicted if math.isfinite(predicted) else 0.0
+        if self.measured is None:
+            return predicted if math.isfinite(predicted) else 0.0
+        seconds, polished, _ = self.measured
+        before = self._predict(polished)
+        if math.isfinite(predicted) and math.isfinite(before) and before > 0:
+            return seconds * predicted / before
+        return seconds * max(1.0, instances / max(polished, 1))
+
+    def risk(self, instances: int) -> float:
+        """The time an attempt on ``instances`` instances is expected to waste."""
+        failing = 1.0
+        if self.measured is not None and self.measured[1]:
+            failing = 1.0 - self.measured[2] / self.measured[1]
+        return self.price(instances) * failing
 
     def affords(self, instances: int) -> bool:
         """Whether an attempt on ``instances`` instances fits the budget."""
-        return self.polishing + self.price(instances) <= POLISH_SHARE * self.iterating
+        return self.polishing + self.risk(instances) <= POLISH_SHARE * self.iterating
 
-    def spend(self, seconds: float, instances: int) -> None:
-        """Record an attempt's measured time on ``instances`` instances."""
-        self.polishing += seconds
-        self.measured = (seconds, instances)
+    def spend(self, seconds: float, instances: int, finished: int) -> None:
+        """Record an attempt's measured time on ``instances`` instances, of which
+        ``finished`` ended there: only the others' share counts against the budget (a
+        polish that ends an instance saves the iterations it would have taken)."""
+        if instances:
+            self.polishing += seconds * (instances - finished) / instances
+        self.measured = (seconds, instances, finished)

@@ -19,38 +19,43 @@ F64 = torch.float64
 
 
 def test_the_polishing_budget_follows_the_measured_times():
-    # Polishing may spend as much time as iterating, measured as the solve runs: before
-    # any attempt the caller's prediction prices one, afterwards the last measured one.
+    # Failed polishes may spend as much time as the rest of the solve, measured as it
+    # runs: the caller's model prices an attempt, calibrated by the last measured one,
+    # and the attempt risks the share of that one's instances it did not finish.
     from altdiff_modeling._costs import PolishBudget
 
     budget = PolishBudget(lambda instances: 0.5 * instances)
     budget.iterating = 0.4
-    assert not budget.affords(1)  # predicted 0.5 s against 0.4 s of iterations
+    assert not budget.affords(1)  # risks all of 0.5 s against 0.4 s of the solve
     budget.iterating = 1.0
     assert budget.affords(2) and not budget.affords(3)
-    budget.spend(0.9, 3)  # measured: 0.9 s for three
+    budget.spend(0.9, 3, 0)  # measured: 0.9 s for three, none of which finished
+    assert budget.polishing == pytest.approx(0.9)
     assert budget.price(3) == pytest.approx(0.9) and budget.price(6) == pytest.approx(1.8)
-    assert budget.price(1) == pytest.approx(0.9)  # fixed costs do not shrink
-    assert not budget.affords(1)  # 0.9 + 0.9 > 1.0
-    budget.iterating = 1.8
-    assert budget.affords(1) and not budget.affords(4)
-    known = PolishBudget(lambda instances: math.inf, measured=(0.01, 2))  # an earlier solve
+    assert budget.price(1) == pytest.approx(0.3)  # as the model grows: here in proportion
+    assert not budget.affords(1)  # 0.9 + 0.3 > 1.0
+    budget.spend(0.6, 3, 2)  # two of three finished: a third of its time is wasted
+    assert budget.polishing == pytest.approx(1.1)
+    assert budget.risk(3) == pytest.approx(0.2)  # 0.6 s, a third at risk
+    budget.iterating = 1.3
+    assert budget.affords(3) and not budget.affords(6)
+    known = PolishBudget(lambda instances: math.inf, measured=(0.01, 2, 0))  # earlier solve
     known.iterating = 0.02
     assert known.affords(2) and not known.affords(5)
 
 
 def test_solves_spend_at_most_as_long_polishing_as_iterating(monkeypatch):
-    # An LP whose polish attempts mostly fail before the active set settles (the issue's
-    # layer spent 90% of its time in 40 attempts): the time in polishes stays within the
-    # time in iterations, plus the last attempt and the one at max_iter.
+    # An LP whose polish attempts mostly fail before the active set settles (an LP layer
+    # spent 90% of its time in 40 attempts): the time of failed polishes stays within
+    # the rest of the solve's, plus the last attempt and the one at max_iter.
     import altdiff_modeling._admm as admm
 
     spent = []
     original = admm.PolishBudget.spend
 
-    def spy(self, seconds, instances):
+    def spy(self, seconds, instances, finished):
         spent.append(self)
-        return original(self, seconds, instances)
+        return original(self, seconds, instances, finished)
 
     monkeypatch.setattr(admm.PolishBudget, "spend", spy)
     rng = np.random.default_rng(3)
@@ -297,7 +302,9 @@ def test_sparse_polish_recovers_from_a_lasso_estimate_with_features_held_at_zero
 
 
 @pytest.mark.parametrize(("horizon", "n_x"), [(20, 6), (30, 8)])
-def test_sparse_polish_leaves_tied_rows_of_an_mpc_in_place(horizon, n_x, monkeypatch):
+def test_sparse_polish_leaves_tied_rows_of_an_mpc_in_place(
+    horizon, n_x, monkeypatch, unlimited_polishing
+):
     # CVXPY writes |u| <= u_max with an epigraph variable t: u <= t, -u <= t, t <= u_max.
     # Any t between |u| and u_max is optimal, so the reduced QP's solution holds rows
     # with zero slack and a multiplier at round-off level. Dropping them (a multiplier

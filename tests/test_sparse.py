@@ -13,7 +13,7 @@ import torch
 from reference import finite_difference_gradient, relative_error, solve_reference
 from sparse_families import SparseFamily, isotonic, lasso, mpc, portfolio
 
-from altdiff_modeling import AltDiffLayer, InputError, SolverError, solve_qp
+from altdiff_modeling import AltDiffLayer, InputError, SolverError
 
 TIGHT = {"eps_abs": 1e-10, "eps_rel": 1e-10, "backward_eps": 1e-12}
 
@@ -220,9 +220,6 @@ def test_unsupported_uses_of_the_sparse_backend_raise_input_error() -> None:
         layer(y, solver_args={"mode": "forward"})
     with pytest.raises(InputError, match="jacobian"):
         layer.jacobian(y)
-    eye = torch.eye(2, dtype=torch.float64)
-    with pytest.raises(InputError, match="backend"):
-        solve_qp(eye, torch.ones(2, dtype=torch.float64), solver_args={"backend": "sparse"})
 
 
 def _infeasible_layer() -> tuple[AltDiffLayer, torch.Tensor]:
