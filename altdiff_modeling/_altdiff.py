@@ -50,13 +50,18 @@ __all__ = ["DataGradients", "DataTangents", "ForwardTangents", "reverse_gradient
 @dataclass
 class DataGradients:
     """Per-instance gradients of a scalar loss w.r.t. the QP data (leading dim B); P and
-    C are None where they were not asked for."""
+    C are None where they were not asked for. ``converged`` ``(B,)`` marks the
+    instances whose recursion reached its fixed point (the others' gradients are its
+    last iterate); ``singular`` ``(B,)`` those whose fixed point was amplified beyond
+    working precision (a system singular to rounding)."""
 
     P: torch.Tensor | None
     q: torch.Tensor
     C: torch.Tensor | None
     bound: torch.Tensor
     iterations: int
+    converged: torch.Tensor | None = None
+    singular: torch.Tensor | None = None
 
 
 def _inactive_rows(y: torch.Tensor, n_eq: int) -> torch.Tensor:
@@ -209,6 +214,11 @@ def reverse_gradients(
 
     source = torch.cat([grad_x, g_v], dim=1)
     state, iterations, solved, start = (grad_x, g_v), 0, False, source
+    converged = torch.zeros(source.shape[0], dtype=torch.bool, device=source.device)
+    eps, tiny = torch.finfo(source.dtype).eps, torch.finfo(source.dtype).tiny
+    # What a fixed point's accuracy may be at worst (GMRES stops rows that stagnate at
+    # round-off there).
+    floor = max(settings.backward_eps, eps**0.25)
     parts = None  # `products` of the final state, where the check formed them
     tol = max(settings.backward_eps, 64 * torch.finfo(source.dtype).eps)
     method = settings.backward_method
@@ -258,6 +268,7 @@ def reverse_gradients(
             guess = solver(grad_x, g_v)
             parts = products(*guess)
             accepted = _verified(solver, guess, step(guess, parts), source, tol)
+            converged = accepted
             solved = bool(accepted.all())
             if solved:
                 state = guess
@@ -273,13 +284,14 @@ def reverse_gradients(
             a_next, c_next = adjoint_step(w[:, :n], w[:, n:])
             return w - torch.cat([a_next, c_next], dim=1)
 
-        w, matvecs, converged = batched_gmres(
+        w, matvecs, gmres_converged = batched_gmres(
             operator,
             source,
             start,
             settings.backward_eps,
             settings.backward_max_iter - iterations,
         )
+        converged = converged | gmres_converged
         state, solved = (w[:, :n], w[:, n:]), bool(converged.all())
         iterations += matvecs
     if not solved:
@@ -288,6 +300,21 @@ def reverse_gradients(
         budget = settings.backward_max_iter - iterations
         state, steps = _iterate(step, state, measure, settings, max(budget, 0))
         iterations += steps
+        # Which instances reached the fixed point: its residual, within the tolerance
+        # or at round-off.
+        parts = products(*state)
+        fixed = measure(state)
+        residual = (measure(step(state, parts)) - fixed).norm(dim=-1)
+        size = 1 + fixed.norm(dim=-1)
+        reached = torch.maximum(tol * (1 + source.norm(dim=-1)), 64 * eps * size)
+        converged = converged | (residual <= reached)
+    # A fixed point amplified beyond working precision (its error, about the
+    # amplification times eps, above the floor) is no derivative: the system is
+    # singular to rounding (a solution that is not unique, and a cotangent that moves
+    # along it), and its huge "solution" is rounding amplified.
+    amplification = measure(state).norm(dim=-1) / source.norm(dim=-1).clamp_min(tiny)
+    reliable = amplification * eps <= floor
+    converged = converged & reliable
     # The backward's time is work done with a kept factor, which pays for the setup
     # that lets later backwards go through the polish's systems instead.
     factor.ledger.work += time.perf_counter() - started
@@ -305,7 +332,15 @@ def reverse_gradients(
         else:
             grad_C = -y.unsqueeze(-1) * t.unsqueeze(-2) + (c - rCt).unsqueeze(-1) * x.unsqueeze(-2)
     grad_bound = keep * (2 * rCt - c) + bound_from_dual
-    return DataGradients(P=grad_P, q=-t, C=grad_C, bound=grad_bound, iterations=iterations)
+    return DataGradients(
+        P=grad_P,
+        q=-t,
+        C=grad_C,
+        bound=grad_bound,
+        iterations=iterations,
+        converged=converged,
+        singular=~reliable,
+    )
 
 
 @dataclass(frozen=True)

@@ -57,6 +57,11 @@ class SolveInfo:
         solve_time: Seconds spent in the forward solve.
         backward_iterations: Alt-Diff iterations of the backward pass (forward mode:
             of the Jacobian recursion); 0 until one ran.
+        backward_status: Per instance, after a reverse-mode backward pass:
+            ``"converged"`` (the recursion's fixed point, to ``backward_eps``),
+            ``"max_iter"`` (not within ``backward_max_iter``) or ``"singular"`` (a
+            fixed point amplified beyond working precision: no derivative); see
+            ``on_failure``. Empty until one ran.
     """
 
     status: list[str] = field(default_factory=list)
@@ -66,6 +71,7 @@ class SolveInfo:
     rho: torch.Tensor | None = None
     solve_time: float = 0.0
     backward_iterations: int = 0
+    backward_status: list[str] = field(default_factory=list)
 
     def _fill(self, result: SolveResult) -> None:
         self.status = [STATUS_NAMES[code] for code in result.status.tolist()]
@@ -243,6 +249,8 @@ def _unscale_gradients(scaling: Scaling, data: QPData, g: DataGradients) -> Data
         C=matrix(g.C, data.C, E, D),
         bound=E * g.bound,
         iterations=g.iterations,
+        converged=g.converged,
+        singular=g.singular,
     )
 
 
@@ -272,6 +280,51 @@ def _masked(grad: torch.Tensor | None, failed: torch.Tensor | None) -> torch.Ten
     if grad is None or failed is None:
         return grad
     return torch.where(failed[:, None], 0.0, grad)
+
+
+def _rows(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``(B,)`` mask broadcast over the trailing dimensions of ``like`` ``(B, ...)``."""
+    return mask.view(-1, *([1] * (like.dim() - 1)))
+
+
+def _backward_failures(
+    grads: DataGradients, settings: SolverSettings, info: SolveInfo
+) -> torch.Tensor | None:
+    """Record each instance's backward status and apply the failure policy to those
+    whose recursion did not reach a reliable fixed point (a degenerate point: the
+    solution, or its multipliers, is not unique, or the derivative does not exist
+    there). Returns the mask of gradients to set to NaN, if any."""
+    converged, singular = grads.converged, grads.singular
+    if converged is None:
+        return None
+    singular = torch.zeros_like(converged) if singular is None else singular
+    info.backward_status = [
+        "converged" if ok else ("singular" if bad else "max_iter")
+        for ok, bad in zip(converged.tolist(), singular.tolist(), strict=True)
+    ]
+    failed = ~converged
+    if not bool(failed.any()):
+        return None
+    indices = torch.nonzero(failed).flatten().tolist()
+    shown = ", ".join(f"{i}: {info.backward_status[i]}" for i in indices[:10])
+    shown += " ..." if len(indices) > 10 else ""
+    message = (
+        f"the backward pass has no reliable derivative on {len(indices)} of "
+        f"{failed.numel()} instance(s) (batch index: status) {shown}: the Alt-Diff "
+        "recursion did not converge within backward_max_iter = "
+        f"{settings.backward_max_iter} (max_iter), or converged to a point amplified "
+        "beyond working precision (singular). At such a degenerate point (a solution or "
+        "multipliers that are not unique) the derivative may not exist, and the "
+        "recursion's iterate can be arbitrarily large"
+    )
+    if settings.on_failure == "raise":
+        raise SolverError(
+            message + "; solver_args['on_failure'] = 'warn' returns it anyway, 'nan' "
+            "returns NaN gradients for those instances; a tighter forward tolerance "
+            "(eps_abs, eps_rel) often moves the iterate away from the degeneracy"
+        )
+    warnings.warn(message, SolverWarning, stacklevel=3)
+    return failed if settings.on_failure == "nan" else None
 
 
 def _storage(M: Matrix) -> torch.Tensor:
@@ -344,6 +397,12 @@ class _ReverseFunction(torch.autograd.Function):
         ctx.info.backward_iterations = grads.iterations
         data = ctx.data
         per_instance = (grads.P, grads.q, grads.C, grads.bound)
+        unsolved = _backward_failures(grads, ctx.settings, ctx.info)
+        if unsolved is not None:  # on_failure = "nan": those instances' gradients
+            per_instance = tuple(
+                None if grad is None else grad.masked_fill(_rows(unsolved, grad), torch.nan)
+                for grad in per_instance
+            )
         out = tuple(
             _reduce_to(grad, _storage(block)).to(ctx.device) if need else None
             for grad, block, need in zip(per_instance, data.blocks(), needs, strict=True)

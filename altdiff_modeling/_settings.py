@@ -53,6 +53,9 @@ class SolverSettings:
         on_failure: What a call does when an instance is not solved: ``"raise"`` a
             `SolverError` (default), return ``"nan"`` rows for those instances
             (their gradients are zero), or ``"warn"`` and return their last iterate.
+            The same for a backward pass whose recursion does not converge on an
+            instance (``SolveInfo.backward_status``): raise, NaN gradients for it, or
+            warn (a `SolverWarning` naming it) and return the last iterate.
         backward_eps: Tolerance of the Alt-Diff recursion (relative change of the
             adjoint, or of the Jacobian in forward mode).
         backward_max_iter: Largest number of Alt-Diff iterations in the backward pass.

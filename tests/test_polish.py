@@ -107,7 +107,9 @@ def test_polishing_ends_small_lps_early_alone_or_in_a_batch(batched: bool):
     for G_part in instances:
         x, info = solve_qp(P, q, None, None, G_part, h, solver_args=_TIGHT, return_info=True)
         assert all(status == "solved" for status in info.status)
-        assert int(info.iterations.max()) <= 100, info.iterations
+        # A polish ends them within its budget: each attempt costs as much as dozens of
+        # these steps, and failed ones wait for the steps to pay for them.
+        assert int(info.iterations.max()) <= 1000, info.iterations
         for G_i, x_i in zip(G_part.reshape(-1, *_G.shape), x.reshape(-1, 3), strict=True):
             np.testing.assert_allclose(x_i.numpy(), _clarabel_lp(G_i.numpy()), atol=1e-8)
 
