@@ -196,8 +196,9 @@ def solve_qp(
 
     Any input may carry a leading batch dimension B; the others are shared by the
     batch (as in qpth's ``QPFunction``). ``A, b`` or ``G, h`` may be None. P must be
-    positive semidefinite (zero gives an LP); it is symmetrized as ``(P + P')/2``, so
-    its gradient is symmetric.
+    positive semidefinite (zero gives an LP): eigenvalues down to ``-1e-5 ||P||_inf``
+    count as rounding of a semidefinite matrix, more negative ones are an `InputError`.
+    P is symmetrized as ``(P + P')/2``, so its gradient is symmetric.
 
     P, A and G may also be 2-d sparse matrices, shared by the batch: scipy.sparse
     (constants) or torch sparse COO/CSR tensors (differentiable; their gradients are

@@ -10,6 +10,7 @@ from ._batched_sparse import BatchedSparse
 from ._errors import InputError
 
 __all__ = [
+    "PSD_TOLERANCE",
     "Matrix",
     "QPData",
     "matvec",
@@ -121,13 +122,21 @@ class QPData:
                 raise InputError(f"the QP data block {name} contains NaN or Inf values")
 
 
-def semidefinite_violations(M: torch.Tensor) -> tuple[list[int], float]:
-    """Batch indices where ``sym(M)`` ``(B, n, n)`` is not positive semidefinite up to
-    round-off, and the smallest eigenvalue among those (0.0 when there are none).
+#: `semidefinite_violations` accepts eigenvalues down to minus this fraction of
+#: ``||P||_inf`` (a bound on the largest eigenvalue): the rounding of data that were
+#: meant to be positive semidefinite (Maros-Meszaros' VALUES has -1.3e-5 against 10.8),
+#: far above CVXPY's absolute 1e-10 for quad_form's constants, which psd_wrap lifts.
+PSD_TOLERANCE = 1e-5
 
-    The test is a Cholesky factorization of ``sym(M) + shift I`` with ``shift`` a
-    round-off multiple of ``||M||_inf`` (a bound on the largest eigenvalue): a third of
-    the work of an eigendecomposition, which runs only to word the error.
+
+def semidefinite_violations(M: torch.Tensor) -> tuple[list[int], float]:
+    """Batch indices where ``sym(M)`` ``(B, n, n)`` is not positive semidefinite within
+    ``PSD_TOLERANCE`` relative to its size, and the smallest eigenvalue among those
+    (0.0 when there are none).
+
+    The test is a Cholesky factorization of ``sym(M) + shift I`` with ``shift`` that
+    tolerance (or round-off, whichever is larger) times ``||M||_inf``: a third of the
+    work of an eigendecomposition, which runs only to word the error.
     """
     if M.numel() == 0:
         return [], 0.0
@@ -136,7 +145,7 @@ def semidefinite_violations(M: torch.Tensor) -> tuple[list[int], float]:
     scale = sym.abs().sum(-1).amax(-1)  # ||M||_inf >= |eigenvalues|
     # A zero matrix (an LP) is PSD: give it a unit scale, not one that underflows.
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-    shift = 10 * n * torch.finfo(M.dtype).eps * scale
+    shift = max(PSD_TOLERANCE, 10 * n * torch.finfo(M.dtype).eps) * scale
     eye = torch.eye(n, dtype=M.dtype, device=M.device)
     _, info = torch.linalg.cholesky_ex(sym + shift[:, None, None] * eye)
     bad = torch.nonzero(info != 0).flatten().tolist()

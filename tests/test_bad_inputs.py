@@ -467,3 +467,22 @@ def test_n45_solve_qp_empty_problem():
     P, q = torch.zeros(0, 0, dtype=F64), torch.zeros(0, dtype=F64)
     with pytest.raises(InputError, match="at least one variable"):
         solve_qp(P, q)
+
+
+@pytest.mark.parametrize(("smallest", "accepted"), [(-3e-6, True), (-3e-4, False)])
+def test_n44_solve_qp_psd_tolerance_is_relative_to_the_size_of_P(smallest, accepted):
+    # Eigenvalues down to -1e-5 ||P||_inf are rounding of a PSD matrix (Maros-Meszaros'
+    # VALUES has -1.3e-5 against a largest of 10.8); below, P is not convex.
+    from altdiff_modeling._qp import PSD_TOLERANCE
+
+    P = torch.diag(torch.tensor([2.0, 1.0, smallest], dtype=F64)) * 5.0
+    assert (abs(smallest) < PSD_TOLERANCE * 2.0) is accepted
+    q = torch.tensor([1.0, 0.0, 1.0], dtype=F64)
+    G = torch.cat([torch.eye(3, dtype=F64), -torch.eye(3, dtype=F64)])
+    h = torch.ones(6, dtype=F64)
+    if accepted:
+        x = solve_qp(P, q, G=G, h=h)
+        assert bool(torch.isfinite(x).all())
+    else:
+        with pytest.raises(InputError, match="P is not positive semidefinite"):
+            solve_qp(P, q, G=G, h=h)
