@@ -27,13 +27,28 @@ from typing import TYPE_CHECKING, NamedTuple
 import torch
 
 from ._admm_iterate import AdmmIterate
-from ._factor import CholeskyFactor
-from ._factor_cache import FactorCache, quantize_rho
+from ._batched_sparse import BatchedSparse
+from ._costs import (
+    GENERAL_POLISH_OPERATIONS,
+    SHARED_POLISH_OPERATIONS,
+    SHARED_SETUP_OPERATIONS,
+    PolishBudget,
+    Rates,
+    general_polish_flops,
+    measured_rates,
+    shared_polish_flops,
+    step_flops,
+    timed,
+)
 from ._polish import SHARED_REFINE_STEPS, SharedPolisher, active_set, polish
-from ._qp import QPData, matvec, rmatvec, select_rows
+from ._qp import Matrix, QPData, matvec, rmatvec
 from ._scaling import Scaling
 from ._settings import SolverSettings
-from ._woodbury import MajoritySystems
+from ._sparse_polish import sparse_polish
+from .linsys.cholesky import CholeskyFactor
+from .linsys.factor_cache import FactorCache, quantize_rho
+from .linsys.systems import Factor, linear_systems, penalty_rows
+from .linsys.woodbury import MajoritySystems
 
 if TYPE_CHECKING:
     from ._altdiff import ForwardTangents
@@ -48,46 +63,28 @@ __all__ = [
     "SolveResult",
     "WarmStart",
     "admm_solve",
-    "penalty_rows",
-    "penalty_weights",
-    "polish_cost",
-    "polish_schedule",
-    "step_flops",
+    "solve_rates",
 ]
 
 STATUS_NAMES = ("solved", "solved_inaccurate", "max_iter", "primal_infeasible", "dual_infeasible")
 SOLVED, SOLVED_INACCURATE, MAX_ITER, PRIMAL_INFEASIBLE, DUAL_INFEASIBLE = range(5)
 
-_EQUALITY_RHO_SCALE = 1e3
 _RHO_MIN, _RHO_MAX = 1e-6, 1e6
 _RHO_UPDATE_FACTOR = 5.0
 _INACCURATE_FACTOR = 10.0
 _TINY = 1e-30
-_LATEST_FIRST_POLISH = 100  # the first polish attempt comes at this iteration or earlier
-# Cost model of the polish schedule, in floating-point operations; the fixed parts (the
-# tensor-operation overheads of a step and of a polish) count time at ~60 GFlop/s, the
-# rate of this machine's large products: 2.5e6 is about 40 microseconds.
-_STEP_OVERHEAD = 2.5e6
-_POLISH_OVERHEAD = 1e7
-_POLISH_CALL_OVERHEAD = 5e6  # per instance: the small LAPACK calls of a polish
-_SHARED_POLISH_OVERHEAD = 5e7  # ~100 tensor operations and batched small inverses
-_SHARED_POLISH_CALL_OVERHEAD = 2e6  # per instance: its share of the batched inverse
+# Every unfinished instance polishes at 100, 200, 400, ... iterations (whatever its
+# estimate), as budgets allow.
+_ALWAYS_FIRST = 100
 _SETTLING_ROWS = 0.015  # fraction of rows an estimate may still change in, to polish
 # A failed polish retries on its corrected estimate up to this many times, where the
 # polished point contradicts its estimate in at most this fraction of the rows (at
-# least 2), and where a polish costs at most this many ADMM steps. On the seeded QP
-# suite (eps 1e-5) this took the median from 60 ADMM iterations to 40 and each solve's
-# time by about a quarter; more rounds, or any number of rows, cost more polishes than
-# they saved. Where a polish costs more (n of 1000), the retries cost more than the
-# steps they save. A batch sharing its data retries through `SharedPolisher` on the
-# failed instances only: w2-B64-n100 then finishes all 64 instances at its first polish
-# (20 iterations) instead of at 40. A batch of per-instance matrices retries where its
-# polish costs at most 20 of its (memory-bound) steps: w3-AG-B64-n100 and
-# w3-P-B64-n100 then finish at 20 iterations too (forward 138 -> 128 ms and 75 ->
-# 64 ms).
+# least 2), as the polishing budget allows. On the seeded QP suite (eps 1e-5) this took
+# the median from 60 ADMM iterations to 40 and each solve's time by about a quarter;
+# more rounds, or any number of rows, cost more polishes than they saved. A batch
+# sharing its data retries through `SharedPolisher` on the failed instances only.
 _CORRECTIONS = 4
 _CORRECTABLE_ROWS = 0.1
-_CORRECTION_GAP = 20
 # The loop drops the finished instances once no more than this fraction is unfinished.
 _COMPACT_FRACTION = 0.75
 
@@ -110,6 +107,7 @@ class SolveResult:
         primal_residual: ``(B,)`` ``||Cx - z||_inf`` in the user's units.
         dual_residual: ``(B,)`` ``||Px + q + C'y||_inf`` in the user's units.
         solve_time: Wall-clock seconds of the solve.
+        rates: What the solve measured (`_costs.Rates`): the backward's cost model.
         polish_systems: The systems ``(R S - D_i)`` that the last polish of the whole
             batch solved, on each instance's last polished estimate
             (`_polish.SharedPolisher`), or None. The direct backward solves the same
@@ -125,12 +123,13 @@ class SolveResult:
     y: torch.Tensor
     rho: torch.Tensor
     rho_rows: torch.Tensor
-    factor: CholeskyFactor
+    factor: Factor
     status: torch.Tensor
     iterations: torch.Tensor
     primal_residual: torch.Tensor
     dual_residual: torch.Tensor
     solve_time: float
+    rates: Rates | None = None
     polish_systems: MajoritySystems | None = None
     polish_factor: CholeskyFactor | None = None
     polish_rows: torch.Tensor | None = None
@@ -146,66 +145,21 @@ class WarmStart:
     rho: torch.Tensor
 
 
-def penalty_rows(rho: torch.Tensor, n_eq: int, m: int) -> torch.Tensor:
-    """``(1|B,) -> (1|B, m)``: rho on inequality rows, stiffer on equality rows."""
-    scale = torch.ones(m, dtype=rho.dtype, device=rho.device)
-    scale[:n_eq] = _EQUALITY_RHO_SCALE
-    return rho[:, None] * scale
-
-
-def penalty_weights(C: torch.Tensor, n_eq: int) -> torch.Tensor:
-    """``W = C' diag(s) C`` ``(1|B, n, n)``, s the fixed row weights of the penalty.
-
-    The per-row penalty is ``rho * s`` (s is 1 on inequality rows, a thousand on
-    equality rows), so ``H(rho) = P + sigma*I + rho * W``: a change of rho rescales W
-    instead of recomputing ``C'C``, which at n = 3000 costs as much as the Cholesky
-    factorization itself. In float32 the equality weight would round P's part of H
-    away to ~1e-4 relative, so W is kept in float64 there and H rounded once.
-    """
-    work = torch.float64 if C.dtype == torch.float32 else C.dtype
-    C = C.to(work)
-    s = penalty_rows(torch.ones(1, dtype=work, device=C.device), n_eq, C.shape[1])
-    return C.transpose(-1, -2) @ (s.unsqueeze(-1) * C)
-
-
-class _PenaltyMatrix:
-    """Factors of ``H(rho) = P + sigma*I + rho * W`` (see `penalty_weights`)."""
-
-    def __init__(self, P: torch.Tensor, W: torch.Tensor, sigma: float) -> None:
-        self.dtype = P.dtype
-        self.P, self.W, self.sigma = P, W, sigma
-        self._base: torch.Tensor | None = None
-
-    @property
-    def base(self) -> torch.Tensor:
-        """``P + sigma*I`` in W's dtype (formed on the first factorization: a call
-        whose factors all come from a `FactorCache` never needs it)."""
-        if self._base is None:
-            n = self.P.shape[-1]
-            eye = torch.eye(n, dtype=self.W.dtype, device=self.P.device)
-            self._base = self.P.to(self.W.dtype) + self.sigma * eye
-        return self._base
-
-    def select(self, index: torch.Tensor) -> _PenaltyMatrix:
-        """The matrices of the instances ``index`` ``(K,)`` (shared ones as they are)."""
-        selected = _PenaltyMatrix(
-            select_rows(self.P, index), select_rows(self.W, index), self.sigma
-        )
-        if self._base is not None:
-            selected._base = select_rows(self._base, index)
-        return selected
-
-    def factor(self, rho: torch.Tensor) -> CholeskyFactor:
-        """The factor of ``H`` for ``rho`` ``(1|B,)``."""
-        H = self.base + rho.to(self.W.dtype)[:, None, None] * self.W
-        return CholeskyFactor(H.to(self.dtype))
-
-
 def inf_norm(v: torch.Tensor) -> torch.Tensor:
     """Infinity norm over the last dimension (0 for an empty one)."""
     if v.shape[-1] == 0:
         return v.new_zeros(v.shape[:-1])
     return v.abs().amax(dim=-1)
+
+
+def _inequality_column_sums(C: Matrix, n_eq: int) -> torch.Tensor:
+    """``(1|B, n)``: ``sum_i |G_ij|`` over the inequality rows ``G = C[n_eq:]``."""
+    if isinstance(C, BatchedSparse):
+        rows = C.rows >= n_eq
+        values = C.values.abs()[:, rows]
+        sums = values.new_zeros(values.shape[0], C.size[1])
+        return sums.index_add_(1, C.cols[rows], values)
+    return C[:, n_eq:].abs().sum(-2)
 
 
 class _Reference(NamedTuple):
@@ -241,8 +195,9 @@ class _Residuals:
         self.q_user = data.q * self.inv_D
         # ``max_j sum_i |G_ij| / D_j``: bounds how much clamping dy's inequality part at
         # zero can change ``||G'dy / D||_inf``, per unit of the largest clamped entry.
-        G = self.C[:, self.n_eq :]
-        self.G_column_sums = (G.abs().sum(-2) * self.inv_D).amax(-1) if G.shape[1] else None
+        self.G_column_sums = None
+        if self.n_eq < self.C.shape[1]:
+            self.G_column_sums = (_inequality_column_sums(self.C, self.n_eq) * self.inv_D).amax(-1)
         self.previous: _Reference | None = None
 
     def measure(
@@ -352,162 +307,36 @@ class _Residuals:
         )
 
 
-def step_flops(n: int, m: int) -> int:
-    """Operations of one ADMM (or Alt-Diff) step of one instance: a solve with the
-    Cholesky factor of H (``2 n^2``) and a product with C and with C' (``4 n m``)."""
-    return 2 * n * n + 4 * n * m
-
-
-def general_polish_cost(B: int, n: int, m: int) -> float:
-    """Cost of `polish` on B instances: a factorization and a few refinement solves
-    each (the small per-instance LAPACK calls weigh as much as their flops at n ~ 100)."""
-    per_instance = n**3 / 3 + 2 * n * n * m + 20 * (n * n + 2 * n * m) + _POLISH_CALL_OVERHEAD
-    return B * per_instance + _POLISH_OVERHEAD
-
-
-def shared_polish_cost(B: int, n: int, m: int, paid: float = 0.0) -> float:
-    """Cost of `SharedPolisher.polish` on B instances: ``S = C H^{-1} C'``, ``H^{-1} C'``
-    and the majority pattern's inverse once (less ``paid``, the part of that setup
-    counted as paid for: `SharedPolisher.credit`), and per instance a few refinement
-    steps of solves and products with ``m x m`` matrices and a small system."""
-    setup = max(2 * (n * n * m + n * m * m + 2 * m**3) - paid, 0.0)
-    # Each step's solve and products, read from memory once for the batch
-    # (`batch_step_cost`), and the products with the m x m inverse.
-    refine = 2 * SHARED_REFINE_STEPS * (2 * _step_cost(B, n, m) + max(8 * B * m * m, 32 * m * m))
-    return setup + refine + B * _SHARED_POLISH_CALL_OVERHEAD + _SHARED_POLISH_OVERHEAD
-
-
-def polish_cost(
-    B: int, n: int, m: int, shared: bool, paid: float = 0.0, kept: bool = False
-) -> float:
-    """Cost of one polish of B instances by the cheaper method available (``shared``:
-    the batch shares P and C; ``paid``: see `shared_polish_cost`), in the units of
-    `step_flops` (operations, with the fixed costs of tensor operations counted at
-    ~60 GFlop/s). ``kept``: the factor is a layer's, kept across calls: its shared
-    setup serves the later calls, while the general polish's factorization would be
-    thrown away and only postpone it, so the shared polish is the one to count."""
-    general = general_polish_cost(B, n, m)
-    if not shared:
-        return general
-    cost = shared_polish_cost(B, n, m, paid)
-    return cost if kept else min(general, cost)
-
-
-def _step_cost(B: int, n: int, m: int, per_instance: bool = False) -> float:
-    """`batch_step_cost` without its fixed overhead."""
-    if per_instance:
-        return B * max(step_flops(n, m), 32 * (n * n + n * m))
-    return max(B * step_flops(n, m), 32 * (n * n + n * m))
-
-
-def batch_step_cost(B: int, n: int, m: int, per_instance: bool = False) -> float:
-    """Cost of one ADMM step of B instances, in the units of `step_flops`.
-
-    A step reads the factor ``L`` and C from memory at least once: at about 32 units
-    per element (~30 GB/s against ~60 GFlop/s), which bounds a lone instance's step
-    (matrix-vector products) to many times its flops. With per-instance matrices every
-    instance's own are read. A shared factor and C serve a large batch in matrix-matrix
-    products, whose flops count.
-    """
-    return _step_cost(B, n, m, per_instance) + _STEP_OVERHEAD
-
-
-def polish_gap(
-    B: int,
-    n: int,
-    m: int,
-    shared: bool = False,
-    per_instance: bool = False,
-    paid: float = 0.0,
-    kept: bool = False,
-) -> float:
-    """The number of ADMM steps of B instances that cost as much as one polish."""
-    return polish_cost(B, n, m, shared, paid, kept) / batch_step_cost(B, n, m, per_instance)
-
-
-def polish_schedule(
-    B: int,
-    n: int,
-    m: int,
-    check_every: int,
-    max_iter: int,
-    shared: bool = False,
-    paid: float = 0.0,
-    kept: bool = False,
-) -> set[int]:
-    """The iterations, besides 100, 200, 400, ..., at which unfinished instances may
-    polish (`_PolishPlan` says which).
-
-    A polish costs a factorization per instance (with shared data, maybe less: see
-    `polish_cost`); an ADMM step a few products with the data. ``gap``, the number of
-    steps that cost as much as one polish, spaces the attempts, so polishing at most
-    doubles the work; gaps also grow by a quarter of the iteration count, so a long
-    solve makes logarithmically many attempts. On small problems the attempts come
-    every check or two: ADMM finds the active set long before its residuals are small,
-    and an early polish ends the solve there. A batch tries every other check from its
-    second, when the first estimates can have settled: `_PolishPlan` picks the
-    instances whose estimates are settling, and those whose polish succeeds leave the
-    batch. ``paid`` and ``kept`` are those of `polish_cost`: a layer's kept factor,
-    once its setup is paid for, polishes a single large problem within a few checks
-    instead of ending it by ADMM alone.
-    """
-
-    def on_check(k: float) -> int:
-        return max(check_every, math.ceil(k / check_every) * check_every)
-
-    gap = polish_gap(B, n, m, shared, paid=paid, kept=kept)
-    first = min(_LATEST_FIRST_POLISH, gap)
-    if B > 1:  # every other check: `_PolishPlan` picks settling estimates
-        first = gap = min(first, 2 * check_every)
-    attempts, k = set(), on_check(first)
-    while k < max_iter:
-        attempts.add(k)
-        k = on_check(k + max(gap, k / 4))
-    return attempts
+def solve_rates(factor: Factor, n: int, m: int, batch: int, step_seconds: float) -> Rates:
+    """The rates a solve measured: its factorization's and its steps' (one step of
+    ``batch`` instances in ``step_seconds``); see `_costs.measured_rates`."""
+    return measured_rates(factor.flops, factor.seconds, batch * step_flops(n, m), step_seconds)
 
 
 class _PolishPlan:
     """Which unfinished instances polish at a check.
 
-    At the iterations of `polish_schedule` the unfinished instances polish unless their
-    active-set estimate is the one of their last failed attempt (it would fail again);
-    in a batch whose polish costs too much to be corrected, only the instances whose
-    estimate has nearly settled since the previous check (a moving estimate is most
-    likely wrong; those that polish leave the batch).
-    At 100, 200, 400, ... iterations and at ``max_iter`` every unfinished instance
-    polishes whatever its estimate.
+    A polish costs a factorization per instance (with shared data, maybe less: see
+    `_polish_instances`); it runs where the `PolishBudget` affords it: polishing spends
+    at most as much time as the iterations have, measured as the solve runs. On small
+    problems that is every check from the second (ADMM finds the active set long before
+    its residuals are small, and a polish ends the solve there); on large ones the
+    attempts space themselves by their measured cost. The unfinished instances polish
+    unless their active-set estimate is the one of their last failed attempt (it would
+    fail again); where the budget does not afford them all, only those whose estimate
+    has nearly settled since the previous check (a moving estimate is most likely
+    wrong). At 100, 200, 400, ... iterations a failed estimate may polish again, and at
+    ``max_iter`` every unfinished instance polishes, whatever the budget.
     """
 
-    def __init__(
-        self,
-        B: int,
-        n: int,
-        m: int,
-        settings: SolverSettings,
-        shared: bool = False,
-        per_instance: bool = False,
-        paid: float = 0.0,
-        kept: bool = False,
-    ) -> None:
+    def __init__(self, settings: SolverSettings, budget: PolishBudget) -> None:
         check, max_iter = settings.check_every, settings.max_iter
         self.enabled = settings.polish
-        self.max_iter = max_iter
-        self.shared, self.per_instance = shared, per_instance
-        self.paid, self.kept = paid, kept
-        self.n, self.m, self.check = n, m, check
-        self.settled_at = polish_schedule(B, n, m, check, max_iter, shared, paid, kept)
-        self.corrections = self._corrections(B)
-        first = max(check, _LATEST_FIRST_POLISH // check * check)
+        self.max_iter, self.budget = max_iter, budget
+        first = max(check, _ALWAYS_FIRST // check * check)
         self.always_at = {first * 2**j for j in range(64) if first * 2**j < max_iter}
         self.previous: torch.Tensor | None = None
         self.failed: torch.Tensor | None = None
-
-    def _corrections(self, B: int) -> int:
-        """How many corrected polishes may follow a failed one (`_try_polish`)."""
-        # A batch sharing its data corrects through `SharedPolisher`, which keeps S and
-        # the majority inverse: a correction costs only the few failed instances' systems.
-        gap = polish_gap(B, self.n, self.m, self.shared, self.per_instance, self.paid, self.kept)
-        return _CORRECTIONS if gap <= _CORRECTION_GAP or (self.shared and B > 1) else 0
 
     def candidates(
         self,
@@ -524,47 +353,28 @@ class _PolishPlan:
             return None
         estimate = active_set(z, y, bound, n_eq)
         previous, self.previous = self.previous, estimate
-        if k == self.max_iter or k in self.always_at:
+        if k == self.max_iter:
             chosen = pending
-        elif k in self.settled_at and previous is not None:
-            # A lone instance tries at once (an attempt costs at most `gap` steps); so
-            # does a batch whose polish is cheap enough to be corrected (`_corrections`:
-            # its corrections fix most of the estimates still moving). Other batches
-            # polish the instances whose estimate settles.
-            changed = (estimate != previous).sum(-1)
-            chosen = pending
-            if pending.shape[0] > 1 and not self.corrections:
-                # A polish costs a few checks' worth of steps. It mostly succeeds once
-                # an instance's estimate moves in no more than ~1% of the rows between
-                # checks, and mostly fails before.
-                chosen = pending & (changed <= max(2, _SETTLING_ROWS * estimate.shape[1]))
-            if self.failed is not None:
-                chosen = chosen & ~(estimate == self.failed).all(-1)
+        elif previous is None:
+            return None  # the first estimate: nothing to say whether it has settled
         else:
-            return None
+            chosen = pending
+            if k not in self.always_at and self.failed is not None:
+                chosen = chosen & ~(estimate == self.failed).all(-1)
+            if not self.budget.affords(int(chosen.sum())):
+                # Not all: those whose estimate has nearly settled. A polish mostly
+                # succeeds once an instance's estimate moves in no more than ~1% of the
+                # rows between checks, and mostly fails before.
+                changed = (estimate != previous).sum(-1)
+                chosen = chosen & (changed <= max(2, _SETTLING_ROWS * estimate.shape[1]))
+                if not self.budget.affords(int(chosen.sum())):
+                    return None
         if not bool(chosen.any()):
             return None
         return chosen, estimate
 
-    def _reschedule(self, B: int, k: int) -> None:
-        """Space the attempts after iteration k for B instances."""
-        later = polish_schedule(
-            B, self.n, self.m, self.check, self.max_iter, self.shared, self.paid, self.kept
-        )
-        self.settled_at = {a for a in self.settled_at if a <= k} | {a for a in later if a > k}
-        self.corrections = self._corrections(B)
-
-    def refactored(self, B: int, paid: float, k: int) -> None:
-        """After iteration k the B unfinished instances go on with another factor, of
-        which ``paid`` of the shared setup is paid for (`SharedPolisher.credit`)."""
-        if paid != self.paid:
-            self.paid = paid
-            self._reschedule(B, k)
-
-    def select(self, index: torch.Tensor, k: int) -> None:
-        """Keep the estimates of the instances ``index`` ``(K,)`` only; after iteration
-        k, space the attempts for the smaller batch."""
-        self._reschedule(index.shape[0], k)
+    def select(self, index: torch.Tensor) -> None:
+        """Keep the estimates of the instances ``index`` ``(K,)`` only."""
         if self.previous is not None:
             self.previous = self.previous[index]
         if self.failed is not None:
@@ -585,7 +395,8 @@ def _try_polish(
     y: torch.Tensor,
     pending: torch.Tensor,
     active: torch.Tensor,
-    shared: tuple[SharedPolisher, CholeskyFactor, torch.Tensor, float] | None = None,
+    shared: tuple[SharedPolisher, CholeskyFactor, torch.Tensor, float, Rates] | None = None,
+    budget: PolishBudget | None = None,
     corrections: int = _CORRECTIONS,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, MajoritySystems | None]:
     """Polish the pending instances on their active-set estimate ``active`` ``(B, m)``;
@@ -594,8 +405,10 @@ def _try_polish(
     A polished point that misses the tolerance names the rows its estimate got wrong:
     the inactive rows it violates and the active rows whose multiplier came out
     negative. Where those are few, the instance polishes again on the corrected
-    estimate (a primal-dual active-set step), up to ``corrections`` times: one wrong
-    row would otherwise cost the ADMM iterations until its iterate sorts it out.
+    estimate (a primal-dual active-set step), up to ``corrections`` times: one wrong row
+    would otherwise cost the ADMM iterations until its iterate sorts it out. Sparse
+    data's polish makes its own active-set rounds instead. The attempt's time, its
+    corrections included, is charged to ``budget``.
 
     ``shared`` is the polisher of a batch with shared float64 data, with the current
     factor of H, per-row penalty and sigma; the general `polish` serves the others
@@ -610,9 +423,21 @@ def _try_polish(
     x_new, z_new, y_new = x.clone(), z.clone(), y.clone()
     tried, estimate = pending, active
     systems = None
+    if budget is None:  # unlimited
+        budget = PolishBudget(lambda _: 0.0)
+        budget.iterating = math.inf
+    corrections = 0 if data.sparse else corrections
+    spent = 0.0
     for correction in range(corrections + 1):
         index = torch.nonzero(tried).flatten()
-        xp, zp, yp, ok, solved = _polish_instances(data, x, index, estimate[index], shared)
+        with timed() as clock:
+            if data.sparse:
+                xp, zp, yp, ok = _polish_sparse(data, residuals, x, z, y, index)
+                solved = None
+            else:
+                polished = _polish_instances(data, x, index, estimate[index], shared)
+                xp, zp, yp, ok, solved = polished
+            ok_any = bool(ok.any())  # waits for a device's work: it is timed
         x_new[index], z_new[index], y_new[index] = xp, zp, yp
         if correction == 0:
             systems = solved if index.shape[0] == pending.shape[0] else None
@@ -622,6 +447,7 @@ def _try_polish(
             systems = None
         Cx = matvec(data.C, x_new)
         residuals.measure(x_new, z_new, y_new, Cx)
+        spent += clock.seconds
         accept[index] = ok
         accept = accept & residuals.converged()
         if correction == corrections:
@@ -635,9 +461,11 @@ def _try_polish(
         solvable = torch.zeros_like(pending)
         solvable[index] = ok
         tried = tried & solvable & ~accept & (wrong > 0) & (wrong <= limit)
-        if not bool(tried.any()):
+        if not ok_any or not bool(tried.any()):
             break
         estimate = estimate ^ contradicted
+    # One attempt, its corrections included, against the budget.
+    budget.spend(spent, int(pending.sum()), int(accept.sum()))
     if not bool((pending & ~accept).any()):
         # Every polished point was kept: the last measure describes them already.
         return x_new, z_new, y_new, accept, systems
@@ -653,7 +481,7 @@ def _polish_instances(
     x: torch.Tensor,
     index: torch.Tensor,
     active: torch.Tensor,
-    shared: tuple[SharedPolisher, CholeskyFactor, torch.Tensor, float] | None,
+    shared: tuple[SharedPolisher, CholeskyFactor, torch.Tensor, float, Rates] | None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, MajoritySystems | None]:
     """Polish the instances ``index`` ``(K,)`` on their estimates ``active`` ``(K, m)``
     by the cheaper method available; returns their ``x``, ``z``, ``y`` in x's dtype,
@@ -672,10 +500,9 @@ def _polish_instances(
     if shared is not None and (
         shared[0].kept
         or SharedPolisher.prepared(shared[1])
-        or shared_polish_cost(K, n, m, SharedPolisher.credit(shared[1]))
-        < general_polish_cost(K, n, m)
+        or _shared_is_cheaper(shared[1], shared[4], K, n, m)
     ):
-        factor, rows, sigma = shared[1:]
+        factor, rows, sigma = shared[1:4]
         polished = shared[0].polish(
             factor, rows, sigma, pick(data.q), pick(data.bound), active, x[index]
         )
@@ -687,6 +514,60 @@ def _polish_instances(
         )
     xp, zp, yp, ok = polished
     return xp.to(x.dtype), zp.to(x.dtype), yp.to(x.dtype), ok, systems
+
+
+def _shared_seconds(factor: Factor, rates: Rates, K: int, n: int, m: int) -> float:
+    """The predicted time of `SharedPolisher` on K instances: the part of its setup the
+    factor's iterations have not paid for yet (`SharedPolisher.credit`, seconds) and its
+    own steps, at the solve's measured ``rates``."""
+    setup, per_instance = shared_polish_flops(n, m, SHARED_REFINE_STEPS)
+    unpaid = max(rates.seconds(setup, SHARED_SETUP_OPERATIONS) - SharedPolisher.credit(factor), 0.0)
+    return unpaid + rates.seconds(K * per_instance, SHARED_POLISH_OPERATIONS)
+
+
+def _shared_is_cheaper(factor: Factor, rates: Rates, K: int, n: int, m: int) -> bool:
+    """Whether `SharedPolisher` should polish K instances in less time than the general
+    polish, one factorization per instance."""
+    general = rates.seconds(K * general_polish_flops(n, m), GENERAL_POLISH_OPERATIONS)
+    return bool(_shared_seconds(factor, rates, K, n, m) < general)
+
+
+def _polish_sparse(
+    data: QPData,
+    residuals: _Residuals,
+    x: torch.Tensor,
+    z: torch.Tensor,
+    y: torch.Tensor,
+    index: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Polish the instances ``index`` ``(K,)`` of sparse data, one at a time by the
+    active-set rounds of `_sparse_polish.sparse_polish`, each stopping at the first point
+    that meets the tolerances; returns their ``x``, ``z``, ``y`` and the ``(K,)`` mask of
+    those polished."""
+    K = index.shape[0]
+    xp, zp, yp = x[index].clone(), z[index].clone(), y[index].clone()
+    ok = torch.zeros(K, dtype=torch.bool, device=x.device)
+
+    def numpy(block: torch.Tensor, k: int):
+        return block[k if block.shape[0] > 1 else 0].detach().cpu().double().numpy()
+
+    for j, k in enumerate(index.tolist()):
+        check = residuals.select(index[j : j + 1])
+
+        def good(x_k, z_k, y_k, check=check) -> bool:
+            check.measure(*(torch.from_numpy(v).to(x)[None] for v in (x_k, z_k, y_k)))
+            return bool(check.converged()[0])
+
+        P = data.P.to_scipy(k)
+        C = data.C.to_scipy(k)
+        polished = sparse_polish(
+            P, numpy(data.q, k), C, numpy(data.bound, k), data.n_eq,
+            numpy(z, k), numpy(y, k), numpy(x, k), good,
+        )  # fmt: skip
+        if polished is not None:
+            xp[j], zp[j], yp[j] = (torch.from_numpy(v).to(x) for v in polished)
+            ok[j] = True
+    return xp, zp, yp, ok
 
 
 def _polish_source(
@@ -749,24 +630,22 @@ def admm_solve(
         x, z, y = warm_start.x, warm_start.z, warm_start.y
         rho = warm_start.rho.expand(rho.shape).clone()
     rho_rows = penalty_rows(rho, n_eq, m)
-    if weights is None:
-        weights = penalty_weights(C, n_eq)
-    penalty = _PenaltyMatrix(P, weights, sigma)
+    systems = linear_systems(data, sigma, weights)
 
-    cached = factors is not None and not per_instance and scaling.c.numel() == 1
+    cached = factors is not None and not per_instance and scaling.c.numel() == 1 and not data.sparse
     # Factors a layer keeps across calls: what is computed from them serves later calls.
     factor_kept = cached and factors is not None and factors.across_calls
 
-    def factor_for(rho: torch.Tensor) -> CholeskyFactor:
+    def factor_for(rho: torch.Tensor) -> Factor:
         if not cached:
-            return penalty.factor(rho)
-        return factors.factor(rho, scaling.c, lambda: penalty.factor(rho))
+            return systems.factor(rho)
+        return factors.factor(rho, scaling.c, lambda: systems.factor(rho))
 
     factor = factor_for(rho)
 
     it = AdmmIterate(q, C, bound, n_eq, x, z, y, rho_rows, factor, alpha, sigma)
     polisher = None
-    if not per_instance and rho.shape[0] == 1 and dtype == torch.float64:
+    if not (per_instance or data.sparse) and rho.shape[0] == 1 and dtype == torch.float64:
         polisher = SharedPolisher(C, n_eq, factor_kept)
 
     # A layer's factor kept for polishing serves every call's polishes, at any rho: the
@@ -780,18 +659,33 @@ def admm_solve(
 
     polishing = kept_for_polishing()
 
-    def credit(factor: CholeskyFactor) -> float:
-        return math.inf if polishing is not None else SharedPolisher.credit(factor)
-
     def polish_with() -> tuple[CholeskyFactor, torch.Tensor]:
         """The factor (and its per-row penalty) to polish with."""
         if polishing is None or SharedPolisher.prepared(it.factor):
             return it.factor, it.rows
         return polishing
 
-    paid = credit(factor) if polisher is not None else 0.0
-    plan = _PolishPlan(B, n, m, settings, polisher is not None, per_instance, paid, factor_kept)
-    step_cost = batch_step_cost(B, n, m, per_instance)  # charged to the factor's work
+    # What a polish costs per instance: measured on an earlier call with this factor,
+    # else predicted from the operations of the general polish at the measured rate.
+    def predict(instances: int) -> float:
+        if data.sparse:  # an active-set round factors a KKT matrix of the factor's size
+            per_factor = it.factor.seconds / (1 if it.factor.shared else B)
+            return 2 * instances * per_factor
+        rates = solve_rates(it.factor, n, m, B, budget.iterating / max(steps, 1))
+        general = rates.seconds(instances * general_polish_flops(n, m), GENERAL_POLISH_OPERATIONS)
+        if polisher is None:
+            return general
+        factor = polish_with()[0]
+        if SharedPolisher.prepared(factor) or polisher.kept:
+            return _shared_seconds(factor, rates, instances, n, m)
+        return min(general, _shared_seconds(factor, rates, instances, n, m))
+
+    measured = factor.memo.get("polish_seconds")
+    budget = PolishBudget(predict, measured if isinstance(measured, tuple) else None)
+    plan = _PolishPlan(settings, budget)
+    # The solve's own time so far (scaling, the first factorization) is in the budget:
+    # polishing may cost as much as the rest of the solve.
+    checked = start  # the time of the last check; the time since is charged
 
     # Per instance of the whole batch: the outcome. The loop itself runs on the
     # unfinished instances `batch` only (it drops the finished ones when they are many:
@@ -803,7 +697,7 @@ def admm_solve(
     out_primal = torch.full((B,), math.inf, dtype=dtype, device=device)
     out_dual = torch.full((B,), math.inf, dtype=dtype, device=device)
     if per_instance:  # each instance's final rho and factor, for the backward pass
-        out_rho, out_L = rho.clone(), factor.L.clone()
+        out_rho, out_factor = rho.clone(), factor.copy()
     batch = torch.arange(B, device=device)
     done = torch.zeros(B, dtype=torch.bool, device=device)  # of `batch`
 
@@ -821,19 +715,20 @@ def admm_solve(
         out_dual[rows] = residuals.dual[where]
         if per_instance:
             out_rho[rows] = rho[where]
-            out_L[rows] = it.factor.L[where]
+            out_factor.put(rows, it.factor.select(where))
         done = done | mask
         if tangents is not None:
             tangents.record(mask)
 
     polish_systems, polished_with = None, None
     residuals.start(it.x, it.z, y, it.Cx)
+    steps = 0
     for k in range(1, settings.max_iter + 1):
         last = k == settings.max_iter
+        steps = k
         if tangents is not None:
             z_step, y_step = it.z.clone(), it.y()
         it.step()
-        it.factor.ledger.work += step_cost
         if tangents is not None:
             tangents.advance(z_step, y_step, it.x_tilde, it.v, it.rows, it.factor)
         if not last and k % settings.check_every:
@@ -841,16 +736,23 @@ def admm_solve(
         x, z, y = it.x, it.z, it.y()
         residuals.measure(x, z, y, it.Cx)
         converged = residuals.converged() & ~done
+        now = time.perf_counter()  # after the checks' reads: a device's steps are done
+        budget.iterating += now - checked
+        it.factor.ledger.work += now - checked  # the iterations' rent (SharedPolisher)
+        checked = now
         chosen = plan.candidates(k, z, y, residuals.bound, n_eq, ~done & ~converged)
         if chosen is not None:
             tried, estimate = chosen
             with_factor = None
             if polisher is not None:
                 polished_with = polish_with()
-                with_factor = (polisher, *polished_with, sigma)
+                step_seconds = budget.iterating / steps
+                rates = solve_rates(polished_with[0], n, m, batch.shape[0], step_seconds)
+                with_factor = (polisher, *polished_with, sigma, rates)
             x, z, y, kept, polish_systems = _try_polish(
-                data, residuals, x, z, y, tried, estimate, with_factor, plan.corrections
+                data, residuals, x, z, y, tried, estimate, with_factor, budget
             )
+            it.factor.memo["polish_seconds"] = budget.measured
             if factor_kept and polishing is None and SharedPolisher.prepared(it.factor):
                 # This call bought the setup: the layer's later calls polish with it.
                 factors.keep_for_polishing(rho, scaling.c, it.factor)
@@ -862,6 +764,7 @@ def admm_solve(
             if bool(kept.any()):
                 it.load(x, z, y)
                 x, z = it.x, it.z
+            checked = time.perf_counter()  # the polish's time is not the iterations'
         pending = ~done & ~converged
         if bool(pending.any()):
             primal_infeasible = residuals.primal_infeasible() & pending
@@ -901,20 +804,17 @@ def admm_solve(
                 rho_rows = penalty_rows(rho, n_eq, m)
                 it.set_penalty(rho_rows, factor_for(rho), y)
                 polish_systems = None  # of the previous factor
-                if polisher is not None:
-                    plan.refactored(batch.shape[0], credit(it.factor), k)
         if tangents is None and unfinished <= _COMPACT_FRACTION * done.shape[0]:
             keep = torch.nonzero(~done).flatten()
             batch, done, data = batch[keep], done[keep], data.select(keep)
             it.select(keep)
             residuals = residuals.select(keep)
-            plan.select(keep, k)
-            step_cost = batch_step_cost(keep.shape[0], n, m, per_instance)
+            plan.select(keep)
             if per_instance:
-                rho, penalty = rho[keep], penalty.select(keep)
+                rho, systems = rho[keep], systems.select(keep)
 
     if per_instance:
-        rho, factor = out_rho, CholeskyFactor.from_lower(out_L)
+        rho, factor = out_rho, out_factor
     else:
         factor = it.factor
     return SolveResult(
@@ -929,6 +829,7 @@ def admm_solve(
         primal_residual=out_primal,
         dual_residual=out_dual,
         solve_time=time.perf_counter() - start,
+        rates=solve_rates(factor, n, m, B, budget.iterating / max(steps, 1)),
         polish_systems=polish_systems,
         **_polish_source(factor, polish_systems, polished_with, polishing),
     )

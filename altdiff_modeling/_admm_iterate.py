@@ -15,7 +15,7 @@ which one relaxed step (relaxation ``alpha``) reads::
 and ``y = r (v - z)`` is formed only when someone asks for it (the checks every few
 iterations). This is the same iteration as the textbook form (DESIGN section 3). On
 small, well-conditioned problems with shared data ``H^{-1}`` is one matrix product
-(`CholeskyFactor.step_inverse`) instead of two triangular solves.
+(`Factor.step_inverse`) instead of two triangular solves.
 
 The step also keeps ``Cx`` as ``Cx + alpha (C x~ - Cx)``, from the product ``C x~`` it
 forms anyway: the checks then need no product with C for it (at n = 5000 one such
@@ -26,8 +26,9 @@ from __future__ import annotations
 
 import torch
 
-from ._factor import CholeskyFactor
-from ._qp import matvec, select_rows
+from ._batched_sparse import BatchedSparse
+from ._qp import Matrix, matvec, rmatvec, select_rows
+from .linsys.systems import Factor
 
 __all__ = ["AdmmIterate"]
 
@@ -46,14 +47,14 @@ class AdmmIterate:
     def __init__(
         self,
         q: torch.Tensor,
-        C: torch.Tensor,
+        C: Matrix,
         bound: torch.Tensor,
         n_eq: int,
         x: torch.Tensor,
         z: torch.Tensor,
         y: torch.Tensor,
         rho_rows: torch.Tensor,
-        factor: CholeskyFactor,
+        factor: Factor,
         alpha: float,
         sigma: float,
     ) -> None:
@@ -61,7 +62,10 @@ class AdmmIterate:
         m = z.shape[1]
         self.n_eq, self.alpha, self.sigma = n_eq, alpha, sigma
         self.neg_q = (-q).expand(B, n).contiguous()
-        self.shared = C.shape[0] == 1
+        # Products with a `BatchedSparse` C go through its kernels; with a dense one,
+        # in place into the step's buffers.
+        self.sparse = isinstance(C, BatchedSparse)
+        self.shared = C.shape[0] == 1 and not self.sparse
         self.C = C[0] if self.shared else C
         self.b = bound[:, :n_eq].expand(B, n_eq)
         self.h = bound[:, n_eq:].expand(B, m - n_eq)
@@ -84,7 +88,7 @@ class AdmmIterate:
         self.rhs = torch.empty_like(self.x)
         self.neg_q, self.b, self.h = self.neg_q[index], self.b[index], self.h[index]
         if not self.shared:
-            self.C = self.C[index]
+            self.C = select_rows(self.C, index)
         self.rows = select_rows(self.rows, index)
         self.factor = self.factor.select(index)
         self.x_tilde = self.x
@@ -95,12 +99,32 @@ class AdmmIterate:
             return x.new_zeros(x.shape[0], self.z.shape[1])
         return matvec(self.C.unsqueeze(0) if self.shared else self.C, x)
 
+    def _rhs(self, w: torch.Tensor, out: torch.Tensor) -> None:
+        """``out = -q - C'w``."""
+        if self.sparse:
+            torch.sub(self.neg_q, rmatvec(self.C, w), out=out)
+        elif self.shared:
+            torch.addmm(self.neg_q, w, self.C, alpha=-1.0, out=out)
+        else:
+            torch.baddbmm(
+                self.neg_q.unsqueeze(1), w.unsqueeze(1), self.C, alpha=-1.0, out=out.unsqueeze(1)
+            )
+
+    def _times_C(self, x: torch.Tensor, out: torch.Tensor) -> None:
+        """``out = C x``."""
+        if self.sparse:
+            out.copy_(matvec(self.C, x))
+        elif self.shared:
+            torch.mm(x, self.C.T, out=out)
+        else:
+            torch.bmm(self.C, x.unsqueeze(-1), out=out.unsqueeze(-1))
+
     def y(self) -> torch.Tensor:
         """``(B, m)`` the multipliers ``r (v - z)`` (a new tensor)."""
         return self.rows * (self.v - self.z)
 
     def set_penalty(
-        self, rho_rows: torch.Tensor, factor: CholeskyFactor, y: torch.Tensor | None = None
+        self, rho_rows: torch.Tensor, factor: Factor, y: torch.Tensor | None = None
     ) -> None:
         """Change the penalty (and H's factor) keeping z and the multipliers y."""
         y = self.y() if y is None else y
@@ -119,19 +143,11 @@ class AdmmIterate:
         x, z, v, w, rhs = self.x, self.z, self.v, self.w, self.rhs
         torch.add(v, z, alpha=-2.0, out=w)
         w.mul_(self.rows)
-        if self.shared:
-            torch.addmm(self.neg_q, w, self.C, alpha=-1.0, out=rhs)
-        else:
-            torch.baddbmm(
-                self.neg_q.unsqueeze(1), w.unsqueeze(1), self.C, alpha=-1.0, out=rhs.unsqueeze(1)
-            )
+        self._rhs(w, rhs)
         rhs.add_(x, alpha=self.sigma)
         inverse = self.factor.step_inverse()
         x_tilde = self.factor.solve(rhs) if inverse is None else rhs @ inverse
-        if self.shared:
-            torch.mm(x_tilde, self.C.T, out=self.z_tilde)
-        else:
-            torch.bmm(self.C, x_tilde.unsqueeze(-1), out=self.z_tilde.unsqueeze(-1))
+        self._times_C(x_tilde, self.z_tilde)
         x.lerp_(x_tilde, self.alpha)
         self.Cx.lerp_(self.z_tilde, self.alpha)
         self.z_tilde.sub_(z)

@@ -24,23 +24,25 @@ parameters, and then reads off the gradients of every data block in closed form:
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
-from ._admm import SolveResult, batch_step_cost
+from ._admm import SolveResult
+from ._batched_sparse import BatchedSparse
 from ._direct_adjoint import (
     AdjointSolver,
     adjoint_through_polish,
     direct_adjoint,
     direct_is_cheaper,
 )
-from ._factor import CholeskyFactor
 from ._krylov import batched_gmres
 from ._polish import SharedPolishData
 from ._qp import QPData, matvec, rmatvec
 from ._settings import SolverSettings
+from .linsys.cholesky import CholeskyFactor
 
 __all__ = ["DataGradients", "DataTangents", "ForwardTangents", "reverse_gradients"]
 
@@ -48,13 +50,18 @@ __all__ = ["DataGradients", "DataTangents", "ForwardTangents", "reverse_gradient
 @dataclass
 class DataGradients:
     """Per-instance gradients of a scalar loss w.r.t. the QP data (leading dim B); P and
-    C are None where they were not asked for."""
+    C are None where they were not asked for. ``converged`` ``(B,)`` marks the
+    instances whose recursion reached its fixed point (the others' gradients are its
+    last iterate); ``singular`` ``(B,)`` those whose fixed point was amplified beyond
+    working precision (a system singular to rounding)."""
 
     P: torch.Tensor | None
     q: torch.Tensor
     C: torch.Tensor | None
     bound: torch.Tensor
     iterations: int
+    converged: torch.Tensor | None = None
+    singular: torch.Tensor | None = None
 
 
 def _inactive_rows(y: torch.Tensor, n_eq: int) -> torch.Tensor:
@@ -169,6 +176,7 @@ def reverse_gradients(
         Gradients w.r.t. P ``(B, n, n)``, q ``(B, n)``, C ``(B, m, n)`` and the bound
         ``(B, m)``.
     """
+    started = time.perf_counter()
     C, n_eq = data.C, data.n_eq
     x, y, r, factor = result.x, result.y, result.rho_rows, result.factor
     sigma = settings.sigma
@@ -206,6 +214,11 @@ def reverse_gradients(
 
     source = torch.cat([grad_x, g_v], dim=1)
     state, iterations, solved, start = (grad_x, g_v), 0, False, source
+    converged = torch.zeros(source.shape[0], dtype=torch.bool, device=source.device)
+    eps, tiny = torch.finfo(source.dtype).eps, torch.finfo(source.dtype).tiny
+    # What a fixed point's accuracy may be at worst (GMRES stops rows that stagnate at
+    # round-off there).
+    floor = max(settings.backward_eps, eps**0.25)
     parts = None  # `products` of the final state, where the check formed them
     tol = max(settings.backward_eps, 64 * torch.finfo(source.dtype).eps)
     method = settings.backward_method
@@ -228,7 +241,13 @@ def reverse_gradients(
     elif polished is None or not torch.equal(polished.inactive, inactive):
         polished = shared_data.systems(inactive)
     if method == "auto":
-        cheaper = polished is not None or direct_is_cheaper(n, inactive, shared)
+        # Sparse data: the active rows' sparse KKT systems, which GMRES on long chains of
+        # constraints would need thousands of steps to match.
+        cheaper = (
+            data.sparse
+            or polished is not None
+            or direct_is_cheaper(n, inactive, shared, result.rates)
+        )
         method = "direct" if cheaper else "gmres"
     if method == "direct":
         if polished is not None:
@@ -249,6 +268,7 @@ def reverse_gradients(
             guess = solver(grad_x, g_v)
             parts = products(*guess)
             accepted = _verified(solver, guess, step(guess, parts), source, tol)
+            converged = accepted
             solved = bool(accepted.all())
             if solved:
                 state = guess
@@ -264,13 +284,14 @@ def reverse_gradients(
             a_next, c_next = adjoint_step(w[:, :n], w[:, n:])
             return w - torch.cat([a_next, c_next], dim=1)
 
-        w, matvecs, converged = batched_gmres(
+        w, matvecs, gmres_converged = batched_gmres(
             operator,
             source,
             start,
             settings.backward_eps,
             settings.backward_max_iter - iterations,
         )
+        converged = converged | gmres_converged
         state, solved = (w[:, :n], w[:, n:]), bool(converged.all())
         iterations += matvecs
     if not solved:
@@ -279,18 +300,47 @@ def reverse_gradients(
         budget = settings.backward_max_iter - iterations
         state, steps = _iterate(step, state, measure, settings, max(budget, 0))
         iterations += steps
-    # The recursion's steps cost what ADMM steps do: a kept factor's work, which pays
-    # for the setup that lets later backwards go through the polish's systems instead.
-    factor.ledger.work += iterations * batch_step_cost(x.shape[0], n, C.shape[1], not shared)
+        # Which instances reached the fixed point: its residual, within the tolerance
+        # or at round-off.
+        parts = products(*state)
+        fixed = measure(state)
+        residual = (measure(step(state, parts)) - fixed).norm(dim=-1)
+        size = 1 + fixed.norm(dim=-1)
+        reached = torch.maximum(tol * (1 + source.norm(dim=-1)), 64 * eps * size)
+        converged = converged | (residual <= reached)
+    # A fixed point amplified beyond working precision (its error, about the
+    # amplification times eps, above the floor) is no derivative: the system is
+    # singular to rounding (a solution that is not unique, and a cotangent that moves
+    # along it), and its huge "solution" is rounding amplified.
+    amplification = measure(state).norm(dim=-1) / source.norm(dim=-1).clamp_min(tiny)
+    reliable = amplification * eps <= floor
+    converged = converged & reliable
+    # The backward's time is work done with a kept factor, which pays for the setup
+    # that lets later backwards go through the polish's systems instead.
+    factor.ledger.work += time.perf_counter() - started
     a, c = state
     t, rCt = products(a, c) if parts is None else parts
     grad_P = grad_C = None
     if need_P:
-        grad_P = -0.5 * (t.unsqueeze(-1) * x.unsqueeze(-2) + x.unsqueeze(-1) * t.unsqueeze(-2))
+        if isinstance(data.P, BatchedSparse):  # on P's pattern
+            grad_P = -0.5 * (data.P.on_pattern(t, x) + data.P.on_pattern(x, t))
+        else:
+            grad_P = -0.5 * (t.unsqueeze(-1) * x.unsqueeze(-2) + x.unsqueeze(-1) * t.unsqueeze(-2))
     if need_C:
-        grad_C = -y.unsqueeze(-1) * t.unsqueeze(-2) + (c - rCt).unsqueeze(-1) * x.unsqueeze(-2)
+        if isinstance(C, BatchedSparse):
+            grad_C = C.on_pattern(-y, t) + C.on_pattern(c - rCt, x)
+        else:
+            grad_C = -y.unsqueeze(-1) * t.unsqueeze(-2) + (c - rCt).unsqueeze(-1) * x.unsqueeze(-2)
     grad_bound = keep * (2 * rCt - c) + bound_from_dual
-    return DataGradients(P=grad_P, q=-t, C=grad_C, bound=grad_bound, iterations=iterations)
+    return DataGradients(
+        P=grad_P,
+        q=-t,
+        C=grad_C,
+        bound=grad_bound,
+        iterations=iterations,
+        converged=converged,
+        singular=~reliable,
+    )
 
 
 @dataclass(frozen=True)

@@ -19,10 +19,11 @@ from typing import Any
 import cvxpy as cp
 import numpy as np
 import scipy.sparse as sp
-from cvxpy.constraints import NonNeg, Zero
+from cvxpy.constraints import Equality, Inequality, NonNeg, NonPos, Zero
 from cvxpy.utilities import scopes
 
-from ._errors import ProblemError
+from ._describe import Names, offending_atoms
+from ._errors import InputError, ProblemError
 from ._parametric import AffineBlock, ParameterSpec, ParametricQP, VariableSpec
 
 __all__ = ["CanonicalForm", "canonicalize", "dense_qp", "reduce_problem"]
@@ -33,12 +34,19 @@ _DIM_REDUCING_ATTRIBUTES = (*_SYMMETRIC_ATTRIBUTES, "diag")
 _CHECKED_ATTRIBUTES = ("nonneg", "nonpos", "pos", "neg", "PSD", "NSD")
 
 
-def _describe(expr: Any) -> str:
-    text = str(expr)
-    return text if len(text) <= 120 else text[:117] + "..."
+_CONE_WORDS = {
+    "SOC": "a second-order cone (SOC)",
+    "ExpCone": "an exponential cone (ExpCone)",
+    "PSD": "a semidefinite cone (PSD)",
+    "SvecPSD": "a semidefinite cone (PSD)",
+    "PowCone3D": "a power cone (PowCone3D)",
+    "PowConeND": "a power cone (PowConeND)",
+}
 
 
-def _check_lists(problem: cp.Problem, parameters: Sequence[Any], variables: Sequence[Any]) -> None:
+def _check_lists(
+    problem: cp.Problem, parameters: Sequence[Any], variables: Sequence[Any], names: Names
+) -> None:
     if not isinstance(problem, cp.Problem):
         raise ProblemError(f"problem must be a cvxpy.Problem, got {type(problem).__name__}")
     for kind, items, cls in (
@@ -55,15 +63,16 @@ def _check_lists(problem: cp.Problem, parameters: Sequence[Any], variables: Sequ
                     f"{kind}[{position}] must be a cvxpy {cls.__name__}, got {type(item).__name__}"
                 )
         seen: set[int] = set()
-        for item in items:
+        for position, item in enumerate(items):
             if item.id in seen:
-                raise ProblemError(f"{cls.__name__} '{item.name()}' appears twice in {kind}")
+                label = names.parameter(item) if kind == "parameters" else names.variable(item)
+                raise ProblemError(f"{label} appears twice in {kind} (again at {kind}[{position}])")
             seen.add(item.id)
 
     in_problem = {param.id: param for param in problem.parameters()}
     given = {param.id for param in parameters}
-    extra = [param.name() for param in parameters if param.id not in in_problem]
-    missing = [param.name() for pid, param in in_problem.items() if pid not in given]
+    extra = [names.leaf(param) for param in parameters if param.id not in in_problem]
+    missing = [names.leaf(param) for pid, param in in_problem.items() if pid not in given]
     if extra or missing:
         parts = []
         if extra:
@@ -71,7 +80,9 @@ def _check_lists(problem: cp.Problem, parameters: Sequence[Any], variables: Sequ
         if missing:
             parts.append(f"in the problem but not listed: {missing}")
         raise ProblemError(
-            "parameters must list exactly the problem's parameters; " + "; ".join(parts)
+            "The layer's parameters must exactly match problem.parameters() (every "
+            "parameter of the problem, each once, in the order a call takes them); "
+            + "; ".join(parts)
         )
     if not problem.parameters():
         raise ProblemError(
@@ -82,11 +93,14 @@ def _check_lists(problem: cp.Problem, parameters: Sequence[Any], variables: Sequ
     if not problem_vars:
         raise ProblemError("the problem has no variables")
     duals = _dual_owners(problem)
-    absent = [var.name() for var in variables if var.id not in problem_vars and var.id not in duals]
+    absent = [
+        names.leaf(var) for var in variables if var.id not in problem_vars and var.id not in duals
+    ]
     if absent:
         raise ProblemError(
-            f"variables {absent} do not appear in the problem (list primal variables, or "
-            "constraint.dual_variables[0] for a constraint's multipliers)"
+            f"variables {absent} do not appear in the problem: the layer's variables must be "
+            "a subset of problem.variables(), or constraint.dual_variables[0] for a "
+            "constraint's multipliers"
         )
     if not variables:
         raise ProblemError("variables must name at least one variable of the problem")
@@ -94,12 +108,12 @@ def _check_lists(problem: cp.Problem, parameters: Sequence[Any], variables: Sequ
         for attribute in ("integer", "boolean"):
             if var.attributes.get(attribute):
                 raise ProblemError(
-                    f"variable '{var.name()}' is {attribute}; only continuous problems can be "
+                    f"{names.variable(var)} is {attribute}; only continuous problems can be "
                     "differentiated"
                 )
         if var.attributes.get("PSD") or var.attributes.get("NSD"):
             raise ProblemError(
-                f"variable '{var.name()}' is declared PSD/NSD, which needs a semidefinite cone; "
+                f"{names.variable(var)} is declared PSD/NSD, which needs a semidefinite cone; "
                 "only polyhedral (QP) problems are supported"
             )
 
@@ -114,7 +128,12 @@ def _dual_owners(problem: cp.Problem) -> dict[int, int]:
 
 
 def _dual_spec(
-    dual: cp.Variable, constraint: Any, position: int, param_prob: Any, constr_id_map: dict
+    dual: cp.Variable,
+    constraint: Any,
+    position: int,
+    param_prob: Any,
+    constr_id_map: dict,
+    names: Names,
 ) -> VariableSpec:
     """Rows of ``y = [lambda; nu]`` holding a user constraint's multipliers.
 
@@ -140,16 +159,16 @@ def _dual_spec(
             )
         offset += canonical.size
     raise ProblemError(
-        f"the multipliers of constraint {position} ({_describe(constraint)}) are not available: "
+        f"the multipliers of constraint {position} ({names.describe(constraint)}) are not available: "
         "CVXPY rewrote the constraint"
     )
 
 
-def _check_dcp_dpp(problem: cp.Problem) -> None:
+def _check_dcp_dpp(problem: cp.Problem, names: Names) -> None:
     # The constraints are described only for an error: printing their data costs as
     # much as a tenth of a small layer's construction.
     def name(i: int, constraint: Any) -> str:
-        return f"constraint {i} ({_describe(constraint)})"
+        return f"constraint {i} ({names.describe(constraint)})"
 
     if not problem.is_dcp():
         culprits = [] if problem.objective.is_dcp() else ["the objective"]
@@ -171,7 +190,23 @@ def _check_dcp_dpp(problem: cp.Problem) -> None:
     )
 
 
-def _param_cone_prog(problem: cp.Problem) -> tuple[Any, Any]:
+def _check_canon_backend(canon_backend: Any) -> None:
+    """Raise `InputError` unless ``canon_backend`` names one of CVXPY's backends (or None)."""
+    if canon_backend is None:
+        return
+    known = sorted(
+        getattr(cp.settings, name)
+        for name in dir(cp.settings)
+        if name.endswith("_CANON_BACKEND") and name != "DEFAULT_CANON_BACKEND"
+    )
+    if canon_backend not in known:
+        raise InputError(
+            f"canon_backend must be None or one of CVXPY's canonicalization backends "
+            f"{known}, got {canon_backend!r}"
+        )
+
+
+def _param_cone_prog(problem: cp.Problem, canon_backend: str | None = None) -> tuple[Any, Any]:
     """CVXPY's ``ParamConeProg`` of ``problem`` and the chain that produced it.
 
     ``Problem.get_problem_data`` also evaluates every tensor at the parameters' current
@@ -179,10 +214,15 @@ def _param_cone_prog(problem: cp.Problem) -> tuple[Any, Any]:
     dense n = 3000 layer), and caches its result on the user's problem. Applying the
     chain's reductions and the solver's constraint formatting directly does neither.
 
+    ``canon_backend`` is CVXPY's (``get_problem_data``'s): how it builds the affine maps,
+    not what they are.
+
     Raises:
         cvxpy.error.DPPError, cvxpy.error.SolverError: As ``get_problem_data`` would.
     """
-    chain = problem._construct_chain(solver=cp.CLARABEL, enforce_dpp=True)
+    chain = problem._construct_chain(
+        solver=cp.CLARABEL, enforce_dpp=True, canon_backend=canon_backend
+    )
     reduced: Any = problem
     for reduction in chain.reductions[:-1]:
         reduced, _ = reduction.apply(reduced)
@@ -199,23 +239,57 @@ def _cone_types(problem: cp.Problem) -> list[str]:
     )
 
 
-def _name_non_polyhedral(problem: cp.Problem) -> str:
-    """Describe which part of the problem needs a non-polyhedral cone."""
-    culprits = []
+def _name_non_polyhedral(problem: cp.Problem, names: Names) -> str:
+    """Name the atoms and constraints that need a non-polyhedral cone, as the user wrote them.
+
+    CVXPY's reductions say which part (the objective, each constraint) needs which
+    cones; `offending_atoms` finds the atoms within it that leave the QP class.
+    """
+
+    def needs(atoms: list[Any], where: str, cones: list[str]) -> str:
+        subject = " and ".join(names.describe(atom) for atom in atoms)
+        verb = "need" if len(atoms) > 1 else "needs"
+        return f"{subject} {where} {verb} {' and '.join(_CONE_WORDS.get(c, c) for c in cones)}"
+
+    culprits, all_cones = [], set()
     cones = _cone_types(cp.Problem(problem.objective))
     if cones:
-        culprits.append(
-            f"the objective ({_describe(problem.objective.expr)}, needs {', '.join(cones)})"
-        )
+        atoms = offending_atoms(problem.objective.expr, lambda e: e.is_qpwa())
+        culprits.append(needs(atoms, "in the objective", cones))
+        all_cones.update(cones)
     for i, constraint in enumerate(problem.constraints):
         cones = _cone_types(cp.Problem(cp.Minimize(0), [constraint]))
-        if cones:
-            culprits.append(f"constraint {i} ({_describe(constraint)}, needs {', '.join(cones)})")
-    return "; ".join(culprits) or "the problem"
+        if not cones:
+            continue
+        all_cones.update(cones)
+        text = names.describe(constraint)
+        atoms = []
+        if isinstance(constraint, Inequality | Equality | Zero | NonNeg | NonPos):
+            atoms = [a for side in constraint.args for a in offending_atoms(side, _is_pwl)]
+        if atoms and " and ".join(names.describe(a) for a in atoms) != text:
+            culprits.append(needs(atoms, f"in constraint {i} ({text})", cones))
+        else:
+            culprits.append(
+                f"constraint {i} ({text}) needs "
+                + " and ".join(_CONE_WORDS.get(c, c) for c in cones)
+            )
+    if not culprits:
+        return "the problem needs cones other than linear ones"
+    text = "; ".join(culprits) + "."
+    if "SOC" in all_cones:
+        text += (
+            " Second-order cones are not supported yet (a squared norm, cp.sum_squares, is "
+            "supported in the objective)."
+        )
+    return text
+
+
+def _is_pwl(expr: Any) -> bool:
+    return expr.is_pwl()
 
 
 def _user_theta_map(
-    parameters: Sequence[cp.Parameter], param_prob: Any, param_id_map: dict
+    parameters: Sequence[cp.Parameter], param_prob: Any, param_id_map: dict, names: Names
 ) -> tuple[sp.csr_array, list[ParameterSpec]]:
     """Sparse S with ``[theta_cvxpy; 1] = S @ [theta_user; 1]``, and the user's layout."""
     specs, offset = [], 0
@@ -223,7 +297,11 @@ def _user_theta_map(
         declared = frozenset(a for a in _CHECKED_ATTRIBUTES if param.attributes.get(a))
         specs.append(
             ParameterSpec(
-                name=param.name(), shape=tuple(param.shape), offset=offset, attributes=declared
+                name=names.leaf(param),
+                shape=tuple(param.shape),
+                offset=offset,
+                attributes=declared,
+                named=Names.named(param),
             )
         )
         offset += param.size
@@ -277,12 +355,14 @@ def _reduction_entries(param: cp.Parameter) -> tuple[np.ndarray, np.ndarray, np.
     return k, k, np.ones(param.size)
 
 
-def _variable_spec(var: cp.Variable, param_prob: Any, var_id_map: dict) -> VariableSpec:
+def _variable_spec(
+    var: cp.Variable, param_prob: Any, var_id_map: dict, names: Names
+) -> VariableSpec:
     """Where each entry (column-major) of a user variable lives in x (-1: zero)."""
     final_ids = var_id_map.get(var.id, [var.id])
     final_id = final_ids[0]
     if final_id not in param_prob.var_id_to_col:
-        raise ProblemError(f"variable '{var.name()}' was eliminated by CVXPY's reductions")
+        raise ProblemError(f"{names.variable(var)} was eliminated by CVXPY's reductions")
     col = param_prob.var_id_to_col[final_id]
     shape = tuple(var.shape)
     index = np.full(var.size, -1, dtype=np.int64)
@@ -299,7 +379,7 @@ def _variable_spec(var: cp.Variable, param_prob: Any, var_id_map: dict) -> Varia
         index[flat] = col + np.arange(flat.size)
     else:
         index[:] = col + np.arange(var.size)
-    return VariableSpec(name=var.name(), shape=shape, index=index)
+    return VariableSpec(name=names.leaf(var), shape=shape, index=index)
 
 
 def _blocks(param_prob: Any, S: sp.csr_array) -> dict[str, AffineBlock]:
@@ -388,41 +468,58 @@ class CanonicalForm:
 
 
 def reduce_problem(
-    problem: cp.Problem, parameters: Sequence[cp.Parameter], variables: Sequence[cp.Variable]
+    problem: cp.Problem,
+    parameters: Sequence[cp.Parameter],
+    variables: Sequence[cp.Variable],
+    canon_backend: str | None = None,
 ) -> CanonicalForm:
     """Check ``problem`` and reduce it with CVXPY, without forming any data block.
+
+    Args:
+        problem: The user's problem.
+        parameters: Its parameters, in the order a call takes them.
+        variables: The outputs.
+        canon_backend: CVXPY's canonicalization backend (None: its default).
 
     Raises:
         ProblemError: The lists do not match the problem, or the problem is not DCP,
             not DPP, not continuous, or not polyhedral (the message names the part).
+        InputError: ``canon_backend`` is not one of CVXPY's, or is not installed.
     """
-    _check_lists(problem, parameters, variables)
-    _check_dcp_dpp(problem)
+    _check_canon_backend(canon_backend)
+    names = Names(
+        parameters if isinstance(parameters, Sequence) else (),
+        variables if isinstance(variables, Sequence) else (),
+    )
+    _check_lists(problem, parameters, variables, names)
+    _check_dcp_dpp(problem, names)
     try:
-        param_prob, chain = _param_cone_prog(problem)
+        param_prob, chain = _param_cone_prog(problem, canon_backend)
     except cp.error.DPPError as exc:  # pragma: no cover - caught by _check_dcp_dpp
         raise ProblemError(f"the problem is not DPP: {exc}") from None
     except cp.error.SolverError as exc:
         raise ProblemError(f"CVXPY could not reduce the problem: {exc}") from None
+    except ImportError as exc:  # a backend CVXPY knows but cannot load (RUST)
+        raise InputError(f"canon_backend={canon_backend!r} is not available: {exc}") from None
     if any(not isinstance(c, Zero | NonNeg) for c in param_prob.constraints):
         raise ProblemError(
             "the problem is not a polyhedral QP (only linear equalities and inequalities, "
-            "after CVXPY's reductions, are supported): " + _name_non_polyhedral(problem)
+            "after CVXPY's reductions, are supported): " + _name_non_polyhedral(problem, names)
         )
     if param_prob.lower_bounds is not None or param_prob.upper_bounds is not None:
         raise ProblemError(
             "variable bounds reached the solver data unreduced; please file an issue"
         )
-    S, param_specs = _user_theta_map(parameters, param_prob, chain.compose_param_id_map())
+    S, param_specs = _user_theta_map(parameters, param_prob, chain.compose_param_id_map(), names)
     var_id_map = chain.compose_var_id_map()
     duals = _dual_owners(problem)
     constr_id_map = chain.compose_constr_id_map()
     var_specs = [
         _dual_spec(
-            var, problem.constraints[duals[var.id]], duals[var.id], param_prob, constr_id_map
+            var, problem.constraints[duals[var.id]], duals[var.id], param_prob, constr_id_map, names
         )
         if var.id in duals
-        else _variable_spec(var, param_prob, var_id_map)
+        else _variable_spec(var, param_prob, var_id_map, names)
         for var in variables
     ]
     return CanonicalForm(param_prob=param_prob, S=S, parameters=param_specs, variables=var_specs)

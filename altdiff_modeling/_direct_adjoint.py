@@ -53,34 +53,48 @@ from __future__ import annotations
 
 from typing import Protocol
 
+import numpy as np
 import torch
 
-from ._admm import step_flops
-from ._factor import CholeskyFactor
+from ._batched_sparse import BatchedSparse
+from ._costs import STEP_OPERATIONS, Rates, step_flops
 from ._polish import ReducedKKT
 from ._qp import matvec
-from ._woodbury import MajorityBases, MajoritySystems, differing_rows, regular_inverse
+from .linsys.cholesky import CholeskyFactor
+from .linsys.pinned import PinnedBlockFinder
+from .linsys.sparse_kkt import solve_active_kkt
+from .linsys.woodbury import MajorityBases, MajoritySystems, differing_rows, regular_inverse
 
 __all__ = ["AdjointSolver", "adjoint_through_polish", "direct_adjoint", "direct_is_cheaper"]
 
-# Cost model of `direct_is_cheaper`, in floating-point operations.
-_KRYLOV_STEPS = 50  # operator applications GMRES typically needs at backward_eps = 1e-8
-_STEP_OVERHEAD = 1e7  # fixed cost of one GMRES step (~30 small tensor operations, ~1 ms)
+# `direct_is_cheaper`: operator applications GMRES typically needs at backward_eps 1e-8,
+# and tensor operations (counted in the code) of one GMRES step beyond the recursion's
+# step, of the shared direct solve and of the per-instance one (both with their check).
+_KRYLOV_STEPS = 50
+_KRYLOV_OPERATIONS = 10
+_SHARED_DIRECT_OPERATIONS = 40
+_PER_INSTANCE_DIRECT_OPERATIONS = 150
 _POLISH_ADJOINT_STEPS = 6  # most steps of `adjoint_through_polish`
 
 
-def direct_is_cheaper(n: int, inactive: torch.Tensor, shared: bool) -> bool:
+def direct_is_cheaper(n: int, inactive: torch.Tensor, shared: bool, rates: Rates | None) -> bool:
     """Whether `direct_adjoint` should beat GMRES on a batch of problems of n variables
-    with inactive rows ``inactive`` ``(B, m)`` (``shared``: one K and S for the batch)."""
+    with inactive rows ``inactive`` ``(B, m)`` (``shared``: one K and S for the batch),
+    at the rates the forward solve measured; where they are unknown, the direct method
+    is chosen (it is verified on every call, and falls back to GMRES where it fails)."""
+    if rates is None:
+        return True
     batch, m = inactive.shape
     if shared:
         k = int(differing_rows(inactive)[1].sum(1).max()) if batch else 0
         setup = n**3 / 3 + n * n * m + n * m * m
-        direct = setup + 2 * m**3 + batch * (2 * k**3 / 3 + 10 * m * m + 4 * n * m)
+        flops = setup + 2 * m**3 + batch * (2 * k**3 / 3 + 10 * m * m + 4 * n * m)
+        direct = rates.seconds(flops, _SHARED_DIRECT_OPERATIONS)
     else:  # the active rows' KKT system, with a few refinement steps
-        direct = batch * (n * n * m + n**3 / 3 + 10 * (2 * n * n + 4 * n * m))
-    krylov = _KRYLOV_STEPS * (batch * step_flops(n, m) + _STEP_OVERHEAD)
-    return direct < krylov
+        flops = batch * (n * n * m + n**3 / 3 + 10 * (2 * n * n + 4 * n * m))
+        direct = rates.seconds(flops, _PER_INSTANCE_DIRECT_OPERATIONS)
+    step = rates.seconds(batch * step_flops(n, m), STEP_OPERATIONS + _KRYLOV_OPERATIONS)
+    return not direct >= _KRYLOV_STEPS * step
 
 
 class _SharedAdjoint:
@@ -145,6 +159,8 @@ def direct_adjoint(
         An instance whose system is singular or too ill-conditioned to trust gets
         ``c = 0`` or ``(a, c) = 0``, which the caller's check rejects.
     """
+    if isinstance(C, BatchedSparse):
+        return _sparse_adjoint(P, C, rows, inactive, sigma)
     work = torch.float64  # the small dense factorizations are cheap in float64
     rows = rows.to(work)
     if not (P.shape[0] == 1 and C.shape[0] == 1 and rows.shape[0] == 1):
@@ -212,6 +228,51 @@ def _per_instance_adjoint(
         usable = regular & torch.isfinite(a).all(-1, keepdim=True)
         usable = usable & torch.isfinite(c).all(-1, keepdim=True)
         return torch.where(usable, a, 0.0).to(dtype), torch.where(usable, c, 0.0).to(dtype)
+
+    return solve
+
+
+def _sparse_adjoint(
+    P: BatchedSparse,
+    C: BatchedSparse,
+    rows: torch.Tensor,
+    inactive: torch.Tensor,
+    sigma: float,
+) -> AdjointSolver:
+    """`direct_adjoint` for sparse data: each instance's active rows' KKT system (module
+    docstring) by `linsys.sparse_kkt.solve_active_kkt` (the variables short active rows
+    pin solved exactly, the rest by one sparse LDL' with iterative refinement). Its
+    regularization is small (1e-9), so a singular system amplifies round-off almost
+    without bound, which the caller's check of the implied error sees. ``a`` and ``c``
+    are zero for an instance whose system could not be factored."""
+    B = inactive.shape[0]
+    matrices = [(P.to_scipy(k), C.to_scipy(k)) for k in range(min(B, max(P.shape[0], C.shape[0])))]
+    finders = [PinnedBlockFinder(Ck) for _, Ck in matrices]
+    active = (~inactive).cpu().numpy()
+    rows_np = rows.detach().cpu().double().numpy()
+
+    def solve(
+        grad_x: torch.Tensor, g_v: torch.Tensor, rough: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        g_x = grad_x.detach().cpu().double().numpy()
+        v = g_v.detach().cpu().double().numpy()
+        a, c = np.zeros_like(g_x), np.zeros_like(v)
+        for k in range(B):
+            j = k if len(matrices) > 1 else 0
+            Pk, Ck = matrices[j]
+            r = rows_np[k if rows_np.shape[0] > 1 else 0]
+            on = active[k]
+            target_x = g_x[k] + Ck.T @ np.where(on, 0.0, v[k])
+            solved = solve_active_kkt(Pk, Ck, on, target_x, v[k] / r, None, finders[j])
+            if solved is None:
+                continue
+            t, mu = solved
+            c[k] = np.where(on, v[k] - mu, r * (Ck @ t) + v[k])
+            a[k] = sigma * t + g_x[k]
+        return (
+            torch.from_numpy(a).to(grad_x),
+            torch.from_numpy(c).to(grad_x),
+        )
 
     return solve
 

@@ -18,8 +18,9 @@ class ProblemError(AltDiffError, ValueError):
 
     Raised at layer construction: the problem is not DPP or not DCP, a constraint or
     atom is not polyhedral (second-order, exponential, PSD or power cones), the
-    ``parameters`` or ``variables`` lists do not match the problem, or a variable is
-    integer or boolean. The message names the offending object.
+    ``parameters`` or ``variables`` lists do not match the problem, a variable is
+    integer or boolean, or ``gp=True``. The message names the offending object as the
+    user wrote it.
     """
 
 
@@ -27,9 +28,10 @@ class InputError(AltDiffError, ValueError):
     """A call received inputs that do not fit the layer or the solver.
 
     Raised before any solving: the wrong number of tensors, a tensor of the wrong shape,
-    dtype or device, inconsistent batch sizes, NaN or Inf values, or invalid
-    ``solver_args``. The message names the parameter (or argument) and what was
-    expected.
+    a complex or half-precision-only dtype, tensors on different devices, inconsistent
+    batch sizes, NaN or Inf values, invalid ``solver_args``, or an invalid constructor
+    argument (``gp``, ``verbose``, ``canon_backend``). The message names the parameter
+    (or argument) and what was expected.
     """
 
 
@@ -43,4 +45,9 @@ class SolverError(AltDiffError, RuntimeError):
 
 
 class SolverWarning(UserWarning):
-    """Issued with ``solver_args={"on_failure": "warn"}`` when an instance is not solved."""
+    """A warning about a solve or its settings.
+
+    Issued with ``solver_args={"on_failure": "warn"}`` when an instance is not solved;
+    when cvxpylayers' ``solver=`` or the keys only its solvers read are ignored; and
+    when a float32 solve raises a tolerance below its reach.
+    """

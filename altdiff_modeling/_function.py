@@ -22,12 +22,11 @@ from ._admm import (
     SolveResult,
     WarmStart,
     admm_solve,
-    penalty_weights,
 )
 from ._altdiff import DataGradients, DataTangents, ForwardTangents, reverse_gradients
+from ._batched_sparse import BatchedSparse, SparsePattern
 from ._errors import SolverError, SolverWarning
-from ._factor_cache import FactorCache
-from ._qp import QPData, stack_rows
+from ._qp import Matrix, QPData
 from ._scaling import (
     Equilibration,
     Scaling,
@@ -37,6 +36,8 @@ from ._scaling import (
     unscale_solution,
 )
 from ._settings import SolverSettings
+from .linsys.factor_cache import FactorCache
+from .linsys.systems import penalty_weights
 
 __all__ = ["DataMap", "Solution", "SolveInfo", "solve_forward_mode", "solve_reverse"]
 
@@ -56,6 +57,11 @@ class SolveInfo:
         solve_time: Seconds spent in the forward solve.
         backward_iterations: Alt-Diff iterations of the backward pass (forward mode:
             of the Jacobian recursion); 0 until one ran.
+        backward_status: Per instance, after a reverse-mode backward pass:
+            ``"converged"`` (the recursion's fixed point, to ``backward_eps``),
+            ``"max_iter"`` (not within ``backward_max_iter``) or ``"singular"`` (a
+            fixed point amplified beyond working precision: no derivative); see
+            ``on_failure``. Empty until one ran.
     """
 
     status: list[str] = field(default_factory=list)
@@ -65,6 +71,7 @@ class SolveInfo:
     rho: torch.Tensor | None = None
     solve_time: float = 0.0
     backward_iterations: int = 0
+    backward_status: list[str] = field(default_factory=list)
 
     def _fill(self, result: SolveResult) -> None:
         self.status = [STATUS_NAMES[code] for code in result.status.tolist()]
@@ -83,6 +90,9 @@ class Solution:
     z: torch.Tensor
     y: torch.Tensor
     rho: torch.Tensor
+
+    def to(self, device: torch.device) -> Solution:
+        return Solution(*(value.to(device) for value in (self.x, self.z, self.y, self.rho)))
 
 
 def _failures(result: SolveResult, settings: SolverSettings) -> torch.Tensor | None:
@@ -129,23 +139,23 @@ class ConstantDataReuse:
         self._equilibration: Equilibration | None = None
         self._weights: torch.Tensor | None = None
         self._factors = FactorCache(across_calls)
-        self._scaled: tuple[float, tuple[torch.Tensor, ...], torch.Tensor] | None = None
+        self._scaled: tuple[float, tuple[Matrix, Matrix]] | None = None
 
     def _matches(self, data: QPData, settings: SolverSettings) -> bool:
         key = self._key
         return (
             bool(key)
-            and (key[0] is data.P and key[1] is data.A and key[2] is data.G)
-            and key[3] == settings.scaling
+            and (key[0] is _storage(data.P) and key[1] is _storage(data.C))
+            and key[2] == settings.scaling
         )
 
     def equilibration(self, data: QPData, settings: SolverSettings) -> Equilibration:
-        shared = data.P.shape[0] == data.A.shape[0] == data.G.shape[0] == 1
-        constant = not (data.P.requires_grad or data.A.requires_grad or data.G.requires_grad)
+        shared = data.P.shape[0] == data.C.shape[0] == 1
+        constant = not (data.P.requires_grad or data.C.requires_grad)
         if not (shared and constant):
             return equilibrate(data.P, data.C, settings.scaling)
         if not self._matches(data, settings):
-            self._key = (data.P, data.A, data.G, settings.scaling)
+            self._key = (_storage(data.P), _storage(data.C), settings.scaling)
             self._equilibration = equilibrate(data.P, data.C, settings.scaling)
             self._weights = None
             self._factors.reset()
@@ -159,13 +169,16 @@ class ConstantDataReuse:
             return scaling.scale(data)
         cost = float(scaling.c.flatten()[0])
         if self._scaled is None or self._scaled[0] != cost:
-            P, A, G = scaling.scale_matrices(data)
-            self._scaled = (cost, (P, A, G), stack_rows(A, G))
-        _, matrices, C = self._scaled
-        return scaling.scale(data, matrices).with_stacked(C)
+            self._scaled = (cost, scaling.scale_matrices(data))
+        return scaling.scale(data, self._scaled[1])
 
-    def weights(self, data: QPData, scaled: QPData, settings: SolverSettings) -> torch.Tensor:
-        """``C'SC`` of the scaled C; call after `equilibration` for the same data."""
+    def weights(
+        self, data: QPData, scaled: QPData, settings: SolverSettings
+    ) -> torch.Tensor | None:
+        """``C'SC`` of the scaled dense C (None for sparse data, whose factors need no
+        such product); call after `equilibration` for the same data."""
+        if data.sparse:
+            return None
         if not self._matches(data, settings):
             return penalty_weights(scaled.C, scaled.n_eq)
         if self._weights is None:
@@ -218,14 +231,26 @@ def _scale_tangents(scaling: Scaling, t: DataTangents, n_eq: int) -> DataTangent
     )
 
 
-def _unscale_gradients(scaling: Scaling, g: DataGradients) -> DataGradients:
+def _unscale_gradients(scaling: Scaling, data: QPData, g: DataGradients) -> DataGradients:
+    """Gradients w.r.t. the user's data from those w.r.t. the scaled data (dense
+    matrices, or values on the patterns of `BatchedSparse` ones)."""
     D, E, c = scaling.D, scaling.E, scaling.c
+
+    def matrix(grad: torch.Tensor | None, M: Matrix, row: torch.Tensor, col: torch.Tensor):
+        if grad is None:
+            return None
+        if isinstance(M, BatchedSparse):
+            return grad * row[:, M.rows] * col[:, M.cols]
+        return row.unsqueeze(-1) * grad * col.unsqueeze(-2)
+
     return DataGradients(
-        P=None if g.P is None else c.unsqueeze(-1) * D.unsqueeze(-1) * g.P * D.unsqueeze(-2),
+        P=matrix(g.P, data.P, c * D, D),
         q=c * D * g.q,
-        C=None if g.C is None else E.unsqueeze(-1) * g.C * D.unsqueeze(-2),
+        C=matrix(g.C, data.C, E, D),
         bound=E * g.bound,
         iterations=g.iterations,
+        converged=g.converged,
+        singular=g.singular,
     )
 
 
@@ -257,6 +282,72 @@ def _masked(grad: torch.Tensor | None, failed: torch.Tensor | None) -> torch.Ten
     return torch.where(failed[:, None], 0.0, grad)
 
 
+def _rows(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``(B,)`` mask broadcast over the trailing dimensions of ``like`` ``(B, ...)``."""
+    return mask.view(-1, *([1] * (like.dim() - 1)))
+
+
+def _backward_failures(
+    grads: DataGradients, settings: SolverSettings, info: SolveInfo
+) -> torch.Tensor | None:
+    """Record each instance's backward status and apply the failure policy to those
+    whose recursion did not reach a reliable fixed point (a degenerate point: the
+    solution, or its multipliers, is not unique, or the derivative does not exist
+    there). Returns the mask of gradients to set to NaN, if any."""
+    converged, singular = grads.converged, grads.singular
+    if converged is None:
+        return None
+    singular = torch.zeros_like(converged) if singular is None else singular
+    info.backward_status = [
+        "converged" if ok else ("singular" if bad else "max_iter")
+        for ok, bad in zip(converged.tolist(), singular.tolist(), strict=True)
+    ]
+    failed = ~converged
+    if not bool(failed.any()):
+        return None
+    indices = torch.nonzero(failed).flatten().tolist()
+    shown = ", ".join(f"{i}: {info.backward_status[i]}" for i in indices[:10])
+    shown += " ..." if len(indices) > 10 else ""
+    message = (
+        f"the backward pass has no reliable derivative on {len(indices)} of "
+        f"{failed.numel()} instance(s) (batch index: status) {shown}: the Alt-Diff "
+        "recursion did not converge within backward_max_iter = "
+        f"{settings.backward_max_iter} (max_iter), or converged to a point amplified "
+        "beyond working precision (singular). At such a degenerate point (a solution or "
+        "multipliers that are not unique) the derivative may not exist, and the "
+        "recursion's iterate can be arbitrarily large"
+    )
+    if settings.on_failure == "raise":
+        raise SolverError(
+            message + "; solver_args['on_failure'] = 'warn' returns it anyway, 'nan' "
+            "returns NaN gradients for those instances; a tighter forward tolerance "
+            "(eps_abs, eps_rel) often moves the iterate away from the degeneracy"
+        )
+    warnings.warn(message, SolverWarning, stacklevel=3)
+    return failed if settings.on_failure == "nan" else None
+
+
+def _storage(M: Matrix) -> torch.Tensor:
+    """The tensor that holds a matrix's entries (a `BatchedSparse` one's values)."""
+    return M.values if isinstance(M, BatchedSparse) else M
+
+
+def _assemble(
+    blocks: tuple[torch.Tensor, ...], layout: tuple[int, SparsePattern | None, SparsePattern | None]
+) -> QPData:
+    """`QPData` from the Function's tensors ``(P, q, C, bound)`` and their layout
+    ``(n_eq, P's pattern, C's pattern)`` (patterns None for dense matrices)."""
+    P, q, C, bound = blocks
+    n_eq, P_pattern, C_pattern = layout
+    if P_pattern is not None:
+        P = BatchedSparse(P, P_pattern)
+    if C_pattern is not None:
+        C = BatchedSparse(C, C_pattern)
+    sizes = [block.shape[0] for block in blocks]
+    batch = 0 if 0 in sizes else max(sizes)  # a leading 1 broadcasts, also to 0
+    return QPData(P, q, C, bound, n_eq, batch)
+
+
 class _ReverseFunction(torch.autograd.Function):
     @staticmethod
     def forward(
@@ -266,49 +357,57 @@ class _ReverseFunction(torch.autograd.Function):
         holder: list,
         warm: Solution | None,
         reuse: ConstantDataReuse | None,
+        layout: tuple[int, SparsePattern | None, SparsePattern | None],
         *blocks: torch.Tensor,
     ):
-        sizes = [block.shape[0] for block in blocks]
-        batch = 0 if 0 in sizes else max(sizes)  # a leading 1 broadcasts, also to 0
-        data = QPData(*blocks, batch_size=batch)
+        data = _assemble(blocks, layout)
+        # Sparse factors live on the CPU: a call on another device moves its data there
+        # once, and its results back, rather than every solve of every iteration.
+        device = data.q.device
+        if data.sparse and device.type != "cpu":
+            data = data.to(torch.device("cpu"))
+            warm = None if warm is None else warm.to(torch.device("cpu"))
         scaling, scaled, result, _ = _solve(data, settings, info, warm=warm, reuse=reuse)
         ctx.set_materialize_grads(False)
         ctx.settings, ctx.info, ctx.data, ctx.scaled = settings, info, data, scaled
-        ctx.scaling, ctx.result = scaling, result
+        ctx.scaling, ctx.result, ctx.device = scaling, result, device
         x, y, ctx.failed = _outputs(scaling, result, settings, holder)
-        return x, y
+        if holder:
+            holder[0] = holder[0].to(device)
+        return x.to(device), y.to(device)
 
     @staticmethod
     def backward(ctx: Any, grad_x: torch.Tensor | None, grad_y: torch.Tensor | None):
-        needs = ctx.needs_input_grad[5:]
+        needs = ctx.needs_input_grad[6:]
         if not any(needs) or (grad_x is None and grad_y is None):
-            return (None,) * 11
+            return (None,) * 10
         s: Scaling = ctx.scaling
+        here = ctx.result.x.device
+        grad_x = None if grad_x is None else grad_x.to(here)
+        grad_y = None if grad_y is None else grad_y.to(here)
         grad_x, grad_y = _masked(grad_x, ctx.failed), _masked(grad_y, ctx.failed)
         x = ctx.result.x
         scaled_gx = s.D * grad_x if grad_x is not None else torch.zeros_like(x)
         scaled_gy = s.E * grad_y / s.c if grad_y is not None else None
-        need_P, need_C = needs[0], needs[2] or needs[4]
+        need_P, need_C = needs[0], needs[2]
         grads = reverse_gradients(
             ctx.scaled, ctx.result, scaled_gx, scaled_gy, ctx.settings, need_P, need_C
         )
-        grads = _unscale_gradients(s, grads)
+        grads = _unscale_gradients(s, ctx.data, grads)
         ctx.info.backward_iterations = grads.iterations
-        n_eq = ctx.data.n_eq
-        grad_C = grads.C
-        per_instance = (
-            grads.P,
-            grads.q,
-            None if grad_C is None else grad_C[:, :n_eq],
-            grads.bound[:, :n_eq],
-            None if grad_C is None else grad_C[:, n_eq:],
-            grads.bound[:, n_eq:],
-        )
+        data = ctx.data
+        per_instance = (grads.P, grads.q, grads.C, grads.bound)
+        unsolved = _backward_failures(grads, ctx.settings, ctx.info)
+        if unsolved is not None:  # on_failure = "nan": those instances' gradients
+            per_instance = tuple(
+                None if grad is None else grad.masked_fill(_rows(unsolved, grad), torch.nan)
+                for grad in per_instance
+            )
         out = tuple(
-            _reduce_to(grad, block) if need else None
-            for grad, block, need in zip(per_instance, ctx.data.blocks(), needs, strict=True)
+            _reduce_to(grad, _storage(block)).to(ctx.device) if need else None
+            for grad, block, need in zip(per_instance, data.blocks(), needs, strict=True)
         )
-        return (None, None, None, None, None, *out)
+        return (None,) * 6 + out
 
 
 def solve_reverse(
@@ -322,7 +421,8 @@ def solve_reverse(
     """Solve with gradients by reverse-mode Alt-Diff.
 
     Args:
-        data: Blocks with leading dimension 1 or B; autograd tracks them.
+        data: Blocks with leading dimension 1 or B, dense or `BatchedSparse`; autograd
+            tracks them (a `BatchedSparse` matrix through its values).
         settings: Solver and backward settings.
         info: Filled with the solve's statuses and counts.
         warm: A previous solution to start from.
@@ -336,7 +436,14 @@ def solve_reverse(
         SolverError: An instance was not solved and ``on_failure`` is ``"raise"``.
     """
     holder = holder if holder is not None else []
-    return _ReverseFunction.apply(settings, info, holder, warm, reuse, *data.blocks())
+    P, C = data.P, data.C
+    layout = (
+        data.n_eq,
+        P.pattern if isinstance(P, BatchedSparse) else None,
+        C.pattern if isinstance(C, BatchedSparse) else None,
+    )
+    blocks = (_storage(P), data.q, _storage(C), data.bound)
+    return _ReverseFunction.apply(settings, info, holder, warm, reuse, layout, *blocks)
 
 
 class DataMap(Protocol):

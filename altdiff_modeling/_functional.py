@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 
 from ._altdiff import DataTangents
+from ._dtypes import compute_dtype
 from ._errors import InputError
 from ._function import SolveInfo, solve_forward_mode, solve_reverse
+from ._log import enable_verbose, log_backward, log_solve
 from ._qp import QPData, semidefinite_violations, stack_rows
-from ._settings import SUPPORTED_DTYPES, SolverSettings, parse_solver_args
+from ._settings import SolverSettings, parse_solver_args
+from ._sparse_inputs import Entries, is_sparse, sparse_problem, to_entries
 
 __all__ = ["solve_qp"]
 
@@ -21,8 +25,6 @@ _NAMES = ("P", "q", "A", "b", "G", "h")
 def _check_tensor(name: str, value: Any, ndims: tuple[int, int]) -> torch.Tensor:
     if not isinstance(value, torch.Tensor):
         raise InputError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
-    if value.dtype not in SUPPORTED_DTYPES:
-        raise InputError(f"{name} must have dtype float32 or float64, got {value.dtype}")
     if value.dim() not in ndims:
         raise InputError(
             f"{name} must have {ndims[0]} dimensions (or {ndims[1]} with a leading batch "
@@ -38,8 +40,10 @@ def _normalize(
     b: torch.Tensor | None,
     G: torch.Tensor | None,
     h: torch.Tensor | None,
-) -> tuple[list[torch.Tensor], int, bool]:
-    """Check shapes and return the six blocks with a leading dimension of 1 or B."""
+) -> tuple[list[torch.Tensor | Entries], int, bool, torch.dtype]:
+    """Check shapes and return the six blocks with a leading dimension of 1 or B (a
+    sparse matrix as `Entries`), the batch size, whether any was batched, and the
+    dtype the solve computes in."""
     for matrix, vector, pair in ((A, b, "A and b"), (G, h, "G and h")):
         if (matrix is None) != (vector is None):
             raise InputError(f"{pair} must be given together (or both None)")
@@ -47,36 +51,53 @@ def _normalize(
     n = q.shape[-1]
     if n == 0:
         raise InputError("q has 0 entries: the QP needs at least one variable")
-    ref = q
-    blocks: dict[str, torch.Tensor] = {"q": q, "P": _check_tensor("P", P, (2, 3))}
+
+    def matrix(name: str, value: Any) -> torch.Tensor | Entries:
+        if is_sparse(value):
+            if isinstance(value, torch.Tensor) and value.device != q.device:
+                raise InputError(
+                    f"{name} is on {value.device}, but q is on {q.device}; all QP data must "
+                    "be on one device"
+                )
+            return to_entries(name, value, q.device)
+        return _check_tensor(name, value, (2, 3))
+
+    given: dict[str, torch.Tensor | Entries] = {"q": q, "P": matrix("P", P)}
     for name, value, ndims in (
         ("A", A, (2, 3)),
         ("b", b, (1, 2)),
         ("G", G, (2, 3)),
         ("h", h, (1, 2)),
     ):
-        if value is None:
-            rows_shape = (0, n) if ndims[0] == 2 else (0,)
-            blocks[name] = ref.new_zeros(rows_shape)
-        else:
-            blocks[name] = _check_tensor(name, value, ndims)
-    for name in _NAMES:
-        block = blocks[name]
-        if block.dtype != ref.dtype or block.device != ref.device:
+        if value is not None:
+            given[name] = matrix(name, value) if name in "AG" else _check_tensor(name, value, ndims)
+    for name, block in given.items():
+        if block.device != q.device:
             raise InputError(
-                f"{name} has dtype {block.dtype} on {block.device}, but q has dtype "
-                f"{ref.dtype} on {ref.device}; all QP data must share dtype and device"
+                f"{name} is on {block.device}, but q is on {q.device}; all QP data must be on "
+                "one device"
             )
+    dtype = compute_dtype([(name, block.dtype) for name, block in given.items()])
+    blocks = {
+        name: block if isinstance(block, Entries) else block.to(dtype)
+        for name, block in given.items()
+    }
+    for name, ndims in (("A", 2), ("b", 1), ("G", 2), ("h", 1)):
+        if name not in blocks:
+            blocks[name] = q.new_zeros((0, n) if ndims == 2 else (0,), dtype=dtype)
 
     unbatched_ndim = {"P": 2, "q": 1, "A": 2, "b": 1, "G": 2, "h": 1}
     batch_sizes = {
-        name: blocks[name].shape[0] for name in _NAMES if blocks[name].dim() > unbatched_ndim[name]
+        name: blocks[name].shape[0]
+        for name in _NAMES
+        if len(blocks[name].shape) > unbatched_ndim[name]
     }
     if len(set(batch_sizes.values())) > 1:
         raise InputError(f"inconsistent batch sizes {batch_sizes}; batched inputs must agree")
     batch = next(iter(batch_sizes.values()), 1)
     shaped = {
-        name: block if name in batch_sizes else block.unsqueeze(0) for name, block in blocks.items()
+        name: block if name in batch_sizes or isinstance(block, Entries) else block.unsqueeze(0)
+        for name, block in blocks.items()
     }
     n_eq, n_ineq = shaped["A"].shape[-2], shaped["G"].shape[-2]
     expected = {
@@ -88,13 +109,15 @@ def _normalize(
         "h": (n_ineq,),
     }
     for name in _NAMES:
-        if tuple(shaped[name].shape[1:]) != expected[name]:
+        block = shaped[name]
+        shape = block.shape if isinstance(block, Entries) else tuple(block.shape[1:])
+        if tuple(shape) != expected[name]:
             raise InputError(
                 f"{name} has shape {tuple(blocks[name].shape)}; with n = {n} variables, "
                 f"{n_eq} equalities and {n_ineq} inequalities it must be "
                 f"{expected[name]} (or with a leading batch dimension)"
             )
-    return [shaped[name] for name in _NAMES], batch, bool(batch_sizes)
+    return [shaped[name] for name in _NAMES], batch, bool(batch_sizes), dtype
 
 
 class _EntryMap:
@@ -127,7 +150,7 @@ class _EntryMap:
             piece.reshape(theta.shape[0], *block.shape[1:]) if flag else block.detach()
             for piece, block, flag in zip(pieces, self.blocks, self.in_theta, strict=True)
         ]
-        return QPData(*blocks, batch_size=self.batch)
+        return QPData.from_blocks(*blocks, batch_size=self.batch)
 
     def tangents(self, dtype: torch.dtype, device: torch.device) -> DataTangents:
         K = sum(self.sizes)
@@ -142,6 +165,20 @@ class _EntryMap:
             offset += size
         P, q, A, b, G, h = out
         return DataTangents(P=P, q=q, C=stack_rows(A, G), bound=stack_rows(b, h))
+
+
+def _values(block: torch.Tensor | Entries) -> torch.Tensor:
+    return block.values if isinstance(block, Entries) else block
+
+
+def _dense(block: torch.Tensor | Entries, dtype: torch.dtype) -> torch.Tensor:
+    """A block as a dense ``(1|B, ...)`` tensor (a sparse matrix densified)."""
+    if not isinstance(block, Entries):
+        return block
+    r, c = block.shape
+    flat = block.values.new_zeros(1, r * c).to(dtype)
+    flat = flat.index_add(1, block.rows * c + block.cols, block.values.to(dtype))
+    return flat.view(1, r, c)
 
 
 def solve_qp(
@@ -159,8 +196,16 @@ def solve_qp(
 
     Any input may carry a leading batch dimension B; the others are shared by the
     batch (as in qpth's ``QPFunction``). ``A, b`` or ``G, h`` may be None. P must be
-    positive semidefinite (zero gives an LP); it is symmetrized as ``(P + P')/2``, so
-    its gradient is symmetric.
+    positive semidefinite (zero gives an LP): eigenvalues down to ``-1e-5 ||P||_inf``
+    count as rounding of a semidefinite matrix, more negative ones are an `InputError`.
+    P is symmetrized as ``(P + P')/2``, so its gradient is symmetric.
+
+    P, A and G may also be 2-d sparse matrices, shared by the batch: scipy.sparse
+    (constants) or torch sparse COO/CSR tensors (differentiable; their gradients are
+    sparse, on their patterns). The problem is then solved on sparse data (sparse LDL'
+    factors of the KKT matrix, on the CPU; see the user guide on large sparse
+    problems); ``solver_args['backend']`` ``"sparse"`` or ``"dense"`` overrides the
+    choice.
 
     Args:
         P: ``(n, n)`` or ``(B, n, n)``.
@@ -186,30 +231,51 @@ def solve_qp(
             ``solver_args`` is invalid.
         SolverError: An instance was not solved to the requested accuracy.
     """
+    started = time.perf_counter()
     settings: SolverSettings = parse_solver_args(solver_args)
-    if settings.backend == "sparse":
-        raise InputError(
-            "solver_args['backend'] = 'sparse' is for AltDiffLayer; solve_qp takes dense "
-            "tensors and always uses the dense backend"
-        )
-    blocks, batch, batched = _normalize(P, q, A, b, G, h)
-    blocks[0] = 0.5 * (blocks[0] + blocks[0].transpose(-1, -2))
-    QPData(*blocks, batch_size=batch).check_finite()
-    bad, smallest = semidefinite_violations(blocks[0].detach())
-    if bad:
-        raise InputError(
-            f"P is not positive semidefinite (batch indices {bad[:10]}, smallest eigenvalue "
-            f"{smallest:.3g}); solve_qp needs a convex QP"
-        )
+    blocks, batch, batched, dtype = _normalize(P, q, A, b, G, h)
+    settings = settings.for_dtype(dtype)
+    for name, block in zip(_NAMES, blocks, strict=True):
+        values = block.values if isinstance(block, Entries) else block
+        if values.numel() and not bool(torch.isfinite(values).all()):
+            raise InputError(f"the QP data block {name} contains NaN or Inf values")
+    given_sparse = any(isinstance(block, Entries) for block in blocks)
+    sparse = settings.backend == "sparse" or (given_sparse and settings.backend == "auto")
     info = SolveInfo()
-    needs_grad = [block.requires_grad for block in blocks]
-    if settings.mode == "forward" and torch.is_grad_enabled() and any(needs_grad):
-        entry_map = _EntryMap(blocks, needs_grad, batch)
-        x, y = solve_forward_mode(entry_map, entry_map.theta(), settings, info)
+    needs_grad = [_values(block).requires_grad for block in blocks]
+    forward_mode = settings.mode == "forward" and torch.is_grad_enabled() and any(needs_grad)
+    if sparse:
+        if forward_mode:
+            raise InputError(
+                "solver_args['mode'] = 'forward' needs dense matrices; sparse ones are solved "
+                "in reverse mode"
+            )
+        # P's semidefiniteness is checked by the sparse factorization (its inertia).
+        data = sparse_problem(*blocks, dtype=dtype, batch=batch)
+        x, y = solve_reverse(data, settings, info)
     else:
-        x, y = solve_reverse(QPData(*blocks, batch_size=batch), settings, info)
+        blocks = [_dense(block, dtype) for block in blocks]
+        blocks[0] = 0.5 * (blocks[0] + blocks[0].transpose(-1, -2))
+        bad, smallest = semidefinite_violations(blocks[0].detach())
+        if bad:
+            raise InputError(
+                f"P is not positive semidefinite (batch indices {bad[:10]}, smallest "
+                f"eigenvalue {smallest:.3g}); solve_qp needs a convex QP"
+            )
+        if forward_mode:
+            entry_map = _EntryMap(blocks, needs_grad, batch)
+            x, y = solve_forward_mode(entry_map, entry_map.theta(), settings, info)
+        else:
+            x, y = solve_reverse(QPData.from_blocks(*blocks, batch_size=batch), settings, info)
     n_eq = blocks[2].shape[-2]
     outputs = [x, y[:, :n_eq], y[:, n_eq:]] if return_duals else [x]
+    if settings.verbose:
+        enable_verbose()
+        log_solve("solve_qp", info, batch, x.dtype, started)
+        # Hooks go on the solve's own tensors, never on the caller's.
+        own = [_values(t) for t in blocks]
+        own = [t for t in own if all(t is not u for u in (P, q, A, b, G, h))]
+        log_backward("solve_qp", info, outputs, own)
     if not batched:
         outputs = [out.squeeze(0) for out in outputs]
     if return_info:

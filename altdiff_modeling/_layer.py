@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -10,6 +12,8 @@ import cvxpy as cp
 import torch
 
 from ._canon import CanonicalForm, dense_qp, reduce_problem
+from ._compat import layer_arguments
+from ._dtypes import compute_dtype
 from ._errors import InputError
 from ._function import (
     ConstantDataReuse,
@@ -19,11 +23,11 @@ from ._function import (
     solve_forward_mode,
     solve_reverse,
 )
-from ._parametric import BLOCK_NAMES, ParameterSpec, ParametricQP, VariableSpec
+from ._log import LOGGER, enable_verbose, log_backward, log_solve
+from ._parametric import ParameterSpec, ParametricQP, VariableSpec
 from ._qp import semidefinite_violations
-from ._settings import SUPPORTED_DTYPES, SolverSettings, parse_solver_args
+from ._settings import SolverSettings, parse_solver_args
 from ._sparse_data import SparseParametricQP, choose_backend, sparse_qp
-from ._sparse_function import solve_sparse
 
 __all__ = ["AltDiffLayer"]
 
@@ -51,7 +55,7 @@ def _check_declared(spec: ParameterSpec, value: torch.Tensor) -> None:
             holds, word = _SIGNS[attribute]
             if not bool(holds(value).all()):
                 raise InputError(
-                    f"parameter '{spec.name}' is declared {attribute}=True, but its value has "
+                    f"{spec.label} is declared {attribute}=True, but its value has "
                     f"entries that are not {word}"
                 )
         else:  # PSD or NSD: (n, n) or (B, n, n)
@@ -59,7 +63,7 @@ def _check_declared(spec: ParameterSpec, value: torch.Tensor) -> None:
             bad, smallest = semidefinite_violations(sign * value.reshape(-1, *spec.shape))
             if bad:
                 raise InputError(
-                    f"parameter '{spec.name}' is declared {attribute}=True, but its value is not "
+                    f"{spec.label} is declared {attribute}=True, but its value is not "
                     f"{word} semidefinite (batch indices {bad[:10]}, extreme eigenvalue "
                     f"{sign * smallest:.3g})"
                 )
@@ -102,6 +106,9 @@ class AltDiffLayer(torch.nn.Module):
     QP data, solves the batch with ADMM and, on backward, differentiates it with
     Alt-Diff.
 
+    The constructor takes cvxpylayers' ``CvxpyLayer`` arguments, in its order, so that
+    a program written for it runs with only the import changed.
+
     Args:
         problem: A DPP ``cvxpy.Problem`` that CVXPY reduces to a QP with linear
             equality and inequality constraints.
@@ -110,13 +117,24 @@ class AltDiffLayer(torch.nn.Module):
         variables: The outputs, in order: variables of the problem, or
             ``constraint.dual_variables[0]`` for a constraint's multipliers (with
             CVXPY's sign conventions), differentiable like the variables.
-        solver_args: Default settings for every call (see `SolverSettings`). Its
-            ``backend`` picks dense or sparse data (``"auto"``: sparse for large
-            sparse problems); see the user guide's page on large sparse problems.
+        solver: Accepted for cvxpylayers' programs and ignored, with a `SolverWarning`:
+            the layer always solves with its own ADMM. A mapping in this place is
+            taken as ``solver_args``.
+        gp: Must be False: geometric programs are not supported.
+        verbose: Log each call's statuses, iterations and times (logger
+            ``"altdiff_modeling"``, level INFO; shown on stderr where the program has
+            not configured logging).
+        canon_backend: CVXPY's canonicalization backend (``"CPP"``, ``"SCIPY"``,
+            ...; None: CVXPY's default), as in ``Problem.get_problem_data``.
+        solver_args: Default settings for every call (see `SolverSettings`; cvxpylayers'
+            keys are accepted too). Its ``backend`` picks dense or sparse data
+            (``"auto"``: sparse for large sparse problems); see the user guide's page on
+            large sparse problems.
 
     Raises:
-        ProblemError: The problem is not supported or the lists do not match it.
-        InputError: ``solver_args`` is invalid.
+        ProblemError: The problem is not supported (``gp=True`` included) or the lists
+            do not match it.
+        InputError: ``solver_args``, ``gp``, ``verbose`` or ``canon_backend`` is invalid.
 
     Example:
         >>> layer = AltDiffLayer(problem, parameters=[q, b, h], variables=[x])
@@ -128,11 +146,19 @@ class AltDiffLayer(torch.nn.Module):
         problem: cp.Problem,
         parameters: Sequence[cp.Parameter],
         variables: Sequence[cp.Variable],
+        solver: Any = None,
+        gp: bool = False,
+        verbose: bool = False,
+        canon_backend: str | None = None,
         solver_args: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        self._form: CanonicalForm = reduce_problem(problem, parameters, variables)
+        started = time.perf_counter()
+        solver_args = layer_arguments(solver, gp, verbose, solver_args)
+        self._form: CanonicalForm = reduce_problem(problem, parameters, variables, canon_backend)
         self._settings: SolverSettings = parse_solver_args(solver_args)
+        if verbose:
+            self._settings = dataclasses.replace(self._settings, verbose=True)
         self._auto_backend = choose_backend(self._form)
         self._dense: ParametricQP | None = None
         self._sparse: SparseParametricQP | None = None
@@ -146,6 +172,11 @@ class AltDiffLayer(torch.nn.Module):
         self._last_solution: Solution | None = None
         # Equilibration and C'SC of constant P, A, G, computed on the first call.
         self._reuse = ConstantDataReuse(across_calls=True)
+        if self._settings.verbose:
+            enable_verbose()
+            LOGGER.info(
+                "AltDiffLayer built in %.2f s: %s", time.perf_counter() - started, self.extra_repr()
+            )
 
     @property
     def backend(self) -> str:
@@ -187,50 +218,64 @@ class AltDiffLayer(torch.nn.Module):
         )
 
     def _flatten_inputs(self, values: Sequence[Any]) -> tuple[list[torch.Tensor], list[bool], int]:
+        """Check a call's tensors and flatten them: ``(B or 1, size)`` each, batched flags, B.
+
+        The messages contain cvxpylayers' phrases for the same faults ("A tensor must be
+        provided for each CVXPY parameter", "Invalid parameter shape", "Invalid
+        parameter dimensionality", "Inconsistent batch sizes"), so that a program
+        matching them still does.
+        """
         specs = self._form.parameters
         if len(values) != len(specs):
             raise InputError(
-                f"the layer takes {len(specs)} tensor(s), one per parameter "
-                f"{[s.name for s in specs]}, but was called with {len(values)}"
+                f"A tensor must be provided for each CVXPY parameter: the layer takes "
+                f"{len(specs)} tensor(s), one per parameter {[s.name for s in specs]}, but "
+                f"was called with {len(values)}"
             )
-        reference: torch.Tensor | None = None
-        flats, batched, batch_sizes = [], [], {}
         for spec, value in zip(specs, values, strict=True):
             if not isinstance(value, torch.Tensor):
                 raise InputError(
-                    f"parameter '{spec.name}' must be given as a torch.Tensor, got {type(value).__name__}"
+                    f"{spec.label} must be given as a torch.Tensor, got {type(value).__name__}"
                 )
-            if value.dtype not in SUPPORTED_DTYPES:
+        dtype = compute_dtype([(s.label, v.dtype) for s, v in zip(specs, values, strict=True)])
+        flats, batched, batch_sizes = [], [], {}
+        for position, (spec, value) in enumerate(zip(specs, values, strict=True)):
+            where = f"{spec.label} (parameters[{position}])" if spec.named else spec.label
+            if value.device != values[0].device:
                 raise InputError(
-                    f"parameter '{spec.name}' must have dtype float32 or float64, got {value.dtype}"
+                    f"{spec.label} is on {value.device}, but {specs[0].label} is on "
+                    f"{values[0].device}; all parameters must be on one device"
                 )
-            if reference is None:
-                reference = value
-            elif value.dtype != reference.dtype or value.device != reference.device:
-                raise InputError(
-                    f"parameter '{spec.name}' has dtype {value.dtype} on {value.device}, but "
-                    f"'{specs[0].name}' has {reference.dtype} on {reference.device}; all "
-                    "parameters must share dtype and device"
-                )
-            shape = tuple(value.shape)
+            value = value.to(dtype)  # a new tensor where the dtype differs; autograd follows
+            shape, ndim = tuple(value.shape), len(spec.shape)
+            batched_shape = (
+                "(B" + "".join(f", {d}" for d in spec.shape) + ("," if not ndim else "") + ")"
+            )
             if shape == spec.shape:
-                flats.append(_flatten_column_major(value.unsqueeze(0), len(spec.shape)))
+                flats.append(_flatten_column_major(value.unsqueeze(0), ndim))
                 batched.append(False)
-            elif len(shape) == len(spec.shape) + 1 and shape[1:] == spec.shape:
-                flats.append(_flatten_column_major(value, len(spec.shape)))
+            elif len(shape) == ndim + 1 and shape[1:] == spec.shape:
+                flats.append(_flatten_column_major(value, ndim))
                 batched.append(True)
                 batch_sizes[spec.name] = shape[0]
+            elif len(shape) in (ndim, ndim + 1):
+                raise InputError(
+                    f"Invalid parameter shape for {where}: expected {spec.shape}, or "
+                    f"{batched_shape} with a batch dimension B, got {shape}"
+                )
             else:
                 raise InputError(
-                    f"parameter '{spec.name}' expects shape {spec.shape} (or (B, *{spec.shape}) "
-                    f"with a batch dimension), got {shape}"
+                    f"Invalid parameter dimensionality for {where}: expected {ndim} or "
+                    f"{ndim + 1} dimensions (shape {spec.shape}, or {batched_shape} with a batch "
+                    f"dimension B), got {len(shape)} (shape {shape})"
                 )
             if value.numel() and not bool(torch.isfinite(value).all()):
-                raise InputError(f"parameter '{spec.name}' contains NaN or Inf values")
+                raise InputError(f"{spec.label} contains NaN or Inf values")
             _check_declared(spec, value.detach())
         if len(set(batch_sizes.values())) > 1:
             raise InputError(
-                f"inconsistent batch sizes {batch_sizes}; all batched parameters must share one"
+                f"Inconsistent batch sizes {batch_sizes}: all batched parameters must share one "
+                "batch size B (an unbatched parameter is shared by the whole batch)"
             )
         batch = next(iter(batch_sizes.values()), 1)
         return flats, batched, batch
@@ -239,6 +284,7 @@ class AltDiffLayer(torch.nn.Module):
         self,
         *params: torch.Tensor,
         solver_args: Mapping[str, Any] | None = None,
+        warm_start: bool | None = None,
         return_info: bool = False,
     ) -> tuple[torch.Tensor, ...] | tuple[tuple[torch.Tensor, ...], SolveInfo]:
         """Solve the problem at the given parameter values.
@@ -246,7 +292,13 @@ class AltDiffLayer(torch.nn.Module):
         Args:
             *params: One tensor per parameter, shaped like the parameter or with a
                 leading batch dimension B; unbatched ones are shared by the batch.
+                Their dtypes may differ: the call computes in the widest float dtype
+                among them (torch's type promotion; integers alone: the default float
+                dtype), and returns its outputs in it.
             solver_args: Settings for this call, overriding the layer's.
+            warm_start: Start from the previous call's solution (when the batch size,
+                dtype and device match), as cvxpylayers' ``warm_start=True``; None
+                leaves it to ``solver_args['warm_start']``.
             return_info: Also return a `SolveInfo`.
 
         Returns:
@@ -259,8 +311,12 @@ class AltDiffLayer(torch.nn.Module):
                 values, inconsistent batch sizes, or invalid ``solver_args``.
             SolverError: An instance was not solved to the requested accuracy.
         """
+        started = time.perf_counter()
         settings = parse_solver_args(solver_args, self._settings)
+        if warm_start is not None:
+            settings = parse_solver_args({"warm_start": warm_start}, settings)
         flats, batched, batch = self._flatten_inputs(params)
+        settings = settings.for_dtype(flats[0].dtype)
         any_batched = any(batched)
         info = SolveInfo()
         needs_grad = torch.is_grad_enabled() and any(f.requires_grad for f in flats)
@@ -270,22 +326,16 @@ class AltDiffLayer(torch.nn.Module):
         backend = self._backend(settings)
         if backend == "sparse" and settings.backend == "auto" and settings.mode == "forward":
             backend = "dense"  # "auto" never picks a backend that cannot serve the call
-        if backend == "sparse":
-            if settings.mode == "forward" and needs_grad:
-                raise InputError(
-                    "solver_args['mode'] = 'forward' is not supported by the sparse backend; "
-                    "use mode 'reverse', or backend 'dense' for a small problem"
-                )
-            theta = torch.cat([f.expand(batch, -1) for f in flats], dim=1)
-            batched_positions = {i for i, is_b in enumerate(batched) if is_b}
-            deps = self._block_dependencies("sparse")
-            shared = not ((deps["P"] | deps["C"]) & batched_positions)
-            x, y = solve_sparse(self._sparse_qp, theta, shared, settings, info, warm, holder)
-        elif settings.mode == "forward" and needs_grad:
+        if backend == "sparse" and settings.mode == "forward" and needs_grad:
+            raise InputError(
+                "solver_args['mode'] = 'forward' is not supported by the sparse backend; "
+                "use mode 'reverse', or backend 'dense' for a small problem"
+            )
+        if settings.mode == "forward" and needs_grad:
             theta = torch.cat([f.expand(batch, -1) for f in flats], dim=1)
             x, y = solve_forward_mode(self._qp, theta, settings, info, warm, holder)
         else:
-            data = self._data(flats, batched, batch)
+            data = self._data(backend, flats, batched, batch)
             x, y = solve_reverse(data, settings, info, warm, holder, self._reuse)
         self._last_solution = holder[0] if holder else None
 
@@ -294,6 +344,10 @@ class AltDiffLayer(torch.nn.Module):
             value = _unflatten_column_major(_gather(spec, x, y), spec.shape)
             outputs.append(value if any_batched else value.squeeze(0))
         outputs = tuple(outputs)
+        if settings.verbose:
+            enable_verbose()
+            log_solve("AltDiffLayer", info, batch, x.dtype, started)
+            log_backward("AltDiffLayer", info, outputs, flats)
         return (outputs, info) if return_info else outputs
 
     def jacobian(
@@ -326,6 +380,7 @@ class AltDiffLayer(torch.nn.Module):
                 "problem is dense); pass solver_args={'backend': 'dense'} for a small problem"
             )
         flats, batched, batch = self._flatten_inputs(params)
+        settings = settings.for_dtype(flats[0].dtype)
         theta = torch.cat([f.expand(batch, -1) for f in flats], dim=1)
         solved = forward_mode_solve(self._qp, theta, settings, SolveInfo())
         jacobians = []
@@ -350,10 +405,11 @@ class AltDiffLayer(torch.nn.Module):
             return None
         return last
 
-    def _data(self, flats: list[torch.Tensor], batched: list[bool], batch: int):
+    def _data(self, backend: str, flats: list[torch.Tensor], batched: list[bool], batch: int):
         """QP data with blocks that depend only on unbatched parameters kept shared."""
+        qp = self._sparse_qp if backend == "sparse" else self._qp
         if not any(batched):
-            return self._qp.data(torch.cat(flats, dim=1))
+            return qp.data(torch.cat(flats, dim=1))
         theta = torch.cat([f.expand(batch, -1) for f in flats], dim=1)
         shared_theta = torch.cat(
             [
@@ -365,7 +421,7 @@ class AltDiffLayer(torch.nn.Module):
         batched_positions = {i for i, is_b in enumerate(batched) if is_b}
         shared = frozenset(
             name
-            for name in BLOCK_NAMES
-            if not (self._block_dependencies("dense")[name] & batched_positions)
+            for name, dependencies in self._block_dependencies(backend).items()
+            if not (dependencies & batched_positions)
         )
-        return self._qp.data(theta, shared_theta, shared)
+        return qp.data(theta, shared_theta, shared)

@@ -27,16 +27,26 @@ BLOCK_NAMES = ("P", "q", "A", "b", "G", "h")
 
 @dataclass(frozen=True)
 class ParameterSpec:
-    """A user parameter: its name, shape, and offset in theta."""
+    """A user parameter: its name, shape, and offset in theta.
+
+    ``name`` is the name the user gave it, or ``parameters[i]`` (its place in the
+    layer's list) where CVXPY made one up (``named`` is then False).
+    """
 
     name: str
     shape: tuple[int, ...]
     offset: int
     attributes: frozenset[str] = frozenset()  # declared sign / PSD / NSD attributes
+    named: bool = True
 
     @property
     def size(self) -> int:
         return math.prod(self.shape)
+
+    @property
+    def label(self) -> str:
+        """The parameter in a message: ``parameter 'h'``, or ``parameters[1]``."""
+        return f"parameter '{self.name}'" if self.named else self.name
 
 
 @dataclass(frozen=True)
@@ -274,7 +284,26 @@ class ParametricQP:
         for source, names in gathers.values():
             values.update(self._gathered(blocks, tuple(names), source))
         batch = max(v.shape[0] for v in values.values())
-        return QPData(**values, batch_size=max(batch, theta.shape[0]))
+        C = self._stacked(blocks, values, "A", "G")
+        bound = self._stacked(blocks, values, "b", "h")
+        n_eq = self.n_eq
+        return QPData(values["P"], values["q"], C, bound, n_eq, max(batch, theta.shape[0]))
+
+    def _stacked(
+        self,
+        blocks: dict[str, _TorchBlock],
+        values: dict[str, torch.Tensor],
+        top: str,
+        bottom: str,
+    ) -> torch.Tensor:
+        """``[top; bottom]`` stacked; for two constant blocks, the same tensor on every
+        call (a layer's caches of what depends on its constant matrices key on it)."""
+        if blocks[top].constant is None or blocks[bottom].constant is None:
+            return stack_rows(values[top], values[bottom])
+        key = ("stacked", top, bottom, values[top].dtype, values[top].device)
+        if key not in self._torch_cache:
+            self._torch_cache[key] = stack_rows(values[top], values[bottom])
+        return self._torch_cache[key]
 
     def tangents(self, dtype: torch.dtype, device: torch.device) -> DataTangents:
         """Dense data directions ``(1, *block_shape, K)``, one per entry of theta."""

@@ -21,9 +21,9 @@ from typing import TypeVar
 import numpy as np
 import torch
 
-from ._factor import CholeskyFactor, cholesky_solve
 from ._qp import matvec, rmatvec
-from ._woodbury import MajorityBases, MajoritySystems
+from .linsys.cholesky import CholeskyFactor, cholesky_solve
+from .linsys.woodbury import MajorityBases, MajoritySystems
 
 __all__ = [
     "ReducedKKT",
@@ -298,9 +298,9 @@ class SharedPolisher:
     @staticmethod
     def credit(factor: CholeskyFactor) -> float:
         """How much of the shared setup (``S``, ``H^{-1} C'``, a majority inverse) counts
-        as paid for with this factor: all of it once computed, else the work of the
-        iterations taken since the last setup was paid (its `_factor.WorkLedger`, which
-        the factors a layer keeps share).
+        as paid for with this factor, in seconds: all of it once computed, else the time
+        of the iterations taken since the last setup was paid (its
+        `linsys.cholesky.WorkLedger`, which the factors a layer keeps share).
 
         A layer keeps its factors across calls; where its calls are long (a single
         large problem iterates at the speed of memory), the setup, a few calls' worth

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ._qp import QPData, select_rows
+from ._batched_sparse import BatchedSparse
+from ._qp import Matrix, QPData, select_rows
 
 __all__ = ["Equilibration", "Scaling", "equilibrate", "ruiz_scaling"]
 
@@ -41,35 +42,19 @@ class Scaling:
             D=select_rows(self.D, index), E=select_rows(self.E, index), c=select_rows(self.c, index)
         )
 
-    def scale_matrices(self, data: QPData) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The scaled ``P``, ``A`` and ``G`` of `scale`."""
+    def scale_matrices(self, data: QPData) -> tuple[Matrix, Matrix]:
+        """The scaled ``P`` and ``C`` of `scale`."""
         D, E, c = self.D, self.E, self.c
-        n_eq = data.n_eq
+        if isinstance(data.P, BatchedSparse):
+            return data.P.scaled(c * D, D), data.C.scaled(E, D)
         DD = D.unsqueeze(-1) * D.unsqueeze(-2)
-        return (
-            c.unsqueeze(-1) * DD * data.P,
-            E[:, :n_eq, None] * data.A * D.unsqueeze(-2),
-            E[:, n_eq:, None] * data.G * D.unsqueeze(-2),
-        )
+        return c.unsqueeze(-1) * DD * data.P, E.unsqueeze(-1) * data.C * D.unsqueeze(-2)
 
-    def scale(
-        self,
-        data: QPData,
-        matrices: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
-    ) -> QPData:
+    def scale(self, data: QPData, matrices: tuple[Matrix, Matrix] | None = None) -> QPData:
         """The data the solver sees (``matrices``: its `scale_matrices`, when known)."""
         D, E, c = self.D, self.E, self.c
-        n_eq = data.n_eq
-        P, A, G = matrices if matrices is not None else self.scale_matrices(data)
-        return QPData(
-            P=P,
-            q=c * D * data.q,
-            A=A,
-            b=E[:, :n_eq] * data.b,
-            G=G,
-            h=E[:, n_eq:] * data.h,
-            batch_size=data.batch_size,
-        )
+        P, C = matrices if matrices is not None else self.scale_matrices(data)
+        return QPData(P, c * D * data.q, C, E * data.bound, data.n_eq, data.batch_size)
 
 
 @dataclass(frozen=True)
@@ -99,6 +84,8 @@ def equilibrate(P: torch.Tensor, C: torch.Tensor, iterations: int = 10) -> Equil
         P: ``(1|B, n, n)``.  C: ``(1|B, m, n)``.
         iterations: Number of Ruiz passes (0 gives the identity on D and E).
     """
+    if isinstance(P, BatchedSparse):
+        return _equilibrate_sparse(P, C, iterations)
     with torch.no_grad():
         batch = max(P.shape[0], C.shape[0])
         n, m = P.shape[-1], C.shape[1]
@@ -149,6 +136,34 @@ def _equilibrate_around_shared_constraints(
         scaled = P_s.mul_(d.unsqueeze(-1)).mul_(d.unsqueeze(-2))  # P_s is a copy
         P_norm = _amax(scaled, -2).mean(-1, keepdim=True).to(P.dtype)  # (B, 1)
     return Equilibration(D=D, E=shared.E.to(P.dtype), P_norm=P_norm)
+
+
+def _equilibrate_sparse(P: BatchedSparse, C: BatchedSparse, iterations: int) -> Equilibration:
+    """`equilibrate` of matrices on sparsity patterns: the same passes, with the
+    largest entries of rows and columns taken over the patterns. A per-instance P with
+    a shared C is equilibrated on the batch's envelope, as the dense one is."""
+    with torch.no_grad():
+        work = torch.float32 if P.dtype == torch.float64 else P.dtype
+        P_s = P.with_values(P.values.detach().abs().to(work))
+        C_s = C.with_values(C.values.detach().abs().to(work))
+        batch = max(P_s.shape[0], C_s.shape[0])
+        per_instance_P = P_s.shape[0]
+        if C_s.shape[0] == 1 and batch > 1:
+            P_s = P_s.with_values(P_s.values.amax(0, keepdim=True))
+            batch = 1
+        D = P.values.new_ones(batch, P.size[0]).detach()
+        E = P.values.new_ones(batch, C.size[0]).detach()
+        for _ in range(iterations):
+            col_norm = torch.maximum(P_s.col_abs_max(), C_s.col_abs_max())
+            d = _inv_sqrt(col_norm)
+            e = _inv_sqrt(C_s.row_abs_max())
+            D, E = D * d, E * e
+            P_s, C_s = P_s.scaled(d, d), C_s.scaled(e, d)
+        if per_instance_P > 1 and P_s.shape[0] == 1:
+            d = D.to(work)
+            P_s = P.with_values(P.values.detach().abs().to(work)).scaled(d, d)
+        P_norm = P_s.col_abs_max().mean(-1, keepdim=True).to(P.dtype)
+    return Equilibration(D=D.to(P.dtype), E=E.to(P.dtype), P_norm=P_norm)
 
 
 def ruiz_scaling(

@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 import torch
 
+from ._compat import CVXPYLAYERS_RENAMED, DIFFCP_MODES, translate_solver_args, warn_user
 from ._errors import InputError
 
 __all__ = ["SolverSettings", "parse_solver_args"]
@@ -52,6 +53,9 @@ class SolverSettings:
         on_failure: What a call does when an instance is not solved: ``"raise"`` a
             `SolverError` (default), return ``"nan"`` rows for those instances
             (their gradients are zero), or ``"warn"`` and return their last iterate.
+            The same for a backward pass whose recursion does not converge on an
+            instance (``SolveInfo.backward_status``): raise, NaN gradients for it, or
+            warn (a `SolverWarning` naming it) and return the last iterate.
         backward_eps: Tolerance of the Alt-Diff recursion (relative change of the
             adjoint, or of the Jacobian in forward mode).
         backward_max_iter: Largest number of Alt-Diff iterations in the backward pass.
@@ -60,14 +64,20 @@ class SolverSettings:
             factorization per instance, checked against the recursion and refined by
             GMRES where needed; fast on batches of small problems), ``"auto"`` (the
             default: ``"direct"`` where a cost model favours it, else ``"gmres"``) or
-            ``"fixed_point"`` (the plain transposed recursion). Forward mode and the
-            sparse backend use GMRES for all but ``"fixed_point"``.
+            ``"fixed_point"`` (the plain transposed recursion). Forward mode uses
+            GMRES for all but ``"fixed_point"``; sparse data's ``"auto"`` is
+            ``"direct"`` (each instance's sparse active-rows system, verified).
         mode: ``"reverse"`` (vector-Jacobian products, the default) or ``"forward"``
             (the Jacobian recursion run in lockstep with ADMM).
-        backend: How a layer stores and factors its data: ``"dense"`` (batched torch
-            tensors, Cholesky of H), ``"sparse"`` (scipy sparse data, sparse LDL' of
-            the KKT matrix; large sparse problems) or ``"auto"`` (the default: sparse
-            when the canonical problem is large and sparse). Layers only.
+        backend: How the data are stored and factored: ``"dense"`` (batched torch
+            tensors, Cholesky of H), ``"sparse"`` (values on sparsity patterns, sparse
+            LDL' factors of the KKT matrix on the CPU; large sparse problems) or
+            ``"auto"`` (the default: a layer's is sparse when its canonical problem is
+            large and sparse; `solve_qp`'s is sparse when a matrix is given sparse).
+            Both run the same ADMM loop and the same Alt-Diff backward.
+        verbose: Log each call's statuses, iterations and times at level INFO on the
+            logger ``"altdiff_modeling"`` (a layer's ``verbose=True`` sets it for every
+            call).
     """
 
     eps_abs: float | None = None
@@ -89,6 +99,7 @@ class SolverSettings:
     backward_method: BackwardMethod = "auto"
     mode: DiffMode = "reverse"
     backend: Backend = "auto"
+    verbose: bool = False
 
     def __post_init__(self) -> None:
         for name in ("eps_abs", "eps_rel", "backward_eps", "eps_prim_inf", "eps_dual_inf"):
@@ -115,7 +126,7 @@ class SolverSettings:
                 raise InputError(f"solver_args[{name!r}] must be an integer >= 1, got {value!r}")
         if not (isinstance(self.alpha, int | float) and 0 < self.alpha < 2):
             raise InputError(f"solver_args['alpha'] must lie in (0, 2), got {self.alpha!r}")
-        for name in ("adaptive_rho", "warm_start", "polish"):
+        for name in ("adaptive_rho", "warm_start", "polish", "verbose"):
             if not isinstance(getattr(self, name), bool):
                 raise InputError(
                     f"solver_args[{name!r}] must be True or False, got {getattr(self, name)!r}"
@@ -138,7 +149,36 @@ class SolverSettings:
                 f"solver_args['backend'] must be one of {_BACKENDS}, got {self.backend!r}"
             )
         if self.mode not in _MODES:
-            raise InputError(f"solver_args['mode'] must be one of {_MODES}, got {self.mode!r}")
+            raise InputError(
+                f"solver_args['mode'] must be one of {_MODES} (or, ignored, one of diffcp's "
+                f"modes {DIFFCP_MODES}), got {self.mode!r}"
+            )
+
+    def for_dtype(self, dtype: torch.dtype) -> SolverSettings:
+        """These settings for a solve in ``dtype``: tolerances below its reach raised to it.
+
+        In float32 the residuals stall near its resolution (1.2e-7 relative), so a
+        tolerance below `_TOLERANCE_FLOOR` would end every instance at ``max_iter``;
+        it is raised to the floor, with a `SolverWarning`. Such tolerances come, for
+        example, from programs written for cvxpylayers, whose solvers compute in
+        float64 whatever the inputs. Zero tolerances stay zero.
+        """
+        floor = _TOLERANCE_FLOOR.get(dtype)
+        if floor is None:
+            return self
+        low = {
+            name: value
+            for name in ("eps_abs", "eps_rel")
+            if (value := getattr(self, name)) is not None and 0 < value < floor
+        }
+        if not low:
+            return self
+        given = ", ".join(f"{name}={value:g}" for name, value in low.items())
+        warn_user(
+            f"solver_args {given} are below what a {str(dtype).removeprefix('torch.')} solve "
+            f"can reach; it uses {floor:g} (pass float64 tensors for tighter tolerances)"
+        )
+        return dataclasses.replace(self, **dict.fromkeys(low, floor))
 
     def tolerances(self, dtype: torch.dtype) -> tuple[float, float]:
         """``(eps_abs, eps_rel)`` for a solve in ``dtype``, resolving the defaults."""
@@ -149,6 +189,9 @@ class SolverSettings:
 
 
 _DEFAULT_EPS = {torch.float64: 1e-6, torch.float32: 1e-4}
+# The smallest tolerance a solve in the dtype is given (float32: polishing reaches 1e-6
+# on typical layers, ADMM alone stalls a little below it).
+_TOLERANCE_FLOOR = {torch.float32: 1e-6}
 SUPPORTED_DTYPES = (torch.float32, torch.float64)
 
 _FIELDS = tuple(field.name for field in dataclasses.fields(SolverSettings))
@@ -159,6 +202,10 @@ def parse_solver_args(
 ) -> SolverSettings:
     """Return ``base`` (or the defaults) updated with ``solver_args``.
 
+    cvxpylayers' keys are accepted too (`translate_solver_args`): ``eps`` and
+    ``max_iters`` are mapped onto ``eps_abs``, ``eps_rel`` and ``max_iter``; the keys of
+    its solvers are ignored with a `SolverWarning`.
+
     Raises:
         InputError: ``solver_args`` is not a mapping, names an unknown key, or holds an
             invalid value.
@@ -168,7 +215,17 @@ def parse_solver_args(
         return base
     if not isinstance(solver_args, Mapping):
         raise InputError(f"solver_args must be a dict, got {type(solver_args).__name__}")
-    unknown = sorted(set(solver_args) - set(_FIELDS))
+    args = translate_solver_args(solver_args)
+    unknown = sorted(set(args) - set(_FIELDS))
     if unknown:
-        raise InputError(f"unknown solver_args key(s) {unknown}; valid keys are {sorted(_FIELDS)}")
-    return dataclasses.replace(base, **dict(solver_args))
+        raise InputError(
+            f"unknown solver_args key(s) {unknown}; valid keys are {sorted(_FIELDS)}, and "
+            "cvxpylayers' keys (eps, max_iters, and its solvers' keys, which are ignored)"
+        )
+    try:
+        return dataclasses.replace(base, **args)
+    except InputError as exc:
+        renamed = sorted(set(solver_args) & set(CVXPYLAYERS_RENAMED))
+        if not renamed:
+            raise
+        raise InputError(f"{exc} (set by cvxpylayers' key(s) {renamed})") from None

@@ -11,13 +11,16 @@ and evaluation cost grows with the number of nonzeros, never with ``n^2`` or
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.sparse as sp
+import torch
 
+from ._batched_sparse import BatchedSparse, SparsePattern
 from ._canon import CanonicalForm
 from ._parametric import ParameterSpec, VariableSpec
+from ._qp import QPData
 
 __all__ = [
     "SPARSE_MAX_DENSITY",
@@ -96,6 +99,7 @@ class SparseParametricQP:
     bound: SparseAffine
     parameters: list[ParameterSpec]
     variables: list[VariableSpec]
+    _torch_cache: dict = field(default_factory=dict, repr=False)
 
     @property
     def m(self) -> int:
@@ -117,6 +121,67 @@ class SparseParametricQP:
             name: set(owner[block.parameter_columns()].tolist())
             for name, block in self.maps().items()
         }
+
+    def _torch_maps(self, dtype: torch.dtype, device: torch.device) -> dict[str, object]:
+        """Per block: its constant values ``(1, E)`` (a block no parameter reaches: the
+        same tensor on every call, which the caches of constant data key on) or its map
+        as a torch sparse ``(E, K + 1)`` matrix; and the patterns."""
+        key = (dtype, device)
+        if key not in self._torch_cache:
+            maps: dict[str, object] = {}
+            for name, block in self.maps().items():
+                if block.parameter_columns().size == 0:
+                    constant = block.matrix[:, [-1]].toarray().ravel()
+                    maps[name] = torch.as_tensor(constant, dtype=dtype, device=device)[None]
+                else:
+                    coo = block.matrix.tocoo()
+                    indices = np.vstack([coo.row, coo.col]).astype(np.int64)
+                    maps[name] = torch.sparse_coo_tensor(
+                        torch.as_tensor(indices, device=device),
+                        torch.as_tensor(coo.data, dtype=dtype, device=device),
+                        coo.shape,
+                        check_invariants=False,
+                    ).coalesce()
+
+            def pattern(rows: np.ndarray, cols: np.ndarray, size: tuple[int, int]):
+                return SparsePattern(
+                    torch.as_tensor(rows, device=device), torch.as_tensor(cols, device=device), size
+                )
+
+            maps["P_pattern"] = pattern(self.P_rows, self.P_cols, (self.n, self.n))
+            maps["C_pattern"] = pattern(self.C_rows, self.C_cols, (self.m, self.n))
+            self._torch_cache[key] = maps
+        return self._torch_cache[key]
+
+    def data(
+        self,
+        theta: torch.Tensor,
+        shared_theta: torch.Tensor | None = None,
+        shared_blocks: frozenset[str] = frozenset(),
+    ) -> QPData:
+        """The QP data at theta, with `BatchedSparse` matrices (differentiable in theta).
+
+        Args:
+            theta: ``(1|B, K)``.
+            shared_theta: ``(1, K)``, used for the blocks named in ``shared_blocks``
+                (those that depend on unbatched parameters only), which then stay shared.
+            shared_blocks: Names of blocks (``"P"``, ``"q"``, ``"C"``, ``"bound"``) to
+                evaluate at ``shared_theta``.
+        """
+        maps = self._torch_maps(theta.dtype, theta.device)
+        values = {}
+        for name in ("P", "q", "C", "bound"):
+            block = maps[name]
+            if not block.is_sparse:
+                values[name] = block
+                continue
+            source = shared_theta if name in shared_blocks and shared_theta is not None else theta
+            augmented = torch.cat([source, source.new_ones(source.shape[0], 1)], dim=1)
+            values[name] = torch.sparse.mm(block, augmented.T).T
+        P = BatchedSparse(values["P"], maps["P_pattern"])
+        C = BatchedSparse(values["C"], maps["C_pattern"])
+        batch = max(max(v.shape[0] for v in values.values()), theta.shape[0])
+        return QPData(P, values["q"], C, values["bound"], self.n_eq, batch)
 
 
 def _compress(

@@ -1,7 +1,7 @@
 """Solution polishing on sparse data (see `altdiff_modeling._polish`).
 
 Guess the active set from an ADMM iterate and solve the equality-constrained QP it
-defines (`altdiff_modeling._sparse_kkt.solve_active_kkt`: the variables their own short
+defines (`altdiff_modeling.linsys.sparse_kkt.solve_active_kkt`: the variables their own short
 active rows fix solved exactly, then one sparse LDL' of the regularized quasi-definite
 KKT matrix of the others, with iterative refinement). Unlike the dense path, a wrong
 guess is corrected by rounds of the primal-dual active-set method (drop rows with
@@ -24,8 +24,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from ._polish import active_set
-from ._sparse_kkt import _norm, solve_active_kkt
-from ._sparse_pinned import PinnedBlockFinder
+from .linsys.pinned import PinnedBlockFinder
+from .linsys.sparse_kkt import _norm, solve_active_kkt
 
 __all__ = ["sparse_polish"]
 

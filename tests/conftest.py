@@ -32,3 +32,18 @@ def rng(request: pytest.FixtureRequest) -> np.random.Generator:
 def _seed_torch(request: pytest.FixtureRequest) -> None:
     """Seed torch's global generator per test (tests never change the default dtype)."""
     torch.manual_seed(seed_for(request.node.nodeid))
+
+
+@pytest.fixture
+def unlimited_polishing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Polishing whenever the plan picks instances, whatever it costs, and through the
+    shared factor wherever the batch has one: the solver decides both from measured
+    times, and a test of what polishing leads to (the iteration a batch ends at,
+    results equal bit for bit across layers) must not depend on how busy the machine
+    is."""
+    import math
+
+    from altdiff_modeling import _admm, _costs
+
+    monkeypatch.setattr(_costs, "POLISH_SHARE", math.inf)
+    monkeypatch.setattr(_admm, "_shared_is_cheaper", lambda *args: True)

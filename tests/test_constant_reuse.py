@@ -48,7 +48,7 @@ def test_constant_matrices_are_equilibrated_once(equilibrate_calls):
     assert equilibrate_calls[0] == 1
 
 
-def test_reused_results_equal_a_fresh_layers():
+def test_reused_results_equal_a_fresh_layers(unlimited_polishing):
     problem, params, x, values = _problem(np.random.default_rng(2))
     warm = AltDiffLayer(problem, parameters=params, variables=[x])
     tensors = [torch.tensor(v) for v in values]
@@ -81,20 +81,20 @@ def test_parametric_and_batched_matrices_are_not_cached(equilibrate_calls):
     assert torch.equal(b, fresh(G2, h_t)[0])
 
 
-def test_factors_of_constant_matrices_are_reused_across_calls(monkeypatch):
+def test_factors_of_constant_matrices_are_reused_across_calls(monkeypatch, unlimited_polishing):
     # H(rho) depends only on the constant matrices, rho (on a fixed grid) and the cost
     # scaling: a second call with the same data factors nothing, and its results are
     # those of a fresh layer bit for bit.
-    import altdiff_modeling._admm as admm
+    from altdiff_modeling.linsys.systems import DenseSystems
 
     factorizations = [0]
-    original = admm._PenaltyMatrix.factor
+    original = DenseSystems.factor
 
     def counting(self, rho):
         factorizations[0] += 1
         return original(self, rho)
 
-    monkeypatch.setattr(admm._PenaltyMatrix, "factor", counting)
+    monkeypatch.setattr(DenseSystems, "factor", counting)
     problem, params, x, values = _problem(np.random.default_rng(4), n=12)
     tensors = [torch.tensor(v) for v in values]
     layer = AltDiffLayer(problem, parameters=params, variables=[x])
@@ -114,7 +114,7 @@ def test_factors_of_constant_matrices_are_reused_across_calls(monkeypatch):
 
 
 def test_rho_is_kept_on_its_grid():
-    from altdiff_modeling._factor_cache import quantize_rho
+    from altdiff_modeling.linsys.factor_cache import quantize_rho
 
     rho = torch.tensor([1e-6, 3.7e-3, 0.1, 0.42, 7.0, 1e6], dtype=torch.float64)
     grid = quantize_rho(rho)
@@ -125,8 +125,8 @@ def test_rho_is_kept_on_its_grid():
 
 
 def test_the_factor_cache_keeps_the_most_recent_within_its_budget(monkeypatch):
-    import altdiff_modeling._factor_cache as cache_module
-    from altdiff_modeling._factor import CholeskyFactor
+    import altdiff_modeling.linsys.factor_cache as cache_module
+    from altdiff_modeling.linsys.cholesky import CholeskyFactor
 
     monkeypatch.setattr(cache_module, "_MAX_FACTORS", 2)
     cache = cache_module.FactorCache()
@@ -152,13 +152,13 @@ def test_the_factor_cache_keeps_the_most_recent_within_its_budget(monkeypatch):
     assert len(cache) == 0
 
 
-def test_a_batchs_later_calls_reuse_what_its_factors_kept(monkeypatch):
+def test_a_batchs_later_calls_reuse_what_its_factors_kept(monkeypatch, unlimited_polishing):
     # With constant matrices, the polisher's S and majority inverses stay with the
     # cached factors of H, and the backward solves its systems on their bases (no
     # factor of K): a second call with the same batch inverts and factors nothing, and
     # returns the first call's results.
     import altdiff_modeling._direct_adjoint as adjoint_module
-    import altdiff_modeling._woodbury as woodbury_module
+    import altdiff_modeling.linsys.woodbury as woodbury_module
 
     counts = {"base": 0, "K": 0}
     build_base = woodbury_module.MajorityBase.build.__func__
@@ -196,8 +196,8 @@ def test_a_batchs_later_calls_reuse_what_its_factors_kept(monkeypatch):
 
 
 def test_the_factor_cache_budget_counts_what_the_factors_memos_hold(monkeypatch):
-    import altdiff_modeling._factor_cache as cache_module
-    from altdiff_modeling._factor import CholeskyFactor
+    import altdiff_modeling.linsys.factor_cache as cache_module
+    from altdiff_modeling.linsys.cholesky import CholeskyFactor
 
     class Held:
         def nbytes(self) -> int:
@@ -225,9 +225,9 @@ def test_the_factor_cache_budget_counts_what_the_factors_memos_hold(monkeypatch)
 def test_the_factors_a_layer_keeps_share_one_work_ledger():
     # What the iterations with any of a layer's factors cost is the credit from which
     # the shared polish's setup is bought (rent or buy); buying it spends the credit.
-    from altdiff_modeling._factor import CholeskyFactor
-    from altdiff_modeling._factor_cache import FactorCache
     from altdiff_modeling._polish import SharedPolisher
+    from altdiff_modeling.linsys.cholesky import CholeskyFactor
+    from altdiff_modeling.linsys.factor_cache import FactorCache
 
     cache = FactorCache()
     c = torch.ones(1, 1, dtype=torch.float64)
@@ -251,26 +251,18 @@ def test_the_factors_a_layer_keeps_share_one_work_ledger():
     assert cache.factor(torch.tensor([1.0]), c, make(1.0)).ledger is not first.ledger
 
 
-def test_a_single_problem_layer_differentiates_through_its_kept_polish_systems(monkeypatch):
+def test_a_single_problem_layer_differentiates_through_its_kept_polish_systems(
+    monkeypatch, unlimited_polishing
+):
     # One problem (n = 40, 3 equalities, 40 inequalities) on moving data: the kept
     # factor brings the shared polish's S and bases to every call, each call polishes
     # through them, and each backward solves their systems (no factor of K, no GMRES).
     # The gradients agree with implicit differentiation of the KKT system at Clarabel's
-    # solution. The third call iterates on at another rho after its polish: its
-    # backward solves the systems of the factor kept for polishing, converted to the
-    # final penalty.
+    # solution. (Systems of a kept factor of another rho than the final one are
+    # converted to the final penalty: `tests/test_direct_adjoint.py`.)
     from reference import kkt_implicit_gradient, solve_qp_reference
 
     import altdiff_modeling._altdiff as altdiff_module
-
-    sources = []
-    reverse = function_module.reverse_gradients
-
-    def spy(data, result, *args, **kwargs):
-        sources.append(result.polish_factor is not None)
-        return reverse(data, result, *args, **kwargs)
-
-    monkeypatch.setattr(function_module, "reverse_gradients", spy)
 
     calls = {"through": 0, "direct": 0, "gmres": 0}
     for name, key in (
@@ -310,14 +302,13 @@ def test_a_single_problem_layer_differentiates_through_its_kept_polish_systems(m
             error = np.linalg.norm(got.numpy() - expected) / np.linalg.norm(expected)
             assert error <= 1e-7, error
     assert calls == {"through": 3, "direct": 0, "gmres": 0}
-    assert sources == [False, False, True]
 
 
 def test_the_factor_kept_for_polishing_serves_its_cost_scaling_and_is_never_evicted(
     monkeypatch,
 ):
-    import altdiff_modeling._factor_cache as cache_module
-    from altdiff_modeling._factor import CholeskyFactor
+    import altdiff_modeling.linsys.factor_cache as cache_module
+    from altdiff_modeling.linsys.cholesky import CholeskyFactor
 
     monkeypatch.setattr(cache_module, "_MAX_FACTORS", 2)
     cache = cache_module.FactorCache()

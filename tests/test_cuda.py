@@ -76,3 +76,18 @@ def test_float32_on_cuda_solves_to_its_default_tolerance():
     x64 = x64.detach()
     error = (x32.double().cpu() - x64).norm(dim=1) / x64.norm(dim=1)
     assert float(error.max()) <= 1e-3
+
+
+def test_sparse_data_on_cuda_matches_the_cpu():
+    # Sparse factors live on the CPU: CUDA inputs are moved there once per call, and
+    # the outputs and gradients come back on the device.
+    layer, values, weights = _layer_batch(3, 8, 30)
+    sparse = {"backend": "sparse"}
+    cpu = _solve_and_differentiate(layer, values, weights, "cpu")
+    inputs = [torch.tensor(v, device="cuda", requires_grad=True) for v in values]
+    (x,) = layer(*inputs, solver_args=sparse)
+    grads = torch.autograd.grad((x * torch.tensor(weights, device="cuda")).sum(), inputs)
+    assert x.device.type == "cuda" and all(g.device.type == "cuda" for g in grads)
+    torch.testing.assert_close(x.cpu(), cpu[0], rtol=1e-6, atol=1e-6)
+    for got, want in zip(grads, cpu[1], strict=True):
+        torch.testing.assert_close(got.cpu(), want, rtol=1e-5, atol=1e-6)

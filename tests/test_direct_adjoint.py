@@ -9,9 +9,9 @@ from reference import kkt_implicit_gradient, solve_qp_reference
 
 from altdiff_modeling import _altdiff as altdiff_module
 from altdiff_modeling import _function as function_module
-from altdiff_modeling import _woodbury as woodbury_module
 from altdiff_modeling import solve_qp
-from altdiff_modeling._woodbury import MajorityBases, MajoritySystems, differing_rows
+from altdiff_modeling.linsys import woodbury as woodbury_module
+from altdiff_modeling.linsys.woodbury import MajorityBases, MajoritySystems, differing_rows
 
 
 def _shared_system(rng: np.random.Generator, m: int, rank: int) -> torch.Tensor:
@@ -138,7 +138,7 @@ def _layer_batch_gradients(data: list[np.ndarray], weights: np.ndarray):
     return x.detach().numpy(), info, [g.numpy() for g in grads]
 
 
-def test_backward_after_a_shared_polish_reuses_its_systems(monkeypatch):
+def test_backward_after_a_shared_polish_reuses_its_systems(monkeypatch, unlimited_polishing):
     # Every instance is polished at one check (20 iterations), some of them after a
     # correction: the backward solves the polish's systems, merged with the
     # correction's (no factorization, no capacitance system), and its gradients agree
@@ -440,10 +440,10 @@ def test_backward_through_the_systems_of_another_penalty_matches_its_own():
     # A layer polishes with the factor it kept for polishing, whose rho may differ from
     # the final iteration's: the systems of H(R') give the recursion's fixed point for
     # R once g_v is scaled by R'/R and c corrected by (R - R') C t.
-    from altdiff_modeling._admm import penalty_rows
     from altdiff_modeling._altdiff import adjoint_through_polish as through
-    from altdiff_modeling._factor import CholeskyFactor
     from altdiff_modeling._polish import SharedPolisher
+    from altdiff_modeling.linsys.cholesky import CholeskyFactor
+    from altdiff_modeling.linsys.systems import penalty_rows
 
     rng = np.random.default_rng(12)
     n, n_eq, m, B, sigma = 30, 5, 35, 4, 1e-6

@@ -49,7 +49,10 @@ def test_parameter_not_in_problem(simple):
 
 def test_duplicate_parameter(simple):
     problem, _, x, q, h = simple
-    with pytest.raises(ProblemError, match="'q' appears twice in parameters"):
+    with pytest.raises(
+        ProblemError,
+        match=r"parameter 'q' appears twice in parameters \(again at parameters\[2\]\)",
+    ):
         AltDiffLayer(problem, parameters=[q, h, q], variables=[x])
 
 
@@ -107,7 +110,9 @@ def test_non_polyhedral_constraint_is_named(make_constraint, cone):
     x = cp.Variable(2, name="x")
     q = cp.Parameter(2, name="q")
     problem = cp.Problem(cp.Minimize(cp.sum_squares(x) + q @ x), [x >= -1, make_constraint(x)])
-    with pytest.raises(ProblemError, match=rf"not a polyhedral QP.*constraint 1 .*needs {cone}"):
+    with pytest.raises(
+        ProblemError, match=rf"not a polyhedral QP.*in constraint 1 \(.*\) needs .*\({cone}\)"
+    ):
         AltDiffLayer(problem, parameters=[q], variables=[x])
 
 
@@ -115,7 +120,10 @@ def test_non_polyhedral_objective_is_named():
     x = cp.Variable(2, name="x")
     q = cp.Parameter(2, name="q")
     problem = cp.Problem(cp.Minimize(cp.norm(x, 2) + q @ x), [x >= -1])
-    with pytest.raises(ProblemError, match=r"not a polyhedral QP.*the objective.*needs SOC"):
+    with pytest.raises(
+        ProblemError,
+        match=r"not a polyhedral QP.*cp\.norm\(x, 2\) in the objective needs a second-order cone \(SOC\).*not supported yet",
+    ):
         AltDiffLayer(problem, parameters=[q], variables=[x])
 
 
@@ -162,14 +170,20 @@ def test_wrong_number_of_tensors(simple):
 def test_wrong_shape_names_parameter_and_expected_shape(simple):
     _, layer, *_ = simple
     q, _ = _q_h()
-    with pytest.raises(InputError, match=r"parameter 'h' expects shape \(2,\).*got \(3,\)"):
+    with pytest.raises(
+        InputError,
+        match=r"Invalid parameter shape for parameter 'h' \(parameters\[1\]\): expected \(2,\).*got \(3,\)",
+    ):
         layer(q, torch.ones(3, dtype=torch.float64))
 
 
 def test_wrong_rank(simple):
     _, layer, *_ = simple
     q, _ = _q_h()
-    with pytest.raises(InputError, match=r"parameter 'h' expects shape \(2,\).*got \(1, 1, 2\)"):
+    with pytest.raises(
+        InputError,
+        match=r"Invalid parameter dimensionality for parameter 'h'.*expected 1 or 2 dimensions.*got 3 \(shape \(1, 1, 2\)\)",
+    ):
         layer(q, torch.ones(1, 1, 2, dtype=torch.float64))
 
 
@@ -177,24 +191,37 @@ def test_inconsistent_batch_sizes(simple):
     _, layer, *_ = simple
     q, _ = _q_h((4,))
     _, h = _q_h((5,))
-    with pytest.raises(InputError, match=r"inconsistent batch sizes \{'q': 4, 'h': 5\}"):
+    with pytest.raises(InputError, match=r"Inconsistent batch sizes \{'q': 4, 'h': 5\}"):
         layer(q, h)
 
 
-def test_integer_dtype_is_rejected(simple):
+def test_integer_inputs_compute_in_the_default_float_dtype(simple):
+    # torch's promotion: integers next to float64 compute in float64; integers alone in
+    # torch's default dtype (float32 here).
     _, layer, *_ = simple
     _, h = _q_h()
-    with pytest.raises(
-        InputError, match=r"parameter 'q' must have dtype float32 or float64.*torch\.int64"
-    ):
-        layer(torch.zeros(3, dtype=torch.int64), h)
+    q_int = torch.tensor([1, -2, 0])
+    (x_float,) = layer(q_int.double(), h)
+    (x_mixed,) = layer(q_int, h)
+    assert x_mixed.dtype == torch.float64
+    torch.testing.assert_close(x_mixed, x_float)
+    (x_ints,) = layer(q_int, torch.ones(2, dtype=torch.int32))
+    assert x_ints.dtype == torch.get_default_dtype()
+    torch.testing.assert_close(x_ints.double(), x_float, atol=1e-3, rtol=0)
 
 
-def test_mixed_dtypes_are_rejected(simple):
+def test_mixed_float_dtypes_compute_in_the_widest(simple):
     _, layer, *_ = simple
     q, _ = _q_h()
-    with pytest.raises(InputError, match=r"parameter 'h' has dtype torch\.float32"):
-        layer(q, torch.ones(2, dtype=torch.float32))
+    q = q.clone().requires_grad_()
+    h32 = torch.ones(2, dtype=torch.float32, requires_grad=True)
+    (x,) = layer(q, h32)
+    assert x.dtype == torch.float64
+    (x_ref,) = layer(q.detach(), h32.detach().double())
+    torch.testing.assert_close(x.detach(), x_ref)
+    x.sum().backward()
+    assert h32.grad is not None and h32.grad.dtype == torch.float32  # each input's own dtype
+    assert h32.dtype == torch.float32  # the input itself is not converted
 
 
 def test_not_a_tensor(simple):
@@ -280,11 +307,13 @@ def test_solve_qp_nan_names_block():
         solve_qp(**data)
 
 
-def test_solve_qp_mixed_dtype():
+def test_solve_qp_mixed_dtype_computes_in_the_widest():
     data = _qp()
+    x_ref = solve_qp(**data)
     data["G"] = data["G"].float()
-    with pytest.raises(InputError, match=r"G has dtype torch\.float32"):
-        solve_qp(**data)
+    x = solve_qp(**data)
+    assert x.dtype == torch.float64
+    torch.testing.assert_close(x, x_ref)
 
 
 def test_inputs_are_not_modified(simple):
@@ -298,8 +327,23 @@ def test_inputs_are_not_modified(simple):
     assert torch.equal(h.detach(), h_before)
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.complex128])
-def test_unsupported_floating_dtypes(simple, dtype):
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_alone_is_rejected(simple, dtype):
     _, layer, *_ = simple
-    with pytest.raises(InputError, match=r"parameter 'q' must have dtype float32 or float64"):
+    with pytest.raises(
+        InputError,
+        match=rf"parameter 'q' \({dtype}\).*would compute in {dtype}.*float32 or float64",
+    ):
         layer(torch.zeros(3, dtype=dtype), torch.ones(2, dtype=dtype))
+
+
+def test_half_precision_next_to_float32_computes_in_float32(simple):
+    _, layer, *_ = simple
+    (x,) = layer(torch.zeros(3, dtype=torch.float16), torch.ones(2, dtype=torch.float32))
+    assert x.dtype == torch.float32
+
+
+def test_complex_dtype_is_rejected(simple):
+    _, layer, *_ = simple
+    with pytest.raises(InputError, match=r"parameter 'q': complex dtypes are not supported"):
+        layer(torch.zeros(3, dtype=torch.complex128), torch.ones(2, dtype=torch.float64))

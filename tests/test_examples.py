@@ -156,12 +156,12 @@ def test_tutorial_page_code_is_from_the_script(name: str) -> None:
         "index.md",
         "installation.md",
         "quickstart.md",
-        "migrating/cvxpylayers.md",
         "migrating/qpth.md",
     ],
 )
 def test_docs_examples_run(page: str) -> None:
-    """The self-contained examples of the docs run (peers' code is not run here)."""
+    """The self-contained examples of the docs run (peers' code is not run here; the
+    cvxpylayers guide's snippets run in test_cvxpylayers_compat.py, both libraries')."""
     namespace: dict[str, Any] = {}
     blocks = [
         block

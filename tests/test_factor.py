@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from altdiff_modeling import _factor as factor_module
 from altdiff_modeling import solve_qp
-from altdiff_modeling._factor import CholeskyFactor
+from altdiff_modeling.linsys import cholesky as factor_module
+from altdiff_modeling.linsys.cholesky import CholeskyFactor
 
 
 def _spd(n: int, condition: float, seed: int = 0) -> torch.Tensor:

@@ -42,7 +42,7 @@ def test_block_values_and_gradients_match_their_affine_maps(rng):
         got = values[name].detach().expand(3, *block.shape).reshape(3, -1).numpy()
         np.testing.assert_allclose(got, flat, rtol=1e-14, atol=1e-14, err_msg=name)
         weights = rng.standard_normal(flat.shape)
-        if values[name].requires_grad:
+        if values[name].requires_grad and values[name].numel():
             loss = loss + (values[name].reshape(-1, flat.shape[1]) * torch.tensor(weights)).sum()
             expected_grad += (block.matrix[:, :-1].T @ weights[:, block.index].T).T
     loss.backward()

@@ -248,7 +248,7 @@ def test_state_dict_round_trip_into_a_fresh_model():
     model.layer.load_state_dict(model.layer.state_dict(), strict=True)
 
 
-def test_two_layers_over_one_problem_do_not_interfere():
+def test_two_layers_over_one_problem_do_not_interfere(unlimited_polishing):
     problem, x, q, u = _box_problem()
     args = {"warm_start": True}
     u_t = torch.full((10,), 0.5, dtype=F64)

@@ -13,7 +13,7 @@ import torch
 from reference import finite_difference_gradient, relative_error, solve_reference
 from sparse_families import SparseFamily, isotonic, lasso, mpc, portfolio
 
-from altdiff_modeling import AltDiffLayer, InputError, SolverError, solve_qp
+from altdiff_modeling import AltDiffLayer, InputError, SolverError
 
 TIGHT = {"eps_abs": 1e-10, "eps_rel": 1e-10, "backward_eps": 1e-12}
 
@@ -220,9 +220,6 @@ def test_unsupported_uses_of_the_sparse_backend_raise_input_error() -> None:
         layer(y, solver_args={"mode": "forward"})
     with pytest.raises(InputError, match="jacobian"):
         layer.jacobian(y)
-    eye = torch.eye(2, dtype=torch.float64)
-    with pytest.raises(InputError, match="backend"):
-        solve_qp(eye, torch.ones(2, dtype=torch.float64), solver_args={"backend": "sparse"})
 
 
 def _infeasible_layer() -> tuple[AltDiffLayer, torch.Tensor]:
@@ -312,7 +309,7 @@ def test_kkt_factor_engines_agree_with_a_dense_solve() -> None:
     constraint rows)."""
     import scipy.sparse as sp
 
-    from altdiff_modeling._sparse_kkt import KKTFactor
+    from altdiff_modeling.linsys.sparse_kkt import KKTFactor
 
     rng = np.random.default_rng(18)
     n = 400
@@ -357,7 +354,7 @@ def test_schur_complement_of_sparse_long_rows_by_sparse_products(monkeypatch) ->
     solve per long row; below a chain (depth 399) it falls back to the solves."""
     import scipy.sparse as sp
 
-    import altdiff_modeling._sparse_kkt as sparse_kkt
+    import altdiff_modeling.linsys.sparse_kkt as sparse_kkt
 
     rng = np.random.default_rng(5)
     n = 400

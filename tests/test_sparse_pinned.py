@@ -1,4 +1,4 @@
-"""Variables fixed by their own short active rows (`altdiff_modeling._sparse_pinned`):
+"""Variables fixed by their own short active rows (`altdiff_modeling.linsys.pinned`):
 which blocks are found, and the active-set KKT solve that eliminates them against a
 dense solve of the whole system."""
 
@@ -8,8 +8,8 @@ import numpy as np
 import scipy.sparse as sp
 from reference import relative_error
 
-from altdiff_modeling._sparse_kkt import _solve_regularized, solve_active_kkt
-from altdiff_modeling._sparse_pinned import PinnedBlockFinder
+from altdiff_modeling.linsys.pinned import PinnedBlockFinder
+from altdiff_modeling.linsys.sparse_kkt import _solve_regularized, solve_active_kkt
 
 
 def _constraints(rng: np.random.Generator) -> tuple[sp.csr_array, np.ndarray, set[int]]:

@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 import torch
 
-from altdiff_modeling import AltDiffLayer
+from altdiff_modeling import AltDiffLayer, SolverWarning
 from altdiff_modeling import _altdiff as altdiff_module
 from altdiff_modeling._direct_adjoint import adjoint_through_polish, direct_adjoint
-from altdiff_modeling._factor import CholeskyFactor
 from altdiff_modeling._krylov import batched_gmres
 from altdiff_modeling._polish import ReducedKKT, SharedPolisher
+from altdiff_modeling.linsys.cholesky import CholeskyFactor
 
 SIGMA = 1e-6
 
@@ -150,7 +150,7 @@ def _portfolio_problem(n_assets: int = 12, factors: int = 3):
     return problem, [holdings, F, mu], w
 
 
-def test_portfolio_training_gradients_are_the_recursions():
+def test_portfolio_training_gradients_are_the_recursions(unlimited_polishing):
     # A Markowitz layer with abs transaction and neg shorting costs, trained by Adam at
     # eps 1e-5, its covariance factor and returns shared by the batch: transaction
     # costs keep many weights at their holdings, where the active rows are dependent
@@ -246,3 +246,62 @@ def test_the_direct_shortcut_is_checked_on_every_call(monkeypatch):
     # active rows (both sides of every abs, and the budget) are dependent.
     np.testing.assert_allclose(weights.detach().numpy(), holdings.detach().numpy(), atol=1e-6)
     assert not bool(calls[0].any()) and info.backward_iterations > 1
+
+
+def _segment_lp(on_failure: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``min q'x  s.t.  x1 + x2 >= 1, 0 <= x <= 2`` at ``q = (1, 1)``: every point of a
+    segment solves it, and ``x1`` has no derivative there. Returns the solution and
+    the gradient of ``x1`` with respect to q."""
+    from altdiff_modeling import solve_qp
+
+    G = torch.tensor([[-1.0, -1.0], [-1.0, 0.0], [0.0, -1.0], [1.0, 0.0], [0.0, 1.0]])
+    h = torch.tensor([-1.0, 0.0, 0.0, 2.0, 2.0])
+    q = torch.ones(2, dtype=torch.float64, requires_grad=True)
+    args = {"on_failure": on_failure, "backward_max_iter": 2000}
+    x = solve_qp(torch.zeros(2, 2), q, None, None, G.double(), h.double(), solver_args=args)
+    (grad,) = torch.autograd.grad(x[0], q)
+    return x, grad
+
+
+def test_a_backward_with_no_derivative_says_so():
+    # The degenerate LP's recursion "converges" to a point amplified by 1e15 (rounding
+    # along the segment): never returned silently. By default the backward raises; with
+    # on_failure "warn" it warns and returns it; with "nan" its gradient is NaN.
+    from altdiff_modeling import SolverError, SolverWarning, solve_qp
+
+    with pytest.raises(SolverError, match="no reliable derivative"):
+        _segment_lp("raise")
+    with pytest.warns(SolverWarning, match=r"0: singular"):
+        _, grad = _segment_lp("warn")
+    assert float(grad.abs().max()) > 1e10
+    with pytest.warns(SolverWarning):
+        _, grad = _segment_lp("nan")
+    assert bool(torch.isnan(grad).all())
+    # A regular instance of the same LP converges, and says so.
+    G = torch.tensor([[-1.0, -1.0], [-1.0, 0.0], [0.0, -1.0], [1.0, 0.0], [0.0, 1.0]])
+    q = torch.tensor([1.0, 2.0], dtype=torch.float64, requires_grad=True)
+    h = torch.tensor([-1.0, 0.0, 0.0, 2.0, 2.0], dtype=torch.float64)
+    x, info = solve_qp(torch.zeros(2, 2), q, None, None, G.double(), h, return_info=True)
+    torch.autograd.grad(x[0], q)
+    assert info.backward_status == ["converged"]
+
+
+def test_a_backward_that_runs_out_of_iterations_says_so(monkeypatch):
+    # GMRES and the plain recursion stopped before the fixed point: status max_iter.
+    import altdiff_modeling._altdiff as module
+
+    def no_gmres(operator, rhs, x0, tol, max_matvecs):
+        return x0, 1, torch.zeros(rhs.shape[0], dtype=torch.bool)
+
+    monkeypatch.setattr(module, "batched_gmres", no_gmres)
+    problem, parameters, w = _portfolio_problem()
+    layer = AltDiffLayer(problem, parameters, [w])
+    rng = np.random.default_rng(2)
+    holdings = torch.tensor(rng.dirichlet(np.ones(12), size=3), requires_grad=True)
+    F = torch.tensor(0.3 * rng.standard_normal((3, 12, 3)))
+    mu = torch.tensor(0.05 * rng.standard_normal((3, 12)))
+    args = {"backward_method": "gmres", "backward_max_iter": 2, "on_failure": "warn"}
+    (weights,), info = layer(holdings, F, mu, solver_args=args, return_info=True)
+    with pytest.warns(SolverWarning, match="max_iter"):
+        weights.sum().backward()
+    assert info.backward_status == ["max_iter"] * 3

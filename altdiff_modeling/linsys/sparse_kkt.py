@@ -24,8 +24,8 @@ import scipy.linalg as sla_dense
 import scipy.sparse as sp
 import scipy.sparse.linalg as sla
 
-from ._errors import SolverError
-from ._sparse_pinned import PinnedBlockFinder
+from .._errors import SolverError
+from .pinned import PinnedBlockFinder
 
 __all__ = ["KKTFactor", "solve_active_kkt"]
 
@@ -404,7 +404,7 @@ def solve_active_kkt(
     """Solve the equality-constrained KKT system of the active rows of C.
 
     ``[[P, C_a'], [C_a, 0]] [u; w_a] = [rhs_x; rhs_y_a]``. Variables that their own
-    short active rows fix (`altdiff_modeling._sparse_pinned`) are solved for first and
+    short active rows fix (`altdiff_modeling.linsys.pinned`) are solved for first and
     exactly; the rest through a fresh LDL' (its own ordering) of the regularized
     quasi-definite ``[[P + delta I, C_a'], [C_a, -delta I]]`` of the remaining
     variables and rows, with iterative refinement against the unregularized system.

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import torch
 
-from ._factor import CholeskyFactor, WorkLedger
+from .cholesky import CholeskyFactor, WorkLedger
 
 __all__ = ["FactorCache", "quantize_rho"]
 
@@ -45,7 +45,8 @@ class FactorCache:
     Args:
         across_calls: The cache outlives the call (a layer's): a setup computed with
             its factors serves later calls, which makes it worth buying
-            (`_admm.polish_cost`). A one-off solve's cache serves that solve only.
+            (`_polish.SharedPolisher.credit`). A one-off solve's cache serves that solve
+            only.
     """
 
     def __init__(self, across_calls: bool = False) -> None:

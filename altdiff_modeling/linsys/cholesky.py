@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-from ._errors import SolverError
+from .._errors import SolverError
 
 __all__ = ["CholeskyFactor", "cholesky_solve"]
 
@@ -29,8 +31,8 @@ def cholesky_solve(rhs: torch.Tensor, L: torch.Tensor) -> torch.Tensor:
 
 
 class WorkLedger:
-    """The cost of the iterations (ADMM steps and backward products, in the units of
-    `_admm.step_flops`) taken with some factors since a setup was last paid from it.
+    """The time (seconds) of the iterations (ADMM steps and backward products) taken
+    with some factors since a setup was last paid from it.
 
     The factors a layer keeps across calls (`FactorCache`) share one: what their
     iterations cost is the budget from which a setup that makes the later calls
@@ -77,6 +79,9 @@ class CholeskyFactor:
         self.memo: dict[str, object] = {}
         self.ledger = WorkLedger()
         self._step_inverse: torch.Tensor | bool | None = False  # False: not computed yet
+        # The time its factorization took (set by whoever timed it), and its operations.
+        self.seconds = math.nan
+        self.flops = L.shape[0] * L.shape[-1] ** 3 / 3
 
     @classmethod
     def from_lower(cls, L: torch.Tensor) -> CholeskyFactor:
@@ -86,6 +91,7 @@ class CholeskyFactor:
         factor.memo = {}
         factor.ledger = WorkLedger()
         factor._step_inverse = False
+        factor.seconds, factor.flops = math.nan, L.shape[0] * L.shape[-1] ** 3 / 3
         return factor
 
     def nbytes(self) -> int:
@@ -100,6 +106,14 @@ class CholeskyFactor:
     def select(self, index: torch.Tensor) -> CholeskyFactor:
         """The factors of the instances ``index`` ``(K,)`` (a shared one as is)."""
         return self if self.shared else CholeskyFactor.from_lower(self.L[index])
+
+    def copy(self) -> CholeskyFactor:
+        """A factor whose instances `put` may replace (a shared one as is)."""
+        return self if self.shared else CholeskyFactor.from_lower(self.L.clone())
+
+    def put(self, rows: torch.Tensor, other: CholeskyFactor) -> None:
+        """Replace the factors of the instances ``rows`` ``(K,)`` by ``other``'s K."""
+        self.L[rows] = other.L
 
     def step_inverse(self) -> torch.Tensor | None:
         """``H^{-1}`` ``(n, n)`` for the products of the ADMM step, or None where the

@@ -1,6 +1,6 @@
 """Variables that their own active rows fix, eliminated before an active-set solve.
 
-An active-set KKT system (`altdiff_modeling._sparse_kkt.solve_active_kkt`) often holds
+An active-set KKT system (`altdiff_modeling.linsys.sparse_kkt.solve_active_kkt`) often holds
 many variables that a few short active rows determine alone: a bound at its limit, a
 lasso weight held at zero by its two rows ``w - t <= 0`` and ``-w - t <= 0``. Grouping
 the short active rows with their variables into connected components, a component
