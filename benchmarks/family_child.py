@@ -8,8 +8,8 @@ The child builds the method (timed: the CVXPY problem and the layer for CVXPY-ba
 methods, the autograd function for raw-QP ones), then makes every call of the case in
 order (one warm-up call, then the timed ones), each with new leaf tensors of that call's
 parameter values: forward, then ``torch.autograd.grad`` of ``sum(w * x)`` with that
-call's weights w. It records every call's times, the library's statuses, iterations and
-warnings, the largest gradient amplification ``||dL/dtheta|| / ||w||`` per instance, and
+call's weights w. It records every call's times, the library's statuses, iterations,
+backward statuses and warnings, the largest gradient amplification ``||dL/dtheta|| / ||w||`` per instance, and
 the errors against the reference on the calls that have one. It writes its JSON after
 every call, so that a parent that kills it at the budget keeps what finished.
 """
@@ -130,7 +130,7 @@ class RawQPMethod(FamilyMethod):
 
     def unavailable(self, case: Case) -> str | None:
         if case.qp is None:
-            return "no raw-QP form: a large sparse problem (these solvers take dense matrices)"
+            return "no raw-QP form: the large sparse problems are written in CVXPY only"
         return None
 
     def prepare(self) -> None:
@@ -299,6 +299,7 @@ def run(args: argparse.Namespace) -> None:
     start = time.perf_counter()
     errors = Errors(case, ref)
     statuses: Counter = Counter()
+    backward_statuses: Counter = Counter()
     caught_messages: Counter = Counter()
     fwd, bwd, amps, iters, bw_iters, unsolved_calls = [], [], [], [], [], 0
     try:
@@ -337,6 +338,7 @@ def run(args: argparse.Namespace) -> None:
                 unsolved_calls += any(s != "solved" for s in info.status)
                 iters.append(int(info.iterations.max()) if info.iterations is not None else None)
                 bw_iters.append(int(info.backward_iterations))
+                backward_statuses.update(info.backward_status)
             amps.append(amplification(case, grads_np, w.numpy()))
             errors.add(call, x.detach().numpy(), grads_np, w.numpy())
             last = t2 - t0
@@ -372,6 +374,7 @@ def run(args: argparse.Namespace) -> None:
             result["unsolved_calls"] = unsolved_calls
             result["iterations_max"] = max((i for i in iters if i is not None), default=None)
             result["backward_iterations"] = bw_iters
+            result["backward_statuses"] = dict(backward_statuses)
         result["warnings"] = dict(caught_messages)
         accuracy = {
             k: v for k, v in (result["errors"] or {}).items() if k in ("solution", "gradient")

@@ -136,6 +136,7 @@ def case_table(name: str, entry: dict) -> str:
         "peak - baseline MB",
         "timed calls",
         "not solved",
+        "backward not converged",
         "status",
     ]
     rows = []
@@ -151,9 +152,11 @@ def case_table(name: str, entry: dict) -> str:
             gradient = _num(err.get("gradient"), 2)
             if err.get("kind") == "directional" and err.get("gradient") is not None:
                 gradient += " (dir.)"
-            not_solved = None
+            not_solved = unconverged = None
             if r.get("statuses") is not None:
                 not_solved = sum(v for k, v in r["statuses"].items() if k != "solved")
+            if r.get("backward_statuses") is not None:
+                unconverged = sum(v for k, v in r["backward_statuses"].items() if k != "converged")
             rows.append(
                 [
                     m,
@@ -169,6 +172,7 @@ def case_table(name: str, entry: dict) -> str:
                     _num(r.get("peak_delta_mb"), 4),
                     r.get("timed_calls", "-"),
                     "-" if not_solved is None else not_solved,
+                    "-" if unconverged is None else unconverged,
                     r.get("status", "-").replace("|", "/")[:160],
                 ]
             )

@@ -6,8 +6,9 @@ reported success, its own status, a normalized outcome, the iterations, the solv
 wall time and the primal and dual solution in qpbenchmark's form
 ``(x, y, z, z_box)``. Settings follow qpbenchmark's ``SolverSettings``: eps_abs (and the
 duality-gap tolerance where a solver has one, with proxqp's gap check on) = tol,
-eps_rel = 0, time limits where a solver has them; ``max_iter`` = 100,000 for this library and OSQP; OSQP polishes, as
-qpsolvers' interface does by default.
+eps_rel = 0, time limits where a solver has them; ``max_iter`` = 100,000 for this
+library and OSQP; OSQP polishes, as qpsolvers' interface does by default. This library
+runs twice: ``altdiff`` gets dense tensors, ``altdiff-sparse`` scipy.sparse matrices.
 
 The timed part is the solver's setup and solve from matrices already in its format.
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 import scipy.sparse as sp
@@ -58,16 +60,21 @@ def _split_one_sided(p: MMProblem, y: np.ndarray) -> tuple[np.ndarray, ...]:
     return y[:n_eq], y[n_eq : n_eq + m], y[n_eq + m :]
 
 
-def solve_altdiff(p: MMProblem, tol: float, time_limit: float, matrices: str = "dense") -> Solve:
-    """``solve_qp`` on the stacked form (bounds as rows of G), float64.
+#: This library's solvers: ``solve_qp`` on dense torch tensors, or on scipy.sparse matrices.
+LIBRARY_MATRICES = {"altdiff": "dense", "altdiff-sparse": "sparse"}
 
-    ``matrices``: ``"dense"`` (torch tensors) or ``"sparse"`` (scipy.sparse CSR matrices
-    for P, A, G, for when ``solve_qp`` accepts them; until then the call raises, and
-    the run records the exception).
-    """
+
+def library_settings(tol: float) -> dict:
+    """This library's ``solver_args`` at tolerance ``tol`` (an unsolved instance warns
+    instead of raising: its status is part of what is measured)."""
+    return {"eps_abs": tol, "eps_rel": 0.0, "max_iter": MAX_ITER, "on_failure": "warn"}
+
+
+def library_inputs(p: MMProblem, matrices: str) -> dict:
+    """``solve_qp``'s inputs ``P, q, A, b, G, h`` for the stacked form (bounds as rows of
+    G), float64: P, A, G dense tensors (``matrices="dense"``) or scipy.sparse CSR matrices
+    (``"sparse"``), q, b, h tensors; A, b (G, h) None where the problem has no such rows."""
     import torch
-
-    from altdiff_modeling import solve_qp
 
     P, q, A, b, G, h = p.stacked()
 
@@ -79,12 +86,23 @@ def solve_altdiff(p: MMProblem, tol: float, time_limit: float, matrices: str = "
     def vector(v: np.ndarray):
         return torch.from_numpy(np.ascontiguousarray(v))
 
-    args = [matrix(P), vector(q)]
-    args += [matrix(A), vector(b)] if b.size else [None, None]
-    args += [matrix(G), vector(h)] if h.size else [None, None]
-    settings = {"eps_abs": tol, "eps_rel": 0.0, "max_iter": MAX_ITER, "on_failure": "warn"}
+    blocks = {"P": matrix(P), "q": vector(q), "A": None, "b": None, "G": None, "h": None}
+    if b.size:
+        blocks.update(A=matrix(A), b=vector(b))
+    if h.size:
+        blocks.update(G=matrix(G), h=vector(h))
+    return blocks
+
+
+def solve_altdiff(p: MMProblem, tol: float, time_limit: float, matrices: str = "dense") -> Solve:
+    """``solve_qp`` on :func:`library_inputs` (``matrices``: "dense" or "sparse")."""
+    from altdiff_modeling import solve_qp
+
+    blocks = library_inputs(p, matrices)
     start = time.perf_counter()
-    x, lam, nu, info = solve_qp(*args, solver_args=settings, return_info=True, return_duals=True)
+    x, lam, nu, info = solve_qp(
+        **blocks, solver_args=library_settings(tol), return_info=True, return_duals=True
+    )
     seconds = time.perf_counter() - start
     status = info.status[0]
     outcome = {
@@ -94,7 +112,7 @@ def solve_altdiff(p: MMProblem, tol: float, time_limit: float, matrices: str = "
         "primal_infeasible": CERTIFICATE,
         "dual_infeasible": CERTIFICATE,
     }.get(status, OTHER)
-    nu_np = nu.detach().numpy() if h.size else np.zeros(0)
+    nu_np = nu.detach().numpy().reshape(-1) if blocks["h"] is not None else np.zeros(0)
     z, z_box = p.split_box(nu_np)
     return Solve(
         found=status == "solved",
@@ -102,8 +120,8 @@ def solve_altdiff(p: MMProblem, tol: float, time_limit: float, matrices: str = "
         outcome=outcome,
         seconds=seconds,
         iterations=int(info.iterations.max()),
-        x=x.detach().numpy(),
-        y=lam.detach().numpy() if b.size else np.zeros(0),
+        x=x.detach().numpy().reshape(-1),
+        y=lam.detach().numpy().reshape(-1) if blocks["b"] is not None else np.zeros(0),
         z=z,
         z_box=z_box,
     )
@@ -282,7 +300,7 @@ def solve_piqp(p: MMProblem, tol: float, time_limit: float) -> Solve:
 
 
 SOLVERS: dict[str, Callable[..., Solve]] = {
-    "altdiff": solve_altdiff,
+    **{name: partial(solve_altdiff, matrices=m) for name, m in LIBRARY_MATRICES.items()},
     "osqp": solve_osqp,
     "proxqp": solve_proxqp,
     "clarabel": solve_clarabel,
