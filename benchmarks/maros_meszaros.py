@@ -7,7 +7,7 @@ this library twice, ``altdiff`` on dense tensors and ``altdiff-sparse`` on
 scipy.sparse matrices),
 each solve in its own process on one thread, under a time cap (``--cap``, 100 s). The
 residuals are recomputed by qpbenchmark's formulas in the problem's own units from
-each solver's x and multipliers (``benchmarks/mm_problems.py``); a solve succeeds when
+each solver's x and multipliers (``tests/mm_problems.py``); a solve succeeds when
 the solver reported success, took at most the cap, and all three residuals are within
 the tolerance. A reported success with a residual above it is a false "solved".
 
@@ -42,6 +42,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(ROOT / "tests"))  # the problems' loader lives with the tests
 from _child import child_env, reusable, run_budgeted, thread_env, write_json
 
 os.environ.update(thread_env(1))  # before numpy: the reference solves run here too
