@@ -40,6 +40,12 @@ from ._costs import (
     step_flops,
     timed,
 )
+from ._interior_point import (
+    INTERIOR_POINT_OPERATIONS,
+    TYPICAL_STEPS,
+    interior_point_flops,
+    interior_point_solve,
+)
 from ._polish import SHARED_REFINE_STEPS, SharedPolisher, active_set, polish
 from ._qp import Matrix, QPData, matvec, rmatvec
 from ._scaling import Scaling
@@ -152,16 +158,6 @@ def inf_norm(v: torch.Tensor) -> torch.Tensor:
     return v.abs().amax(dim=-1)
 
 
-def _inequality_column_sums(C: Matrix, n_eq: int) -> torch.Tensor:
-    """``(1|B, n)``: ``sum_i |G_ij|`` over the inequality rows ``G = C[n_eq:]``."""
-    if isinstance(C, BatchedSparse):
-        rows = C.rows >= n_eq
-        values = C.values.abs()[:, rows]
-        sums = values.new_zeros(values.shape[0], C.size[1])
-        return sums.index_add_(1, C.cols[rows], values)
-    return C[:, n_eq:].abs().sum(-2)
-
-
 class _Reference(NamedTuple):
     """An iterate ``x`` ``(B, n)``, ``y`` ``(B, m)`` and its products in the user's units
     ``Px``, ``Cx``, ``C'y``: what the certificates compare the next check with."""
@@ -193,12 +189,8 @@ class _Residuals:
         s = scaling
         self.inv_E, self.inv_D, self.inv_c = 1 / s.E, 1 / s.D, 1 / s.c[:, 0]
         self.q_user = data.q * self.inv_D
-        # ``max_j sum_i |G_ij| / D_j``: bounds how much clamping dy's inequality part at
-        # zero can change ``||G'dy / D||_inf``, per unit of the largest clamped entry.
-        self.G_column_sums = None
-        if self.n_eq < self.C.shape[1]:
-            self.G_column_sums = (_inequality_column_sums(self.C, self.n_eq) * self.inv_D).amax(-1)
         self.previous: _Reference | None = None
+        self._norms: _DataNorms | None = None
 
     def measure(
         self, x: torch.Tensor, z: torch.Tensor, y: torch.Tensor, Cx: torch.Tensor | None = None
@@ -265,46 +257,88 @@ class _Residuals:
         dual = self.dual / self.dual_scale.clamp_min(_TINY)
         return (primal / dual.clamp_min(_TINY)).clamp_min(_TINY)
 
+    def _data_norms(self) -> _DataNorms:
+        """The data's norms in the user's units (computed once, at the first candidate
+        certificate: most solves never need them)."""
+        if self._norms is None:
+            data, inv_D = self.data, self.inv_D
+            # |M_user| 1 for M_user = S_row^-1 M_scaled D^-1: |M_scaled| (1 / D), row-scaled.
+            P_rows = matvec(_absolute(data.P), inv_D.expand(data.batch_size, -1)) * inv_D
+            C_rows = matvec(_absolute(self.C), inv_D.expand(data.batch_size, -1)) * self.inv_E
+            C_cols = rmatvec(_absolute(self.C), self.inv_E.expand(data.batch_size, -1)) * inv_D
+            self._norms = _DataNorms(inf_norm(P_rows) * self.inv_c, C_rows, C_cols)
+        return self._norms
+
     def primal_infeasible(self) -> torch.Tensor:
         """Certificate test on ``dy`` ``(B, m)``, the change of the multipliers since the
-        remembered check."""
+        remembered check: ``C'dy = 0`` and ``bound'dy < 0`` over the multipliers' cone, in
+        the user's units. Each holds to ``eps_prim_inf`` times ``||dy||``, and also to
+        a tolerance scaled to the data where that is tighter: column by column by the
+        column's norm for ``C'dy``, and for ``bound'dy`` by the size of its terms (a sum
+        that cancels in rounding proves nothing)."""
         s, n_eq, eps = self.scaling, self.n_eq, self.settings.eps_prim_inf
         dy = self.y - self.previous.y
         # Multipliers of inequality rows are nonnegative: keep the cone's part of dy.
         clamped = dy[:, n_eq:].clamp_min(0)
         dy_cone = torch.cat([dy[:, :n_eq], clamped], dim=1)
-        size = inf_norm(s.E * dy_cone)
-        support = (self.bound.expand_as(dy) * dy_cone).sum(-1)
-        candidate = (size > _TINY) & (support <= -eps * size)
+        dy_user = s.E * dy_cone
+        size = inf_norm(dy_user)
+        terms = self.bound.expand_as(dy) * dy_cone
+        support = terms.sum(-1)
+        scale = torch.maximum(size, terms.abs().sum(-1))
+        candidate = (size > _TINY) & (support <= -eps * scale)
         if not bool(candidate.any()):
             return candidate
         # C'dy of the unclamped dy is a difference of kept products; clamping moves it
         # by at most `slack`, which rules most candidates out before any product.
         Ct_dy = self.Cty - self.previous.Cty
         removed = inf_norm(clamped - dy[:, n_eq:])
-        if self.G_column_sums is not None:
-            slack = removed * self.G_column_sums
-            candidate = candidate & (inf_norm(Ct_dy) - slack <= eps * size)
-            if bool(candidate.any()) and bool((removed > 0).any()):
-                Ct_dy = rmatvec(self.C, dy_cone) * self.inv_D
-        return candidate & (inf_norm(Ct_dy) <= eps * size)
+        if bool((removed > 0).any()):
+            Ct_dy = rmatvec(self.C, dy_cone) * self.inv_D
+        columns = self._data_norms().C_cols.clamp_max(1)
+        return candidate & (Ct_dy.abs() <= eps * columns * size.unsqueeze(-1)).all(-1)
 
     def dual_infeasible(self) -> torch.Tensor:
         """Certificate test on ``dx`` ``(B, n)``, the change of the iterate since the
-        remembered check."""
+        remembered check: ``P dx = 0``, ``A dx = 0``, ``G dx <= 0`` and ``q'dx < 0`` in
+        the user's units. Each holds to ``eps_dual_inf`` times ``||dx||``, and also to a
+        tolerance scaled to the data where that is tighter (by ``||P||``, by each row's
+        norm, and for ``q'dx`` by the size of its terms): on data of small norms an
+        absolute tolerance would accept a direction that is no certificate."""
         s, n_eq, eps = self.scaling, self.n_eq, self.settings.eps_dual_inf
         before = self.previous
         dx = self.x - before.x
         size = inf_norm(s.D * dx)
-        c = s.c[:, 0]
-        P_dx = inf_norm(self.Px - before.Px)
-        q_dx = (self.data.q * dx).sum(-1)
+        inv_c = self.inv_c
+        terms = self.data.q * dx * inv_c.unsqueeze(-1)
+        scale = torch.maximum(size, terms.abs().sum(-1))
+        candidate = (size > _TINY) & (terms.sum(-1) <= -eps * scale)
+        if not bool(candidate.any()):
+            return candidate
+        norms = self._data_norms()
+        P_dx = inf_norm(self.Px - before.Px) * inv_c
+        bound = eps * norms.C_rows.clamp_max(1) * size.unsqueeze(-1)
         C_dx = self.Cx - before.Cx
-        eq_ok = inf_norm(C_dx[:, :n_eq]) <= eps * size
-        ineq_ok = (C_dx[:, n_eq:] <= eps * size.unsqueeze(-1)).all(-1)
-        return (
-            (size > _TINY) & (P_dx <= c * eps * size) & (q_dx <= -c * eps * size) & eq_ok & ineq_ok
-        )
+        eq_ok = (C_dx[:, :n_eq].abs() <= bound[:, :n_eq]).all(-1)
+        ineq_ok = (C_dx[:, n_eq:] <= bound[:, n_eq:]).all(-1)
+        return candidate & (P_dx <= eps * norms.P.clamp_max(1) * size) & eq_ok & ineq_ok
+
+
+class _DataNorms(NamedTuple):
+    """The data's norms in the user's units, which tighten the certificates' tolerances:
+    ``||P||_inf`` ``(B,)``, the 1-norms of the rows ``(B, m)`` and of the columns
+    ``(B, n)`` of ``C``."""
+
+    P: torch.Tensor
+    C_rows: torch.Tensor
+    C_cols: torch.Tensor
+
+
+def _absolute(M: Matrix) -> Matrix:
+    """``|M|`` entrywise."""
+    if isinstance(M, BatchedSparse):
+        return M.with_values(M.values.abs())
+    return M.abs()
 
 
 def solve_rates(factor: Factor, n: int, m: int, batch: int, step_seconds: float) -> Rates:
@@ -474,6 +508,36 @@ def _try_polish(
     y = torch.where(accept[:, None], y_new, y)
     residuals.measure(x, z, y)
     return x, z, y, accept, systems
+
+
+def _try_interior_point(
+    data: QPData,
+    residuals: _Residuals,
+    x: torch.Tensor,
+    z: torch.Tensor,
+    y: torch.Tensor,
+    pending: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Solve the pending instances by the interior-point method; keep each solution
+    that meets the tolerance in the user's units. Returns ``x, z, y`` and the ``(B,)``
+    mask of the solutions kept; on return ``residuals`` describes the returned iterates."""
+    index = torch.nonzero(pending).flatten()
+    subset = residuals.select(index)
+
+    def accept(xs: torch.Tensor, zs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
+        subset.measure(xs, zs, ys)
+        return subset.converged()
+
+    solved = interior_point_solve(data.select(index), x[index], y[index], accept)
+    kept = torch.zeros_like(pending)
+    kept[index] = solved.converged
+    rows = index[solved.converged]
+    x, z, y = x.clone(), z.clone(), y.clone()
+    x[rows] = solved.x[solved.converged]
+    z[rows] = solved.z[solved.converged]
+    y[rows] = solved.y[solved.converged]
+    residuals.measure(x, z, y)
+    return x, z, y, kept
 
 
 def _polish_instances(
@@ -680,6 +744,20 @@ def admm_solve(
             return _shared_seconds(factor, rates, instances, n, m)
         return min(general, _shared_seconds(factor, rates, instances, n, m))
 
+    # The interior-point fallback, priced at its typical number of Newton steps, each a
+    # factorization of a KKT matrix of H's size (sparse: measured; dense: the reduced
+    # system's operations at the measured rate).
+    fallback_open = settings.interior_point and tangents is None and dtype == torch.float64
+
+    def fallback_price(pending: torch.Tensor) -> float:
+        instances = int(pending.sum())
+        if data.sparse:
+            per_factor = it.factor.seconds / (1 if it.factor.shared else pending.shape[0])
+            return TYPICAL_STEPS * 2 * instances * per_factor
+        rates = solve_rates(it.factor, n, m, pending.shape[0], budget.iterating / max(steps, 1))
+        flops = instances * interior_point_flops(n, n_eq, m)
+        return TYPICAL_STEPS * rates.seconds(flops, INTERIOR_POINT_OPERATIONS)
+
     measured = factor.memo.get("polish_seconds")
     budget = PolishBudget(predict, measured if isinstance(measured, tuple) else None)
     plan = _PolishPlan(settings, budget)
@@ -766,6 +844,16 @@ def admm_solve(
                 x, z = it.x, it.z
             checked = time.perf_counter()  # the polish's time is not the iterations'
         pending = ~done & ~converged
+        spent = budget.iterating + budget.polishing
+        if fallback_open and bool(pending.any()) and spent >= fallback_price(pending):
+            fallback_open = False  # one attempt per solve: the others would fail again
+            x, z, y, kept = _try_interior_point(data, residuals, x, z, y, pending)
+            converged = residuals.converged() & ~done
+            pending = ~done & ~converged
+            if bool(kept.any()):
+                it.load(x, z, y)
+                x, z = it.x, it.z
+            checked = time.perf_counter()
         if bool(pending.any()):
             primal_infeasible = residuals.primal_infeasible() & pending
             dual_infeasible = residuals.dual_infeasible() & pending & ~primal_infeasible

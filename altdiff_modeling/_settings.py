@@ -45,6 +45,10 @@ class SolverSettings:
             tolerances): as often as every check where a factorization is cheap
             against an ADMM step, spaced by their cost ratio elsewhere, and always
             after 100, 200, 400, ... iterations and at ``max_iter``.
+        interior_point: Whether instances that ADMM has not finished once its iterations
+            have cost as much as an interior-point solve would (predicted from the
+            solve's measured rates) are solved by a primal-dual interior-point method
+            (float64 data, reverse mode; kept only when it meets the tolerances).
         scaling: Number of Ruiz equilibration passes (0 disables scaling).
         eps_prim_inf: Tolerance of the primal infeasibility certificate.
         eps_dual_inf: Tolerance of the dual infeasibility (unboundedness) certificate.
@@ -90,6 +94,7 @@ class SolverSettings:
     check_every: int = 10
     scaling: int = 10
     polish: bool = True
+    interior_point: bool = True
     eps_prim_inf: float = 1e-5
     eps_dual_inf: float = 1e-5
     warm_start: bool = False

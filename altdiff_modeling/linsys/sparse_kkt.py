@@ -147,6 +147,7 @@ class KKTFactor:
         row_diag: ``(m,)`` positive values; the lower-right block is ``-diag(row_diag)``.
         check_inertia: Check on the first factorization that it has n positive pivots
             (P + sigma I positive definite); the active-set solves skip it.
+        engine: ``"qdldl"``, ``"schur"`` or ``"splu"``; None chooses by C's row lengths.
 
     Raises:
         SolverError: The matrix is not quasi-definite (P not positive semidefinite).
@@ -159,11 +160,13 @@ class KKTFactor:
         sigma: float,
         row_diag: np.ndarray,
         check_inertia: bool = True,
+        engine: str | None = None,
     ) -> None:
         n, m = P.shape[0], C.shape[0]
         self.n, self.m = n, m
         C = sp.csr_array(C)
         self.engine, long_rows = _choose_engine(np.diff(C.indptr), n + m)
+        self.engine = engine or self.engine
         self._check_inertia = check_inertia
         self._lu: sla.SuperLU | None = None
         self._ldl: _LDL | None = None

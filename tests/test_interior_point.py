@@ -1,0 +1,92 @@
+"""The interior-point fallback against Clarabel, on dense and sparse data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+from reference import solve_qp_reference
+
+from altdiff_modeling._batched_sparse import BatchedSparse
+from altdiff_modeling._interior_point import interior_point_solve
+from altdiff_modeling._qp import QPData
+
+DT = torch.float64
+
+
+def _problem(seed: int, n: int, n_eq: int, n_in: int, lp: bool):
+    """A feasible, bounded QP (an LP when ``lp``) with a known interior point."""
+    r = np.random.default_rng(seed)
+    M = r.standard_normal((n, n))
+    P = np.zeros((n, n)) if lp else M @ M.T / n
+    A = r.standard_normal((n_eq, n))
+    G = np.vstack([r.standard_normal((n_in, n)), np.eye(n), -np.eye(n)])
+    x0 = r.uniform(-0.5, 0.5, n)
+    b = A @ x0
+    h = G @ x0 + r.uniform(0.1, 1.0, G.shape[0])
+    q = r.standard_normal(n)
+    return P, q, A, b, G, h
+
+
+def _data(blocks, sparse: bool) -> QPData:
+    P, q, A, b, G, h = (torch.from_numpy(v) for v in blocks)
+    data = QPData.from_blocks(P[None], q[None], A[None], b[None], G[None], h[None], 1)
+    if not sparse:
+        return data
+    C = BatchedSparse.from_scipy(sp.csr_array(data.C[0].numpy()), DT, data.C.device)
+    Ps = BatchedSparse.from_scipy(sp.csr_array(data.P[0].numpy()), DT, data.P.device)
+    return QPData(Ps, data.q, C, data.bound, data.n_eq, 1)
+
+
+def _stacked(data: QPData, instances: list[QPData]) -> QPData:
+    """The instances as one batch (dense data) or their first (sparse data)."""
+    if data.sparse:
+        return data
+    blocks = [torch.cat([getattr(d, k) for d in instances]) for k in ("P", "q", "C", "bound")]
+    return QPData(*blocks, data.n_eq, len(instances))
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+@pytest.mark.parametrize("lp", [False, True])
+def test_solutions_match_clarabel(sparse, lp):
+    problems = [_problem(seed, 12, 3, 8, lp) for seed in range(3 if not sparse else 1)]
+    instances = [_data(p, sparse) for p in problems]
+    data = _stacked(instances[0], instances)
+    K, n, m = data.batch_size, data.n, data.m
+
+    C = data.C.to_dense() if sparse else data.C
+    P = torch.stack([torch.from_numpy(p[0]) for p in problems])
+
+    def accept(x, z, y):
+        """A tight test of the KKT conditions (z is C x on the constraints' box)."""
+        Cx = (C @ x.unsqueeze(-1)).squeeze(-1)
+        dual = (P @ x.unsqueeze(-1)).squeeze(-1) + data.q + (y.unsqueeze(1) @ C).squeeze(1)
+        primal = (Cx - data.bound)[:, data.n_eq :].clamp_min(0)
+        slack = (data.bound - Cx)[:, data.n_eq :]
+        complementarity = (y[:, data.n_eq :] * slack).abs()
+        worst = torch.cat([dual.abs(), primal, complementarity], 1).amax(-1)
+        return worst <= 1e-9
+
+    result = interior_point_solve(
+        data, torch.zeros(K, n, dtype=DT), torch.zeros(K, m, dtype=DT), accept
+    )
+    assert bool(result.converged.all())
+    for (P, q, A, b, G, h), x in zip(problems, result.x):
+        x_ref, _, _ = solve_qp_reference(P, q, A, b, G, h)
+        assert np.abs(x.numpy() - x_ref).max() < 1e-6 * max(1.0, np.abs(x_ref).max())
+
+
+def test_infeasible_instance_is_given_up_without_error():
+    P, q, A, b, G, h = _problem(0, 6, 0, 2, lp=False)
+    # x_0 <= -1 and x_0 >= 1: no feasible point
+    G = np.vstack([G, np.eye(6)[:1], -np.eye(6)[:1]])
+    h = np.concatenate([h, [-1.0, -1.0]])
+    data = _data((P, q, A, b, G, h), sparse=False)
+    result = interior_point_solve(
+        data,
+        torch.zeros(1, 6, dtype=DT),
+        torch.zeros(1, data.m, dtype=DT),
+        lambda x, z, y: torch.zeros(1, dtype=torch.bool),
+    )
+    assert not bool(result.converged.any())
