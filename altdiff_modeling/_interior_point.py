@@ -248,9 +248,9 @@ def interior_point_solve(
             break
         r_d, r_p = residual(x, nu, s, lam)
         mu = (s * lam).sum(-1) / m_in
-        # s / lambda spans many orders of magnitude near the solution; kept within the
-        # regularization's range (the refinement solves the unregularized system).
-        d = torch.cat([torch.full_like(nu, _DELTA), (s / lam).clamp_min(_DELTA)], 1)
+        # Not clamped: s / lambda spans many orders of magnitude near the solution, and
+        # the refinement converges only on a matrix close to the unregularized one.
+        d = torch.cat([torch.full_like(nu, _DELTA), s / lam], 1)
         alive = alive & kkt.factor(d)
         # Predictor (affine scaling), then the corrector with Mehrotra's centering.
         dx, dnu, dlam = newton(r_d, r_p, s * lam)
