@@ -36,7 +36,7 @@ from ._direct_adjoint import (
     AdjointSolver,
     adjoint_through_polish,
     direct_adjoint,
-    direct_is_cheaper,
+    predicted_seconds,
 )
 from ._krylov import batched_gmres
 from ._polish import SharedPolishData
@@ -74,6 +74,34 @@ def _inactive_rows(y: torch.Tensor, n_eq: int) -> torch.Tensor:
     inactive = y <= 0
     inactive[:, :n_eq] = False
     return inactive
+
+
+def _cheaper_backward(
+    measured: dict[str, tuple[float, int]],
+    batch: int,
+    predicted: tuple[float, float] | None,
+) -> str:
+    """``"direct"`` or ``"gmres"`` for a batch of ``batch`` instances.
+
+    ``measured``: the ``(seconds, batch)`` of each method's last backward with this
+    factor (a layer's factors are kept across calls), scaled to this batch;
+    ``predicted``: the cost model's ``(direct, gmres)`` seconds, or None where the
+    rates are unknown (the direct method then: it is verified on every call). With
+    both measured, the faster; with one, it stays unless it measured slower than the
+    model prices the other (the model, right in most cases, was wrong on this
+    factor); with none, the model's choice.
+    """
+    scaled = {k: seconds * batch / max(size, 1) for k, (seconds, size) in measured.items()}
+    if "direct" in scaled and "gmres" in scaled:
+        return "direct" if scaled["direct"] <= scaled["gmres"] else "gmres"
+    if predicted is None:
+        return "direct"
+    direct, gmres = predicted
+    if "direct" in scaled:
+        return "gmres" if scaled["direct"] > gmres else "direct"
+    if "gmres" in scaled:
+        return "direct" if scaled["gmres"] > direct else "gmres"
+    return "gmres" if direct >= gmres else "direct"
 
 
 def _settled(
@@ -160,6 +188,7 @@ def reverse_gradients(
     settings: SolverSettings,
     need_P: bool = True,
     need_C: bool = True,
+    timings: dict[str, tuple[float, int]] | None = None,
 ) -> DataGradients:
     """Vector-Jacobian product of the solution map by the transposed Alt-Diff recursion.
 
@@ -171,6 +200,8 @@ def reverse_gradients(
         settings: ``backward_eps``, ``backward_max_iter`` and ``check_every``.
         need_P, need_C: Whether the gradients w.r.t. P and C are wanted: each is a
             ``(B, n, n)`` or ``(B, m, n)`` outer product, skipped (None) for constants.
+        timings: Where ``backward_method = "auto"`` keeps the measured times of its
+            methods (a layer's, for its constant matrices; else the factor's memo).
 
     Returns:
         Gradients w.r.t. P ``(B, n, n)``, q ``(B, n)``, C ``(B, m, n)`` and the bound
@@ -240,15 +271,19 @@ def reverse_gradients(
         polished = None
     elif polished is None or not torch.equal(polished.inactive, inactive):
         polished = shared_data.systems(inactive)
+    measured = timings if timings is not None else factor.memo.setdefault("backward_seconds", {})
     if method == "auto":
         # Sparse data: the active rows' sparse KKT systems, which GMRES on long chains of
         # constraints would need thousands of steps to match.
-        cheaper = (
-            data.sparse
-            or polished is not None
-            or direct_is_cheaper(n, inactive, shared, result.rates)
-        )
-        method = "direct" if cheaper else "gmres"
+        if data.sparse or polished is not None:
+            method = "direct"
+        else:
+            method = _cheaper_backward(
+                measured,  # type: ignore[arg-type]
+                inactive.shape[0],
+                predicted_seconds(n, inactive, shared, result.rates),
+            )
+    chosen = method
     if method == "direct":
         if polished is not None:
             solver = adjoint_through_polish(
@@ -317,7 +352,10 @@ def reverse_gradients(
     converged = converged & reliable
     # The backward's time is work done with a kept factor, which pays for the setup
     # that lets later backwards go through the polish's systems instead.
-    factor.ledger.work += time.perf_counter() - started
+    seconds = time.perf_counter() - started
+    factor.ledger.work += seconds
+    if polished is None and not data.sparse:
+        measured[chosen] = (seconds, inactive.shape[0])
     a, c = state
     t, rCt = products(a, c) if parts is None else parts
     grad_P = grad_C = None

@@ -65,9 +65,9 @@ from .linsys.pinned import PinnedBlockFinder
 from .linsys.sparse_kkt import solve_active_kkt
 from .linsys.woodbury import MajorityBases, MajoritySystems, differing_rows, regular_inverse
 
-__all__ = ["AdjointSolver", "adjoint_through_polish", "direct_adjoint", "direct_is_cheaper"]
+__all__ = ["AdjointSolver", "adjoint_through_polish", "direct_adjoint", "predicted_seconds"]
 
-# `direct_is_cheaper`: operator applications GMRES typically needs at backward_eps 1e-8,
+# `predicted_seconds`: operator applications GMRES typically needs at backward_eps 1e-8,
 # and tensor operations (counted in the code) of one GMRES step beyond the recursion's
 # step, of the shared direct solve and of the per-instance one (both with their check).
 _KRYLOV_STEPS = 50
@@ -77,13 +77,15 @@ _PER_INSTANCE_DIRECT_OPERATIONS = 150
 _POLISH_ADJOINT_STEPS = 6  # most steps of `adjoint_through_polish`
 
 
-def direct_is_cheaper(n: int, inactive: torch.Tensor, shared: bool, rates: Rates | None) -> bool:
-    """Whether `direct_adjoint` should beat GMRES on a batch of problems of n variables
-    with inactive rows ``inactive`` ``(B, m)`` (``shared``: one K and S for the batch),
-    at the rates the forward solve measured; where they are unknown, the direct method
-    is chosen (it is verified on every call, and falls back to GMRES where it fails)."""
+def predicted_seconds(
+    n: int, inactive: torch.Tensor, shared: bool, rates: Rates | None
+) -> tuple[float, float] | None:
+    """The predicted times ``(direct, gmres)`` of `direct_adjoint` and of GMRES on a
+    batch of problems of n variables with inactive rows ``inactive`` ``(B, m)``
+    (``shared``: one K and S for the batch), at the rates the forward solve measured;
+    None where those are unknown."""
     if rates is None:
-        return True
+        return None
     batch, m = inactive.shape
     if shared:
         k = int(differing_rows(inactive)[1].sum(1).max()) if batch else 0
@@ -94,7 +96,7 @@ def direct_is_cheaper(n: int, inactive: torch.Tensor, shared: bool, rates: Rates
         flops = batch * (n * n * m + n**3 / 3 + 10 * (2 * n * n + 4 * n * m))
         direct = rates.seconds(flops, _PER_INSTANCE_DIRECT_OPERATIONS)
     step = rates.seconds(batch * step_flops(n, m), STEP_OPERATIONS + _KRYLOV_OPERATIONS)
-    return not direct >= _KRYLOV_STEPS * step
+    return direct, _KRYLOV_STEPS * step
 
 
 class _SharedAdjoint:

@@ -140,6 +140,7 @@ class ConstantDataReuse:
         self._weights: torch.Tensor | None = None
         self._factors = FactorCache(across_calls)
         self._scaled: tuple[float, tuple[Matrix, Matrix]] | None = None
+        self._backward_seconds: dict[str, tuple[float, int]] = {}
 
     def _matches(self, data: QPData, settings: SolverSettings) -> bool:
         key = self._key
@@ -160,7 +161,15 @@ class ConstantDataReuse:
             self._weights = None
             self._factors.reset()
             self._scaled = None
+            self._backward_seconds = {}
         return self._equilibration
+
+    def backward_seconds(
+        self, data: QPData, settings: SolverSettings
+    ) -> dict[str, tuple[float, int]] | None:
+        """The measured times of the backward methods on these constant matrices (see
+        `_altdiff.reverse_gradients`), or None where they are not the cached ones."""
+        return self._backward_seconds if self._matches(data, settings) else None
 
     def scale(self, scaling: Scaling, data: QPData, settings: SolverSettings) -> QPData:
         """``scaling.scale(data)``, with the scaled constant matrices kept for the cost
@@ -371,6 +380,7 @@ class _ReverseFunction(torch.autograd.Function):
         ctx.set_materialize_grads(False)
         ctx.settings, ctx.info, ctx.data, ctx.scaled = settings, info, data, scaled
         ctx.scaling, ctx.result, ctx.device = scaling, result, device
+        ctx.timings = None if reuse is None else reuse.backward_seconds(data, settings)
         x, y, ctx.failed = _outputs(scaling, result, settings, holder)
         if holder:
             holder[0] = holder[0].to(device)
@@ -391,7 +401,14 @@ class _ReverseFunction(torch.autograd.Function):
         scaled_gy = s.E * grad_y / s.c if grad_y is not None else None
         need_P, need_C = needs[0], needs[2]
         grads = reverse_gradients(
-            ctx.scaled, ctx.result, scaled_gx, scaled_gy, ctx.settings, need_P, need_C
+            ctx.scaled,
+            ctx.result,
+            scaled_gx,
+            scaled_gy,
+            ctx.settings,
+            need_P,
+            need_C,
+            timings=ctx.timings,
         )
         grads = _unscale_gradients(s, ctx.data, grads)
         ctx.info.backward_iterations = grads.iterations
