@@ -289,8 +289,8 @@ class _Residuals:
         candidate = (size > _TINY) & (support <= -eps * scale)
         if not bool(candidate.any()):
             return candidate
-        # C'dy of the unclamped dy is a difference of kept products; clamping moves it
-        # by at most `slack`, which rules most candidates out before any product.
+        # C'dy of the unclamped dy is a difference of kept products; where the clamp
+        # changed dy, the product is formed again.
         Ct_dy = self.Cty - self.previous.Cty
         removed = inf_norm(clamped - dy[:, n_eq:])
         if bool((removed > 0).any()):

@@ -156,7 +156,9 @@ class _SparseKKT:
         rx, ry = r_x.cpu().double().numpy(), r_y.cpu().double().numpy()
         dx, dy = np.full_like(rx, np.nan), np.full_like(ry, np.nan)
         for i, factor in enumerate(self.factors):
-            if factor is not None:  # one that failed to factor gives NaN: it stops
+            if factor is None:  # one that failed to factor gives NaN: it stops
+                continue
+            with contextlib.suppress(SolverError):  # a solve that overflowed, too
                 dx[i : i + 1], dy[i : i + 1] = factor.solve_kkt(rx[i : i + 1], ry[i : i + 1])
         # K [dx; dy] = [r_x; r_y] with the lower block -diag(d): dy is the multipliers'.
         return (
@@ -250,7 +252,8 @@ def interior_point_solve(
         mu = (s * lam).sum(-1) / m_in
         # Not clamped: s / lambda spans many orders of magnitude near the solution, and
         # the refinement converges only on a matrix close to the unregularized one.
-        d = torch.cat([torch.full_like(nu, _DELTA), s / lam], 1)
+        tiny = torch.finfo(dtype).tiny  # no 0 / 0 where both vanish in rounding
+        d = torch.cat([torch.full_like(nu, _DELTA), s.clamp_min(tiny) / lam.clamp_min(tiny)], 1)
         alive = alive & kkt.factor(d)
         # Predictor (affine scaling), then the corrector with Mehrotra's centering.
         dx, dnu, dlam = newton(r_d, r_p, s * lam)
