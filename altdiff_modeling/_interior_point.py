@@ -77,7 +77,7 @@ class _DenseKKT:
     LU (the reduced matrix is symmetric indefinite)."""
 
     def __init__(self, data: QPData) -> None:
-        self.data, self.n, self.n_eq = data, data.n, data.n_eq
+        self.n, self.n_eq = data.n, data.n_eq
         K, n = data.batch_size, data.n
         self.P = data.P.expand(K, n, n)
         self.A = data.C[:, : self.n_eq].expand(K, self.n_eq, n)
