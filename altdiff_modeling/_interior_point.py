@@ -32,6 +32,7 @@ from ._batched_sparse import BatchedSparse
 from ._errors import SolverError
 from ._qp import QPData, matvec, rmatvec
 from .linsys.sparse_kkt import KKTFactor
+from .linsys.systems import kkt_blocks, sparse_P
 
 __all__ = [
     "INTERIOR_POINT_OPERATIONS",
@@ -113,20 +114,13 @@ class _SparseKKT:
     pattern's symbolic analysis at every step (on the CPU, in float64)."""
 
     def __init__(self, data: QPData) -> None:
-        P, C = data.P, data.C
-        assert isinstance(C, BatchedSparse)
+        assert isinstance(data.C, BatchedSparse)
+        self.P, self.C = sparse_P(data), data.C
         self.count = data.batch_size
-        self.P = P if isinstance(P, BatchedSparse) else None
-        self.P_dense = None if isinstance(P, BatchedSparse) else P
-        self.C = C
         self.factors: list[KKTFactor | None] = [None] * self.count
 
     def _matrices(self, i: int) -> tuple[sp.csc_array, sp.csr_array]:
-        if self.P is not None:
-            P = self.P.to_scipy(i if self.P.shape[0] > 1 else 0)
-        else:
-            P = sp.csr_array(self.P_dense[min(i, self.P_dense.shape[0] - 1)].cpu().numpy())
-        return sp.csc_array(P), self.C.to_scipy(i if self.C.shape[0] > 1 else 0)
+        return kkt_blocks(self.P, self.C, i)
 
     def factor(self, d: torch.Tensor) -> torch.Tensor:
         """Factor at the diagonal ``d`` ``(K, m)``; ``(K,)`` whether each factored (a
@@ -192,11 +186,10 @@ def interior_point_solve(
     if data.q.dtype != torch.float64:
         raise ValueError("the interior-point solve needs float64 data")
     dtype = torch.float64
-    work = data
-    P, q, C, bound, n_eq = work.P, work.q, work.C, work.bound, work.n_eq
+    P, q, C, bound, n_eq = data.P, data.q, data.C, data.bound, data.n_eq
     K, m = q.shape[0], bound.shape[-1]
     bound = bound.expand(K, m)
-    kkt = _SparseKKT(work) if isinstance(C, BatchedSparse) else _DenseKKT(work)
+    kkt = _SparseKKT(data) if isinstance(C, BatchedSparse) else _DenseKKT(data)
     x = x.to(dtype).clone()
     nu = y[:, :n_eq].to(dtype).clone()
     h = bound[:, n_eq:]

@@ -36,9 +36,11 @@ __all__ = [
     "LinearSystems",
     "SparseKKTFactor",
     "SparseKKTSystems",
+    "kkt_blocks",
     "linear_systems",
     "penalty_rows",
     "penalty_weights",
+    "sparse_P",
 ]
 
 #: Equality rows get this many times the inequality rows' penalty.
@@ -191,7 +193,7 @@ class SparseKKTSystems:
         self._rho: list[float | None] = [None] * self.count
 
     def _matrices(self, i: int) -> tuple[sp.csc_array, sp.csr_array]:
-        return sp.csc_array(self.P.to_scipy(i)), self.C.to_scipy(i)
+        return kkt_blocks(self.P, self.C, i)
 
     def factor(self, rho: torch.Tensor) -> SparseKKTFactor:
         values = rho.detach().cpu().double().numpy()
@@ -223,16 +225,26 @@ class SparseKKTSystems:
         return selected
 
 
+def sparse_P(data: QPData) -> BatchedSparse:
+    """P of sparse data as a `BatchedSparse` (a dense P beside a sparse C is shared)."""
+    P = data.P
+    if isinstance(P, BatchedSparse):
+        return P
+    return BatchedSparse.from_scipy(sp.csr_array(P[0].cpu().numpy()), P.dtype, P.device)
+
+
+def kkt_blocks(P: BatchedSparse, C: BatchedSparse, i: int) -> tuple[sp.csc_array, sp.csr_array]:
+    """Instance ``i``'s P (CSC) and C (CSR) for its `KKTFactor` (shared ones for any i)."""
+    return sp.csc_array(P.to_scipy(i)), C.to_scipy(i)
+
+
 def linear_systems(
     data: QPData, sigma: float, weights: torch.Tensor | None = None
 ) -> DenseSystems | SparseKKTSystems:
     """The systems that fit the (scaled) data's layout; ``weights``: its
     `penalty_weights`, where the caller keeps them (dense data only)."""
     if isinstance(data.C, BatchedSparse):
-        P = data.P
-        if not isinstance(P, BatchedSparse):
-            P = BatchedSparse.from_scipy(sp.csr_array(P[0].cpu().numpy()), P.dtype, P.device)
-        return SparseKKTSystems(P, data.C, sigma, data.n_eq)
+        return SparseKKTSystems(sparse_P(data), data.C, sigma, data.n_eq)
     if weights is None:
         weights = penalty_weights(data.C, data.n_eq)
     return DenseSystems(data.P, weights, sigma)
