@@ -66,6 +66,7 @@ __all__ = [
     "SOLVED",
     "SOLVED_INACCURATE",
     "STATUS_NAMES",
+    "Residuals",
     "SolveResult",
     "WarmStart",
     "admm_solve",
@@ -169,7 +170,7 @@ class _Reference(NamedTuple):
     Cty: torch.Tensor
 
 
-class _Residuals:
+class Residuals:
     """Residuals, tolerances and certificates of one check, in the user's units.
 
     `measure` keeps the products ``Px``, ``Cx`` and ``C'y`` of the checked iterate;
@@ -219,9 +220,9 @@ class _Residuals:
         gap_scale = torch.maximum(torch.maximum(quadratic.abs(), linear.abs()), support.abs())
         self.gap_tol = self.eps_abs + self.eps_rel * gap_scale
 
-    def select(self, index: torch.Tensor) -> _Residuals:
+    def select(self, index: torch.Tensor) -> Residuals:
         """The residuals of the instances ``index`` ``(K,)``, with their reference."""
-        selected = _Residuals(self.data.select(index), self.scaling.select(index), self.settings)
+        selected = Residuals(self.data.select(index), self.scaling.select(index), self.settings)
         selected.previous = _Reference(*(value[index] for value in self.previous))
         return selected
 
@@ -257,7 +258,7 @@ class _Residuals:
         dual = self.dual / self.dual_scale.clamp_min(_TINY)
         return (primal / dual.clamp_min(_TINY)).clamp_min(_TINY)
 
-    def _data_norms(self) -> _DataNorms:
+    def data_norms(self) -> _DataNorms:
         """The data's norms in the user's units (computed once, at the first candidate
         certificate: most solves never need them)."""
         if self._norms is None:
@@ -295,7 +296,7 @@ class _Residuals:
         removed = inf_norm(clamped - dy[:, n_eq:])
         if bool((removed > 0).any()):
             Ct_dy = rmatvec(self.C, dy_cone) * self.inv_D
-        columns = self._data_norms().C_cols.clamp_max(1)
+        columns = self.data_norms().C_cols.clamp_max(1)
         return candidate & (Ct_dy.abs() <= eps * columns * size.unsqueeze(-1)).all(-1)
 
     def dual_infeasible(self) -> torch.Tensor:
@@ -315,7 +316,7 @@ class _Residuals:
         candidate = (size > _TINY) & (terms.sum(-1) <= -eps * scale)
         if not bool(candidate.any()):
             return candidate
-        norms = self._data_norms()
+        norms = self.data_norms()
         P_dx = inf_norm(self.Px - before.Px) * inv_c
         bound = eps * norms.C_rows.clamp_max(1) * size.unsqueeze(-1)
         C_dx = self.Cx - before.Cx
@@ -423,7 +424,7 @@ class _PolishPlan:
 
 def _try_polish(
     data: QPData,
-    residuals: _Residuals,
+    residuals: Residuals,
     x: torch.Tensor,
     z: torch.Tensor,
     y: torch.Tensor,
@@ -512,7 +513,7 @@ def _try_polish(
 
 def _try_interior_point(
     data: QPData,
-    residuals: _Residuals,
+    residuals: Residuals,
     x: torch.Tensor,
     z: torch.Tensor,
     y: torch.Tensor,
@@ -598,7 +599,7 @@ def _shared_is_cheaper(factor: Factor, rates: Rates, K: int, n: int, m: int) -> 
 
 def _polish_sparse(
     data: QPData,
-    residuals: _Residuals,
+    residuals: Residuals,
     x: torch.Tensor,
     z: torch.Tensor,
     y: torch.Tensor,
@@ -684,7 +685,7 @@ def admm_solve(
     dtype, device = q.dtype, q.device
     alpha, sigma = settings.alpha, settings.sigma
     per_instance = P.shape[0] > 1 or C.shape[0] > 1
-    residuals = _Residuals(data, scaling, settings)
+    residuals = Residuals(data, scaling, settings)
 
     rho = torch.full((B if per_instance else 1,), settings.rho, dtype=dtype, device=device)
     x = torch.zeros(B, n, dtype=dtype, device=device)

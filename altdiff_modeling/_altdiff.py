@@ -32,6 +32,7 @@ import torch
 
 from ._admm import SolveResult
 from ._batched_sparse import BatchedSparse
+from ._degeneracy import pieces_differ, singular_systems
 from ._direct_adjoint import (
     AdjointSolver,
     adjoint_through_polish,
@@ -53,7 +54,9 @@ class DataGradients:
     C are None where they were not asked for. ``converged`` ``(B,)`` marks the
     instances whose recursion reached its fixed point (the others' gradients are its
     last iterate); ``singular`` ``(B,)`` those whose fixed point was amplified beyond
-    working precision (a system singular to rounding)."""
+    working precision (a system singular to rounding); ``degenerate`` ``(B,)`` those
+    at a degenerate solution whose gradient is not unique (`_degeneracy`: a weakly
+    active row on whose side it depends, or a singular active rows' system)."""
 
     P: torch.Tensor | None
     q: torch.Tensor
@@ -62,6 +65,7 @@ class DataGradients:
     iterations: int
     converged: torch.Tensor | None = None
     singular: torch.Tensor | None = None
+    degenerate: torch.Tensor | None = None
 
 
 def _inactive_rows(y: torch.Tensor, n_eq: int) -> torch.Tensor:
@@ -189,6 +193,8 @@ def reverse_gradients(
     need_P: bool = True,
     need_C: bool = True,
     timings: dict[str, tuple[float, int]] | None = None,
+    multiplier_rows: torch.Tensor | None = None,
+    weak: torch.Tensor | None = None,
 ) -> DataGradients:
     """Vector-Jacobian product of the solution map by the transposed Alt-Diff recursion.
 
@@ -202,6 +208,10 @@ def reverse_gradients(
             ``(B, n, n)`` or ``(B, m, n)`` outer product, skipped (None) for constants.
         timings: Where ``backward_method = "auto"`` keeps the measured times of its
             methods (a layer's, for its constant matrices; else the factor's memo).
+        multiplier_rows: ``(1|B, m)`` bool, the rows whose multipliers reach the
+            gradients asked for (`_degeneracy.singular_systems`); None: all.
+        weak: ``(B, m)`` the forward's weakly active rows (`_degeneracy.weakly_active`),
+            which make an instance degenerate where its gradient depends on their side.
 
     Returns:
         Gradients w.r.t. P ``(B, n, n)``, q ``(B, n)``, C ``(B, m, n)`` and the bound
@@ -246,6 +256,7 @@ def reverse_gradients(
     source = torch.cat([grad_x, g_v], dim=1)
     state, iterations, solved, start = (grad_x, g_v), 0, False, source
     converged = torch.zeros(source.shape[0], dtype=torch.bool, device=source.device)
+    rejected = torch.zeros_like(converged)  # by the direct solve's check
     eps, tiny = torch.finfo(source.dtype).eps, torch.finfo(source.dtype).tiny
     # What a fixed point's accuracy may be at worst (GMRES stops rows that stagnate at
     # round-off there).
@@ -298,12 +309,13 @@ def reverse_gradients(
             )
         else:
             solver = direct_adjoint(data.P, C, r, inactive, sigma, factor.memo)
+        rejected = torch.ones_like(converged)
         if solver is not None:
             iterations = 1
             guess = solver(grad_x, g_v)
             parts = products(*guess)
             accepted = _verified(solver, guess, step(guess, parts), source, tol)
-            converged = accepted
+            converged, rejected = accepted, ~accepted
             solved = bool(accepted.all())
             if solved:
                 state = guess
@@ -370,6 +382,13 @@ def reverse_gradients(
         else:
             grad_C = -y.unsqueeze(-1) * t.unsqueeze(-2) + (c - rCt).unsqueeze(-1) * x.unsqueeze(-2)
     grad_bound = keep * (2 * rCt - c) + bound_from_dual
+    if multiplier_rows is None:
+        multiplier_rows = torch.ones_like(inactive)
+    degenerate = singular_systems(data, inactive, rejected, multiplier_rows, grad_x)
+    if weak is not None and bool(weak.any()):
+        size = torch.maximum(measure(state).abs().amax(-1), source.abs().amax(-1))
+        changes = pieces_differ(weak, inactive, c, rCt, g_v, size, settings.backward_eps**0.5)
+        degenerate = degenerate | changes
     return DataGradients(
         P=grad_P,
         q=-t,
@@ -378,6 +397,7 @@ def reverse_gradients(
         iterations=iterations,
         converged=converged,
         singular=~reliable,
+        degenerate=degenerate,
     )
 
 

@@ -25,6 +25,7 @@ from ._admm import (
 )
 from ._altdiff import DataGradients, DataTangents, ForwardTangents, reverse_gradients
 from ._batched_sparse import BatchedSparse, SparsePattern
+from ._degeneracy import weakly_active
 from ._errors import SolverError, SolverWarning
 from ._qp import Matrix, QPData
 from ._scaling import (
@@ -59,9 +60,14 @@ class SolveInfo:
             of the Jacobian recursion); 0 until one ran.
         backward_status: Per instance, after a reverse-mode backward pass:
             ``"converged"`` (the recursion's fixed point, to ``backward_eps``),
-            ``"max_iter"`` (not within ``backward_max_iter``) or ``"singular"`` (a
-            fixed point amplified beyond working precision: no derivative); see
-            ``on_failure``. Empty until one ran.
+            ``"degenerate"`` (converged, at a solution where the derivative does not
+            exist or is not unique: a weakly active constraint on whose side the
+            gradient depends, or dependent active constraints whose multipliers reach
+            the gradients asked for; a `SolverWarning` says so, and the gradient is the
+            recursion's limit), ``"max_iter"`` (not within
+            ``backward_max_iter``) or ``"singular"`` (a fixed point amplified beyond
+            working precision: no derivative); see ``on_failure``. Empty until one
+            ran.
     """
 
     status: list[str] = field(default_factory=list)
@@ -260,6 +266,7 @@ def _unscale_gradients(scaling: Scaling, data: QPData, g: DataGradients) -> Data
         iterations=g.iterations,
         converged=g.converged,
         singular=g.singular,
+        degenerate=g.degenerate,
     )
 
 
@@ -297,30 +304,41 @@ def _rows(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 def _backward_failures(
-    grads: DataGradients, settings: SolverSettings, info: SolveInfo
+    grads: DataGradients, degenerate: torch.Tensor, settings: SolverSettings, info: SolveInfo
 ) -> torch.Tensor | None:
-    """Record each instance's backward status and apply the failure policy to those
-    whose recursion did not reach a reliable fixed point (a degenerate point: the
-    solution, or its multipliers, is not unique, or the derivative does not exist
-    there). Returns the mask of gradients to set to NaN, if any."""
+    """Record each instance's backward status, warn about the degenerate ones
+    (`_degeneracy`: their gradient is the recursion's limit, one of the derivatives that
+    exist there) and apply the failure policy to those whose recursion did not reach a
+    reliable fixed point. Returns the mask of gradients to set to NaN, if any."""
     converged, singular = grads.converged, grads.singular
     if converged is None:
         return None
     singular = torch.zeros_like(converged) if singular is None else singular
+    degenerate = degenerate & converged
     info.backward_status = [
-        "converged" if ok else ("singular" if bad else "max_iter")
-        for ok, bad in zip(converged.tolist(), singular.tolist(), strict=True)
+        ("degenerate" if weak else "converged") if ok else ("singular" if bad else "max_iter")
+        for ok, bad, weak in zip(
+            converged.tolist(), singular.tolist(), degenerate.tolist(), strict=True
+        )
     ]
+    if bool(degenerate.any()):
+        warnings.warn(
+            f"the solution is degenerate on {_listed(degenerate, info)}: a weakly active "
+            "constraint (its slack and multiplier both within ten times the tolerances) "
+            "on whose side the gradient depends, or dependent active constraints whose "
+            "multipliers (not unique) reach the gradients asked for. The derivative does "
+            "not exist or is not unique there; the gradient returned is the Alt-Diff "
+            "recursion's limit, the derivative of the piece on which the constraints "
+            "with positive multipliers stay active",
+            SolverWarning,
+            stacklevel=3,
+        )
     failed = ~converged
     if not bool(failed.any()):
         return None
-    indices = torch.nonzero(failed).flatten().tolist()
-    shown = ", ".join(f"{i}: {info.backward_status[i]}" for i in indices[:10])
-    shown += " ..." if len(indices) > 10 else ""
     message = (
-        f"the backward pass has no reliable derivative on {len(indices)} of "
-        f"{failed.numel()} instance(s) (batch index: status) {shown}: the Alt-Diff "
-        "recursion did not converge within backward_max_iter = "
+        f"the backward pass has no reliable derivative on {_listed(failed, info)}: the "
+        "Alt-Diff recursion did not converge within backward_max_iter = "
         f"{settings.backward_max_iter} (max_iter), or converged to a point amplified "
         "beyond working precision (singular). At such a degenerate point (a solution or "
         "multipliers that are not unique) the derivative may not exist, and the "
@@ -334,6 +352,15 @@ def _backward_failures(
         )
     warnings.warn(message, SolverWarning, stacklevel=3)
     return failed if settings.on_failure == "nan" else None
+
+
+def _listed(mask: torch.Tensor, info: SolveInfo) -> str:
+    """'k of B instance(s) (batch index: status) i: status, ...' for the instances
+    ``mask`` ``(B,)`` (the first ten)."""
+    indices = torch.nonzero(mask).flatten().tolist()
+    shown = ", ".join(f"{i}: {info.backward_status[i]}" for i in indices[:10])
+    shown += " ..." if len(indices) > 10 else ""
+    return f"{len(indices)} of {mask.numel()} instance(s) (batch index: status) {shown}"
 
 
 def _storage(M: Matrix) -> torch.Tensor:
@@ -366,10 +393,10 @@ class _ReverseFunction(torch.autograd.Function):
         holder: list,
         warm: Solution | None,
         reuse: ConstantDataReuse | None,
-        layout: tuple[int, SparsePattern | None, SparsePattern | None],
+        layout: tuple[int, SparsePattern | None, SparsePattern | None, torch.Tensor | None],
         *blocks: torch.Tensor,
     ):
-        data = _assemble(blocks, layout)
+        data = _assemble(blocks, layout[:3])
         # Sparse factors live on the CPU: a call on another device moves its data there
         # once, and its results back, rather than every solve of every iteration.
         device = data.q.device
@@ -380,6 +407,7 @@ class _ReverseFunction(torch.autograd.Function):
         ctx.set_materialize_grads(False)
         ctx.settings, ctx.info, ctx.data, ctx.scaled = settings, info, data, scaled
         ctx.scaling, ctx.result, ctx.device = scaling, result, device
+        ctx.parametric_rows = layout[3]
         ctx.timings = None if reuse is None else reuse.backward_seconds(data, settings)
         x, y, ctx.failed = _outputs(scaling, result, settings, holder)
         if holder:
@@ -400,21 +428,36 @@ class _ReverseFunction(torch.autograd.Function):
         scaled_gx = s.D * grad_x if grad_x is not None else torch.zeros_like(x)
         scaled_gy = s.E * grad_y / s.c if grad_y is not None else None
         need_P, need_C = needs[0], needs[2]
+        result = ctx.result
+        weak = weakly_active(ctx.scaled, s, result.x, result.z, result.y, ctx.settings)
+        # The rows whose multipliers reach the gradients asked for.
+        rows = torch.full_like(result.y[:1], need_C or needs[3], dtype=torch.bool)
+        if ctx.parametric_rows is not None:
+            rows = rows & ctx.parametric_rows.to(rows.device)
+        if grad_y is not None:
+            rows = rows | (grad_y != 0)
         grads = reverse_gradients(
             ctx.scaled,
-            ctx.result,
+            result,
             scaled_gx,
             scaled_gy,
             ctx.settings,
             need_P,
             need_C,
             timings=ctx.timings,
+            multiplier_rows=rows,
+            weak=weak,
         )
         grads = _unscale_gradients(s, ctx.data, grads)
         ctx.info.backward_iterations = grads.iterations
         data = ctx.data
         per_instance = (grads.P, grads.q, grads.C, grads.bound)
-        unsolved = _backward_failures(grads, ctx.settings, ctx.info)
+        degenerate = grads.degenerate
+        if degenerate is None:
+            degenerate = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+        if ctx.failed is not None:  # unsolved instances have no solution to judge
+            degenerate = degenerate & ~ctx.failed
+        unsolved = _backward_failures(grads, degenerate, ctx.settings, ctx.info)
         if unsolved is not None:  # on_failure = "nan": those instances' gradients
             per_instance = tuple(
                 None if grad is None else grad.masked_fill(_rows(unsolved, grad), torch.nan)
@@ -434,6 +477,7 @@ def solve_reverse(
     warm: Solution | None = None,
     holder: list | None = None,
     reuse: ConstantDataReuse | None = None,
+    parametric_rows: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Solve with gradients by reverse-mode Alt-Diff.
 
@@ -445,6 +489,9 @@ def solve_reverse(
         warm: A previous solution to start from.
         holder: A list that receives this solve's `Solution`.
         reuse: A layer's cache of what depends only on its constant matrices.
+        parametric_rows: ``(n_eq + n_ineq,)`` bool, a layer's rows of C or of the bound
+            that depend on a parameter (the others' gradients reach no parameter), or
+            None (all of them).
 
     Returns:
         ``x`` ``(B, n)`` and the multipliers ``[lambda; nu]`` ``(B, n_eq + n_ineq)``.
@@ -458,6 +505,7 @@ def solve_reverse(
         data.n_eq,
         P.pattern if isinstance(P, BatchedSparse) else None,
         C.pattern if isinstance(C, BatchedSparse) else None,
+        parametric_rows,
     )
     blocks = (_storage(P), data.q, _storage(C), data.bound)
     return _ReverseFunction.apply(settings, info, holder, warm, reuse, layout, *blocks)

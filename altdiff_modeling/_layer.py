@@ -165,6 +165,7 @@ class AltDiffLayer(torch.nn.Module):
         # Build the data of the backend the layer's settings select now, so that
         # construction pays for it; the other is built on first use.
         self._dependencies: dict[str, dict[str, set[int]]] = {}
+        self._rows: dict[tuple[str, torch.device], torch.Tensor] = {}
         if self._backend(self._settings) == "sparse":
             self._block_dependencies("sparse")
         else:
@@ -199,6 +200,14 @@ class AltDiffLayer(torch.nn.Module):
         if self._sparse is None:
             self._sparse = sparse_qp(self._form)
         return self._sparse
+
+    def _parametric_rows(self, backend: str, device: torch.device) -> torch.Tensor:
+        """``(m,)`` bool: the canonical rows with an entry that depends on a parameter."""
+        key = (backend, device)
+        if key not in self._rows:
+            qp = self._sparse_qp if backend == "sparse" else self._qp
+            self._rows[key] = torch.as_tensor(qp.parametric_rows(), device=device)
+        return self._rows[key]
 
     def _block_dependencies(self, backend: str) -> dict[str, set[int]]:
         """Which parameters (by position) each data block of a backend depends on."""
@@ -336,7 +345,8 @@ class AltDiffLayer(torch.nn.Module):
             x, y = solve_forward_mode(self._qp, theta, settings, info, warm, holder)
         else:
             data = self._data(backend, flats, batched, batch)
-            x, y = solve_reverse(data, settings, info, warm, holder, self._reuse)
+            rows = self._parametric_rows(backend, data.q.device)
+            x, y = solve_reverse(data, settings, info, warm, holder, self._reuse, rows)
         self._last_solution = holder[0] if holder else None
 
         outputs = []

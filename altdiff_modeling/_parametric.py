@@ -65,6 +65,14 @@ class VariableSpec:
     sign: float = 1.0
 
 
+def parameter_entries(matrix: sp.csr_array) -> np.ndarray:
+    """``(E,)`` bool: the entries of an affine map ``(E, K + 1)`` (from ``[theta; 1]``)
+    that depend on theta."""
+    linear = sp.csr_array(matrix[:, :-1])
+    linear.eliminate_zeros()
+    return np.diff(linear.indptr) > 0
+
+
 @dataclass(frozen=True)
 class AffineBlock:
     """One data block: its nonzero entries ``block.flat[index] = matrix @ [theta; 1]``.
@@ -190,6 +198,20 @@ class ParametricQP:
     @property
     def theta_size(self) -> int:
         return sum(spec.size for spec in self.parameters)
+
+    def parametric_rows(self) -> np.ndarray:
+        """``(n_eq + n_ineq,)`` bool: the rows of ``[A; G]`` or of ``[b; h]`` with an
+        entry that depends on a parameter (where multipliers reach the gradients)."""
+        rows = []
+        for matrix_name, bound_name in (("A", "b"), ("G", "h")):
+            count = self.blocks[bound_name].shape[0]
+            live = np.zeros(count, dtype=bool)
+            for name in (matrix_name, bound_name):
+                block = self.blocks[name]
+                row = block.index[parameter_entries(block.matrix)]
+                live[row // (block.shape[1] if len(block.shape) == 2 else 1)] = True
+            rows.append(live)
+        return np.concatenate(rows)
 
     def dependencies(self) -> dict[str, set[int]]:
         """Which user parameters (by position) each block depends on."""

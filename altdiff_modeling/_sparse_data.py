@@ -19,7 +19,7 @@ import torch
 
 from ._batched_sparse import BatchedSparse, SparsePattern
 from ._canon import CanonicalForm
-from ._parametric import ParameterSpec, VariableSpec
+from ._parametric import ParameterSpec, VariableSpec, parameter_entries
 from ._qp import QPData
 
 __all__ = [
@@ -111,6 +111,13 @@ class SparseParametricQP:
 
     def maps(self) -> dict[str, SparseAffine]:
         return {"P": self.P, "q": self.q, "C": self.C, "bound": self.bound}
+
+    def parametric_rows(self) -> np.ndarray:
+        """``(m,)`` bool: the rows of C or of the bound with an entry that depends on a
+        parameter (where multipliers reach the gradients)."""
+        live = parameter_entries(self.bound.matrix)
+        live[self.C_rows[parameter_entries(self.C.matrix)]] = True
+        return live
 
     def dependencies(self) -> dict[str, set[int]]:
         """Which user parameters (by position) each block depends on."""

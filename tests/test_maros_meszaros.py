@@ -27,7 +27,11 @@ SETTINGS = {"eps_abs": TOL, "eps_rel": 0.0, "max_iter": 100_000}
 UNIQUE = ("HS21", "HS35", "HS76", "HS118", "QPTEST", "ZECEVIC2", "GENHS28")
 #: Badly scaled LPs on which ADMM alone stalls: the interior-point fallback ends them.
 STALLING = ("QSCAGR7", "QSHARE1B")
-SOLVED = (*UNIQUE, "LOTSCHD", "QAFIRO", *STALLING)
+#: Solutions where the derivative is not unique: a weakly active bound (HS35MOD), dependent
+#: active rows (CVXQP2_S: 80 active rows of rank 79, none weakly active; QPCBLEND: 87 of
+#: rank 81).
+DEGENERATE = ("HS35MOD", "CVXQP2_S", "QPCBLEND")
+SOLVED = (*UNIQUE, "LOTSCHD", "QAFIRO", *STALLING, *DEGENERATE)
 
 
 def _inputs(p: MMProblem, matrices: str) -> dict:
@@ -66,9 +70,10 @@ def test_backward_agrees_with_kkt_differentiation(name, matrices):
     blocks = _inputs(p, matrices)
     leaves = {k: blocks[k].clone().requires_grad_() for k in ("q", "b", "h") if k in blocks}
     blocks.update(leaves)
-    x = solve_qp(**blocks, solver_args=SETTINGS)
+    x, info = solve_qp(**blocks, solver_args=SETTINGS, return_info=True)
     w = np.random.default_rng(len(name)).standard_normal(p.n)
     grads = torch.autograd.grad((torch.from_numpy(w) * x).sum(), list(leaves.values()))
+    assert info.backward_status == ["converged"]
 
     x_ref, lam_ref, nu_ref = solve_qp_reference(
         P, q, A if b.size else None, b if b.size else None, G, h
@@ -105,6 +110,26 @@ def test_interior_point_fallback_ends_a_stalling_lp(name):
     assert alone.status == ["max_iter"]
     _, info = solve_qp(**_inputs(p, "dense"), solver_args=settings, return_info=True)
     assert info.status == ["solved"]
+
+
+@pytest.mark.parametrize("matrices", ["dense", "sparse"])
+@pytest.mark.parametrize("name", DEGENERATE)
+def test_degenerate_solution_backward_says_so(name, matrices):
+    """Gradients of the bounds at a degenerate solution: the backward converges, warns
+    that the derivative is not unique there, and says so per instance. (Dense data's
+    active rows are tested for dependence where the direct solve runs: "auto" may pick
+    GMRES from the times it measures.)"""
+    p = load(DATA / f"{name}.mat")
+    blocks = _inputs(p, matrices)
+    leaves = {k: blocks[k].clone().requires_grad_() for k in ("q", "b", "h") if k in blocks}
+    blocks.update(leaves)
+    settings = {**SETTINGS, "backward_method": "direct"}
+    x, info = solve_qp(**blocks, solver_args=settings, return_info=True)
+    w = torch.from_numpy(np.random.default_rng(len(name)).standard_normal(p.n))
+    with pytest.warns(SolverWarning, match="degenerate"):
+        grads = torch.autograd.grad((w * x).sum(), list(leaves.values()))
+    assert info.backward_status == ["degenerate"]
+    assert all(bool(torch.isfinite(g).all()) for g in grads)
 
 
 def test_degenerate_lp_backward_says_it_has_no_derivative():

@@ -189,7 +189,7 @@ def _polish_on(
     """`_try_polish` of one unscaled instance from the origin on ``estimate`` ``(1, m)``
     with up to ``corrections`` corrected polishes: the point it returns and whether it
     kept the polished one."""
-    from altdiff_modeling._admm import _Residuals, _try_polish
+    from altdiff_modeling._admm import Residuals, _try_polish
     from altdiff_modeling._qp import QPData
     from altdiff_modeling._scaling import Scaling
     from altdiff_modeling._settings import SolverSettings
@@ -200,7 +200,7 @@ def _polish_on(
     unit = Scaling(
         D=torch.ones(1, n, dtype=F64), E=torch.ones(1, m, dtype=F64), c=torch.ones(1, 1, dtype=F64)
     )
-    residuals = _Residuals(data, unit, SolverSettings(eps_abs=1e-9, eps_rel=1e-9))
+    residuals = Residuals(data, unit, SolverSettings(eps_abs=1e-9, eps_rel=1e-9))
     x, z, y = (
         torch.zeros(1, n, dtype=F64),
         torch.zeros(1, m, dtype=F64),

@@ -18,6 +18,9 @@ go to SuperLU (symmetric ordering, diagonal pivots) instead (`_choose_engine`).
 
 from __future__ import annotations
 
+import math
+from typing import NamedTuple
+
 import numpy as np
 import qdldl
 import scipy.linalg as sla_dense
@@ -25,9 +28,9 @@ import scipy.sparse as sp
 import scipy.sparse.linalg as sla
 
 from .._errors import SolverError
-from .pinned import PinnedBlockFinder
+from .pinned import PinnedBlockFinder, PinnedBlocks
 
-__all__ = ["KKTFactor", "solve_active_kkt"]
+__all__ = ["KKTFactor", "active_kkt_null_space", "solve_active_kkt"]
 
 # Regularization of the active-set systems: smaller than OSQP's 1e-6, because the Schur
 # complement of a long chain of active rows (an isotonic projection) has eigenvalues far
@@ -45,6 +48,8 @@ _DENSE_LONG_FILL = 0.25
 # Most sparse products for the Schur complement of sparse long rows (`_sparse_complement`)
 # before it falls back to one solve per long row.
 _MAX_SCHUR_DEPTH = 8
+_NULL_SPACE_ITERATIONS = 3  # of `active_kkt_null_space`
+_TINY = 1e-300
 
 
 def _norm(v: np.ndarray) -> float:
@@ -426,25 +431,17 @@ def solve_active_kkt(
         regularized system cannot be factored or solved.
     """
     m, n = C.shape
-    pinned = (finder or PinnedBlockFinder(C)).find(active)
-    fixed = None if pinned is None else pinned.fixed_variables
-    if pinned is None or fixed.size == n:
+    reduced = _without_pinned(P, C, active, finder)
+    if reduced is None:
         return _solve_regularized(P, C, active, rhs_x, rhs_y, start)
-    u = pinned.values(rhs_y, n)
-    free = np.ones(n, dtype=bool)
-    free[fixed] = False
-    kept = active.copy()
-    kept[pinned.fixed_rows] = False
-    free_index = np.flatnonzero(free)
-    kept_rows = np.flatnonzero(kept)
-    C_kept = sp.csr_array(C[kept_rows])
-    P_free = sp.csr_array(sp.csr_array(P)[free_index][:, free_index])
+    free_index, kept_rows = reduced.free_index, reduced.kept_rows
+    u = reduced.pinned.values(rhs_y, n)
     solved = _solve_regularized(
-        P_free,
-        sp.csr_array(C_kept[:, free_index]),
+        reduced.P,
+        reduced.C,
         np.ones(kept_rows.size, dtype=bool),
         rhs_x[free_index] - (P @ u)[free_index],
-        rhs_y[kept_rows] - C_kept @ u,
+        rhs_y[kept_rows] - reduced.C_kept @ u,
         None if start is None else start[free_index],
     )
     if solved is None:
@@ -452,8 +449,89 @@ def solve_active_kkt(
     u[free_index] = solved[0]
     w = np.zeros(m)
     w[kept_rows] = solved[1]
-    pinned.multipliers(rhs_x - P @ u - C.T @ w, w)
+    reduced.pinned.multipliers(rhs_x - P @ u - C.T @ w, w)
     return u, w
+
+
+class _Reduced(NamedTuple):
+    """The active rows' system without its pinned variables (`_without_pinned`)."""
+
+    pinned: PinnedBlocks
+    free_index: np.ndarray  # the free variables
+    kept_rows: np.ndarray  # the active rows that pin none
+    C_kept: sp.csr_array  # those rows of C
+    P: sp.csr_array  # P on the free variables
+    C: sp.csr_array  # C_kept on the free variables
+
+
+def _without_pinned(
+    P: sp.sparray, C: sp.csr_array, active: np.ndarray, finder: PinnedBlockFinder | None
+) -> _Reduced | None:
+    """The active rows' system without the variables that their own short active rows
+    fix; None where no variable is fixed, or every one is."""
+    n = C.shape[1]
+    pinned = (finder or PinnedBlockFinder(C)).find(active)
+    if pinned is None or pinned.fixed_variables.size == n:
+        return None
+    free = np.ones(n, dtype=bool)
+    free[pinned.fixed_variables] = False
+    kept = active.copy()
+    kept[pinned.fixed_rows] = False
+    free_index, kept_rows = np.flatnonzero(free), np.flatnonzero(kept)
+    P_free = sp.csr_array(sp.csr_array(P)[free_index][:, free_index])
+    C_kept = sp.csr_array(C[kept_rows])
+    return _Reduced(
+        pinned, free_index, kept_rows, C_kept, P_free, sp.csr_array(C_kept[:, free_index])
+    )
+
+
+def active_kkt_null_space(
+    P: sp.sparray,
+    C: sp.csr_array,
+    active: np.ndarray,
+    finder: PinnedBlockFinder | None = None,
+) -> tuple[float, np.ndarray, np.ndarray]:
+    """How close the active rows' KKT system ``[[P, C_a'], [C_a, 0]]`` is to singular.
+
+    Inverse iteration (a few steps, from a fixed start) with the LDL' factor of the
+    regularized ``[[P + delta I, C_a'], [C_a, -delta I]]`` of the free variables and
+    kept rows (`solve_active_kkt`), whose eigenvalues are the unregularized ones moved
+    by at most delta. Returns the smallest eigenvalue modulus it finds relative to the
+    matrix's largest entry (inf where the system cannot be factored: no answer), and
+    the primal and dual parts ``(n,)``, ``(m,)`` of its unit eigenvector (zero on the
+    pinned variables and rows): a solution that is not unique (``P v = 0 = C_a v``)
+    has the primal part, dependent active rows the dual part.
+    """
+    m_all, n_all = C.shape
+    reduced = _without_pinned(P, C, active, finder)
+    free, rows = np.arange(n_all), np.flatnonzero(active)
+    if reduced is None:
+        C_a = sp.csr_array(C[rows])
+    else:
+        P, C_a = reduced.P, reduced.C
+        free, rows = reduced.free_index, reduced.kept_rows
+    n, k = P.shape[0], C_a.shape[0]
+    primal, dual = np.zeros(n_all), np.zeros(m_all)
+    if n + k == 0:
+        return math.inf, primal, dual
+    try:
+        factor = KKTFactor(P, C_a, _DELTA, np.full(k, _DELTA), check_inertia=False)
+    except SolverError:
+        return math.inf, primal, dual
+    scale = max(_norm(sp.csr_array(P).data), _norm(C_a.data), _TINY)
+    v = np.sin(np.arange(1, n + k + 1) * 0.7548776662)
+    growth = 0.0
+    for _ in range(_NULL_SPACE_ITERATIONS):
+        v = v / max(float(np.linalg.norm(v)), _TINY)
+        try:
+            u, w = factor.solve_kkt(v[None, :n], v[None, n:])
+        except SolverError:
+            return math.inf, primal, dual
+        v = np.concatenate([u[0], w[0]])
+        growth = float(np.linalg.norm(v))
+    primal[free] = v[:n] / max(growth, _TINY)
+    dual[rows] = v[n:] / max(growth, _TINY)
+    return 1.0 / (max(growth, _TINY) * scale), primal, dual
 
 
 def _solve_regularized(

@@ -1,0 +1,190 @@
+"""Degenerate solutions: where the backward's derivative is not unique.
+
+A QP's solution map is differentiable at a solution whose inequality rows are strictly
+complementary and whose active rows' KKT system ``[[P, C_a'], [C_a, 0]]`` is regular.
+The backward reports the instances where either fails in a way that changes the
+gradient asked for (`SolveInfo.backward_status` ``"degenerate"``), and returns the
+recursion's limit there (docs/theory.md, "Degenerate solutions"):
+
+- **Weakly active rows** (`weakly_active`): an inequality whose slack and multiplier
+  both vanish, to ten times the forward's tolerances. The recursion's limit is the
+  derivative of the piece on which the rows with a positive multiplier stay active;
+  `pieces_differ` says where the other side's piece gives another gradient.
+- **A singular active rows' system** (`singular_systems`): a solution that is not
+  unique along a direction the loss sees, or dependent active rows whose multipliers
+  reach the gradients asked for.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ._admm import Residuals
+from ._batched_sparse import BatchedSparse
+from ._qp import Matrix, QPData
+from ._scaling import Scaling
+from ._settings import SolverSettings
+from .linsys.pinned import PinnedBlockFinder
+from .linsys.sparse_kkt import active_kkt_null_space
+from .linsys.systems import kkt_blocks, sparse_P
+
+__all__ = ["pieces_differ", "singular_systems", "weakly_active"]
+
+_WEAK_WITHIN = 10.0  # times the tolerances
+# A system is singular where its smallest eigenvalue modulus is at most this fraction
+# of its largest entry (the sparse test resolves down to ten times its regularization,
+# 1e-9, on the solver's equilibrated data); its unit null vector's part on the rows whose
+# multipliers matter counts above `_PART`.
+_SINGULAR_WITHIN = 1e-8
+_PART = 0.1
+# The cotangent sees a direction where their cosine exceeds this.
+_SEEN = 1e-6
+
+
+def weakly_active(
+    data: QPData, scaling: Scaling, x: torch.Tensor, z: torch.Tensor, y: torch.Tensor,
+    settings: SolverSettings,
+) -> torch.Tensor:  # fmt: skip
+    """``(B, m)`` bool: the weakly active inequality rows of the solution ``x``
+    ``(B, n)``, ``z``, ``y`` ``(B, m)`` (scaled units, of the scaled ``data``)."""
+    residuals = Residuals(data, scaling, settings)
+    residuals.measure(x, z, y)
+    slack = data.bound * residuals.inv_E - residuals.Cx
+    multiplier = scaling.E * y / scaling.c  # the user's nu
+    share = multiplier * _row_norms(data.C, residuals.inv_D, residuals.inv_E)
+    weak = (slack <= _WEAK_WITHIN * residuals.primal_tol.unsqueeze(-1)) & (
+        share <= _WEAK_WITHIN * residuals.dual_tol.unsqueeze(-1)
+    )
+    weak[:, : data.n_eq] = False
+    return weak
+
+
+def pieces_differ(
+    weak: torch.Tensor,
+    inactive: torch.Tensor,
+    c: torch.Tensor,
+    rCt: torch.Tensor,
+    g_v: torch.Tensor,
+    size: torch.Tensor,
+    tol: float,
+) -> torch.Tensor:
+    """``(B,)`` bool: where a weakly active row changes the gradient if it changes side.
+
+    The transposed recursion's fixed point ``(a, c)`` with ``t`` (`_altdiff`) satisfies
+    ``c_i = R_i (C t)_i + g_v,i`` on an inactive row and ``R_i (C t)_i = g_v,i`` on an
+    active one. Where it also satisfies the other side's condition on each weakly active
+    row, it is the fixed point with those rows on either side, and every gradient is
+    the same; a row whose own adjoint is zero (an auxiliary variable's bound away from
+    what the loss sees) makes no difference. Otherwise the one-sided derivatives differ.
+
+    Args:
+        weak: ``(B, m)`` the weakly active rows.  inactive: ``(B, m)`` D.
+        c, rCt, g_v: ``(B, m)`` the fixed point's c, ``R C t`` and the source's part.
+        size: ``(B,)`` the fixed point's and the source's size (infinity norm).
+        tol: The relative change that counts.
+    """
+    other_side = torch.where(inactive, (rCt - g_v).abs(), (c - 2 * g_v).abs())
+    return (weak & (other_side > tol * size.unsqueeze(-1))).any(-1)
+
+
+def _row_norms(C: Matrix, inv_D: torch.Tensor, inv_E: torch.Tensor) -> torch.Tensor:
+    """``(1|B, m)``: the largest absolute entry of each row of the user's C,
+    ``E^-1 C D^-1`` of the scaled C: how much a multiplier moves the dual residual."""
+    if isinstance(C, BatchedSparse):
+        unscaled = C.with_values(C.values * inv_D[:, C.cols])
+        return unscaled.row_abs_max() * inv_E
+    return (C.abs() * inv_D.unsqueeze(-2)).amax(-1) * inv_E
+
+
+def singular_systems(
+    data: QPData,
+    inactive: torch.Tensor,
+    candidates: torch.Tensor,
+    multiplier_rows: torch.Tensor,
+    grad_x: torch.Tensor,
+) -> torch.Tensor:
+    """``(B,)`` bool: the instances whose active rows' system is singular in a way that
+    matters to the gradients asked for (module docstring).
+
+    Args:
+        data: The scaled QP data.
+        inactive: ``(B, m)`` bool, the rows the backward treats as inactive.
+        candidates: ``(B,)`` bool, the dense instances to test (sparse data's are all
+            tested).
+        multiplier_rows: ``(1|B, m)`` bool, the rows whose multipliers reach the
+            gradients asked for (of C's rows, of the bounds or of the multipliers, where
+            they depend on a parameter): dependent rows matter only there.
+        grad_x: ``(B, n)`` the cotangent of x: a solution that is not unique only along
+            directions it does not see (an auxiliary variable of a canonical form) leaves
+            the loss, and its gradient, unique.
+    """
+    active = ~inactive
+    found = (active.sum(1) > data.n) & (active & multiplier_rows).any(1)
+    if isinstance(data.C, BatchedSparse):
+        candidates = torch.ones_like(candidates)
+    index = torch.nonzero(candidates & ~found).flatten()
+    if index.numel() == 0:
+        return found
+    if isinstance(data.C, BatchedSparse):
+        relative, primal, dual = _sparse_null_spaces(data, active, index)
+    else:
+        relative, primal, dual = _dense_null_spaces(data, active, index)
+    primal, dual = primal.to(grad_x), dual.to(grad_x)
+    singular = (relative <= _SINGULAR_WITHIN).to(found.device)
+    g = grad_x[index]
+    size = primal.norm(dim=-1)
+    seen = (size > _PART) & ((g * primal).sum(-1).abs() > _SEEN * g.norm(dim=-1) * size)
+    rows = multiplier_rows[index] if multiplier_rows.shape[0] > 1 else multiplier_rows
+    reaching = (dual * rows).norm(dim=-1) > _PART  # dependent rows whose multipliers matter
+    flagged = singular & (seen | reaching)
+    found = found.clone()
+    found[index] = flagged
+    return found
+
+
+def _dense_null_spaces(
+    data: QPData, active: torch.Tensor, index: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Smallest eigenvalue modulus ``(K,)`` (relative to the largest entry) and the
+    primal and dual parts ``(K, n)``, ``(K, m)`` of its unit eigenvector, of the
+    instances ``index``' systems, by a symmetric
+    eigendecomposition of ``[[P, C_a'], [C_a, -s I_inactive]]`` (the inactive rows
+    decoupled at the scale s of the matrix)."""
+    P, C = data.P, data.C
+    P = P[index] if P.shape[0] > 1 else P.expand(index.numel(), -1, -1)
+    C = C[index] if C.shape[0] > 1 else C.expand(index.numel(), -1, -1)
+    on = active[index]
+    K_count, m, n = C.shape
+    C_a = C * on.unsqueeze(-1).to(C.dtype)
+    scale = torch.maximum(P.abs().flatten(1).amax(1), C_a.abs().flatten(1).amax(1))
+    scale = scale.clamp_min(torch.finfo(C.dtype).tiny)
+    K = C.new_zeros(K_count, n + m, n + m)
+    K[:, :n, :n] = P
+    K[:, n:, :n] = C_a
+    K[:, :n, n:] = C_a.mT
+    K[:, n:, n:] = torch.diag_embed(-scale.unsqueeze(-1) * (~on).to(C.dtype))
+    values, vectors = torch.linalg.eigh(K)
+    smallest = values.abs().argmin(-1)
+    vector = vectors.gather(2, smallest.view(-1, 1, 1).expand(-1, n + m, 1)).squeeze(-1)
+    relative = values.abs().gather(1, smallest.unsqueeze(-1)).squeeze(-1) / scale
+    return relative, vector[:, :n], torch.where(on, vector[:, n:], 0.0)
+
+
+def _sparse_null_spaces(
+    data: QPData, active: torch.Tensor, index: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """As `_dense_null_spaces`, for sparse data (`linsys.sparse_kkt.active_kkt_null_space`
+    on each instance)."""
+    P, C = sparse_P(data), data.C
+    on = active.cpu().numpy()
+    shared_finder = PinnedBlockFinder(C.to_scipy(0)) if C.shape[0] == 1 else None
+    relative, primal, dual = [], [], []
+    for k in index.tolist():
+        P_k, C_k = kkt_blocks(P, C, k)
+        finder = shared_finder or PinnedBlockFinder(C_k)
+        smallest, v_x, v_y = active_kkt_null_space(P_k, C_k, on[k], finder)
+        relative.append(smallest)
+        primal.append(torch.from_numpy(v_x))
+        dual.append(torch.from_numpy(v_y))
+    as_tensor = torch.tensor(relative, dtype=torch.float64)
+    return as_tensor, torch.stack(primal), torch.stack(dual)

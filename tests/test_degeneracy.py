@@ -1,0 +1,90 @@
+"""The backward's "degenerate" status: solutions where the derivative is not unique.
+
+Each case is a small QP whose degeneracy is known by construction: a weakly active
+bound, dependent active rows (which matter to the bounds' gradients and not to q's),
+and an LP whose solution is not unique. The gradient returned there is the recursion's
+limit, checked against the one-sided derivative it stands for; nondegenerate
+neighbours of the same problems stay "converged" with no warning.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+from altdiff_modeling import SolverError, SolverWarning, solve_qp
+
+EYE = np.eye(2)
+
+
+def _solve(P, q, G, h, matrices: str, leaves=("q", "h"), weights=(1.0, 1.0)):
+    """``x``, the gradients of ``weights' x`` w.r.t. ``leaves``, the backward status
+    and the warnings it raised."""
+    as_matrix = sp.csr_array if matrices == "sparse" else torch.tensor
+    q_t = torch.tensor(q, dtype=torch.float64, requires_grad="q" in leaves)
+    h_t = torch.tensor(h, dtype=torch.float64, requires_grad="h" in leaves)
+    P_m = as_matrix(np.asarray(P, dtype=np.float64))
+    G_m = as_matrix(np.asarray(G, dtype=np.float64))
+    x, info = solve_qp(P_m, q_t, G=G_m, h=h_t, return_info=True)
+    wanted = [t for t in (q_t, h_t) if t.requires_grad]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loss = (torch.tensor(weights, dtype=torch.float64) * x).sum()
+        grads = torch.autograd.grad(loss, wanted)
+    messages = [str(w.message) for w in caught if issubclass(w.category, SolverWarning)]
+    return x.detach().numpy(), [g.numpy() for g in grads], info.backward_status, messages
+
+
+@pytest.mark.parametrize("matrices", ["dense", "sparse"])
+def test_weakly_active_bound_is_degenerate_with_the_inactive_pieces_derivative(matrices):
+    # Projection of p = (0, 1) onto x <= 0: x1 = 0 with a zero multiplier.
+    x, (dq, dh), status, messages = _solve(EYE, [0.0, -1.0], EYE, [0.0, 0.0], matrices)
+    assert status == ["degenerate"]
+    assert len(messages) == 1 and "degenerate on 1 of 1" in messages[0]
+    np.testing.assert_allclose(x, [0.0, 0.0], atol=1e-6)
+    # The piece where x1 <= 0 is not held active (p1 decreasing): x1 = p1 = -q1, and
+    # x2 = h2 on its active bound.
+    np.testing.assert_allclose(dq, [-1.0, 0.0], atol=1e-8)
+    np.testing.assert_allclose(dh, [0.0, 1.0], atol=1e-8)
+
+
+@pytest.mark.parametrize("matrices", ["dense", "sparse"])
+def test_strictly_complementary_neighbour_is_converged(matrices):
+    _, (dq, dh), status, messages = _solve(EYE, [0.5, -1.0], EYE, [0.0, 0.0], matrices)
+    assert status == ["converged"] and messages == []
+    np.testing.assert_allclose(dq, [-1.0, 0.0], atol=1e-8)
+    np.testing.assert_allclose(dh, [0.0, 1.0], atol=1e-8)
+
+
+@pytest.mark.parametrize("matrices", ["dense", "sparse"])
+def test_dependent_active_rows_matter_to_the_bounds_gradient_only(matrices):
+    # x1 <= 0 and 2 x1 <= 0 both active at p = (1, 0.3): the multipliers are not unique
+    # (nu1 + 2 nu2 = 1), the solution is.
+    G, h, q = [[1.0, 0.0], [2.0, 0.0]], [0.0, 0.0], [-1.0, -0.3]
+    _, (dq, dh), status, messages = _solve(EYE, q, G, h, matrices)
+    assert status == ["degenerate"] and len(messages) == 1
+    # q's gradient is unique; the bounds' is not, but its derivative along h = t (1, 2),
+    # which keeps both rows binding (x1 = t), is: dh1 + 2 dh2 = 1.
+    np.testing.assert_allclose(dq, [0.0, -1.0], atol=1e-8)
+    assert dh[0] + 2 * dh[1] == pytest.approx(1.0, abs=1e-3)
+    _, (dq_only,), status, messages = _solve(EYE, q, G, h, matrices, leaves=("q",))
+    assert status == ["converged"] and messages == []
+    np.testing.assert_allclose(dq_only, [0.0, -1.0], atol=1e-8)
+
+
+@pytest.mark.parametrize("matrices", ["dense", "sparse"])
+def test_solution_that_is_not_unique_has_no_derivative_where_the_loss_sees_it(matrices):
+    # min x1 + x2 s.t. x1 + x2 >= 1, x >= 0: every point of the segment is optimal.
+    P, q, G, h = np.zeros((2, 2)), [1.0, 1.0], [[-1, -1], [-1, 0], [0, -1]], [-1, 0, 0]
+    # x1 alone moves along the segment: the recursion's fixed point is amplified without
+    # bound, and the default policy raises.
+    with pytest.raises(SolverError, match="0: singular"):
+        _solve(P, q, G, h, matrices, leaves=("q",), weights=(1.0, 0.0))
+    # x1 + x2 is the same at every solution: its gradient is unique.
+    _, (dq,), status, messages = _solve(P, q, G, h, matrices, leaves=("q",))
+    assert status == ["converged"] and messages == []
+    np.testing.assert_allclose(dq, [0.0, 0.0], atol=1e-8)
