@@ -32,7 +32,8 @@ import torch
 
 from ._admm import SolveResult
 from ._batched_sparse import BatchedSparse
-from ._degeneracy import pieces_differ, singular_systems
+from ._costs import step_flops
+from ._degeneracy import dense_test_flops, pieces_differ, singular_systems
 from ._direct_adjoint import (
     AdjointSolver,
     adjoint_through_polish,
@@ -256,7 +257,10 @@ def reverse_gradients(
     source = torch.cat([grad_x, g_v], dim=1)
     state, iterations, solved, start = (grad_x, g_v), 0, False, source
     converged = torch.zeros(source.shape[0], dtype=torch.bool, device=source.device)
-    rejected = torch.zeros_like(converged)  # by the direct solve's check
+    # The instances whose active rows' system `singular_systems` tests: where the direct
+    # solve's check rejected its answer, or it was not tried and the test costs no more
+    # than the backward did.
+    candidates = torch.zeros_like(converged)
     eps, tiny = torch.finfo(source.dtype).eps, torch.finfo(source.dtype).tiny
     # What a fixed point's accuracy may be at worst (GMRES stops rows that stagnate at
     # round-off there).
@@ -309,13 +313,13 @@ def reverse_gradients(
             )
         else:
             solver = direct_adjoint(data.P, C, r, inactive, sigma, factor.memo)
-        rejected = torch.ones_like(converged)
+        candidates = torch.ones_like(converged)
         if solver is not None:
             iterations = 1
             guess = solver(grad_x, g_v)
             parts = products(*guess)
             accepted = _verified(solver, guess, step(guess, parts), source, tol)
-            converged, rejected = accepted, ~accepted
+            converged, candidates = accepted, ~accepted
             solved = bool(accepted.all())
             if solved:
                 state = guess
@@ -384,7 +388,11 @@ def reverse_gradients(
     grad_bound = keep * (2 * rCt - c) + bound_from_dual
     if multiplier_rows is None:
         multiplier_rows = torch.ones_like(inactive)
-    degenerate = singular_systems(data, inactive, rejected, multiplier_rows, grad_x)
+    if chosen != "direct" and dense_test_flops(n, C.shape[1]) <= iterations * step_flops(
+        n, C.shape[1]
+    ):
+        candidates = torch.ones_like(converged)
+    degenerate = singular_systems(data, inactive, candidates, multiplier_rows, grad_x)
     if weak is not None and bool(weak.any()):
         size = torch.maximum(measure(state).abs().amax(-1), source.abs().amax(-1))
         changes = pieces_differ(weak, inactive, c, rCt, g_v, size, settings.backward_eps**0.5)

@@ -28,7 +28,7 @@ from .linsys.pinned import PinnedBlockFinder
 from .linsys.sparse_kkt import active_kkt_null_space
 from .linsys.systems import kkt_blocks, sparse_P
 
-__all__ = ["pieces_differ", "singular_systems", "weakly_active"]
+__all__ = ["dense_test_flops", "pieces_differ", "singular_systems", "weakly_active"]
 
 _WEAK_WITHIN = 10.0  # times the tolerances
 # A system is singular where its smallest eigenvalue modulus is at most this fraction
@@ -37,6 +37,8 @@ _WEAK_WITHIN = 10.0  # times the tolerances
 # multipliers matter counts above `_PART`.
 _SINGULAR_WITHIN = 1e-8
 _PART = 0.1
+_SHIFT = 1e-12  # of the dense test, relative to the system's largest entry
+_INVERSE_ITERATIONS = 3
 # The cotangent sees a direction where their cosine exceeds this.
 _SEEN = 1e-6
 
@@ -110,7 +112,7 @@ def singular_systems(
         data: The scaled QP data.
         inactive: ``(B, m)`` bool, the rows the backward treats as inactive.
         candidates: ``(B,)`` bool, the dense instances to test (sparse data's are all
-            tested).
+            tested): the caller's choice, by cost (`dense_test_flops`).
         multiplier_rows: ``(1|B, m)`` bool, the rows whose multipliers reach the
             gradients asked for (of C's rows, of the bounds or of the multipliers, where
             they depend on a parameter): dependent rows matter only there.
@@ -142,32 +144,51 @@ def singular_systems(
     return found
 
 
+def dense_test_flops(n: int, m: int) -> float:
+    """Operations of `singular_systems`' test of one dense instance: the LDL' factor of
+    its ``n + m`` system and the inverse iteration's solves."""
+    size = n + m
+    return size**3 / 3 + 2 * _INVERSE_ITERATIONS * size * size
+
+
 def _dense_null_spaces(
     data: QPData, active: torch.Tensor, index: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Smallest eigenvalue modulus ``(K,)`` (relative to the largest entry) and the
     primal and dual parts ``(K, n)``, ``(K, m)`` of its unit eigenvector, of the
-    instances ``index``' systems, by a symmetric
-    eigendecomposition of ``[[P, C_a'], [C_a, -s I_inactive]]`` (the inactive rows
-    decoupled at the scale s of the matrix)."""
+    instances ``index``' systems ``[[P, C_a'], [C_a, -s I_inactive]]`` (the inactive
+    rows decoupled at the scale s of the matrix), by inverse iteration with a
+    Bunch-Kaufman LDL' factor of the system shifted by ``+-_SHIFT s`` (positive on the
+    primal block, negative on the dual: it keeps an exactly singular system factorable
+    and moves no eigenvalue across the test's threshold)."""
     P, C = data.P, data.C
     P = P[index] if P.shape[0] > 1 else P.expand(index.numel(), -1, -1)
     C = C[index] if C.shape[0] > 1 else C.expand(index.numel(), -1, -1)
     on = active[index]
-    K_count, m, n = C.shape
+    count, m, n = C.shape
     C_a = C * on.unsqueeze(-1).to(C.dtype)
     scale = torch.maximum(P.abs().flatten(1).amax(1), C_a.abs().flatten(1).amax(1))
-    scale = scale.clamp_min(torch.finfo(C.dtype).tiny)
-    K = C.new_zeros(K_count, n + m, n + m)
+    scale = scale.clamp_min(torch.finfo(C.dtype).tiny).unsqueeze(-1)
+    K = C.new_zeros(count, n + m, n + m)
     K[:, :n, :n] = P
     K[:, n:, :n] = C_a
     K[:, :n, n:] = C_a.mT
-    K[:, n:, n:] = torch.diag_embed(-scale.unsqueeze(-1) * (~on).to(C.dtype))
-    values, vectors = torch.linalg.eigh(K)
-    smallest = values.abs().argmin(-1)
-    vector = vectors.gather(2, smallest.view(-1, 1, 1).expand(-1, n + m, 1)).squeeze(-1)
-    relative = values.abs().gather(1, smallest.unsqueeze(-1)).squeeze(-1) / scale
-    return relative, vector[:, :n], torch.where(on, vector[:, n:], 0.0)
+    dual_diagonal = -scale * torch.where(on, _SHIFT, 1.0)
+    K.diagonal(dim1=-2, dim2=-1).add_(torch.cat([_SHIFT * scale.expand(-1, n), dual_diagonal], 1))
+    LD, pivots, _ = torch.linalg.ldl_factor_ex(K)
+    start = torch.sin(torch.arange(1, n + m + 1, dtype=C.dtype, device=C.device) * 0.7548776662)
+    v = start.expand(count, -1)
+    growth = torch.ones(count, dtype=C.dtype, device=C.device)
+    for _ in range(_INVERSE_ITERATIONS):
+        v = v / v.norm(dim=-1, keepdim=True)
+        v = torch.linalg.ldl_solve(LD, pivots, v.unsqueeze(-1)).squeeze(-1)
+        growth = v.norm(dim=-1)
+    finite = torch.isfinite(growth)
+    v = torch.where(finite.unsqueeze(-1), v / growth.unsqueeze(-1), 0.0)
+    # No usable factor: taken as singular, with both parts, so that it counts.
+    relative = torch.where(finite, 1 / (growth * scale.squeeze(-1)), 0.0)
+    v = torch.where(finite.unsqueeze(-1), v, 1.0)
+    return relative, v[:, :n], torch.where(on, v[:, n:], 0.0)
 
 
 def _sparse_null_spaces(
