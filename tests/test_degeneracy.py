@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import warnings
 
+import cvxpy as cp
 import numpy as np
 import pytest
 import scipy.sparse as sp
 import torch
 
-from altdiff_modeling import SolverError, SolverWarning, solve_qp
+from altdiff_modeling import AltDiffLayer, SolverError, SolverWarning, solve_qp
 
 EYE = np.eye(2)
 
@@ -88,3 +89,54 @@ def test_solution_that_is_not_unique_has_no_derivative_where_the_loss_sees_it(ma
     _, (dq,), status, messages = _solve(P, q, G, h, matrices, leaves=("q",))
     assert status == ["converged"] and messages == []
     np.testing.assert_allclose(dq, [0.0, 0.0], atol=1e-8)
+
+
+def _layer_statuses(problem, parameters, variable, values):
+    """The backward statuses and SolverWarnings of one layer call on ``values``."""
+    layer = AltDiffLayer(problem, parameters=parameters, variables=[variable])
+    tensors = [torch.tensor(v, dtype=torch.float64, requires_grad=True) for v in values]
+    (out,), info = layer(*tensors, return_info=True)
+    weights = torch.linspace(1.0, 2.0, out.numel(), dtype=torch.float64).reshape(out.shape)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        grads = torch.autograd.grad((weights * out).sum(), tensors)
+    messages = [str(w.message) for w in caught if issubclass(w.category, SolverWarning)]
+    return info.backward_status, messages, grads
+
+
+@pytest.mark.parametrize("matrices", ["dense", "sparse"])
+def test_a_direction_of_non_unique_solutions_the_loss_does_not_see_is_no_degeneracy(matrices):
+    # min (x1 - 1)^2 / 2 s.t. 0 <= x2 <= 1: x2 is anywhere in [0, 1] (an auxiliary
+    # variable's role), and the loss reads x1 only.
+    P, q, G, h = np.diag([1.0, 0.0]), [-1.0, 0.0], [[0, 1], [0, -1]], [1.0, 0.0]
+    _, (dq,), status, messages = _solve(P, q, G, h, matrices, leaves=("q",), weights=(1, 0))
+    assert status == ["converged"] and messages == []
+    np.testing.assert_allclose(dq, [-1.0, 0.0], atol=1e-8)
+    with pytest.raises(SolverError, match="0: singular"):  # the loss reads x2
+        _solve(P, q, G, h, matrices, leaves=("q",), weights=(0, 1))
+
+
+def test_layer_epigraph_variable_inside_its_box_raises_nothing():
+    # |x| <= 1 becomes an epigraph variable t with -t <= x <= t, t <= 1: inside the box
+    # t is anywhere in [|x|, 1]; the loss never sees t.
+    x, u = cp.Variable(3), cp.Parameter(3)
+    problem = cp.Problem(cp.Minimize(cp.sum_squares(x - u)), [cp.abs(x) <= 1])
+    status, messages, (du,) = _layer_statuses(problem, [u], x, [[0.3, -0.2, 0.1]])
+    assert status == ["converged"] and messages == []
+    np.testing.assert_allclose(du.numpy(), np.linspace(1.0, 2.0, 3), atol=1e-6)
+
+
+def test_layer_dependent_rows_matter_only_where_their_bound_is_a_parameter():
+    x = cp.Variable(2)
+    p, b = cp.Parameter(2), cp.Parameter()
+    objective = cp.Minimize(cp.sum_squares(x - p))
+    # x0 <= b and 2 x0 <= 2 b are both active at p0 > b: dependent rows.
+    parametric = cp.Problem(objective, [x[0] <= b, 2 * x[0] <= 2 * b])
+    status, messages, (dp, db) = _layer_statuses(parametric, [p, b], x, [[1.0, 0.3], 0.0])
+    assert status == ["degenerate"] and len(messages) == 1
+    np.testing.assert_allclose(dp.numpy(), [0.0, 2.0], atol=1e-6)
+    assert float(db) == pytest.approx(1.0, abs=1e-3)  # x0 = b on either split
+    constant = cp.Problem(objective, [x[0] <= 0, 2 * x[0] <= 0])
+    status, messages, (dp,) = _layer_statuses(constant, [p], x, [[1.0, 0.3]])
+    assert status == ["converged"] and messages == []
+    np.testing.assert_allclose(dp.numpy(), [0.0, 2.0], atol=1e-6)
