@@ -33,7 +33,7 @@ import torch
 from ._admm import SolveResult
 from ._batched_sparse import BatchedSparse
 from ._costs import step_flops
-from ._degeneracy import dense_test_flops, pieces_differ, singular_systems
+from ._degeneracy import absorbed, dense_test_flops, pieces_differ, singular_systems
 from ._direct_adjoint import (
     AdjointSolver,
     adjoint_through_polish,
@@ -196,6 +196,7 @@ def reverse_gradients(
     timings: dict[str, tuple[float, int]] | None = None,
     multiplier_rows: torch.Tensor | None = None,
     weak: torch.Tensor | None = None,
+    live_q: torch.Tensor | None = None,
 ) -> DataGradients:
     """Vector-Jacobian product of the solution map by the transposed Alt-Diff recursion.
 
@@ -213,6 +214,8 @@ def reverse_gradients(
             gradients asked for (`_degeneracy.singular_systems`); None: all.
         weak: ``(B, m)`` the forward's weakly active rows (`_degeneracy.weakly_active`),
             which make an instance degenerate where its gradient depends on their side.
+        live_q: ``(1|B, n)`` bool, the entries of q whose gradient is asked for
+            (`_degeneracy.absorbed`); None: all.
 
     Returns:
         Gradients w.r.t. P ``(B, n, n)``, q ``(B, n)``, C ``(B, m, n)`` and the bound
@@ -396,7 +399,10 @@ def reverse_gradients(
     if weak is not None and bool(weak.any()):
         size = torch.maximum(measure(state).abs().amax(-1), source.abs().amax(-1))
         changes = pieces_differ(weak, inactive, c, rCt, g_v, size, settings.backward_eps**0.5)
-        degenerate = degenerate | changes
+        if bool(changes.any()):
+            live = torch.ones_like(grad_x, dtype=torch.bool) if live_q is None else live_q
+            changes = changes & ~absorbed(data, changes, inactive, grad_x, live, multiplier_rows)
+        degenerate = degenerate | changes.any(-1)
     return DataGradients(
         P=grad_P,
         q=-t,

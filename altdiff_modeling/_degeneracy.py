@@ -28,7 +28,7 @@ from .linsys.pinned import PinnedBlockFinder
 from .linsys.sparse_kkt import active_kkt_null_space
 from .linsys.systems import kkt_blocks, sparse_P
 
-__all__ = ["dense_test_flops", "pieces_differ", "singular_systems", "weakly_active"]
+__all__ = ["absorbed", "dense_test_flops", "pieces_differ", "singular_systems", "weakly_active"]
 
 _WEAK_WITHIN = 10.0  # times the tolerances
 # A system is singular where its smallest eigenvalue modulus is at most this fraction
@@ -70,14 +70,14 @@ def pieces_differ(
     size: torch.Tensor,
     tol: float,
 ) -> torch.Tensor:
-    """``(B,)`` bool: where a weakly active row changes the gradient if it changes side.
+    """``(B, m)`` bool: the weakly active rows that change the gradient if they change
+    side.
 
     The transposed recursion's fixed point ``(a, c)`` with ``t`` (`_altdiff`) satisfies
     ``c_i = R_i (C t)_i + g_v,i`` on an inactive row and ``R_i (C t)_i = g_v,i`` on an
     active one. Where it also satisfies the other side's condition on each weakly active
     row, it is the fixed point with those rows on either side, and every gradient is
-    the same; a row whose own adjoint is zero (an auxiliary variable's bound away from
-    what the loss sees) makes no difference. Otherwise the one-sided derivatives differ.
+    the same; otherwise the one-sided derivatives differ (see also `absorbed`).
 
     Args:
         weak: ``(B, m)`` the weakly active rows.  inactive: ``(B, m)`` D.
@@ -86,7 +86,49 @@ def pieces_differ(
         tol: The relative change that counts.
     """
     other_side = torch.where(inactive, (rCt - g_v).abs(), (c - 2 * g_v).abs())
-    return (weak & (other_side > tol * size.unsqueeze(-1))).any(-1)
+    return weak & (other_side > tol * size.unsqueeze(-1))
+
+
+def absorbed(
+    data: QPData,
+    rows: torch.Tensor,
+    inactive: torch.Tensor,
+    grad_x: torch.Tensor,
+    live_q: torch.Tensor,
+    multiplier_rows: torch.Tensor,
+) -> torch.Tensor:
+    """``(B, m)`` bool: the rows ``rows`` whose change of side changes no gradient asked
+    for, because a free variable of theirs absorbs it.
+
+    A variable is free where no term of the objective (its column of P), no other active
+    row, the loss (``grad_x``) or a gradient asked for (``live_q``) sees it: an
+    auxiliary variable of a canonical form, such as the epigraph t of ``|u| <= 1`` away
+    from the bound. A row on such a variable moves only that variable when it changes
+    side, and its own multiplier's gradients, which count only on ``multiplier_rows``.
+    """
+    active = (~inactive).to(grad_x.dtype)
+    if isinstance(data.C, BatchedSparse):
+        C, P = data.C, sparse_P(data)
+        on = (C.values != 0).to(grad_x.dtype)  # (1|B, E)
+        in_rows = torch.zeros_like(grad_x).index_add_(1, C.cols, (active[:, C.rows] * on))
+        in_P = torch.zeros_like(grad_x[:1]).index_add_(
+            1, P.cols, (P.values != 0).to(grad_x.dtype)[:1].expand(1, -1)
+        )
+        if P.values.shape[0] > 1:
+            in_P = torch.zeros_like(grad_x).index_add_(1, P.cols, (P.values != 0).to(grad_x.dtype))
+        free = (in_P == 0) & (grad_x == 0) & ~live_q
+        # The rows' own entries, and whether another active row touches each variable.
+        own = active[:, C.rows] * on
+        others = in_rows[:, C.cols] - own
+        entry_free = free[:, C.cols] & (others == 0) & (on > 0)
+        absorbing = torch.zeros_like(active).index_add_(1, C.rows, entry_free.to(active.dtype)) > 0
+    else:
+        on = (data.C != 0).to(grad_x.dtype)  # (1|B, m, n)
+        in_rows = (active.unsqueeze(-1) * on).sum(1)  # (B, n) active rows per variable
+        free = ((data.P != 0).sum(-2) == 0) & (grad_x == 0) & ~live_q  # (B, n)
+        others = in_rows.unsqueeze(1) - active.unsqueeze(-1) * on  # (B, m, n)
+        absorbing = ((on > 0) & (others == 0) & free.unsqueeze(1)).any(-1)
+    return rows & absorbing & ~multiplier_rows
 
 
 def _row_norms(C: Matrix, inv_D: torch.Tensor, inv_E: torch.Tensor) -> torch.Tensor:

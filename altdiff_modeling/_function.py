@@ -407,7 +407,7 @@ class _ReverseFunction(torch.autograd.Function):
         ctx.set_materialize_grads(False)
         ctx.settings, ctx.info, ctx.data, ctx.scaled = settings, info, data, scaled
         ctx.scaling, ctx.result, ctx.device = scaling, result, device
-        ctx.parametric_rows = layout[3]
+        ctx.parametric = layout[3]
         ctx.timings = None if reuse is None else reuse.backward_seconds(data, settings)
         x, y, ctx.failed = _outputs(scaling, result, settings, holder)
         if holder:
@@ -430,10 +430,13 @@ class _ReverseFunction(torch.autograd.Function):
         need_P, need_C = needs[0], needs[2]
         result = ctx.result
         weak = weakly_active(ctx.scaled, s, result.x, result.z, result.y, ctx.settings)
-        # The rows whose multipliers reach the gradients asked for.
+        # The entries of q and the rows whose gradients reach what is asked for.
+        live_q = torch.full_like(x[:1], needs[1], dtype=torch.bool)
         rows = torch.full_like(result.y[:1], need_C or needs[3], dtype=torch.bool)
-        if ctx.parametric_rows is not None:
-            rows = rows & ctx.parametric_rows.to(rows.device)
+        if ctx.parametric is not None:
+            parametric = ctx.parametric.to(rows.device)
+            live_q = live_q & parametric[: x.shape[1]]
+            rows = rows & parametric[x.shape[1] :]
         if grad_y is not None:
             rows = rows | (grad_y != 0)
         grads = reverse_gradients(
@@ -447,6 +450,7 @@ class _ReverseFunction(torch.autograd.Function):
             timings=ctx.timings,
             multiplier_rows=rows,
             weak=weak,
+            live_q=live_q,
         )
         grads = _unscale_gradients(s, ctx.data, grads)
         ctx.info.backward_iterations = grads.iterations
@@ -477,7 +481,7 @@ def solve_reverse(
     warm: Solution | None = None,
     holder: list | None = None,
     reuse: ConstantDataReuse | None = None,
-    parametric_rows: torch.Tensor | None = None,
+    parametric: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Solve with gradients by reverse-mode Alt-Diff.
 
@@ -489,9 +493,9 @@ def solve_reverse(
         warm: A previous solution to start from.
         holder: A list that receives this solve's `Solution`.
         reuse: A layer's cache of what depends only on its constant matrices.
-        parametric_rows: ``(n_eq + n_ineq,)`` bool, a layer's rows of C or of the bound
-            that depend on a parameter (the others' gradients reach no parameter), or
-            None (all of them).
+        parametric: ``(n + n_eq + n_ineq,)`` bool, a layer's entries of q, then rows of C
+            or of the bound, that depend on a parameter (the others' gradients reach no
+            parameter), or None (all of them).
 
     Returns:
         ``x`` ``(B, n)`` and the multipliers ``[lambda; nu]`` ``(B, n_eq + n_ineq)``.
@@ -505,7 +509,7 @@ def solve_reverse(
         data.n_eq,
         P.pattern if isinstance(P, BatchedSparse) else None,
         C.pattern if isinstance(C, BatchedSparse) else None,
-        parametric_rows,
+        parametric,
     )
     blocks = (_storage(P), data.q, _storage(C), data.bound)
     return _ReverseFunction.apply(settings, info, holder, warm, reuse, layout, *blocks)

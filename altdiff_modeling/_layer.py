@@ -165,7 +165,7 @@ class AltDiffLayer(torch.nn.Module):
         # Build the data of the backend the layer's settings select now, so that
         # construction pays for it; the other is built on first use.
         self._dependencies: dict[str, dict[str, set[int]]] = {}
-        self._rows: dict[tuple[str, torch.device], torch.Tensor] = {}
+        self._masks: dict[tuple[str, torch.device], torch.Tensor] = {}
         if self._backend(self._settings) == "sparse":
             self._block_dependencies("sparse")
         else:
@@ -201,13 +201,14 @@ class AltDiffLayer(torch.nn.Module):
             self._sparse = sparse_qp(self._form)
         return self._sparse
 
-    def _parametric_rows(self, backend: str, device: torch.device) -> torch.Tensor:
-        """``(m,)`` bool: the canonical rows with an entry that depends on a parameter."""
+    def _parametric_mask(self, backend: str, device: torch.device) -> torch.Tensor:
+        """``(n + m,)`` bool: the canonical q's entries and rows that depend on a
+        parameter (`ParametricQP.parametric_mask`)."""
         key = (backend, device)
-        if key not in self._rows:
+        if key not in self._masks:
             qp = self._sparse_qp if backend == "sparse" else self._qp
-            self._rows[key] = torch.as_tensor(qp.parametric_rows(), device=device)
-        return self._rows[key]
+            self._masks[key] = torch.as_tensor(qp.parametric_mask(), device=device)
+        return self._masks[key]
 
     def _block_dependencies(self, backend: str) -> dict[str, set[int]]:
         """Which parameters (by position) each data block of a backend depends on."""
@@ -345,8 +346,8 @@ class AltDiffLayer(torch.nn.Module):
             x, y = solve_forward_mode(self._qp, theta, settings, info, warm, holder)
         else:
             data = self._data(backend, flats, batched, batch)
-            rows = self._parametric_rows(backend, data.q.device)
-            x, y = solve_reverse(data, settings, info, warm, holder, self._reuse, rows)
+            mask = self._parametric_mask(backend, data.q.device)
+            x, y = solve_reverse(data, settings, info, warm, holder, self._reuse, mask)
         self._last_solution = holder[0] if holder else None
 
         outputs = []

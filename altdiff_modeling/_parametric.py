@@ -199,10 +199,14 @@ class ParametricQP:
     def theta_size(self) -> int:
         return sum(spec.size for spec in self.parameters)
 
-    def parametric_rows(self) -> np.ndarray:
-        """``(n_eq + n_ineq,)`` bool: the rows of ``[A; G]`` or of ``[b; h]`` with an
-        entry that depends on a parameter (where multipliers reach the gradients)."""
-        rows = []
+    def parametric_mask(self) -> np.ndarray:
+        """``(n + n_eq + n_ineq,)`` bool: the entries of q, then the rows of ``[A; G]``
+        or of ``[b; h]`` with an entry, that depend on a parameter (the others'
+        gradients reach none)."""
+        q = self.blocks["q"]
+        live_q = np.zeros(self.n, dtype=bool)
+        live_q[q.index[parameter_entries(q.matrix)]] = True
+        rows = [live_q]
         for matrix_name, bound_name in (("A", "b"), ("G", "h")):
             count = self.blocks[bound_name].shape[0]
             live = np.zeros(count, dtype=bool)

@@ -112,12 +112,12 @@ class SparseParametricQP:
     def maps(self) -> dict[str, SparseAffine]:
         return {"P": self.P, "q": self.q, "C": self.C, "bound": self.bound}
 
-    def parametric_rows(self) -> np.ndarray:
-        """``(m,)`` bool: the rows of C or of the bound with an entry that depends on a
-        parameter (where multipliers reach the gradients)."""
+    def parametric_mask(self) -> np.ndarray:
+        """``(n + m,)`` bool: the entries of q, then the rows of C or of the bound with an
+        entry, that depend on a parameter (the others' gradients reach none)."""
         live = parameter_entries(self.bound.matrix)
         live[self.C_rows[parameter_entries(self.C.matrix)]] = True
-        return live
+        return np.concatenate([parameter_entries(self.q.matrix), live])
 
     def dependencies(self) -> dict[str, set[int]]:
         """Which user parameters (by position) each block depends on."""

@@ -140,3 +140,38 @@ def test_layer_dependent_rows_matter_only_where_their_bound_is_a_parameter():
     status, messages, (dp,) = _layer_statuses(constant, [p], x, [[1.0, 0.3]])
     assert status == ["converged"] and messages == []
     np.testing.assert_allclose(dp.numpy(), [0.0, 2.0], atol=1e-6)
+
+
+def test_mpc_layer_epigraph_rows_are_absorbed(monkeypatch):
+    """MPC with |u| <= u_max and |x| <= x_max: the epigraph variables of interior inputs
+    and states are often weakly active (their rows touch with zero multipliers, and the
+    fixed point's other-side condition fails there), but no gradient of a parameter
+    depends on them: the backward stays "converged"."""
+    from sparse_families import mpc
+
+    import altdiff_modeling._function as function
+
+    weak_seen = []
+    original = function.weakly_active
+
+    def counting(*args):
+        weak = original(*args)
+        weak_seen.append(int(weak.sum()))
+        return weak
+
+    monkeypatch.setattr(function, "weakly_active", counting)
+    family = mpc(5, 3, np.random.default_rng(3), n_u=2, dynamics_parameters=True)
+    layer = AltDiffLayer(family.problem, family.parameters, [family.variables[0]])
+    rng = np.random.default_rng(0)
+    statuses = []
+    for _ in range(4):
+        values = [v + 0.05 * rng.standard_normal((8, *np.shape(v))) for v in family.values]
+        values[0] = rng.uniform(-2.0, 2.0, (8, 3))
+        tensors = [torch.tensor(v, requires_grad=True) for v in values]
+        (u,), info = layer(*tensors, return_info=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", SolverWarning)
+            torch.autograd.grad((u * torch.tensor(rng.standard_normal(u.shape))).sum(), tensors)
+        statuses += info.backward_status
+    assert sum(weak_seen) > 0  # the case the test is about occurred
+    assert set(statuses) == {"converged"}
