@@ -36,14 +36,17 @@ def _seed_torch(request: pytest.FixtureRequest) -> None:
 
 @pytest.fixture
 def unlimited_polishing(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Polishing whenever the plan picks instances, whatever it costs, and through the
-    shared factor wherever the batch has one: the solver decides both from measured
-    times, and a test of what polishing leads to (the iteration a batch ends at,
-    results equal bit for bit across layers) must not depend on how busy the machine
-    is."""
+    """Polishing whenever the plan picks instances, whatever it costs, through the
+    shared factor wherever the batch has one, and no interior-point fallback: the solver
+    decides these from measured times, and a test of what polishing leads to (the
+    iteration a batch ends at, results equal bit for bit across layers) must not depend
+    on how busy the machine is."""
     import math
 
     from altdiff_modeling import _admm, _costs
 
     monkeypatch.setattr(_costs, "POLISH_SHARE", math.inf)
     monkeypatch.setattr(_admm, "_shared_is_cheaper", lambda *args: True)
+    # The interior-point fallback starts once the solve has spent its predicted time,
+    # measured too: it never starts here (these tests' problems do not need it).
+    monkeypatch.setattr(_admm, "TYPICAL_STEPS", math.inf)
