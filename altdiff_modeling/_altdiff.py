@@ -262,7 +262,7 @@ def reverse_gradients(
     converged = torch.zeros(source.shape[0], dtype=torch.bool, device=source.device)
     # The instances whose active rows' system `singular_systems` tests: where the direct
     # solve's check rejected its answer, or it was not tried and the test costs no more
-    # than the backward did.
+    # than the backward's steps did.
     candidates = torch.zeros_like(converged)
     eps, tiny = torch.finfo(source.dtype).eps, torch.finfo(source.dtype).tiny
     # What a fixed point's accuracy may be at worst (GMRES stops rows that stagnate at
@@ -391,10 +391,11 @@ def reverse_gradients(
     grad_bound = keep * (2 * rCt - c) + bound_from_dual
     if multiplier_rows is None:
         multiplier_rows = torch.ones_like(inactive)
-    if chosen != "direct" and dense_test_flops(n, C.shape[1]) <= iterations * step_flops(
-        n, C.shape[1]
-    ):
-        candidates = torch.ones_like(converged)
+    if chosen != "direct":
+        rows = int((~inactive).sum(1).max()) if inactive.shape[0] else 0
+        rows = rows if 4 * rows <= 3 * C.shape[1] else C.shape[1]  # as the test gathers
+        if dense_test_flops(n, rows) <= iterations * step_flops(n, C.shape[1]):
+            candidates = torch.ones_like(converged)
     degenerate = singular_systems(data, inactive, candidates, multiplier_rows, grad_x)
     if weak is not None and bool(weak.any()):
         size = torch.maximum(measure(state).abs().amax(-1), source.abs().amax(-1))

@@ -21,6 +21,7 @@ import torch
 
 from ._admm import Residuals
 from ._batched_sparse import BatchedSparse
+from ._polish import gather_active_rows
 from ._qp import Matrix, QPData
 from ._scaling import Scaling
 from ._settings import SolverSettings
@@ -187,8 +188,9 @@ def singular_systems(
 
 
 def dense_test_flops(n: int, m: int) -> float:
-    """Operations of `singular_systems`' test of one dense instance: the LDL' factor of
-    its ``n + m`` system and the inverse iteration's solves."""
+    """Operations of `singular_systems`' test of one dense instance with m rows (its
+    active ones, where `_dense_null_spaces` gathers them): the LDL' factor of its
+    ``n + m`` system and the inverse iteration's solves."""
     size = n + m
     return size**3 / 3 + 2 * _INVERSE_ITERATIONS * size * size
 
@@ -198,18 +200,25 @@ def _dense_null_spaces(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Smallest eigenvalue modulus ``(K,)`` (relative to the largest entry) and the
     primal and dual parts ``(K, n)``, ``(K, m)`` of its unit eigenvector, of the
-    instances ``index``' systems ``[[P, C_a'], [C_a, -s I_inactive]]`` (the inactive
-    rows decoupled at the scale s of the matrix), by inverse iteration with a
-    Bunch-Kaufman LDL' factor of the system shifted by ``+-_SHIFT s`` (positive on the
-    primal block, negative on the dual: it keeps an exactly singular system factorable
-    and moves no eigenvalue across the test's threshold)."""
+    instances ``index``' systems ``[[P, C_a'], [C_a, -s I_inactive]]`` (the active rows,
+    gathered where they are few, and the others decoupled at the scale s of the
+    matrix), by inverse iteration with a Bunch-Kaufman LDL' factor of the system
+    shifted by ``+-_SHIFT s`` (positive on the primal block, negative on the dual: it
+    keeps an exactly singular system factorable and moves no eigenvalue across the
+    test's threshold)."""
     P, C = data.P, data.C
     P = P[index] if P.shape[0] > 1 else P.expand(index.numel(), -1, -1)
     C = C[index] if C.shape[0] > 1 else C.expand(index.numel(), -1, -1)
     on = active[index]
     count, m, n = C.shape
-    C_a = C * on.unsqueeze(-1).to(C.dtype)
-    scale = torch.maximum(P.abs().flatten(1).amax(1), C_a.abs().flatten(1).amax(1))
+    C_a, rows = C * on.unsqueeze(-1).to(C.dtype), None
+    gathered = gather_active_rows(C, on)
+    if gathered is not None:  # the active rows alone (padded with zero rows)
+        C_a, on, rows = gathered
+        m = C_a.shape[1]
+    scale = P.abs().flatten(1).amax(1)
+    if C_a.numel():
+        scale = torch.maximum(scale, C_a.abs().flatten(1).amax(1))
     scale = scale.clamp_min(torch.finfo(C.dtype).tiny).unsqueeze(-1)
     K = C.new_zeros(count, n + m, n + m)
     K[:, :n, :n] = P
@@ -230,7 +239,10 @@ def _dense_null_spaces(
     # No usable factor: taken as singular, with both parts, so that it counts.
     relative = torch.where(finite, 1 / (growth * scale.squeeze(-1)), 0.0)
     v = torch.where(finite.unsqueeze(-1), v, 1.0)
-    return relative, v[:, :n], torch.where(on, v[:, n:], 0.0)
+    dual = torch.where(on, v[:, n:], 0.0)
+    if rows is not None:
+        dual = dual.new_zeros(count, active.shape[1]).scatter_(1, rows, dual)
+    return relative, v[:, :n], dual
 
 
 def _sparse_null_spaces(
