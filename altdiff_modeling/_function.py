@@ -326,10 +326,10 @@ def _backward_failures(
             f"the solution is degenerate on {_listed(degenerate, info)}: a weakly active "
             "constraint (its slack and multiplier both within ten times the tolerances) "
             "on whose side the gradient depends, or dependent active constraints whose "
-            "multipliers (not unique) reach the gradients asked for. The derivative does "
-            "not exist or is not unique there; the gradient returned is the Alt-Diff "
-            "recursion's limit, the derivative of the piece on which the constraints "
-            "with positive multipliers stay active",
+            "multipliers (not unique) reach the gradients asked for. Within the "
+            "tolerances asked for, the derivative may not exist or be unique there; the "
+            "gradient returned is the Alt-Diff recursion's limit, the derivative of the "
+            "piece on which the constraints with positive multipliers stay active",
             SolverWarning,
             stacklevel=3,
         )
