@@ -396,6 +396,8 @@ def reverse_gradients(
         rows = rows if 4 * rows <= 3 * C.shape[1] else C.shape[1]  # as the test gathers
         if dense_test_flops(n, rows) <= iterations * step_flops(n, C.shape[1]):
             candidates = torch.ones_like(converged)
+    if data.sparse:
+        candidates = torch.ones_like(converged)
     degenerate = singular_systems(data, inactive, candidates, multiplier_rows, grad_x)
     if weak is not None and bool(weak.any()):
         size = torch.maximum(measure(state).abs().amax(-1), source.abs().amax(-1))
@@ -404,6 +406,15 @@ def reverse_gradients(
             live = torch.ones_like(grad_x, dtype=torch.bool) if live_q is None else live_q
             changes = changes & ~absorbed(data, changes, inactive, grad_x, live, multiplier_rows)
         degenerate = degenerate | changes.any(-1)
+        # Weakly active rows taken inactive whose other side gives the same fixed point:
+        # that side's system must be regular too, or its multipliers are not unique.
+        flipped = weak & inactive & ~changes
+        others = flipped.any(-1) & ~degenerate
+        if bool(others.any()):
+            on_other_side = singular_systems(
+                data, inactive & ~flipped, others, multiplier_rows, grad_x
+            )
+            degenerate = degenerate | on_other_side
     return DataGradients(
         P=grad_P,
         q=-t,

@@ -154,8 +154,8 @@ def singular_systems(
     Args:
         data: The scaled QP data.
         inactive: ``(B, m)`` bool, the rows the backward treats as inactive.
-        candidates: ``(B,)`` bool, the dense instances to test (sparse data's are all
-            tested): the caller's choice, by cost (`dense_test_flops`).
+        candidates: ``(B,)`` bool, the instances to test: the caller's choice (every
+            sparse one; dense ones by cost, `dense_test_flops`).
         multiplier_rows: ``(1|B, m)`` bool, the rows whose multipliers reach the
             gradients asked for (of C's rows, of the bounds or of the multipliers, where
             they depend on a parameter): dependent rows matter only there.
@@ -164,9 +164,7 @@ def singular_systems(
             the loss, and its gradient, unique.
     """
     active = ~inactive
-    found = (active.sum(1) > data.n) & (active & multiplier_rows).any(1)
-    if isinstance(data.C, BatchedSparse):
-        candidates = torch.ones_like(candidates)
+    found = (active.sum(1) > data.n) & (active & multiplier_rows).any(1) & candidates
     index = torch.nonzero(candidates & ~found).flatten()
     if index.numel() == 0:
         return found

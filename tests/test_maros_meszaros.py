@@ -29,8 +29,9 @@ UNIQUE = ("HS21", "HS35", "HS76", "HS118", "QPTEST", "ZECEVIC2", "GENHS28")
 STALLING = ("QSCAGR7", "QSHARE1B")
 #: Solutions where the derivative is not unique: a weakly active bound (HS35MOD), dependent
 #: active rows (CVXQP2_S: 80 active rows of rank 79, none weakly active; QPCBLEND: 87 of
-#: rank 81).
-DEGENERATE = ("HS35MOD", "CVXQP2_S", "QPCBLEND")
+#: rank 81), and weakly active rows whose other side is dependent (PRIMALC8: 503 active
+#: rows, regular, and two weakly active ones taken inactive; with them, 505 of rank 503).
+DEGENERATE = ("HS35MOD", "CVXQP2_S", "QPCBLEND", "PRIMALC8")
 SOLVED = (*UNIQUE, "LOTSCHD", "QAFIRO", *STALLING, *DEGENERATE)
 
 
