@@ -9,7 +9,9 @@ recursion's limit there (docs/theory.md, "Degenerate solutions"):
 - **Weakly active rows** (`weakly_active`): an inequality whose slack and multiplier
   both vanish, to ten times the forward's tolerances. The recursion's limit is the
   derivative of the piece on which the rows with a positive multiplier stay active;
-  `pieces_differ` says where the other side's piece gives another gradient.
+  `pieces_differ` says where the other side's piece gives another gradient, `absorbed`
+  where a free variable of the row takes the change alone, and where the other side
+  gives the same fixed point, its system is tested as below.
 - **A singular active rows' system** (`singular_systems`): a solution that is not
   unique along a direction the loss sees, or dependent active rows whose multipliers
   reach the gradients asked for.
