@@ -113,17 +113,13 @@ def absorbed(
     if isinstance(data.C, BatchedSparse):
         C, P = data.C, sparse_P(data)
         on = (C.values != 0).to(grad_x.dtype)  # (1|B, E)
-        in_rows = torch.zeros_like(grad_x).index_add_(1, C.cols, (active[:, C.rows] * on))
-        in_P = torch.zeros_like(grad_x[:1]).index_add_(
-            1, P.cols, (P.values != 0).to(grad_x.dtype)[:1].expand(1, -1)
-        )
-        if P.values.shape[0] > 1:
-            in_P = torch.zeros_like(grad_x).index_add_(1, P.cols, (P.values != 0).to(grad_x.dtype))
+        own = active[:, C.rows] * on  # (B, E): the active rows' entries
+        in_rows = torch.zeros_like(grad_x).index_add_(1, C.cols, own)  # per variable
+        P_on = (P.values != 0).to(grad_x.dtype)
+        in_P = P_on.new_zeros(P_on.shape[0], grad_x.shape[1]).index_add_(1, P.cols, P_on)
         free = (in_P == 0) & (grad_x == 0) & ~live_q
-        # The rows' own entries, and whether another active row touches each variable.
-        own = active[:, C.rows] * on
-        others = in_rows[:, C.cols] - own
-        entry_free = free[:, C.cols] & (others == 0) & (on > 0)
+        # Whether another active row than an entry's own touches its variable.
+        entry_free = free[:, C.cols] & (in_rows[:, C.cols] - own == 0) & (on > 0)
         absorbing = torch.zeros_like(active).index_add_(1, C.rows, entry_free.to(active.dtype)) > 0
     else:
         on = (data.C != 0).to(grad_x.dtype)  # (1|B, m, n)

@@ -60,14 +60,14 @@ class SolveInfo:
             of the Jacobian recursion); 0 until one ran.
         backward_status: Per instance, after a reverse-mode backward pass:
             ``"converged"`` (the recursion's fixed point, to ``backward_eps``),
-            ``"degenerate"`` (converged, at a solution where the derivative does not
-            exist or is not unique: a weakly active constraint on whose side the
-            gradient depends, or dependent active constraints whose multipliers reach
-            the gradients asked for; a `SolverWarning` says so, and the gradient is the
-            recursion's limit), ``"max_iter"`` (not within
-            ``backward_max_iter``) or ``"singular"`` (a fixed point amplified beyond
-            working precision: no derivative); see ``on_failure``. Empty until one
-            ran.
+            ``"degenerate"`` (converged, at a solution where, within the tolerances
+            asked for, the derivative may not exist or be unique: a weakly active
+            constraint on whose side the gradient depends, or dependent active
+            constraints whose multipliers reach the gradients asked for; a
+            `SolverWarning` says so, and the gradient is the recursion's limit),
+            ``"max_iter"`` (not within ``backward_max_iter``) or ``"singular"`` (a fixed
+            point amplified beyond working precision: no derivative); see
+            ``on_failure``. Empty until one ran.
     """
 
     status: list[str] = field(default_factory=list)

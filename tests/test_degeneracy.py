@@ -142,7 +142,8 @@ def test_layer_dependent_rows_matter_only_where_their_bound_is_a_parameter():
     np.testing.assert_allclose(dp.numpy(), [0.0, 2.0], atol=1e-6)
 
 
-def test_mpc_layer_epigraph_rows_are_absorbed(monkeypatch):
+@pytest.mark.parametrize("backend", ["dense", "sparse"])
+def test_mpc_layer_epigraph_rows_are_absorbed(monkeypatch, backend):
     """MPC with |u| <= u_max and |x| <= x_max: the epigraph variables of interior inputs
     and states are often weakly active (their rows touch with zero multipliers, and the
     fixed point's other-side condition fails there), but no gradient of a parameter
@@ -161,7 +162,9 @@ def test_mpc_layer_epigraph_rows_are_absorbed(monkeypatch):
 
     monkeypatch.setattr(function, "weakly_active", counting)
     family = mpc(5, 3, np.random.default_rng(3), n_u=2, dynamics_parameters=True)
-    layer = AltDiffLayer(family.problem, family.parameters, [family.variables[0]])
+    layer = AltDiffLayer(
+        family.problem, family.parameters, [family.variables[0]], solver_args={"backend": backend}
+    )
     rng = np.random.default_rng(0)
     statuses = []
     for _ in range(4):
