@@ -187,7 +187,7 @@ def interior_point_solve(
         raise ValueError("the interior-point solve needs float64 data")
     dtype = torch.float64
     P, q, C, bound, n_eq = data.P, data.q, data.C, data.bound, data.n_eq
-    K, m = q.shape[0], bound.shape[-1]
+    K, m = x.shape[0], bound.shape[-1]  # q and bound may be shared by the instances
     bound = bound.expand(K, m)
     kkt = _SparseKKT(data) if isinstance(C, BatchedSparse) else _DenseKKT(data)
     x = x.to(dtype).clone()

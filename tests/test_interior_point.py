@@ -90,3 +90,26 @@ def test_infeasible_instance_is_given_up_without_error():
         lambda x, z, y: torch.zeros(1, dtype=torch.bool),
     )
     assert not bool(result.converged.any())
+
+
+def test_a_cost_shared_by_instances_with_their_own_bounds():
+    """A layer's constant q with batched h: q ``(1, n)``, bound ``(K, m)``."""
+    P, q, A, b, G, h = _problem(1, 8, 2, 5, lp=False)
+    shifts = [0.0, 0.3, 1.0]
+    bound = torch.stack([torch.from_numpy(np.concatenate([b, h + s])) for s in shifts])
+    C = torch.from_numpy(np.vstack([A, G]))[None]
+    data = QPData(torch.from_numpy(P)[None], torch.from_numpy(q)[None], C, bound, 2, 3)
+
+    def accept(x, z, y):
+        dual = x @ torch.from_numpy(P) + data.q + y @ C[0]
+        slack = (bound - x @ C[0].T)[:, 2:]
+        worst = torch.cat([dual.abs(), (-slack).clamp_min(0), (y[:, 2:] * slack).abs()], 1)
+        return worst.amax(-1) <= 1e-9
+
+    result = interior_point_solve(
+        data, torch.zeros(3, 8, dtype=DT), torch.zeros(3, data.m, dtype=DT), accept
+    )
+    assert bool(result.converged.all())
+    for s, x in zip(shifts, result.x):
+        x_ref, _, _ = solve_qp_reference(P, q, A, b, G, h + s)
+        assert np.abs(x.numpy() - x_ref).max() < 1e-6 * max(1.0, np.abs(x_ref).max())
