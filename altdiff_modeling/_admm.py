@@ -40,6 +40,7 @@ from ._costs import (
     step_flops,
     timed,
 )
+from ._forward_choice import ForwardChoice, ForwardCosts
 from ._interior_point import (
     INTERIOR_POINT_OPERATIONS,
     TYPICAL_STEPS,
@@ -661,6 +662,7 @@ def admm_solve(
     warm_start: WarmStart | None = None,
     weights: torch.Tensor | None = None,
     factors: FactorCache | None = None,
+    costs: ForwardCosts | None = None,
 ) -> SolveResult:
     """Solve a batch of (scaled) QPs with ADMM; see the module docstring.
 
@@ -674,6 +676,9 @@ def admm_solve(
         factors: Factors of H for a batch whose P and C are constants (the caller
             keys the cache by them): a layer's, kept across calls
             (``factors.across_calls``), or a one-off solve's.
+        costs: A layer's measured costs of its forward methods, kept across calls: when
+            to hand unfinished instances to the interior-point solve
+            (`_forward_choice`). None: at the predicted price.
 
     Returns:
         The iterate at which each instance stopped, with its status and residuals.
@@ -745,10 +750,16 @@ def admm_solve(
             return _shared_seconds(factor, rates, instances, n, m)
         return min(general, _shared_seconds(factor, rates, instances, n, m))
 
-    # The interior-point fallback, priced at its typical number of Newton steps, each a
-    # factorization of a KKT matrix of H's size (sparse: measured; dense: the reduced
-    # system's operations at the measured rate).
+    # The interior-point solve takes the unfinished instances once ADMM has spent its
+    # price: the time a layer's earlier calls measured (`_forward_choice`), else its
+    # typical number of Newton steps, each a factorization of a KKT matrix of H's size
+    # (sparse: measured; dense: the reduced system's operations at the measured rate).
     fallback_open = settings.interior_point and tangents is None and dtype == torch.float64
+    # A warm start is ADMM's: its calls neither learn from nor follow the layer's record.
+    learning = costs is not None and fallback_open and warm_start is None
+    choice = ForwardChoice(
+        costs.record(B, n, m, data.sparse, dtype, device) if learning else None, B
+    )
 
     def fallback_price(pending: torch.Tensor) -> float:
         instances = int(pending.sum())
@@ -819,7 +830,16 @@ def admm_solve(
         budget.iterating += now - checked
         it.factor.ledger.work += now - checked  # the iterations' rent (SharedPolisher)
         checked = now
-        chosen = plan.candidates(k, z, y, residuals.bound, n_eq, ~done & ~converged)
+        handing_over = (
+            fallback_open
+            and k == settings.check_every
+            and choice.hand_over_first(
+                int((~done & ~converged).sum()), fallback_price(~done & ~converged)
+            )
+        )
+        chosen = None
+        if not handing_over:  # handed over: no polish first
+            chosen = plan.candidates(k, z, y, residuals.bound, n_eq, ~done & ~converged)
         if chosen is not None:
             tried, estimate = chosen
             with_factor = None
@@ -846,9 +866,17 @@ def admm_solve(
             checked = time.perf_counter()  # the polish's time is not the iterations'
         pending = ~done & ~converged
         spent = budget.iterating + budget.polishing
-        if fallback_open and bool(pending.any()) and spent >= fallback_price(pending):
+        if (
+            fallback_open
+            and bool(pending.any())
+            and (handing_over or spent >= choice.price(int(pending.sum()), fallback_price(pending)))
+        ):
             fallback_open = False  # one attempt per solve: the others would fail again
+            attempt = time.perf_counter()
             x, z, y, kept = _try_interior_point(data, residuals, x, z, y, pending)
+            choice.interior_point_ran(
+                time.perf_counter() - attempt, int(kept.sum()), rented=not handing_over
+            )
             converged = residuals.converged() & ~done
             pending = ~done & ~converged
             if bool(kept.any()):
@@ -902,6 +930,8 @@ def admm_solve(
             if per_instance:
                 rho, systems = rho[keep], systems.select(keep)
 
+    if fallback_open and not bool((status == MAX_ITER).any()):
+        choice.admm_finished(time.perf_counter() - start)  # ADMM ended the call alone
     if per_instance:
         rho, factor = out_rho, out_factor
     else:

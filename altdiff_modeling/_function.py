@@ -27,6 +27,7 @@ from ._altdiff import DataGradients, DataTangents, ForwardTangents, reverse_grad
 from ._batched_sparse import BatchedSparse, SparsePattern
 from ._degeneracy import weakly_active
 from ._errors import SolverError, SolverWarning
+from ._forward_choice import ForwardCosts
 from ._qp import Matrix, QPData
 from ._scaling import (
     Equilibration,
@@ -147,6 +148,9 @@ class ConstantDataReuse:
         self._factors = FactorCache(across_calls)
         self._scaled: tuple[float, tuple[Matrix, Matrix]] | None = None
         self._backward_seconds: dict[str, tuple[float, int]] = {}
+        #: The measured costs of the forward methods (`_forward_choice`), whatever the
+        #: matrices: a layer's calls learn which method ends them the sooner.
+        self.forward_costs = ForwardCosts() if across_calls else None
 
     def _matches(self, data: QPData, settings: SolverSettings) -> bool:
         key = self._key
@@ -231,7 +235,9 @@ def _solve(
         x, z, y = scale_solution(scaling, warm.x, warm.z, warm.y)
         warm_start = WarmStart(x=x, z=z, y=y, rho=warm.rho)
     factors = reuse.factors(data, settings)
-    result = admm_solve(scaled, settings, scaling, tracker, warm_start, weights, factors)
+    result = admm_solve(
+        scaled, settings, scaling, tracker, warm_start, weights, factors, reuse.forward_costs
+    )
     info._fill(result)
     return scaling, scaled, result, tracker
 

@@ -3,6 +3,8 @@ of P and C, and the penalty weights C'SC) once, and reuses it on later calls."""
 
 from __future__ import annotations
 
+import inspect
+
 import cvxpy as cp
 import numpy as np
 import pytest
@@ -342,7 +344,8 @@ def test_only_a_layers_factors_are_kept_across_calls(monkeypatch):
     solve = function_module.admm_solve
 
     def spy(*args, **kwargs):
-        seen.append(args[-1].across_calls)
+        factors = inspect.signature(solve).bind(*args, **kwargs).arguments["factors"]
+        seen.append(factors.across_calls)
         return solve(*args, **kwargs)
 
     monkeypatch.setattr(function_module, "admm_solve", spy)

@@ -1,0 +1,137 @@
+"""A layer's choice between ADMM and the interior-point solve, from measured costs."""
+
+from __future__ import annotations
+
+import math
+
+import cvxpy as cp
+import numpy as np
+import pytest
+import torch
+
+from altdiff_modeling import AltDiffLayer, _admm
+from altdiff_modeling._forward_choice import EXPLORE_EVERY, ForwardChoice, ForwardCosts, _Record
+
+DT = torch.float64
+
+
+def _record(admm: list[float], interior_point: list[float]) -> _Record:
+    record = _Record()
+    record.admm.extend(admm)
+    record.interior_point.extend(interior_point)
+    return record
+
+
+def test_without_a_record_the_predicted_price_decides():
+    choice = ForwardChoice(None, 8)
+    assert not choice.start_with_interior_point
+    assert not choice.hand_over_first(8, predicted=1e-9)
+    assert choice.price(3, predicted=0.25) == 0.25
+    choice.admm_finished(1.0)  # nothing to record into, and no error
+    choice.interior_point_ran(1.0, 8, rented=True)
+
+
+def test_the_method_measured_cheaper_starts_and_every_few_calls_re_measure_admm():
+    record = _record(admm=[0.08, 0.1, 0.09], interior_point=[0.001, 0.002, 0.0015])
+    starts = [ForwardChoice(record, 8).start_with_interior_point for _ in range(2 * EXPLORE_EVERY)]
+    # 8 instances at 1.5 ms each: 12 ms against ADMM's 90 ms
+    assert starts.count(False) == 2
+    assert not starts[EXPLORE_EVERY - 1] and not starts[-1]
+    exploring = ForwardChoice(record, 8)
+    while exploring.start_with_interior_point:
+        exploring = ForwardChoice(record, 8)
+    # an exploring call runs ADMM at the measured price, not the predicted one
+    assert not exploring.hand_over_first(8, predicted=0.0)
+    assert exploring.price(8, predicted=10.0) == pytest.approx(0.012)
+
+    slower = _record(admm=[0.01, 0.012, 0.011], interior_point=[0.002, 0.002, 0.002])
+    assert not ForwardChoice(slower, 8).start_with_interior_point  # 16 ms > 11 ms
+
+
+def test_admm_not_finishing_within_the_price_makes_the_interior_point_preferred():
+    record = _Record()
+    choice = ForwardChoice(record, 4)
+    choice.interior_point_ran(0.02, solved=4, rented=True)
+    assert list(record.admm) == [math.inf]
+    assert record.interior_point[0] == pytest.approx(0.005)
+    assert ForwardChoice(record, 4).start_with_interior_point
+
+
+def test_an_unmeasured_interior_point_is_explored_once_admm_has_spent_its_price():
+    record = _Record()
+    for seconds in (0.03, 0.03, 0.03):
+        choice = ForwardChoice(record, 8)
+        # ADMM's calls so far have cost less than the predicted 0.08 s
+        assert not choice.hand_over_first(8, predicted=0.08)
+        choice.admm_finished(seconds)
+    choice = ForwardChoice(record, 8)
+    assert choice.hand_over_first(8, predicted=0.08)
+    # it was dearer than ADMM: the next exploration waits for EXPLORE_EVERY prices
+    choice.interior_point_ran(0.04, solved=8, rented=False)
+    assert record.backoff == EXPLORE_EVERY and record.admm_spent == 0
+    assert not ForwardChoice(record, 8).start_with_interior_point
+    calls = math.ceil(EXPLORE_EVERY * 0.04 / 0.03 - 1e-9)
+    for _ in range(calls):  # just under EXPLORE_EVERY times the measured 0.04 s
+        choice = ForwardChoice(record, 8)
+        assert not choice.hand_over_first(8, predicted=0.0)
+        choice.admm_finished(0.03)
+    choice = ForwardChoice(record, 8)
+    assert choice.hand_over_first(8, predicted=0.0)
+    choice.interior_point_ran(0.04, solved=8, rented=False)
+    assert record.backoff == 2 * EXPLORE_EVERY
+
+
+def test_an_interior_point_solve_that_solves_nothing_is_never_preferred():
+    record = _Record()
+    ForwardChoice(record, 2).interior_point_ran(0.001, solved=0, rented=True)
+    assert record.interior_point[0] == math.inf
+    choice = ForwardChoice(record, 2)
+    assert not choice.start_with_interior_point
+    assert choice.price(2, predicted=0.5) == 0.5
+
+
+def test_records_are_kept_per_batch_shape():
+    costs = ForwardCosts()
+    a = costs.record(8, 10, 5, False, DT, torch.device("cpu"))
+    assert costs.record(8, 10, 5, False, DT, torch.device("cpu")) is a
+    assert costs.record(4, 10, 5, False, DT, torch.device("cpu")) is not a
+
+
+def _regularized_path_layer(**kwargs) -> tuple[AltDiffLayer, cp.Parameter]:
+    """Min-cost flow on a 3-node chain with a direct arc, ``0.05 ||x||^2`` added."""
+    incidence = np.array([[1.0, 0, 1], [-1, 1, 0], [0, -1, -1]])
+    supply = np.array([1.0, 0, -1])
+    x, c = cp.Variable(3), cp.Parameter(3)
+    problem = cp.Problem(
+        cp.Minimize(c @ x + 0.05 * cp.sum_squares(x)), [incidence @ x == supply, x >= 0, x <= 1]
+    )
+    return AltDiffLayer(problem, [c], [x], **kwargs), c
+
+
+def test_a_layer_that_hands_its_instances_over_gives_admm_s_solution_and_gradient(monkeypatch):
+    """Where the record says the interior-point solve is cheaper, every instance is
+    handed to it at the first check, and solutions and gradients are those of ADMM."""
+    preferred = _record(admm=[math.inf], interior_point=[0.0])
+    monkeypatch.setattr(ForwardCosts, "record", lambda self, *key: preferred)
+    attempts = []
+    original = _admm._try_interior_point
+
+    def counted(data, residuals, x, z, y, pending):
+        attempts.append(int(pending.sum()))
+        return original(data, residuals, x, z, y, pending)
+
+    monkeypatch.setattr(_admm, "_try_interior_point", counted)
+    handing, _ = _regularized_path_layer()
+    admm_only, _ = _regularized_path_layer()
+    r = np.random.default_rng(0)
+    for _ in range(3):
+        costs = torch.tensor(r.uniform(-1, 1, (4, 3)), dtype=DT, requires_grad=True)
+        weights = torch.tensor(r.standard_normal((4, 3)), dtype=DT)
+        (x,), info = handing(costs, return_info=True)
+        (grad,) = torch.autograd.grad((x * weights).sum(), costs)
+        (x_ref,), _ = admm_only(costs, solver_args={"interior_point": False}, return_info=True)
+        (grad_ref,) = torch.autograd.grad((x_ref * weights).sum(), costs)
+        assert info.status == ["solved"] * 4
+        assert torch.allclose(x, x_ref, atol=1e-5)
+        assert torch.allclose(grad, grad_ref, atol=1e-5)
+    assert attempts == [4, 4, 4]
