@@ -114,6 +114,8 @@ class SolveResult:
         iterations: ``(B,)`` iterations each instance took.
         primal_residual: ``(B,)`` ``||Cx - z||_inf`` in the user's units.
         dual_residual: ``(B,)`` ``||Px + q + C'y||_inf`` in the user's units.
+        primal_tolerance, dual_tolerance: ``(B,)`` what those were tested against at
+            the returned iterate (``eps_abs + eps_rel * scale``).
         solve_time: Wall-clock seconds of the solve.
         rates: What the solve measured (`_costs.Rates`): the backward's cost model.
         polish_systems: The systems ``(R S - D_i)`` that the last polish of the whole
@@ -136,6 +138,8 @@ class SolveResult:
     iterations: torch.Tensor
     primal_residual: torch.Tensor
     dual_residual: torch.Tensor
+    primal_tolerance: torch.Tensor
+    dual_tolerance: torch.Tensor
     solve_time: float
     rates: Rates | None = None
     polish_systems: MajoritySystems | None = None
@@ -786,6 +790,7 @@ def admm_solve(
     iterations = torch.full((B,), settings.max_iter, dtype=torch.int64, device=device)
     out_primal = torch.full((B,), math.inf, dtype=dtype, device=device)
     out_dual = torch.full((B,), math.inf, dtype=dtype, device=device)
+    out_primal_tol, out_dual_tol = torch.zeros_like(out_primal), torch.zeros_like(out_dual)
     if per_instance:  # each instance's final rho and factor, for the backward pass
         out_rho, out_factor = rho.clone(), factor.copy()
     batch = torch.arange(B, device=device)
@@ -803,6 +808,8 @@ def admm_solve(
         iterations[rows] = k
         out_primal[rows] = residuals.primal[where]
         out_dual[rows] = residuals.dual[where]
+        out_primal_tol[rows] = residuals.primal_tol[where]
+        out_dual_tol[rows] = residuals.dual_tol[where]
         if per_instance:
             out_rho[rows] = rho[where]
             out_factor.put(rows, it.factor.select(where))
@@ -947,6 +954,8 @@ def admm_solve(
         iterations=iterations,
         primal_residual=out_primal,
         dual_residual=out_dual,
+        primal_tolerance=out_primal_tol,
+        dual_tolerance=out_dual_tol,
         solve_time=time.perf_counter() - start,
         rates=solve_rates(factor, n, m, B, budget.iterating / max(steps, 1)),
         polish_systems=polish_systems,

@@ -21,12 +21,11 @@ from __future__ import annotations
 
 import torch
 
-from ._admm import Residuals
+from ._admm import SolveResult
 from ._batched_sparse import BatchedSparse
 from ._polish import gather_active_rows
-from ._qp import Matrix, QPData
+from ._qp import Matrix, QPData, matvec
 from ._scaling import Scaling
-from ._settings import SolverSettings
 from .linsys.pinned import PinnedBlockFinder
 from .linsys.sparse_kkt import active_kkt_null_space
 from .linsys.systems import kkt_blocks, sparse_P
@@ -46,19 +45,16 @@ _INVERSE_ITERATIONS = 3
 _SEEN = 1e-6
 
 
-def weakly_active(
-    data: QPData, scaling: Scaling, x: torch.Tensor, z: torch.Tensor, y: torch.Tensor,
-    settings: SolverSettings,
-) -> torch.Tensor:  # fmt: skip
-    """``(B, m)`` bool: the weakly active inequality rows of the solution ``x``
-    ``(B, n)``, ``z``, ``y`` ``(B, m)`` (scaled units, of the scaled ``data``)."""
-    residuals = Residuals(data, scaling, settings)
-    residuals.measure(x, z, y)
-    slack = data.bound * residuals.inv_E - residuals.Cx
-    multiplier = scaling.E * y / scaling.c  # the user's nu
-    share = multiplier * _row_norms(data.C, residuals.inv_D, residuals.inv_E)
-    weak = (slack <= _WEAK_WITHIN * residuals.primal_tol.unsqueeze(-1)) & (
-        share <= _WEAK_WITHIN * residuals.dual_tol.unsqueeze(-1)
+def weakly_active(data: QPData, scaling: Scaling, result: SolveResult) -> torch.Tensor:
+    """``(B, m)`` bool: the weakly active inequality rows of the forward's solution
+    (scaled units, of the scaled ``data``), measured against the tolerances its
+    residuals were tested with."""
+    inv_D, inv_E = 1 / scaling.D, 1 / scaling.E
+    slack = (data.bound - matvec(data.C, result.x)) * inv_E
+    multiplier = scaling.E * result.y / scaling.c  # the user's nu
+    share = multiplier * _row_norms(data.C, inv_D, inv_E)
+    weak = (slack <= _WEAK_WITHIN * result.primal_tolerance.unsqueeze(-1)) & (
+        share <= _WEAK_WITHIN * result.dual_tolerance.unsqueeze(-1)
     )
     weak[:, : data.n_eq] = False
     return weak

@@ -435,7 +435,7 @@ class _ReverseFunction(torch.autograd.Function):
         scaled_gy = s.E * grad_y / s.c if grad_y is not None else None
         need_P, need_C = needs[0], needs[2]
         result = ctx.result
-        weak = weakly_active(ctx.scaled, s, result.x, result.z, result.y, ctx.settings)
+        weak = weakly_active(ctx.scaled, s, result)
         # The entries of q and the rows whose gradients reach what is asked for.
         live_q = torch.full_like(x[:1], needs[1], dtype=torch.bool)
         rows = torch.full_like(result.y[:1], need_C or needs[3], dtype=torch.bool)
