@@ -1,0 +1,133 @@
+"""Second-order cones: the projection onto their product, and its Jacobian.
+
+A second-order cone of size k is ``K = {(t, u) in R x R^(k-1) : ||u||_2 <= t}``; it is
+self-dual, and its polar cone is ``-K``. The projection of ``v = (t, u)`` onto K, with
+``a = ||u||`` and ``w = u / a``, is (Parikh and Boyd, Proximal Algorithms, 6.3.2)
+
+- ``v`` where ``a <= t`` (inside),
+- ``0`` where ``a <= -t`` (in the polar cone),
+- ``(t + a) / 2 * (1, w)`` otherwise (the boundary).
+
+Its Jacobian is the identity inside, zero in the polar cone, and on the boundary the
+symmetric matrix
+
+    J = 1/2 [[1, w'], [w, (1 + t/a) I - (t/a) w w']],
+
+which takes the place of the box's 0/1 diagonal ``D_k`` in the Alt-Diff recursion
+(DESIGN section 7: a cone is one more projection with its Jacobian). Where ``a = |t|``
+the projection is not differentiable; there the formula of the side ``a <= t`` or
+``a <= -t`` is taken, the limit from that side.
+
+The cones of a problem occupy consecutive rows, in the order of ``sizes``. Every
+operation here is batched over the instances and over the cones at once: norms over
+the cones' tails are sums by cone index (``index_add``), with no Python loop over cones,
+whatever their sizes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+__all__ = ["ConeJacobian", "SecondOrderCones"]
+
+
+class SecondOrderCones:
+    """The product of second-order cones of sizes ``sizes``, over ``sum(sizes)`` rows.
+
+    Args:
+        sizes: Each cone's size k >= 1 (a cone of size 1 is the half-line t >= 0).
+        device: Where the row-to-cone index lives.
+    """
+
+    def __init__(self, sizes: Sequence[int], device: torch.device | str = "cpu") -> None:
+        sizes = [int(k) for k in sizes]
+        if any(k < 1 for k in sizes):
+            raise ValueError(f"second-order cone sizes must be at least 1, got {sizes}")
+        self.sizes = sizes
+        counts = torch.tensor(sizes, dtype=torch.long, device=device)
+        #: ``(rows,)`` the cone of each row.
+        self.cone_of_row = torch.repeat_interleave(torch.arange(len(sizes), device=device), counts)
+        offsets = torch.cumsum(counts, 0) - counts
+        #: ``(cones,)`` the row of each cone's t.
+        self.heads = offsets
+        is_head = torch.zeros(self.rows, dtype=torch.bool, device=device)
+        is_head[offsets] = True
+        self._tail = ~is_head
+
+    @property
+    def rows(self) -> int:
+        return sum(self.sizes)
+
+    @property
+    def count(self) -> int:
+        return len(self.sizes)
+
+    def _split(self, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each cone's ``t`` ``(B, cones)`` and ``||u||`` ``(B, cones)`` of ``v``
+        ``(B, rows)``."""
+        t = v[:, self.heads]
+        squares = torch.where(self._tail, v * v, torch.zeros_like(v))
+        tail_sq = v.new_zeros(v.shape[0], self.count).index_add_(1, self.cone_of_row, squares)
+        return t, tail_sq.sqrt()
+
+    def project(self, v: torch.Tensor) -> torch.Tensor:
+        """The projection of ``v`` ``(B, rows)`` onto the product of the cones."""
+        t, a = self._split(v)
+        inside, polar = a <= t, a <= -t
+        # boundary: (t + a) / 2 * (1, u / a), i.e. v scaled per row by its cone's factor
+        # (t + a) / (2a) on the tail and set to (t + a) / 2 on the head
+        half = (t + a) / 2
+        scale = torch.where(
+            inside, torch.ones_like(t), half / a.clamp_min(torch.finfo(v.dtype).tiny)
+        )
+        scale = torch.where(polar & ~inside, torch.zeros_like(t), scale)
+        out = v * scale[:, self.cone_of_row]
+        head = torch.where(inside, t, torch.where(polar, torch.zeros_like(t), half))
+        out[:, self.heads] = head
+        return out
+
+    def jacobian(self, v: torch.Tensor) -> ConeJacobian:
+        """The Jacobian of the projection at ``v`` ``(B, rows)``, to apply to vectors."""
+        return ConeJacobian(self, v)
+
+    def distance(self, v: torch.Tensor) -> torch.Tensor:
+        """``(B, cones)``: each cone's part of ``v``'s Euclidean distance to the cones."""
+        t, a = self._split(v)
+        outside = ((a - t) / 2).clamp_min(0)  # distance to the boundary's ray, times 1/sqrt2
+        return torch.where(a <= -t, torch.sqrt(t * t + a * a), outside * 2**0.5)
+
+
+class ConeJacobian:
+    """The projection's Jacobian at one point: identity, zero or the boundary's matrix
+    per cone; symmetric, so it serves forward and reverse products alike."""
+
+    def __init__(self, cones: SecondOrderCones, v: torch.Tensor) -> None:
+        self.cones = cones
+        t, a = cones._split(v)
+        tiny = torch.finfo(v.dtype).tiny
+        self.inside = a <= t
+        self.polar = (a <= -t) & ~self.inside
+        self.boundary = ~(self.inside | self.polar)
+        safe = a.clamp_min(tiny)
+        self._ratio = t / safe  # t / a, used on boundary cones only
+        # w = u / a on the tail rows of boundary cones (zero elsewhere)
+        rows_boundary = self.boundary[:, cones.cone_of_row] & cones._tail
+        self._w = torch.where(rows_boundary, v / safe[:, cones.cone_of_row], torch.zeros_like(v))
+
+    def apply(self, d: torch.Tensor) -> torch.Tensor:
+        """``J d`` for ``d`` ``(B, rows)``."""
+        cones = self.cones
+        rows = cones.cone_of_row
+        d_head = d[:, cones.heads]
+        w_dot_d = d.new_zeros(d.shape[0], cones.count).index_add_(
+            1, rows, torch.where(cones._tail, self._w * d, torch.zeros_like(d))
+        )
+        ratio = self._ratio
+        # boundary tail: 1/2 [w d_t + (1 + t/a) d_u - (t/a) w (w'd_u)]
+        tail = 0.5 * (self._w * (d_head - ratio * w_dot_d)[:, rows] + (1 + ratio)[:, rows] * d)
+        head = 0.5 * (d_head + w_dot_d)
+        out = torch.where(self.boundary[:, rows], tail, torch.zeros_like(d))
+        out[:, cones.heads] = torch.where(self.boundary, head, torch.zeros_like(head))
+        return torch.where(self.inside[:, rows], d, out)

@@ -1,0 +1,106 @@
+"""The second-order cones' projection and Jacobian against their defining properties,
+a per-cone loop, and central finite differences."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from altdiff_modeling._cones import SecondOrderCones
+
+SIZES = [3, 1, 5, 2, 4]
+
+
+def _points(batch: int, sizes: list[int], seed: int, dtype=torch.float64) -> torch.Tensor:
+    """Points with every cone inside, in the polar cone and outside both, by turns."""
+    r = np.random.default_rng(seed)
+    v = r.standard_normal((batch, sum(sizes)))
+    start = 0
+    for j, k in enumerate(sizes):
+        for b in range(batch):
+            tail = np.linalg.norm(v[b, start + 1 : start + k])
+            case = (j + b) % 3
+            v[b, start] = [tail + 0.5, -tail - 0.5, 0.3 * tail - 0.2][case]
+        start += k
+    return torch.tensor(v, dtype=dtype)
+
+
+def _project_one(t: float, u: np.ndarray) -> np.ndarray:
+    a = np.linalg.norm(u)
+    if a <= t:
+        return np.concatenate([[t], u])
+    if a <= -t:
+        return np.zeros(1 + u.size)
+    return (t + a) / 2 * np.concatenate([[1.0], u / a])
+
+
+def test_projection_matches_a_loop_over_the_cones():
+    cones = SecondOrderCones(SIZES)
+    v = _points(6, SIZES, 0)
+    p = cones.project(v).numpy()
+    start = 0
+    for k in SIZES:
+        for b in range(v.shape[0]):
+            block = v[b, start : start + k].numpy()
+            np.testing.assert_allclose(p[b, start : start + k], _project_one(block[0], block[1:]))
+        start += k
+
+
+def test_moreau_decomposition():
+    """v = P(v) + (v - P(v)) with P(v) in K, v - P(v) in the polar -K, orthogonal per cone."""
+    cones = SecondOrderCones(SIZES)
+    v = _points(9, SIZES, 1)
+    p = cones.project(v)
+    rest = v - p
+    t, a = cones._split(p)
+    assert bool((a <= t + 1e-12).all())
+    t, a = cones._split(-rest)
+    assert bool((a <= t + 1e-12).all())
+    products = torch.zeros(v.shape[0], cones.count, dtype=v.dtype)
+    products.index_add_(1, cones.cone_of_row, p * rest)
+    assert products.abs().max() < 1e-12
+    assert torch.allclose(cones.distance(v).square().sum(-1), rest.square().sum(-1))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_jacobian_matches_central_differences(dtype):
+    cones = SecondOrderCones(SIZES)
+    v = _points(6, SIZES, 2, torch.float64)
+    J = cones.jacobian(v.to(dtype))
+    r = np.random.default_rng(3)
+    h = 1e-6
+    for _ in range(3):
+        d = torch.tensor(r.standard_normal(v.shape), dtype=torch.float64)
+        fd = (cones.project(v + h * d) - cones.project(v - h * d)) / (2 * h)
+        tol = 1e-7 if dtype == torch.float64 else 1e-5
+        assert torch.allclose(J.apply(d.to(dtype)).double(), fd, atol=tol), (
+            (J.apply(d) - fd).abs().max()
+        )
+
+
+def test_jacobian_is_symmetric_and_its_cases_are_the_projections():
+    cones = SecondOrderCones(SIZES)
+    v = _points(6, SIZES, 4)
+    J = cones.jacobian(v)
+    # column i of every instance's matrix: J applied to e_i in each instance
+    columns = [
+        J.apply(torch.eye(cones.rows, dtype=v.dtype)[i].expand_as(v)) for i in range(cones.rows)
+    ]
+    matrices = torch.stack(columns, -1)  # (B, rows, rows)
+    assert torch.allclose(matrices, matrices.transpose(1, 2), atol=1e-14)
+    assert bool(J.inside.any() and J.polar.any() and J.boundary.any())
+    # inside: the identity; polar: zero; boundary: J v = P(v) (the projection is
+    # positively homogeneous)
+    d = torch.randn_like(v)
+    out = J.apply(d)
+    rows_inside = J.inside[:, cones.cone_of_row]
+    rows_polar = J.polar[:, cones.cone_of_row]
+    assert torch.equal(out[rows_inside], d[rows_inside])
+    assert torch.equal(out[rows_polar], torch.zeros_like(out[rows_polar]))
+    assert torch.allclose(J.apply(v), cones.project(v), atol=1e-13)
+
+
+def test_cone_sizes_are_checked():
+    with pytest.raises(ValueError, match="at least 1"):
+        SecondOrderCones([3, 0])
