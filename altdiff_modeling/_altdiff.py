@@ -45,6 +45,7 @@ from ._polish import SharedPolishData
 from ._qp import QPData, matvec, rmatvec
 from ._settings import SolverSettings
 from .linsys.cholesky import CholeskyFactor
+from .linsys.systems import ActiveSystems, sparse_P
 
 __all__ = ["DataGradients", "DataTangents", "ForwardTangents", "reverse_gradients"]
 
@@ -301,6 +302,9 @@ def reverse_gradients(
                 inactive.shape[0],
                 predicted_seconds(n, inactive, shared, result.rates),
             )
+    # sparse data: each instance's active rows' system, factored once for the direct
+    # solve and the singularity tests
+    systems = ActiveSystems(sparse_P(data), C) if data.sparse else None
     chosen = method
     if method == "direct":
         if polished is not None:
@@ -315,7 +319,7 @@ def reverse_gradients(
                 r if polish_factor is not factor else None,
             )
         else:
-            solver = direct_adjoint(data.P, C, r, inactive, sigma, factor.memo)
+            solver = direct_adjoint(data.P, C, r, inactive, sigma, factor.memo, systems)
         candidates = torch.ones_like(converged)
         if solver is not None:
             iterations = 1
@@ -398,7 +402,7 @@ def reverse_gradients(
             candidates = torch.ones_like(converged)
     if data.sparse:
         candidates = torch.ones_like(converged)
-    degenerate = singular_systems(data, inactive, candidates, multiplier_rows, grad_x)
+    degenerate = singular_systems(data, inactive, candidates, multiplier_rows, grad_x, systems)
     if weak is not None and bool(weak.any()):
         size = torch.maximum(measure(state).abs().amax(-1), source.abs().amax(-1))
         changes = pieces_differ(weak, inactive, c, rCt, g_v, size, settings.backward_eps**0.5)
@@ -412,7 +416,7 @@ def reverse_gradients(
         others = flipped.any(-1) & ~degenerate
         if bool(others.any()):
             on_other_side = singular_systems(
-                data, inactive & ~flipped, others, multiplier_rows, grad_x
+                data, inactive & ~flipped, others, multiplier_rows, grad_x, systems
             )
             degenerate = degenerate | on_other_side
     return DataGradients(

@@ -26,9 +26,7 @@ from ._batched_sparse import BatchedSparse
 from ._polish import gather_active_rows
 from ._qp import Matrix, QPData, matvec
 from ._scaling import Scaling
-from .linsys.pinned import PinnedBlockFinder
-from .linsys.sparse_kkt import active_kkt_null_space
-from .linsys.systems import kkt_blocks, sparse_P
+from .linsys.systems import ActiveSystems, sparse_P
 
 __all__ = ["absorbed", "dense_test_flops", "pieces_differ", "singular_systems", "weakly_active"]
 
@@ -141,6 +139,7 @@ def singular_systems(
     candidates: torch.Tensor,
     multiplier_rows: torch.Tensor,
     grad_x: torch.Tensor,
+    systems: ActiveSystems | None = None,
 ) -> torch.Tensor:
     """``(B,)`` bool: the instances whose active rows' system is singular in a way that
     matters to the gradients asked for (module docstring).
@@ -156,6 +155,8 @@ def singular_systems(
         grad_x: ``(B, n)`` the cotangent of x: a solution that is not unique only along
             directions it does not see (an auxiliary variable of a canonical form) leaves
             the loss, and its gradient, unique.
+        systems: Sparse data's active rows' systems, shared with the direct backward
+            (a new set where None).
     """
     active = ~inactive
     found = (active.sum(1) > data.n) & (active & multiplier_rows).any(1) & candidates
@@ -163,7 +164,8 @@ def singular_systems(
     if index.numel() == 0:
         return found
     if isinstance(data.C, BatchedSparse):
-        relative, primal, dual = _sparse_null_spaces(data, active, index)
+        systems = systems or ActiveSystems(sparse_P(data), data.C)
+        relative, primal, dual = _sparse_null_spaces(systems, active, index)
     else:
         relative, primal, dual = _dense_null_spaces(data, active, index)
     primal, dual = primal.to(grad_x), dual.to(grad_x)
@@ -238,18 +240,14 @@ def _dense_null_spaces(
 
 
 def _sparse_null_spaces(
-    data: QPData, active: torch.Tensor, index: torch.Tensor
+    systems: ActiveSystems, active: torch.Tensor, index: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """As `_dense_null_spaces`, for sparse data (`linsys.sparse_kkt.active_kkt_null_space`
-    on each instance)."""
-    P, C = sparse_P(data), data.C
+    """As `_dense_null_spaces`, for sparse data (`linsys.sparse_kkt.ActiveKKT.null_space`
+    on each instance, with the factor its direct solve used where it had one)."""
     on = active.cpu().numpy()
-    shared_finder = PinnedBlockFinder(C.to_scipy(0)) if C.shape[0] == 1 else None
     relative, primal, dual = [], [], []
     for k in index.tolist():
-        P_k, C_k = kkt_blocks(P, C, k)
-        finder = shared_finder or PinnedBlockFinder(C_k)
-        smallest, v_x, v_y = active_kkt_null_space(P_k, C_k, on[k], finder)
+        smallest, v_x, v_y = systems.get(k, on[k]).null_space()
         relative.append(smallest)
         primal.append(torch.from_numpy(v_x))
         dual.append(torch.from_numpy(v_y))

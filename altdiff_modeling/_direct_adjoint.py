@@ -61,8 +61,7 @@ from ._costs import STEP_OPERATIONS, Rates, step_flops
 from ._polish import ReducedKKT
 from ._qp import matvec
 from .linsys.cholesky import CholeskyFactor
-from .linsys.pinned import PinnedBlockFinder
-from .linsys.sparse_kkt import solve_active_kkt
+from .linsys.systems import ActiveSystems
 from .linsys.woodbury import MajorityBases, MajoritySystems, differing_rows, regular_inverse
 
 __all__ = ["AdjointSolver", "adjoint_through_polish", "direct_adjoint", "predicted_seconds"]
@@ -143,6 +142,7 @@ def direct_adjoint(
     inactive: torch.Tensor,
     sigma: float,
     memo: dict[str, object] | None = None,
+    systems: ActiveSystems | None = None,
 ) -> AdjointSolver | None:
     """Factor the fixed-point equations of the transposed Alt-Diff recursion.
 
@@ -153,6 +153,8 @@ def direct_adjoint(
         memo: Where a batch with shared P, C and R keeps what depends on them alone
             (the memo of the forward's factor of H, which a layer may keep across
             calls), or None.
+        systems: Sparse data's active rows' systems, shared with the backward's other
+            uses (a new set where None).
 
     Returns:
         A solver mapping source terms ``g_x (B, n)``, ``g_v (B, m)`` to the fixed point
@@ -162,7 +164,8 @@ def direct_adjoint(
         ``c = 0`` or ``(a, c) = 0``, which the caller's check rejects.
     """
     if isinstance(C, BatchedSparse):
-        return _sparse_adjoint(P, C, rows, inactive, sigma)
+        assert isinstance(P, BatchedSparse)
+        return _sparse_adjoint(systems or ActiveSystems(P, C), rows, inactive, sigma)
     work = torch.float64  # the small dense factorizations are cheap in float64
     rows = rows.to(work)
     if not (P.shape[0] == 1 and C.shape[0] == 1 and rows.shape[0] == 1):
@@ -235,21 +238,15 @@ def _per_instance_adjoint(
 
 
 def _sparse_adjoint(
-    P: BatchedSparse,
-    C: BatchedSparse,
-    rows: torch.Tensor,
-    inactive: torch.Tensor,
-    sigma: float,
+    systems: ActiveSystems, rows: torch.Tensor, inactive: torch.Tensor, sigma: float
 ) -> AdjointSolver:
     """`direct_adjoint` for sparse data: each instance's active rows' KKT system (module
-    docstring) by `linsys.sparse_kkt.solve_active_kkt` (the variables short active rows
-    pin solved exactly, the rest by one sparse LDL' with iterative refinement). Its
-    regularization is small (1e-9), so a singular system amplifies round-off almost
-    without bound, which the caller's check of the implied error sees. ``a`` and ``c``
-    are zero for an instance whose system could not be factored."""
+    docstring) by its `linsys.sparse_kkt.ActiveKKT` in ``systems`` (the variables short
+    active rows pin solved exactly, the rest by one sparse LDL' with iterative
+    refinement). Its regularization is small (1e-9), so a singular system amplifies
+    round-off almost without bound, which the caller's check of the implied error sees.
+    ``a`` and ``c`` are zero for an instance whose system could not be factored."""
     B = inactive.shape[0]
-    matrices = [(P.to_scipy(k), C.to_scipy(k)) for k in range(min(B, max(P.shape[0], C.shape[0])))]
-    finders = [PinnedBlockFinder(Ck) for _, Ck in matrices]
     active = (~inactive).cpu().numpy()
     rows_np = rows.detach().cpu().double().numpy()
 
@@ -260,12 +257,11 @@ def _sparse_adjoint(
         v = g_v.detach().cpu().double().numpy()
         a, c = np.zeros_like(g_x), np.zeros_like(v)
         for k in range(B):
-            j = k if len(matrices) > 1 else 0
-            Pk, Ck = matrices[j]
+            Ck = systems.matrices(k)[1]
             r = rows_np[k if rows_np.shape[0] > 1 else 0]
             on = active[k]
             target_x = g_x[k] + Ck.T @ np.where(on, 0.0, v[k])
-            solved = solve_active_kkt(Pk, Ck, on, target_x, v[k] / r, None, finders[j])
+            solved = systems.get(k, on).solve(target_x, v[k] / r)
             if solved is None:
                 continue
             t, mu = solved

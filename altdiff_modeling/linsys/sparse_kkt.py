@@ -30,7 +30,7 @@ import scipy.sparse.linalg as sla
 from .._errors import SolverError
 from .pinned import PinnedBlockFinder, PinnedBlocks
 
-__all__ = ["KKTFactor", "active_kkt_null_space", "solve_active_kkt"]
+__all__ = ["ActiveKKT", "KKTFactor", "solve_active_kkt"]
 
 # Regularization of the active-set systems: smaller than OSQP's 1e-6, because the Schur
 # complement of a long chain of active rows (an isotonic projection) has eigenvalues far
@@ -48,7 +48,7 @@ _DENSE_LONG_FILL = 0.25
 # Most sparse products for the Schur complement of sparse long rows (`_sparse_complement`)
 # before it falls back to one solve per long row.
 _MAX_SCHUR_DEPTH = 8
-_NULL_SPACE_ITERATIONS = 3  # of `active_kkt_null_space`
+_NULL_SPACE_ITERATIONS = 3  # of `ActiveKKT.null_space`
 _TINY = 1e-300
 
 
@@ -400,6 +400,151 @@ def _choose_engine(row_counts: np.ndarray, size: int) -> tuple[str, np.ndarray]:
     return ("splu" if longest <= 10 * np.sqrt(size) else "qdldl"), long_rows
 
 
+class ActiveKKT:
+    """One instance's equality-constrained KKT system of the active rows of C,
+    ``[[P, C_a'], [C_a, 0]]``, reduced and factored once.
+
+    Variables that their own short active rows fix (`altdiff_modeling.linsys.pinned`)
+    are eliminated exactly; the remaining variables and rows go through one LDL' (its
+    own ordering) of the regularized quasi-definite
+    ``[[P + delta I, C_a'], [C_a, -delta I]]``, factored on first use. Its solves
+    (`solve`, refined against the unregularized system) and its null-space test
+    (`null_space`) share that factor: a backward that solves the system and tests it
+    factors it once. (Reusing the ADMM factor's ordering for this matrix was tried:
+    with delta this small it loses several digits more, and refinement then diverges.)
+
+    Args:
+        P: ``(n, n)``.  C: ``(m, n)``.  active: ``(m,)`` bool.
+        finder: The fixing blocks' finder for this C (kept across a polish's rounds or
+            a batch's instances), or None for a new one.
+        eliminate: Whether to eliminate the pinned variables (else the whole system
+            goes through the LDL').
+    """
+
+    def __init__(
+        self,
+        P: sp.sparray,
+        C: sp.csr_array,
+        active: np.ndarray,
+        finder: PinnedBlockFinder | None = None,
+        eliminate: bool = True,
+    ) -> None:
+        self.P, self.C, self.active = P, C, active
+        self.reduced = _without_pinned(P, C, active, finder) if eliminate else None
+        if self.reduced is None:
+            self.free, self.rows = np.arange(C.shape[1]), np.flatnonzero(active)
+            self.P_free, self.C_free = P, sp.csr_array(C[self.rows])
+        else:
+            self.free, self.rows = self.reduced.free_index, self.reduced.kept_rows
+            self.P_free, self.C_free = self.reduced.P, self.reduced.C
+        self._factor: KKTFactor | None = None
+        self._unfactorable = False
+
+    def _factored(self) -> KKTFactor | None:
+        """The regularized system's factor (None where it cannot be factored)."""
+        if self._factor is None and not self._unfactorable:
+            k = self.C_free.shape[0]
+            try:
+                self._factor = KKTFactor(
+                    self.P_free, self.C_free, _DELTA, np.full(k, _DELTA), check_inertia=False
+                )
+            except SolverError:
+                self._unfactorable = True
+        return self._factor
+
+    def solve(
+        self, rhs_x: np.ndarray, rhs_y: np.ndarray, start: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """``[[P, C_a'], [C_a, 0]] [u; w_a] = [rhs_x; rhs_y_a]``.
+
+        Args:
+            rhs_x: ``(n,)``.  rhs_y: ``(m,)`` (read on the active rows).
+            start: ``(n,)`` where the refinement starts, or None (zero).
+
+        Returns:
+            ``u (n,)`` and ``w (m,)`` (zero off the active rows), or None when the
+            regularized system cannot be factored or solved.
+        """
+        P, C, reduced = self.P, self.C, self.reduced
+        m, n = C.shape
+        if reduced is None:
+            return self._solve_free(rhs_x, rhs_y[self.rows], start)
+        u = reduced.pinned.values(rhs_y, n)
+        solved = self._solve_free(
+            rhs_x[self.free] - (P @ u)[self.free],
+            rhs_y[self.rows] - reduced.C_kept @ u,
+            None if start is None else start[self.free],
+        )
+        if solved is None:
+            return None
+        u[self.free] = solved[0]
+        w = np.zeros(m)
+        w[self.rows] = solved[1]
+        reduced.pinned.multipliers(rhs_x - P @ u - C.T @ w, w)
+        return u, w
+
+    def _solve_free(
+        self, rhs_x: np.ndarray, rhs_y: np.ndarray, start: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """The free variables' system, refined; with no pinned variables, ``w`` on all
+        of C's rows, else on the kept rows."""
+        factor = self._factored()
+        if factor is None:
+            return None
+        P, C_a = self.P_free, self.C_free
+        u = np.zeros(rhs_x.shape[0]) if start is None else start.copy()
+        w_a = np.zeros(C_a.shape[0])
+        size = 1 + _norm(rhs_x) + _norm(rhs_y)
+        for _ in range(_REFINE_STEPS):
+            r_x = rhs_x - (P @ u + C_a.T @ w_a)
+            r_y = rhs_y - C_a @ u
+            if max(_norm(r_x), _norm(r_y)) <= _REFINE_TOL * size:
+                break
+            try:
+                du, dw = factor.solve_kkt(r_x[None], r_y[None])
+            except SolverError:
+                return None
+            u, w_a = u + du[0], w_a + dw[0]
+        if self.reduced is not None:
+            return u, w_a
+        w = np.zeros(self.C.shape[0])
+        w[self.rows] = w_a
+        return u, w
+
+    def null_space(self) -> tuple[float, np.ndarray, np.ndarray]:
+        """How close the system is to singular.
+
+        Inverse iteration (a few steps, from a fixed start) with the regularized
+        factor, whose eigenvalues are the unregularized ones moved by at most delta.
+        Returns the smallest eigenvalue modulus it finds relative to the matrix's
+        largest entry (inf where the system cannot be factored: no answer), and the
+        primal and dual parts ``(n,)``, ``(m,)`` of its unit eigenvector (zero on the
+        pinned variables and rows): a solution that is not unique
+        (``P v = 0 = C_a v``) has the primal part, dependent active rows the dual part.
+        """
+        m_all, n_all = self.C.shape
+        P, C_a = self.P_free, self.C_free
+        n, k = P.shape[0], C_a.shape[0]
+        primal, dual = np.zeros(n_all), np.zeros(m_all)
+        factor = self._factored() if n + k else None
+        if factor is None:
+            return math.inf, primal, dual
+        scale = max(_norm(sp.csr_array(P).data), _norm(C_a.data), _TINY)
+        v = np.sin(np.arange(1, n + k + 1) * 0.7548776662)
+        growth = 0.0
+        for _ in range(_NULL_SPACE_ITERATIONS):
+            v = v / max(float(np.linalg.norm(v)), _TINY)
+            try:
+                u, w = factor.solve_kkt(v[None, :n], v[None, n:])
+            except SolverError:
+                return math.inf, primal, dual
+            v = np.concatenate([u[0], w[0]])
+            growth = float(np.linalg.norm(v))
+        primal[self.free] = v[:n] / max(growth, _TINY)
+        dual[self.rows] = v[n:] / max(growth, _TINY)
+        return 1.0 / (max(growth, _TINY) * scale), primal, dual
+
+
 def solve_active_kkt(
     P: sp.sparray,
     C: sp.csr_array,
@@ -409,48 +554,9 @@ def solve_active_kkt(
     start: np.ndarray | None = None,
     finder: PinnedBlockFinder | None = None,
 ) -> tuple[np.ndarray, np.ndarray] | None:
-    """Solve the equality-constrained KKT system of the active rows of C.
-
-    ``[[P, C_a'], [C_a, 0]] [u; w_a] = [rhs_x; rhs_y_a]``. Variables that their own
-    short active rows fix (`altdiff_modeling.linsys.pinned`) are solved for first and
-    exactly; the rest through a fresh LDL' (its own ordering) of the regularized
-    quasi-definite ``[[P + delta I, C_a'], [C_a, -delta I]]`` of the remaining
-    variables and rows, with iterative refinement against the unregularized system.
-    (Reusing the ADMM factor's ordering for this matrix was tried: with delta this
-    small it loses several digits more, and refinement then diverges.)
-
-    Args:
-        P: ``(n, n)``.  C: ``(m, n)``.  active: ``(m,)`` bool.
-        rhs_x: ``(n,)``.  rhs_y: ``(m,)`` (read on the active rows).
-        start: ``(n,)`` where the refinement starts, or None (zero).
-        finder: The fixing blocks' finder for this C (a polish keeps one across its
-            rounds), or None for a new one.
-
-    Returns:
-        ``u (n,)`` and ``w (m,)`` (zero off the active rows), or None when the
-        regularized system cannot be factored or solved.
-    """
-    m, n = C.shape
-    reduced = _without_pinned(P, C, active, finder)
-    if reduced is None:
-        return _solve_regularized(P, C, active, rhs_x, rhs_y, start)
-    free_index, kept_rows = reduced.free_index, reduced.kept_rows
-    u = reduced.pinned.values(rhs_y, n)
-    solved = _solve_regularized(
-        reduced.P,
-        reduced.C,
-        np.ones(kept_rows.size, dtype=bool),
-        rhs_x[free_index] - (P @ u)[free_index],
-        rhs_y[kept_rows] - reduced.C_kept @ u,
-        None if start is None else start[free_index],
-    )
-    if solved is None:
-        return None
-    u[free_index] = solved[0]
-    w = np.zeros(m)
-    w[kept_rows] = solved[1]
-    reduced.pinned.multipliers(rhs_x - P @ u - C.T @ w, w)
-    return u, w
+    """`ActiveKKT` ``(P, C, active, finder)``'s solve of ``rhs_x``, ``rhs_y`` from
+    ``start``: one system solved once."""
+    return ActiveKKT(P, C, active, finder).solve(rhs_x, rhs_y, start)
 
 
 class _Reduced(NamedTuple):
@@ -483,86 +589,3 @@ def _without_pinned(
     return _Reduced(
         pinned, free_index, kept_rows, C_kept, P_free, sp.csr_array(C_kept[:, free_index])
     )
-
-
-def active_kkt_null_space(
-    P: sp.sparray,
-    C: sp.csr_array,
-    active: np.ndarray,
-    finder: PinnedBlockFinder | None = None,
-) -> tuple[float, np.ndarray, np.ndarray]:
-    """How close the active rows' KKT system ``[[P, C_a'], [C_a, 0]]`` is to singular.
-
-    Inverse iteration (a few steps, from a fixed start) with the LDL' factor of the
-    regularized ``[[P + delta I, C_a'], [C_a, -delta I]]`` of the free variables and
-    kept rows (`solve_active_kkt`), whose eigenvalues are the unregularized ones moved
-    by at most delta. Returns the smallest eigenvalue modulus it finds relative to the
-    matrix's largest entry (inf where the system cannot be factored: no answer), and
-    the primal and dual parts ``(n,)``, ``(m,)`` of its unit eigenvector (zero on the
-    pinned variables and rows): a solution that is not unique (``P v = 0 = C_a v``)
-    has the primal part, dependent active rows the dual part.
-    """
-    m_all, n_all = C.shape
-    reduced = _without_pinned(P, C, active, finder)
-    free, rows = np.arange(n_all), np.flatnonzero(active)
-    if reduced is None:
-        C_a = sp.csr_array(C[rows])
-    else:
-        P, C_a = reduced.P, reduced.C
-        free, rows = reduced.free_index, reduced.kept_rows
-    n, k = P.shape[0], C_a.shape[0]
-    primal, dual = np.zeros(n_all), np.zeros(m_all)
-    if n + k == 0:
-        return math.inf, primal, dual
-    try:
-        factor = KKTFactor(P, C_a, _DELTA, np.full(k, _DELTA), check_inertia=False)
-    except SolverError:
-        return math.inf, primal, dual
-    scale = max(_norm(sp.csr_array(P).data), _norm(C_a.data), _TINY)
-    v = np.sin(np.arange(1, n + k + 1) * 0.7548776662)
-    growth = 0.0
-    for _ in range(_NULL_SPACE_ITERATIONS):
-        v = v / max(float(np.linalg.norm(v)), _TINY)
-        try:
-            u, w = factor.solve_kkt(v[None, :n], v[None, n:])
-        except SolverError:
-            return math.inf, primal, dual
-        v = np.concatenate([u[0], w[0]])
-        growth = float(np.linalg.norm(v))
-    primal[free] = v[:n] / max(growth, _TINY)
-    dual[rows] = v[n:] / max(growth, _TINY)
-    return 1.0 / (max(growth, _TINY) * scale), primal, dual
-
-
-def _solve_regularized(
-    P: sp.sparray,
-    C: sp.csr_array,
-    active: np.ndarray,
-    rhs_x: np.ndarray,
-    rhs_y: np.ndarray,
-    start: np.ndarray | None,
-) -> tuple[np.ndarray, np.ndarray] | None:
-    """`solve_active_kkt` without the elimination of fixed variables."""
-    rows = np.flatnonzero(active)
-    C_a = sp.csr_array(C[rows])
-    b_a = rhs_y[rows]
-    try:
-        factor = KKTFactor(P, C_a, _DELTA, np.full(rows.size, _DELTA), check_inertia=False)
-    except SolverError:
-        return None
-    u = np.zeros(rhs_x.shape[0]) if start is None else start.copy()
-    w_a = np.zeros(rows.size)
-    size = 1 + _norm(rhs_x) + _norm(b_a)
-    for _ in range(_REFINE_STEPS):
-        r_x = rhs_x - (P @ u + C_a.T @ w_a)
-        r_y = b_a - C_a @ u
-        if max(_norm(r_x), _norm(r_y)) <= _REFINE_TOL * size:
-            break
-        try:
-            du, dw = factor.solve_kkt(r_x[None], r_y[None])
-        except SolverError:
-            return None
-        u, w_a = u + du[0], w_a + dw[0]
-    w = np.zeros(C.shape[0])
-    w[rows] = w_a
-    return u, w

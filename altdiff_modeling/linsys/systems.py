@@ -27,10 +27,12 @@ from .._batched_sparse import BatchedSparse
 from .._costs import timed
 from .._qp import QPData, select_rows
 from .cholesky import CholeskyFactor, WorkLedger
-from .sparse_kkt import KKTFactor
+from .pinned import PinnedBlockFinder
+from .sparse_kkt import ActiveKKT, KKTFactor
 
 __all__ = [
     "EQUALITY_RHO_SCALE",
+    "ActiveSystems",
     "DenseSystems",
     "Factor",
     "LinearSystems",
@@ -248,3 +250,38 @@ def linear_systems(
     if weights is None:
         weights = penalty_weights(data.C, data.n_eq)
     return DenseSystems(data.P, weights, sigma)
+
+
+class ActiveSystems:
+    """The `ActiveKKT` of each instance of a sparse batch, built on first use and kept
+    while its active rows stay the same: a backward's direct solves and its test of the
+    systems' singularity (`_degeneracy`) factor each instance's system once.
+
+    Args:
+        P: ``(1|B, n, n)`` and C: ``(1|B, m, n)``, the batch's (scaled) matrices.
+    """
+
+    def __init__(self, P: BatchedSparse, C: BatchedSparse) -> None:
+        self.P, self.C = P, C
+        self._matrices: dict[int, tuple[sp.csc_array, sp.csr_array]] = {}
+        self._finders: dict[int, PinnedBlockFinder] = {}
+        self._systems: dict[int, ActiveKKT] = {}
+
+    def matrices(self, i: int) -> tuple[sp.csc_array, sp.csr_array]:
+        """Instance ``i``'s P (CSC) and C (CSR), converted once (shared: one pair)."""
+        key = i if max(self.P.shape[0], self.C.shape[0]) > 1 else 0
+        if key not in self._matrices:
+            self._matrices[key] = kkt_blocks(self.P, self.C, key)
+        return self._matrices[key]
+
+    def get(self, i: int, active: np.ndarray) -> ActiveKKT:
+        """Instance ``i``'s system on the active rows ``active`` ``(m,)`` bool."""
+        kept = self._systems.get(i)
+        if kept is not None and np.array_equal(kept.active, active):
+            return kept
+        P, C = self.matrices(i)
+        key = i if self.C.shape[0] > 1 else 0
+        if key not in self._finders:
+            self._finders[key] = PinnedBlockFinder(C)
+        self._systems[i] = ActiveKKT(P, C, active, self._finders[key])
+        return self._systems[i]
