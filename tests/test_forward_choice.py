@@ -8,6 +8,7 @@ import cvxpy as cp
 import numpy as np
 import pytest
 import torch
+from reference import kkt_implicit_gradient, solve_qp_reference
 
 from altdiff_modeling import AltDiffLayer, _admm
 from altdiff_modeling._forward_choice import EXPLORE_EVERY, ForwardChoice, ForwardCosts, _Record
@@ -97,20 +98,17 @@ def test_records_are_kept_per_batch_shape():
     assert costs.record(4, 10, 5, False, DT, torch.device("cpu")) is not a
 
 
-def _regularized_path_layer(**kwargs) -> tuple[AltDiffLayer, cp.Parameter]:
-    """Min-cost flow on a 3-node chain with a direct arc, ``0.05 ||x||^2`` added."""
-    incidence = np.array([[1.0, 0, 1], [-1, 1, 0], [0, -1, -1]])
-    supply = np.array([1.0, 0, -1])
-    x, c = cp.Variable(3), cp.Parameter(3)
-    problem = cp.Problem(
-        cp.Minimize(c @ x + 0.05 * cp.sum_squares(x)), [incidence @ x == supply, x >= 0, x <= 1]
-    )
-    return AltDiffLayer(problem, [c], [x], **kwargs), c
+def _capped_simplex_layer(n: int) -> AltDiffLayer:
+    """The projection of c onto ``{x : sum x = 1, 0 <= x <= 0.6}``."""
+    x, c = cp.Variable(n), cp.Parameter(n)
+    problem = cp.Problem(cp.Minimize(cp.sum_squares(x - c)), [cp.sum(x) == 1, x >= 0, x <= 0.6])
+    return AltDiffLayer(problem, [c], [x])
 
 
-def test_a_layer_that_hands_its_instances_over_gives_admm_s_solution_and_gradient(monkeypatch):
+def test_a_layer_that_hands_its_instances_over_gives_exact_solutions_and_gradients(monkeypatch):
     """Where the record says the interior-point solve is cheaper, every instance is
-    handed to it at the first check, and solutions and gradients are those of ADMM."""
+    handed to it at the first check; polished on its active set, its solutions and
+    gradients are exact (Clarabel's, KKT differentiation's), not tolerance-close."""
     preferred = _record(admm=[math.inf], interior_point=[0.0])
     monkeypatch.setattr(ForwardCosts, "record", lambda self, *key: preferred)
     attempts = []
@@ -121,17 +119,21 @@ def test_a_layer_that_hands_its_instances_over_gives_admm_s_solution_and_gradien
         return original(data, residuals, x, z, y, pending)
 
     monkeypatch.setattr(_admm, "_try_interior_point", counted)
-    handing, _ = _regularized_path_layer()
-    admm_only, _ = _regularized_path_layer()
+    n = 6
+    layer = _capped_simplex_layer(n)
+    P, A, b = 2 * np.eye(n), np.ones((1, n)), np.ones(1)
+    G, h = np.vstack([-np.eye(n), np.eye(n)]), np.r_[np.zeros(n), np.full(n, 0.6)]
     r = np.random.default_rng(0)
     for _ in range(3):
-        costs = torch.tensor(r.uniform(-1, 1, (4, 3)), dtype=DT, requires_grad=True)
-        weights = torch.tensor(r.standard_normal((4, 3)), dtype=DT)
-        (x,), info = handing(costs, return_info=True)
+        costs = torch.tensor(r.normal(0.2, 0.5, (4, n)), dtype=DT, requires_grad=True)
+        weights = torch.tensor(r.standard_normal((4, n)), dtype=DT)
+        (x,), info = layer(costs, return_info=True)
         (grad,) = torch.autograd.grad((x * weights).sum(), costs)
-        (x_ref,), _ = admm_only(costs, solver_args={"interior_point": False}, return_info=True)
-        (grad_ref,) = torch.autograd.grad((x_ref * weights).sum(), costs)
         assert info.status == ["solved"] * 4
-        assert torch.allclose(x, x_ref, atol=1e-5)
-        assert torch.allclose(grad, grad_ref, atol=1e-5)
+        for k in range(4):
+            q = -2 * costs[k].detach().numpy()
+            x_ref, lam, nu = solve_qp_reference(P, q, A, b, G, h)
+            dq = kkt_implicit_gradient(P, q, A, b, G, h, x_ref, lam, nu, weights[k].numpy())[1]
+            assert np.abs(x[k].detach().numpy() - x_ref).max() < 1e-8
+            assert np.abs(grad[k].numpy() - (-2 * dq)).max() < 1e-7  # q = -2 c
     assert attempts == [4, 4, 4]
