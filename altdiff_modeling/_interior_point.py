@@ -51,6 +51,8 @@ TYPICAL_STEPS = 30
 #: The regularization of the KKT matrix (the data are scaled to unit norms).
 _DELTA = 1e-9
 _REFINE_STEPS = 2
+#: Newton steps an instance takes after the first that meets the tolerances.
+_EXTRA_NEWTON_STEPS = 2
 #: Tensor operations of one Newton step (two solves with refinement, the residuals).
 INTERIOR_POINT_OPERATIONS = 120
 _STEP_FRACTION = 0.99
@@ -237,9 +239,30 @@ def interior_point_solve(
         y_in = torch.where(active, lam, torch.zeros_like(lam))
         return x, torch.cat([bound[:, :n_eq], z_in], 1), torch.cat([nu, y_in], 1)
 
-    for _ in range(MAX_STEPS + 1):
-        converged = converged | (alive & accept(*admm_form(x, nu, lam)))
-        if bool((converged | ~alive).all()):
+    # The latest point each instance's test accepted, and how many steps it has taken
+    # since its first: a few more steps, at the method's fast final rate, take it far
+    # below the tolerances (the polish that follows cannot, where the solution is not
+    # unique in variables the output does not see).
+    best_x, best_nu, best_lam = x, nu, lam
+    refined = torch.zeros(K, dtype=torch.int64, device=q.device)
+    finished = torch.zeros_like(converged)  # given up, or converged and refined
+    for step_count in range(MAX_STEPS + _EXTRA_NEWTON_STEPS + 1):
+        accepted = alive & ~finished & accept(*admm_form(x, nu, lam))
+        best_x, best_nu, best_lam = (
+            torch.where(accepted[:, None], new, kept)
+            for new, kept in zip((x, nu, lam), (best_x, best_nu, best_lam))
+        )
+        refined = refined + (converged & accepted)
+        lost = converged & ~accepted  # a step lost the tolerances: the point before
+        converged = converged | accepted
+        finished = (
+            finished
+            | ~alive
+            | lost
+            | (converged & (refined >= _EXTRA_NEWTON_STEPS))
+            | (~converged & (step_count >= MAX_STEPS))
+        )
+        if bool(finished.all()):
             break
         r_d, r_p = residual(x, nu, s, lam)
         mu = (s * lam).sum(-1) / m_in
@@ -261,8 +284,8 @@ def interior_point_solve(
         # Instances whose direction is not finite (a singular system) stop where they are.
         finite = torch.isfinite(torch.cat([dx, dnu, dlam, ds, step[:, None]], 1)).all(-1)
         alive = alive & finite
-        step = torch.where(converged | ~alive, torch.zeros_like(step), step)[:, None]
+        step = torch.where(finished | ~alive, torch.zeros_like(step), step)[:, None]
         x, nu = x + step * torch.nan_to_num(dx), nu + step * torch.nan_to_num(dnu)
         s, lam = s + step * torch.nan_to_num(ds), lam + step * torch.nan_to_num(dlam)
 
-    return InteriorPointResult(*admm_form(x, nu, lam), converged)
+    return InteriorPointResult(*admm_form(best_x, best_nu, best_lam), converged)

@@ -113,3 +113,24 @@ def test_a_cost_shared_by_instances_with_their_own_bounds():
     for s, x in zip(shifts, result.x):
         x_ref, _, _ = solve_qp_reference(P, q, A, b, G, h + s)
         assert np.abs(x.numpy() - x_ref).max() < 1e-6 * max(1.0, np.abs(x_ref).max())
+
+
+def test_steps_after_the_first_accepted_point_go_far_below_the_tolerance():
+    """The solve takes two more Newton steps once the test accepts: with a test at
+    1e-4, the solution is much closer to Clarabel's than 1e-4."""
+    P, q, A, b, G, h = _problem(2, 12, 3, 8, lp=False)
+    data = _data((P, q, A, b, G, h), sparse=False)
+    C = data.C
+
+    def loose(x, z, y):
+        dual = x @ torch.from_numpy(P) + data.q + y @ C[0]
+        slack = (data.bound - x @ C[0].T)[:, 3:]
+        worst = torch.cat([dual.abs(), (-slack).clamp_min(0), (y[:, 3:] * slack).abs()], 1)
+        return worst.amax(-1) <= 1e-4
+
+    result = interior_point_solve(
+        data, torch.zeros(1, 12, dtype=DT), torch.zeros(1, data.m, dtype=DT), loose
+    )
+    x_ref, _, _ = solve_qp_reference(P, q, A, b, G, h)
+    assert bool(result.converged.all())
+    assert np.abs(result.x[0].numpy() - x_ref).max() < 1e-7
