@@ -181,8 +181,9 @@ def interior_point_solve(
     ``x`` ``(K, n)``, ``y`` ``(K, m)``.
 
     ``accept(x, z, y) -> (K,)`` is the caller's convergence test (in the user's
-    units); an instance stops at the first Newton step it accepts. Those that it never
-    accepts in `MAX_STEPS` steps, or whose Newton system turns singular (infeasible,
+    units); an instance takes `_EXTRA_NEWTON_STEPS` more steps after the first point it
+    accepts and returns the last accepted one. Those that it never accepts in
+    `MAX_STEPS` steps, or whose Newton system turns singular (infeasible,
     unbounded, or numerically out of reach), come back with ``converged = False``.
     """
     if data.q.dtype != torch.float64:
