@@ -881,11 +881,6 @@ def admm_solve(
             fallback_open = False  # one attempt per solve: the others would fail again
             attempt = time.perf_counter()
             x, z, y, kept = _try_interior_point(data, residuals, x, z, y, pending)
-            if settings.polish and bool(kept.any()):
-                # Its point meets the tolerances and no more; polished on its active
-                # set, it is exact (the backward linearizes at it).
-                estimate = active_set(z, y, residuals.bound, n_eq)
-                x, z, y, _, _ = _try_polish(data, residuals, x, z, y, kept, estimate)
             choice.interior_point_ran(
                 time.perf_counter() - attempt, int(kept.sum()), rented=not handing_over
             )

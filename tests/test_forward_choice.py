@@ -107,8 +107,8 @@ def _capped_simplex_layer(n: int) -> AltDiffLayer:
 
 def test_a_layer_that_hands_its_instances_over_gives_exact_solutions_and_gradients(monkeypatch):
     """Where the record says the interior-point solve is cheaper, every instance is
-    handed to it at the first check; polished on its active set, its solutions and
-    gradients are exact (Clarabel's, KKT differentiation's), not tolerance-close."""
+    handed to it at the first check; with its steps past the tolerances, its solutions
+    and gradients are Clarabel's and KKT differentiation's, not tolerance-close."""
     preferred = _record(admm=[math.inf], interior_point=[0.0])
     monkeypatch.setattr(ForwardCosts, "record", lambda self, *key: preferred)
     attempts = []
