@@ -837,16 +837,15 @@ def admm_solve(
         budget.iterating += now - checked
         it.factor.ledger.work += now - checked  # the iterations' rent (SharedPolisher)
         checked = now
+        waiting = ~done & ~converged  # before any polish of this check
         handing_over = (
             fallback_open
             and k == settings.check_every
-            and choice.hand_over_first(
-                int((~done & ~converged).sum()), fallback_price(~done & ~converged)
-            )
+            and choice.hand_over_first(int(waiting.sum()), fallback_price(waiting))
         )
         chosen = None
         if not handing_over:  # handed over: no polish first
-            chosen = plan.candidates(k, z, y, residuals.bound, n_eq, ~done & ~converged)
+            chosen = plan.candidates(k, z, y, residuals.bound, n_eq, waiting)
         if chosen is not None:
             tried, estimate = chosen
             with_factor = None
@@ -937,8 +936,9 @@ def admm_solve(
             if per_instance:
                 rho, systems = rho[keep], systems.select(keep)
 
+    solve_time = time.perf_counter() - start
     if fallback_open and not bool((status == MAX_ITER).any()):
-        choice.admm_finished(time.perf_counter() - start)  # ADMM ended the call alone
+        choice.admm_finished(solve_time)  # ADMM ended the call alone
     if per_instance:
         rho, factor = out_rho, out_factor
     else:
@@ -956,7 +956,7 @@ def admm_solve(
         dual_residual=out_dual,
         primal_tolerance=out_primal_tol,
         dual_tolerance=out_dual_tol,
-        solve_time=time.perf_counter() - start,
+        solve_time=solve_time,
         rates=solve_rates(factor, n, m, B, budget.iterating / max(steps, 1)),
         polish_systems=polish_systems,
         **_polish_source(factor, polish_systems, polished_with, polishing),

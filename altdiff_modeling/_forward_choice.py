@@ -80,14 +80,13 @@ class ForwardChoice:
         admm = None if record is None else _median(record.admm)
         #: The measured seconds per instance of an interior-point solve, if any.
         self.interior_point_seconds = per_instance
+        # measured cheaper (both medians exist only where there is a record)
         preferred = per_instance is not None and admm is not None and per_instance * batch < admm
-        if preferred and record is not None:
+        if preferred:
             record.preferred_calls += 1
         #: Whether the call hands its instances to the interior-point solve at the first
         #: check (it was measured cheaper, and this is not an exploring call).
-        self.start_with_interior_point = (
-            preferred and record is not None and record.preferred_calls % EXPLORE_EVERY != 0
-        )
+        self.start_with_interior_point = preferred and record.preferred_calls % EXPLORE_EVERY != 0
         self._preferred = preferred
 
     def hand_over_first(self, instances: int, predicted: float) -> bool:

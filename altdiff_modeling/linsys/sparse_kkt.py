@@ -467,27 +467,24 @@ class ActiveKKT:
         """
         P, C, reduced = self.P, self.C, self.reduced
         m, n = C.shape
-        if reduced is None:
-            return self._solve_free(rhs_x, rhs_y[self.rows], start)
-        u = reduced.pinned.values(rhs_y, n)
-        solved = self._solve_free(
-            rhs_x[self.free] - (P @ u)[self.free],
-            rhs_y[self.rows] - reduced.C_kept @ u,
-            None if start is None else start[self.free],
-        )
+        u, free_x, free_y = np.zeros(n), rhs_x[self.free], rhs_y[self.rows]
+        if reduced is not None:  # the pinned variables' values move to the right side
+            u = reduced.pinned.values(rhs_y, n)
+            free_x, free_y = free_x - (P @ u)[self.free], free_y - reduced.C_kept @ u
+        solved = self._solve_free(free_x, free_y, None if start is None else start[self.free])
         if solved is None:
             return None
         u[self.free] = solved[0]
         w = np.zeros(m)
         w[self.rows] = solved[1]
-        reduced.pinned.multipliers(rhs_x - P @ u - C.T @ w, w)
+        if reduced is not None:
+            reduced.pinned.multipliers(rhs_x - P @ u - C.T @ w, w)
         return u, w
 
     def _solve_free(
         self, rhs_x: np.ndarray, rhs_y: np.ndarray, start: np.ndarray | None
     ) -> tuple[np.ndarray, np.ndarray] | None:
-        """The free variables' system, refined; with no pinned variables, ``w`` on all
-        of C's rows, else on the kept rows."""
+        """The free variables' system on the kept rows, refined: ``u`` and ``w_a``."""
         factor = self._factored()
         if factor is None:
             return None
@@ -505,11 +502,7 @@ class ActiveKKT:
             except SolverError:
                 return None
             u, w_a = u + du[0], w_a + dw[0]
-        if self.reduced is not None:
-            return u, w_a
-        w = np.zeros(self.C.shape[0])
-        w[self.rows] = w_a
-        return u, w
+        return u, w_a
 
     def null_space(self) -> tuple[float, np.ndarray, np.ndarray]:
         """How close the system is to singular.
