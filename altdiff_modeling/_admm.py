@@ -21,13 +21,15 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 
 from ._admm_iterate import AdmmIterate
 from ._batched_sparse import BatchedSparse
+from ._cone_polish import cone_polish, face_estimate
+from ._cones import SecondOrderCones
 from ._costs import (
     GENERAL_POLISH_OPERATIONS,
     SHARED_POLISH_OPERATIONS,
@@ -284,8 +286,12 @@ class Residuals:
         that cancels in rounding proves nothing)."""
         s, n_eq, eps = self.scaling, self.n_eq, self.settings.eps_prim_inf
         dy = self.y - self.previous.y
-        # Multipliers of inequality rows are nonnegative: keep the cone's part of dy.
+        # Multipliers of inequality rows lie in the dual cone (nonnegative; a
+        # second-order cone is its own dual): keep the cone's part of dy.
         clamped = dy[:, n_eq:].clamp_min(0)
+        cones = self.data.cones
+        if cones is not None:
+            clamped[:, -cones.rows :] = cones.project(dy[:, -cones.rows :])
         dy_cone = torch.cat([dy[:, :n_eq], clamped], dim=1)
         dy_user = s.E * dy_cone
         size = inf_norm(dy_user)
@@ -326,7 +332,14 @@ class Residuals:
         bound = eps * norms.C_rows.clamp_max(1) * size.unsqueeze(-1)
         C_dx = self.Cx - before.Cx
         eq_ok = (C_dx[:, :n_eq].abs() <= bound[:, :n_eq]).all(-1)
-        ineq_ok = (C_dx[:, n_eq:] <= bound[:, n_eq:]).all(-1)
+        # G dx in minus the inequalities' cone: nonpositive on the clipped rows, within
+        # the second-order cones' negatives on theirs.
+        outside = C_dx[:, n_eq:].clamp_min(0)
+        cones = self.data.cones
+        if cones is not None:
+            cone_dx = C_dx[:, -cones.rows :]
+            outside[:, -cones.rows :] = (cone_dx + cones.project(-cone_dx)).abs()
+        ineq_ok = (outside <= bound[:, n_eq:]).all(-1)
         return candidate & (P_dx <= eps * norms.P.clamp_max(1) * size) & eq_ok & ineq_ok
 
 
@@ -369,9 +382,12 @@ class _PolishPlan:
     ``max_iter`` every unfinished instance polishes, whatever the budget.
     """
 
-    def __init__(self, settings: SolverSettings, budget: PolishBudget) -> None:
+    def __init__(
+        self, settings: SolverSettings, budget: PolishBudget, cones: SecondOrderCones | None
+    ) -> None:
         check, max_iter = settings.check_every, settings.max_iter
         self.enabled = settings.polish
+        self.cones = cones
         self.max_iter, self.budget = max_iter, budget
         first = max(check, _ALWAYS_FIRST // check * check)
         self.always_at = {first * 2**j for j in range(64) if first * 2**j < max_iter}
@@ -391,7 +407,10 @@ class _PolishPlan:
         the ``(B, m)`` active-set estimate."""
         if not self.enabled:
             return None
-        estimate = active_set(z, y, bound, n_eq)
+        if self.cones is None:
+            estimate = active_set(z, y, bound, n_eq)
+        else:
+            estimate = face_estimate(z, y, bound, n_eq, self.cones)
         previous, self.previous = self.previous, estimate
         if k == self.max_iter:
             chosen = pending
@@ -399,7 +418,9 @@ class _PolishPlan:
             return None  # the first estimate: nothing to say whether it has settled
         else:
             chosen = pending
-            if k not in self.always_at and self.failed is not None:
+            # (A face's polish starts Newton's method from the iterate: on the same
+            # estimate, a later iterate may succeed.)
+            if k not in self.always_at and self.failed is not None and self.cones is None:
                 chosen = chosen & ~(estimate == self.failed).all(-1)
             if not self.budget.affords(int(chosen.sum())):
                 # Not all: those whose estimate has nearly settled. A polish mostly
@@ -466,13 +487,17 @@ def _try_polish(
     if budget is None:  # unlimited
         budget = PolishBudget(lambda _: 0.0)
         budget.iterating = math.inf
-    corrections = 0 if data.sparse else corrections
+    # sparse data's polish makes its own rounds; a cone's face has no row to correct
+    corrections = 0 if data.sparse or data.cones is not None else corrections
     spent = 0.0
     for correction in range(corrections + 1):
         index = torch.nonzero(tried).flatten()
         with timed() as clock:
             if data.sparse:
                 xp, zp, yp, ok = _polish_sparse(data, residuals, x, z, y, index)
+                solved = None
+            elif data.cones is not None:
+                xp, zp, yp, ok = _polish_faces(data, x, y, index, estimate[index])
                 solved = None
             else:
                 polished = _polish_instances(data, x, index, estimate[index], shared)
@@ -584,6 +609,24 @@ def _polish_instances(
         )
     xp, zp, yp, ok = polished
     return xp.to(x.dtype), zp.to(x.dtype), yp.to(x.dtype), ok, systems
+
+
+def _polish_faces(
+    data: QPData, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor, estimate: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`_cone_polish.cone_polish` of the instances ``index`` ``(K,)`` of a problem with
+    cones on their face estimates ``(K, m)``, in float64 (as `_polish_instances`)."""
+    work = torch.float64
+
+    def pick(block: torch.Tensor) -> torch.Tensor:
+        return (block if block.shape[0] == 1 else block[index]).to(work)
+
+    polished = cone_polish(
+        pick(data.P), pick(data.q), pick(data.C), pick(data.bound), data.n_eq,
+        data.cones, estimate, x[index].to(work), y[index].to(work),
+    )  # fmt: skip
+    xp, zp, yp, ok = polished
+    return xp.to(x.dtype), zp.to(x.dtype), yp.to(x.dtype), ok
 
 
 def _shared_seconds(factor: Factor, rates: Rates, K: int, n: int, m: int) -> float:
@@ -717,9 +760,17 @@ def admm_solve(
 
     factor = factor_for(rho)
 
-    it = AdmmIterate(q, C, bound, n_eq, x, z, y, rho_rows, factor, alpha, sigma)
+    cones = data.cones
+    it = AdmmIterate(q, C, bound, n_eq, x, z, y, rho_rows, factor, alpha, sigma, cones)
     polisher = None
-    if not (per_instance or data.sparse) and rho.shape[0] == 1 and dtype == torch.float64:
+    if cones is not None:
+        # The interior-point solve is of polyhedral problems; the polish of a problem
+        # with cones solves its faces' KKT equations (`_cone_polish`, dense data).
+        settings = replace(
+            settings, polish=settings.polish and not data.sparse, interior_point=False
+        )
+    shareable = not (per_instance or data.sparse or cones is not None)
+    if shareable and rho.shape[0] == 1 and dtype == torch.float64:
         polisher = SharedPolisher(C, n_eq, factor_kept)
 
     # A layer's factor kept for polishing serves every call's polishes, at any rho: the
@@ -776,7 +827,7 @@ def admm_solve(
 
     measured = factor.memo.get("polish_seconds")
     budget = PolishBudget(predict, measured if isinstance(measured, tuple) else None)
-    plan = _PolishPlan(settings, budget)
+    plan = _PolishPlan(settings, budget, cones)
     # The solve's own time so far (scaling, the first factorization) is in the budget:
     # polishing may cost as much as the rest of the solve.
     checked = start  # the time of the last check; the time since is charged

@@ -10,7 +10,8 @@ which one relaxed step (relaxation ``alpha``) reads::
     x~ = H^{-1} (sigma x - q - C'w)
     x  = x + alpha (x~ - x)
     v  = v + alpha (C x~ - z)
-    z  = proj(v)                         (equality rows pinned to b, others clipped at h)
+    z  = proj(v)                         (equality rows pinned to b, others clipped at h,
+                                          cone rows h - P_K(h - v))
 
 and ``y = r (v - z)`` is formed only when someone asks for it (the checks every few
 iterations). This is the same iteration as the textbook form (DESIGN section 3). On
@@ -27,6 +28,7 @@ from __future__ import annotations
 import torch
 
 from ._batched_sparse import BatchedSparse
+from ._cones import SecondOrderCones
 from ._qp import Matrix, matvec, rmatvec, select_rows
 from .linsys.systems import Factor
 
@@ -42,6 +44,7 @@ class AdmmIterate:
         x: ``(B, n)``.  z, y: ``(B, m)`` the starting point (copied, not kept).
         rho_rows: ``(1|B, m)`` per-row penalty.  factor: Cholesky factor of H for it.
         alpha: Relaxation.  sigma: Proximal weight of H.
+        cones: The second-order cones of the last rows, or None.
     """
 
     def __init__(
@@ -57,10 +60,14 @@ class AdmmIterate:
         factor: Factor,
         alpha: float,
         sigma: float,
+        cones: SecondOrderCones | None = None,
     ) -> None:
         B, n = x.shape
         m = z.shape[1]
         self.n_eq, self.alpha, self.sigma = n_eq, alpha, sigma
+        self.cones = cones
+        #: The first cone row (m without cones): rows n_eq to it are clipped at h.
+        self.cone_start = m - (0 if cones is None else cones.rows)
         self.neg_q = (-q).expand(B, n).contiguous()
         # Products with a `BatchedSparse` C go through its kernels; with a dense one,
         # in place into the step's buffers.
@@ -69,6 +76,8 @@ class AdmmIterate:
         self.C = C[0] if self.shared else C
         self.b = bound[:, :n_eq].expand(B, n_eq)
         self.h = bound[:, n_eq:].expand(B, m - n_eq)
+        self.h_box = self.h[:, : self.cone_start - n_eq]
+        self.h_cone = self.h[:, self.cone_start - n_eq :]
         self.x = x.clone()
         self.z = z.clone()
         self.v = torch.empty_like(self.z)
@@ -87,6 +96,8 @@ class AdmmIterate:
         self.w, self.z_tilde = torch.empty_like(self.z), torch.empty_like(self.z)
         self.rhs = torch.empty_like(self.x)
         self.neg_q, self.b, self.h = self.neg_q[index], self.b[index], self.h[index]
+        self.h_box = self.h[:, : self.cone_start - self.n_eq]
+        self.h_cone = self.h[:, self.cone_start - self.n_eq :]
         if not self.shared:
             self.C = select_rows(self.C, index)
         self.rows = select_rows(self.rows, index)
@@ -152,7 +163,10 @@ class AdmmIterate:
         self.Cx.lerp_(self.z_tilde, self.alpha)
         self.z_tilde.sub_(z)
         v.add_(self.z_tilde, alpha=self.alpha)
-        torch.minimum(v[:, self.n_eq :], self.h, out=z[:, self.n_eq :])
+        cone_start = self.cone_start
+        torch.minimum(v[:, self.n_eq : cone_start], self.h_box, out=z[:, self.n_eq : cone_start])
+        if self.cones is not None:
+            z[:, cone_start:] = self.h_cone - self.cones.project(self.h_cone - v[:, cone_start:])
         if not self._equality_rows_pinned:
             z[:, : self.n_eq] = self.b
             self._equality_rows_pinned = True

@@ -42,6 +42,7 @@ from ._direct_adjoint import (
 )
 from ._krylov import batched_gmres
 from ._polish import SharedPolishData
+from ._projection import ProjectionJacobian
 from ._qp import QPData, matvec, rmatvec
 from ._settings import SolverSettings
 from .linsys.cholesky import CholeskyFactor
@@ -68,18 +69,6 @@ class DataGradients:
     converged: torch.Tensor | None = None
     singular: torch.Tensor | None = None
     degenerate: torch.Tensor | None = None
-
-
-def _inactive_rows(y: torch.Tensor, n_eq: int) -> torch.Tensor:
-    """``(B, m)`` bool: D, the rows where the projection is the identity.
-
-    An inequality is inactive where its multiplier is zero; the last projection sets
-    ``y`` to exactly zero there, so no threshold is needed. A weakly active
-    constraint (zero multiplier, zero slack) is therefore treated as inactive.
-    """
-    inactive = y <= 0
-    inactive[:, :n_eq] = False
-    return inactive
 
 
 def _cheaper_backward(
@@ -226,14 +215,17 @@ def reverse_gradients(
     C, n_eq = data.C, data.n_eq
     x, y, r, factor = result.x, result.y, result.rho_rows, result.factor
     sigma = settings.sigma
-    inactive = _inactive_rows(y, n_eq)
-    keep = (~inactive).to(x.dtype)  # I - D
+    cones = data.cones
+    # J: the projection's Jacobian (D on the clipped rows, the cones' on theirs)
+    jacobian = ProjectionJacobian.at_solution(result.z, y, r, data.bound, n_eq, cones)
+    inactive = jacobian.inactive
 
     g_v = torch.zeros_like(y)
     bound_from_dual = torch.zeros_like(y)
     if grad_y is not None:
-        # y = r (v - proj(v)): dy = r (I - D) dv - r (I - D) d[b; h].
-        g_v = keep * r * grad_y
+        # y = r (v - proj(v)): dy = r (I - J) dv - r (I - J) d[b; h] (r is one value
+        # per cone, so it commutes with J).
+        g_v = jacobian.complement(r * grad_y)
         bound_from_dual = -g_v
 
     n = grad_x.shape[-1]
@@ -249,7 +241,7 @@ def reverse_gradients(
         """``M' (a, c)``: one transposed Alt-Diff step, without the source term (from
         its `products` where known)."""
         t, rCt = products(a, c) if parts is None else parts
-        return sigma * t, torch.where(inactive, rCt, c - rCt)
+        return sigma * t, jacobian.mix(rCt, c - rCt)
 
     def step(state: State, parts: tuple[torch.Tensor, torch.Tensor] | None = None) -> State:
         a_step, c_step = adjoint_step(*state, parts)
@@ -284,6 +276,10 @@ def reverse_gradients(
     if result.polish_factor is not None and result.polish_rows is not None:
         polish_factor, polish_rows = result.polish_factor, result.polish_rows
     polished, shared_data = result.polish_systems, polish_factor.memo.get("polish")
+    if cones is not None and method != "fixed_point":
+        # The direct solves and the degeneracy tests are of active rows' systems; the
+        # cones' Jacobians are not 0/1: GMRES on the recursion.
+        method = "gmres"
     if method not in ("auto", "direct") or not (
         shared and isinstance(shared_data, SharedPolishData)
     ):
@@ -392,7 +388,7 @@ def reverse_gradients(
             grad_C = C.on_pattern(-y, t) + C.on_pattern(c - rCt, x)
         else:
             grad_C = -y.unsqueeze(-1) * t.unsqueeze(-2) + (c - rCt).unsqueeze(-1) * x.unsqueeze(-2)
-    grad_bound = keep * (2 * rCt - c) + bound_from_dual
+    grad_bound = jacobian.complement(2 * rCt - c) + bound_from_dual
     if multiplier_rows is None:
         multiplier_rows = torch.ones_like(inactive)
     if chosen != "direct":
@@ -402,8 +398,10 @@ def reverse_gradients(
             candidates = torch.ones_like(converged)
     if data.sparse:
         candidates = torch.ones_like(converged)
+    if cones is not None:
+        candidates = torch.zeros_like(converged)
     degenerate = singular_systems(data, inactive, candidates, multiplier_rows, grad_x, systems)
-    if weak is not None and bool(weak.any()):
+    if cones is None and weak is not None and bool(weak.any()):
         size = torch.maximum(measure(state).abs().amax(-1), source.abs().amax(-1))
         changes = pieces_differ(weak, inactive, c, rCt, g_v, size, settings.backward_eps**0.5)
         if bool(changes.any()):
@@ -462,8 +460,6 @@ class ForwardTangents:
         self.dx, self.dz, self.dy = zeros(B, n, K), zeros(B, m, K), zeros(B, m, K)
         self.out_dx, self.out_dz, self.out_dy = self.dx, self.dz, self.dy
         self._C = data.C
-        self._inequality_rows = torch.zeros(m, dtype=torch.bool, device=data.q.device)
-        self._inequality_rows[data.n_eq :] = True
         self.iterations = 0
 
     def _step(
@@ -475,7 +471,7 @@ class ForwardTangents:
         rho_rows: torch.Tensor,
         factor: CholeskyFactor,
         alpha: float,
-        inactive: torch.Tensor,
+        jacobian: ProjectionJacobian,
         at_fixed_point: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Differentiate one ADMM step (see ``admm_solve``) in the tangent directions.
@@ -503,7 +499,7 @@ class ForwardTangents:
         )
         dx_tilde = factor.solve(rhs)
         dv = alpha * (dC_xt + C @ dx_tilde) + (1 - alpha) * dz + dy / r
-        dz_next = torch.where(inactive.unsqueeze(-1), dv, d.bound.expand_as(dv))
+        dz_next = jacobian.mix(dv, d.bound.expand_as(dv))
         return alpha * dx_tilde + (1 - alpha) * dx, dz_next, r * (dv - dz_next)
 
     def advance(
@@ -516,11 +512,12 @@ class ForwardTangents:
         factor: CholeskyFactor,
     ) -> None:
         """One lockstep step; the arguments are those of the ADMM step being taken."""
-        inactive = self._inequality_rows & (v < self.data.bound.expand_as(v))
+        data = self.data
+        jacobian = ProjectionJacobian.at_point(v, data.bound, data.n_eq, data.cones)
         state = (self.dx, self.dz, self.dy)
         alpha = self.settings.alpha
         self.dx, self.dz, self.dy = self._step(
-            state, z, y, x_tilde, rho_rows, factor, alpha, inactive
+            state, z, y, x_tilde, rho_rows, factor, alpha, jacobian
         )
         self.iterations += 1
 
@@ -540,15 +537,16 @@ class ForwardTangents:
         start from the tangents carried alongside the iterations.
         """
         x, z, y, r = result.x, result.z, result.y, result.rho_rows
-        inactive = _inactive_rows(y, self.data.n_eq)
+        data = self.data
+        jacobian = ProjectionJacobian.at_solution(z, y, r, data.bound, data.n_eq, data.cones)
         settings = self.settings
 
         def step(state: State) -> State:
-            return self._step(state, z, y, x, r, result.factor, 1.0, inactive, True)
+            return self._step(state, z, y, x, r, result.factor, 1.0, jacobian, True)
 
         state, steps, solved = (self.out_dx, self.out_dz, self.out_dy), 0, False
         if settings.backward_method != "fixed_point":
-            state, steps, solved = self._solve_fixed_point(step, r, inactive)
+            state, steps, solved = self._solve_fixed_point(step, r, jacobian)
         if not solved:
             # The plain recursion: the chosen method, or where GMRES could not solve the
             # system (a singular one, at a degenerate point), from GMRES's best iterate.
@@ -563,7 +561,7 @@ class ForwardTangents:
         self,
         step: Callable[[State], State],
         rho_rows: torch.Tensor,
-        inactive: torch.Tensor,
+        jacobian: ProjectionJacobian,
     ) -> tuple[State, int, bool]:
         """GMRES on ``s - (T(s) - T(0)) = T(0)``, one system per instance and direction.
 
@@ -574,11 +572,10 @@ class ForwardTangents:
         B, n, K = self.out_dx.shape
         m = self.out_dz.shape[1]
         r = rho_rows.unsqueeze(-1)
-        keep = inactive.unsqueeze(-1)
         bound = self.tangents.bound
 
         def to_state(dx: torch.Tensor, dv: torch.Tensor) -> tuple[torch.Tensor, ...]:
-            dz = torch.where(keep, dv, bound.expand_as(dv))
+            dz = jacobian.mix(dv, bound.expand_as(dv))
             return dx, dz, r * (dv - dz)
 
         def unpack(flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

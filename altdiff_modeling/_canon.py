@@ -2,9 +2,10 @@
 CVXPY's internals.
 
 CVXPY (>= 1.9) reduces a DPP problem to ``min 1/2 x'Px + q'x + d  s.t.
-AF x + bg in Zero x NonNeg``, each entry an affine function of its own parameter vector
-(``ParamConeProg``). This module reads those affine maps, splits the cone rows into
-``A = AF[:n_eq]``, ``b = -bg[:n_eq]``, ``G = -AF[n_eq:]``, ``h = bg[n_eq:]``, and rewrites
+AF x + bg in Zero x NonNeg x SOC``, each entry an affine function of its own parameter
+vector (``ParamConeProg``). This module reads those affine maps, splits the cone rows into
+``A = AF[:n_eq]``, ``b = -bg[:n_eq]``, ``G = -AF[n_eq:]``, ``h = bg[n_eq:]`` (the last
+rows of G those of the second-order cones, ``h - Gx`` in each), and rewrites
 them over the *user's* parameter vector (the user's parameters flattened column-major in
 the order given), composing CVXPY's replacement of symmetric, PSD, diagonal and sparse
 parameters by reduced ones.
@@ -19,7 +20,7 @@ from typing import Any
 import cvxpy as cp
 import numpy as np
 import scipy.sparse as sp
-from cvxpy.constraints import Equality, Inequality, NonNeg, NonPos, Zero
+from cvxpy.constraints import SOC, Equality, Inequality, NonNeg, NonPos, Zero
 from cvxpy.utilities import scopes
 
 from ._describe import Names, offending_atoms
@@ -35,7 +36,6 @@ _CHECKED_ATTRIBUTES = ("nonneg", "nonpos", "pos", "neg", "PSD", "NSD")
 
 
 _CONE_WORDS = {
-    "SOC": "a second-order cone (SOC)",
     "ExpCone": "an exponential cone (ExpCone)",
     "PSD": "a semidefinite cone (PSD)",
     "SvecPSD": "a semidefinite cone (PSD)",
@@ -114,7 +114,7 @@ def _check_lists(
         if var.attributes.get("PSD") or var.attributes.get("NSD"):
             raise ProblemError(
                 f"{names.variable(var)} is declared PSD/NSD, which needs a semidefinite cone; "
-                "only polyhedral (QP) problems are supported"
+                "only problems with linear and second-order cone constraints are supported"
             )
 
 
@@ -127,6 +127,15 @@ def _dual_owners(problem: cp.Problem) -> dict[int, int]:
     }
 
 
+#: The order of CVXPY's cone rows, which is also the order of our rows of C.
+_CONE_ORDER = (Zero, NonNeg, SOC)
+_SUPPORTED_CONES = _CONE_ORDER
+
+
+def _cone_rank(constraint: Any) -> int:
+    return next(i for i, kind in enumerate(_CONE_ORDER) if isinstance(constraint, kind))
+
+
 def _dual_spec(
     dual: cp.Variable,
     constraint: Any,
@@ -137,18 +146,23 @@ def _dual_spec(
 ) -> VariableSpec:
     """Rows of ``y = [lambda; nu]`` holding a user constraint's multipliers.
 
-    CVXPY orders the cone rows Zero first, then NonNeg, each cone's constraints in the
-    order of ``param_prob.constraints``; that is also the order of our A and G rows.
-    CVXPY's equality multipliers have the opposite sign of lambda in
-    ``L = f + lambda'(Ax - b) + nu'(Gx - h)``; inequality ones agree with nu.
+    CVXPY orders the cone rows Zero first, then NonNeg, then SOC, each cone's
+    constraints in the order of ``param_prob.constraints``; that is also the order of
+    our A and G rows. CVXPY's equality multipliers have the opposite sign of lambda in
+    ``L = f + lambda'(Ax - b) + nu'(Gx - h)``; inequality and cone ones agree with nu.
+    A second-order cone constraint ``SOC(t, X)`` has two: ``dual_variables[0]`` of t
+    and ``dual_variables[1]`` of X, from the rows of each cone ``(t_i, X's i-th column)``
+    (row with ``axis=1``), as CVXPY splits them.
     """
     final_id = constr_id_map.get(constraint.id, constraint.id)
     offset = 0
-    for canonical in sorted(param_prob.constraints, key=lambda c: not isinstance(c, Zero)):
+    for canonical in sorted(param_prob.constraints, key=_cone_rank):
         if canonical.id == final_id:
             sign = -1.0 if isinstance(canonical, Zero) else 1.0
             index = offset + np.arange(canonical.size)
-            if canonical.size != dual.size:
+            if isinstance(canonical, SOC) and isinstance(constraint, SOC):
+                index = _soc_dual_rows(constraint, dual, index)
+            if index is None or index.size != dual.size:
                 break
             return VariableSpec(
                 name=f"dual of constraint {position}",
@@ -162,6 +176,21 @@ def _dual_spec(
         f"the multipliers of constraint {position} ({names.describe(constraint)}) are not available: "
         "CVXPY rewrote the constraint"
     )
+
+
+def _soc_dual_rows(constraint: SOC, dual: cp.Variable, rows: np.ndarray) -> np.ndarray | None:
+    """The rows (column-major over ``dual``'s shape) of one of ``SOC(t, X)``'s two dual
+    variables, within the constraint's rows ``rows`` (each cone's t, then its X part)."""
+    which = next((i for i, d in enumerate(constraint.dual_variables) if d.id == dual.id), None)
+    if which is None:
+        return None
+    per_cone = rows.reshape(-1, rows.size // max(constraint.args[0].size, 1))
+    if which == 0:
+        return per_cone[:, 0]
+    tails = per_cone[:, 1:]  # (cones, k - 1)
+    if len(constraint.args[1].shape) == 2 and constraint.axis == 0:
+        tails = tails.T  # X's columns are the cones
+    return tails.ravel(order="F")
 
 
 def _check_dcp_dpp(problem: cp.Problem, names: Names) -> None:
@@ -233,14 +262,15 @@ def _param_cone_prog(problem: cp.Problem, canon_backend: str | None = None) -> t
 
 
 def _cone_types(problem: cp.Problem) -> list[str]:
+    """The cones, beyond the supported ones, that ``problem`` needs."""
     param_prob, _ = _param_cone_prog(problem)
     return sorted(
-        {type(c).__name__ for c in param_prob.constraints if not isinstance(c, Zero | NonNeg)}
+        {type(c).__name__ for c in param_prob.constraints if not isinstance(c, _SUPPORTED_CONES)}
     )
 
 
-def _name_non_polyhedral(problem: cp.Problem, names: Names) -> str:
-    """Name the atoms and constraints that need a non-polyhedral cone, as the user wrote them.
+def _name_unsupported_cones(problem: cp.Problem, names: Names) -> str:
+    """Name the atoms and constraints that need an unsupported cone, as the user wrote them.
 
     CVXPY's reductions say which part (the objective, each constraint) needs which
     cones; `offending_atoms` finds the atoms within it that leave the QP class.
@@ -251,21 +281,19 @@ def _name_non_polyhedral(problem: cp.Problem, names: Names) -> str:
         verb = "need" if len(atoms) > 1 else "needs"
         return f"{subject} {where} {verb} {' and '.join(_CONE_WORDS.get(c, c) for c in cones)}"
 
-    culprits, all_cones = [], set()
+    culprits = []
     cones = _cone_types(cp.Problem(problem.objective))
     if cones:
-        atoms = offending_atoms(problem.objective.expr, lambda e: e.is_qpwa())
+        atoms = offending_atoms(problem.objective.expr, _is_second_order)
         culprits.append(needs(atoms, "in the objective", cones))
-        all_cones.update(cones)
     for i, constraint in enumerate(problem.constraints):
         cones = _cone_types(cp.Problem(cp.Minimize(0), [constraint]))
         if not cones:
             continue
-        all_cones.update(cones)
         text = names.describe(constraint)
         atoms = []
         if isinstance(constraint, Inequality | Equality | Zero | NonNeg | NonPos):
-            atoms = [a for side in constraint.args for a in offending_atoms(side, _is_pwl)]
+            atoms = [a for side in constraint.args for a in offending_atoms(side, _is_second_order)]
         if atoms and " and ".join(names.describe(a) for a in atoms) != text:
             culprits.append(needs(atoms, f"in constraint {i} ({text})", cones))
         else:
@@ -274,18 +302,20 @@ def _name_non_polyhedral(problem: cp.Problem, names: Names) -> str:
                 + " and ".join(_CONE_WORDS.get(c, c) for c in cones)
             )
     if not culprits:
-        return "the problem needs cones other than linear ones"
-    text = "; ".join(culprits) + "."
-    if "SOC" in all_cones:
-        text += (
-            " Second-order cones are not supported yet (a squared norm, cp.sum_squares, is "
-            "supported in the objective)."
-        )
-    return text
+        return "the problem needs cones other than linear and second-order ones"
+    return "; ".join(culprits) + "."
 
 
-def _is_pwl(expr: Any) -> bool:
-    return expr.is_pwl()
+def _is_second_order(expr: Any) -> bool:
+    """Whether CVXPY reduces ``expr`` with linear and second-order cones only (asked
+    on an error's path only: it reduces a problem)."""
+    if expr.is_affine():
+        return True
+    bound = expr <= 0 if expr.is_convex() else expr >= 0
+    try:
+        return not _cone_types(cp.Problem(cp.Minimize(0), [bound]))
+    except cp.error.DCPError:
+        return False
 
 
 def _user_theta_map(
@@ -466,6 +496,11 @@ class CanonicalForm:
         """Number of constraint rows, equalities and inequalities."""
         return int(self.param_prob.constr_size)
 
+    @property
+    def cone_sizes(self) -> tuple[int, ...]:
+        """The sizes of the second-order cones of the last rows, in order."""
+        return tuple(int(k) for k in self.param_prob.cone_dims.soc)
+
 
 def reduce_problem(
     problem: cp.Problem,
@@ -483,7 +518,8 @@ def reduce_problem(
 
     Raises:
         ProblemError: The lists do not match the problem, or the problem is not DCP,
-            not DPP, not continuous, or not polyhedral (the message names the part).
+            not DPP, not continuous, or needs a cone other than linear and second-order
+            ones (the message names the part).
         InputError: ``canon_backend`` is not one of CVXPY's, or is not installed.
     """
     _check_canon_backend(canon_backend)
@@ -501,10 +537,11 @@ def reduce_problem(
         raise ProblemError(f"CVXPY could not reduce the problem: {exc}") from None
     except ImportError as exc:  # a backend CVXPY knows but cannot load (RUST)
         raise InputError(f"canon_backend={canon_backend!r} is not available: {exc}") from None
-    if any(not isinstance(c, Zero | NonNeg) for c in param_prob.constraints):
+    if any(not isinstance(c, _SUPPORTED_CONES) for c in param_prob.constraints):
         raise ProblemError(
-            "the problem is not a polyhedral QP (only linear equalities and inequalities, "
-            "after CVXPY's reductions, are supported): " + _name_non_polyhedral(problem, names)
+            "the problem needs a cone that is not supported (after CVXPY's reductions, "
+            "linear equalities and inequalities and second-order cones are): "
+            + _name_unsupported_cones(problem, names)
         )
     if param_prob.lower_bounds is not None or param_prob.upper_bounds is not None:
         raise ProblemError(
@@ -531,6 +568,7 @@ def dense_qp(form: CanonicalForm) -> ParametricQP:
         blocks=_blocks(form.param_prob, form.S),
         parameters=form.parameters,
         variables=form.variables,
+        cone_sizes=form.cone_sizes,
     )
 
 
@@ -541,6 +579,7 @@ def canonicalize(
 
     Raises:
         ProblemError: The lists do not match the problem, or the problem is not DCP,
-            not DPP, not continuous, or not polyhedral (the message names the part).
+            not DPP, not continuous, or needs a cone other than linear and second-order
+            ones (the message names the part).
     """
     return dense_qp(reduce_problem(problem, parameters, variables))

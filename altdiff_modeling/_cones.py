@@ -26,11 +26,18 @@ whatever their sizes.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch
 
-__all__ = ["ConeJacobian", "SecondOrderCones"]
+__all__ = ["ConeJacobian", "SecondOrderCones", "second_order_cones"]
+
+
+@functools.lru_cache(maxsize=64)
+def second_order_cones(sizes: tuple[int, ...], device: torch.device) -> SecondOrderCones:
+    """The cones of ``sizes`` with their index on ``device``, built once per layout."""
+    return SecondOrderCones(sizes, device)
 
 
 class SecondOrderCones:
@@ -71,6 +78,13 @@ class SecondOrderCones:
         squares = torch.where(self._tail, v * v, torch.zeros_like(v))
         tail_sq = v.new_zeros(v.shape[0], self.count).index_add_(1, self.cone_of_row, squares)
         return t, tail_sq.sqrt()
+
+    def mean_over_cones(self, values: torch.Tensor) -> torch.Tensor:
+        """``(B, rows)``: each row's value replaced by the mean over its cone's rows (a
+        row scaling that keeps every cone a cone)."""
+        sums = values.new_zeros(values.shape[0], self.count).index_add_(1, self.cone_of_row, values)
+        counts = torch.tensor(self.sizes, dtype=values.dtype, device=values.device)
+        return (sums / counts)[:, self.cone_of_row]
 
     def project(self, v: torch.Tensor) -> torch.Tensor:
         """The projection of ``v`` ``(B, rows)`` onto the product of the cones."""
@@ -117,17 +131,25 @@ class ConeJacobian:
         self._w = torch.where(rows_boundary, v / safe[:, cones.cone_of_row], torch.zeros_like(v))
 
     def apply(self, d: torch.Tensor) -> torch.Tensor:
-        """``J d`` for ``d`` ``(B, rows)``."""
+        """``J d`` for ``d`` ``(B, rows)``, or ``(B, rows, K)`` for K directions."""
+        if d.dim() == 3:
+            return self._apply(d, lambda value: value.unsqueeze(-1))
+        return self._apply(d, lambda value: value)
+
+    def _apply(self, d: torch.Tensor, expand) -> torch.Tensor:
         cones = self.cones
         rows = cones.cone_of_row
+        tail_rows = expand(cones._tail.expand(d.shape[0], -1))
+        w = expand(self._w)
         d_head = d[:, cones.heads]
-        w_dot_d = d.new_zeros(d.shape[0], cones.count).index_add_(
-            1, rows, torch.where(cones._tail, self._w * d, torch.zeros_like(d))
+        w_dot_d = d.new_zeros(d.shape[0], cones.count, *d.shape[2:]).index_add_(
+            1, rows, torch.where(tail_rows, w * d, torch.zeros_like(d))
         )
-        ratio = self._ratio
+        ratio = expand(self._ratio)
         # boundary tail: 1/2 [w d_t + (1 + t/a) d_u - (t/a) w (w'd_u)]
-        tail = 0.5 * (self._w * (d_head - ratio * w_dot_d)[:, rows] + (1 + ratio)[:, rows] * d)
+        tail = 0.5 * (w * (d_head - ratio * w_dot_d)[:, rows] + (1 + ratio)[:, rows] * d)
         head = 0.5 * (d_head + w_dot_d)
-        out = torch.where(self.boundary[:, rows], tail, torch.zeros_like(d))
-        out[:, cones.heads] = torch.where(self.boundary, head, torch.zeros_like(head))
-        return torch.where(self.inside[:, rows], d, out)
+        boundary = expand(self.boundary)
+        out = torch.where(boundary[:, rows], tail, torch.zeros_like(d))
+        out[:, cones.heads] = torch.where(boundary, head, torch.zeros_like(head))
+        return torch.where(expand(self.inside)[:, rows], d, out)

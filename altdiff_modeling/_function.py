@@ -375,19 +375,20 @@ def _storage(M: Matrix) -> torch.Tensor:
 
 
 def _assemble(
-    blocks: tuple[torch.Tensor, ...], layout: tuple[int, SparsePattern | None, SparsePattern | None]
+    blocks: tuple[torch.Tensor, ...],
+    layout: tuple[int, SparsePattern | None, SparsePattern | None, tuple[int, ...]],
 ) -> QPData:
     """`QPData` from the Function's tensors ``(P, q, C, bound)`` and their layout
-    ``(n_eq, P's pattern, C's pattern)`` (patterns None for dense matrices)."""
+    ``(n_eq, P's pattern, C's pattern, cone sizes)`` (patterns None for dense matrices)."""
     P, q, C, bound = blocks
-    n_eq, P_pattern, C_pattern = layout
+    n_eq, P_pattern, C_pattern, cone_sizes = layout
     if P_pattern is not None:
         P = BatchedSparse(P, P_pattern)
     if C_pattern is not None:
         C = BatchedSparse(C, C_pattern)
     sizes = [block.shape[0] for block in blocks]
     batch = 0 if 0 in sizes else max(sizes)  # a leading 1 broadcasts, also to 0
-    return QPData(P, q, C, bound, n_eq, batch)
+    return QPData(P, q, C, bound, n_eq, batch, cone_sizes)
 
 
 class _ReverseFunction(torch.autograd.Function):
@@ -399,10 +400,12 @@ class _ReverseFunction(torch.autograd.Function):
         holder: list,
         warm: Solution | None,
         reuse: ConstantDataReuse | None,
-        layout: tuple[int, SparsePattern | None, SparsePattern | None, torch.Tensor | None],
+        layout: tuple[
+            int, SparsePattern | None, SparsePattern | None, tuple[int, ...], torch.Tensor | None
+        ],
         *blocks: torch.Tensor,
     ):
-        data = _assemble(blocks, layout[:3])
+        data = _assemble(blocks, layout[:4])
         # Sparse factors live on the CPU: a call on another device moves its data there
         # once, and its results back, rather than every solve of every iteration.
         device = data.q.device
@@ -413,7 +416,7 @@ class _ReverseFunction(torch.autograd.Function):
         ctx.set_materialize_grads(False)
         ctx.settings, ctx.info, ctx.data, ctx.scaled = settings, info, data, scaled
         ctx.scaling, ctx.result, ctx.device = scaling, result, device
-        ctx.parametric = layout[3]
+        ctx.parametric = layout[4]
         ctx.timings = None if reuse is None else reuse.backward_seconds(data, settings)
         x, y, ctx.failed = _outputs(scaling, result, settings, holder)
         if holder:
@@ -435,7 +438,8 @@ class _ReverseFunction(torch.autograd.Function):
         scaled_gy = s.E * grad_y / s.c if grad_y is not None else None
         need_P, need_C = needs[0], needs[2]
         result = ctx.result
-        weak = weakly_active(ctx.scaled, s, result)
+        # Weakly active rows are those of polyhedral problems (`reverse_gradients`).
+        weak = None if ctx.scaled.cones is not None else weakly_active(ctx.scaled, s, result)
         # The entries of q and the rows whose gradients reach what is asked for.
         live_q = torch.full_like(x[:1], needs[1], dtype=torch.bool)
         rows = torch.full_like(result.y[:1], need_C or needs[3], dtype=torch.bool)
@@ -515,6 +519,7 @@ def solve_reverse(
         data.n_eq,
         P.pattern if isinstance(P, BatchedSparse) else None,
         C.pattern if isinstance(C, BatchedSparse) else None,
+        data.cone_sizes,
         parametric,
     )
     blocks = (_storage(P), data.q, _storage(C), data.bound)

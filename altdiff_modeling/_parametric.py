@@ -176,11 +176,13 @@ class ParametricQP:
         blocks: ``{"P", "q", "A", "b", "G", "h"} -> AffineBlock``.
         parameters: The user's parameters, in order.
         variables: The user's variables, in order.
+        cone_sizes: The second-order cones of the last rows of G (`QPData`).
     """
 
     blocks: dict[str, AffineBlock]
     parameters: list[ParameterSpec]
     variables: list[VariableSpec]
+    cone_sizes: tuple[int, ...] = ()
     _torch_cache: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -313,7 +315,8 @@ class ParametricQP:
         C = self._stacked(blocks, values, "A", "G")
         bound = self._stacked(blocks, values, "b", "h")
         n_eq = self.n_eq
-        return QPData(values["P"], values["q"], C, bound, n_eq, max(batch, theta.shape[0]))
+        batch = max(batch, theta.shape[0])
+        return QPData(values["P"], values["q"], C, bound, n_eq, batch, self.cone_sizes)
 
     def _stacked(
         self,

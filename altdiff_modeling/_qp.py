@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from ._batched_sparse import BatchedSparse
+from ._cones import SecondOrderCones, second_order_cones
 from ._errors import InputError
 
 __all__ = [
@@ -42,6 +43,9 @@ class QPData:
         bound: ``(1|B, m)``.
         n_eq: Number of equality rows (the first rows of C).
         batch_size: B, the number of instances (1 for an unbatched call).
+        cone_sizes: The sizes of the second-order cones that the last
+            ``sum(cone_sizes)`` rows form, in order: there ``bound - C x`` lies in the
+            product of the cones instead of the nonnegative orthant (empty for a QP).
     """
 
     P: Matrix
@@ -50,6 +54,7 @@ class QPData:
     bound: torch.Tensor
     n_eq: int
     batch_size: int
+    cone_sizes: tuple[int, ...] = ()
 
     @classmethod
     def from_blocks(
@@ -65,6 +70,18 @@ class QPData:
         """The stacked data of dense blocks (differentiable through the stacking)."""
         return cls(P, q, stack_rows(A, G), stack_rows(b, h), b.shape[-1], batch_size)
 
+    def like(
+        self,
+        P: Matrix,
+        q: torch.Tensor,
+        C: Matrix,
+        bound: torch.Tensor,
+        batch_size: int | None = None,
+    ) -> QPData:
+        """Data of the same rows (equalities, inequalities, cones) with other blocks."""
+        batch = self.batch_size if batch_size is None else batch_size
+        return QPData(P, q, C, bound, self.n_eq, batch, self.cone_sizes)
+
     @property
     def n(self) -> int:
         return self.q.shape[-1]
@@ -75,7 +92,20 @@ class QPData:
 
     @property
     def n_ineq(self) -> int:
+        """Inequality rows, those of the cones included."""
         return self.m - self.n_eq
+
+    @property
+    def n_cone(self) -> int:
+        """Rows of the second-order cones (the last rows of C)."""
+        return sum(self.cone_sizes)
+
+    @property
+    def cones(self) -> SecondOrderCones | None:
+        """The second-order cones of the last `n_cone` rows, or None (a QP)."""
+        if not self.cone_sizes:
+            return None
+        return second_order_cones(self.cone_sizes, self.q.device)
 
     @property
     def sparse(self) -> bool:
@@ -107,12 +137,12 @@ class QPData:
     def to(self, device: torch.device) -> QPData:
         """The data on ``device`` (autograd follows the copies)."""
         P, q, C, bound = (block.to(device) for block in self.blocks())
-        return QPData(P, q, C, bound, self.n_eq, self.batch_size)
+        return self.like(P, q, C, bound)
 
     def select(self, index: torch.Tensor) -> QPData:
         """The instances ``index`` ``(K,)`` of the batch (shared blocks stay shared)."""
         P, q, C, bound = (select_rows(block, index) for block in self.blocks())
-        return QPData(P, q, C, bound, self.n_eq, batch_size=index.shape[0])
+        return self.like(P, q, C, bound, batch_size=index.shape[0])
 
     def check_finite(self) -> None:
         """Raise `InputError` naming the first block holding NaN or Inf."""

@@ -54,7 +54,7 @@ class Scaling:
         """The data the solver sees (``matrices``: its `scale_matrices`, when known)."""
         D, E, c = self.D, self.E, self.c
         P, C = matrices if matrices is not None else self.scale_matrices(data)
-        return QPData(P, c * D * data.q, C, E * data.bound, data.n_eq, data.batch_size)
+        return data.like(P, c * D * data.q, C, E * data.bound)
 
 
 @dataclass(frozen=True)
@@ -183,6 +183,11 @@ def ruiz_scaling(
         equilibration = equilibrate(data.P, data.C, iterations)
     with torch.no_grad():
         D, E, P_norm = equilibration.D, equilibration.E, equilibration.P_norm
+        cones = data.cones
+        if cones is not None:
+            # One factor per cone: a cone scaled row by row would be another set.
+            E = E.clone()
+            E[:, -cones.rows :] = cones.mean_over_cones(E[:, -cones.rows :])
         batch = P_norm.shape[0]
         # Cost scaling: a shared value when P is shared, so H stays shared.
         q_norm = _amax((D * data.q).abs(), -1).unsqueeze(-1)  # (1|B, 1)

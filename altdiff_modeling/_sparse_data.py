@@ -84,6 +84,7 @@ class SparseParametricQP:
         bound: Map to ``[b; h]`` ``(n_eq + n_ineq,)``.
         parameters: The user's parameters, in order.
         variables: The user's outputs, in order.
+        cone_sizes: The second-order cones of the last inequality rows (`QPData`).
     """
 
     n: int
@@ -99,6 +100,7 @@ class SparseParametricQP:
     bound: SparseAffine
     parameters: list[ParameterSpec]
     variables: list[VariableSpec]
+    cone_sizes: tuple[int, ...] = ()
     _torch_cache: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -188,7 +190,7 @@ class SparseParametricQP:
         P = BatchedSparse(values["P"], maps["P_pattern"])
         C = BatchedSparse(values["C"], maps["C_pattern"])
         batch = max(max(v.shape[0] for v in values.values()), theta.shape[0])
-        return QPData(P, values["q"], C, values["bound"], self.n_eq, batch)
+        return QPData(P, values["q"], C, values["bound"], self.n_eq, batch, self.cone_sizes)
 
 
 def _compress(
@@ -267,6 +269,7 @@ def sparse_qp(form: CanonicalForm) -> SparseParametricQP:
         bound=SparseAffine(bound_map),
         parameters=form.parameters,
         variables=form.variables,
+        cone_sizes=form.cone_sizes,
     )
 
 

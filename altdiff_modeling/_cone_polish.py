@@ -1,0 +1,255 @@
+"""Polishing a solution of a problem with second-order cones (dense data).
+
+The polyhedral polish (`_polish`) solves the KKT system of an active-set estimate. With
+cones, ADMM's iterate also estimates each cone's face: a cone whose slack dominates its
+multiplier is inactive (``y = 0``), one whose multiplier dominates is at its apex
+(``s = 0``: its rows are equalities), and one where neither does is on its boundary,
+where the slack ``s = h - G x`` and the multiplier are orthogonal boundary points, so
+``y = mu R s`` with ``R = diag(1, -I)`` and ``mu >= 0``. On that estimate the KKT
+conditions are the equations
+
+    P x + q + C_a' lambda + sum_c mu_c G_c' R s_c = 0     (stationarity)
+    C_a x = bound_a                                        (active rows, apex cones)
+    s_c' R s_c / 2 = 0                                     (boundary cones: t = ||u||)
+
+smooth in ``(x, lambda, mu)``, whose Newton steps from ADMM's iterate converge
+quadratically (the Jacobian is symmetric: a KKT matrix with ``P - sum mu_c G_c' R G_c``
+in its corner). Inactive rows and cones keep zero multipliers as equations
+``lambda_i = 0``, ``mu_c = 0``, so every instance's system has one size and the batch is
+one batched solve. The caller accepts a polished point only where it meets the
+tolerances in the user's units (`_admm._try_polish`); `polish` rejects it first where a
+multiplier left its cone or a boundary slack landed on the cone's negative side.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ._cones import SecondOrderCones
+from ._polish import active_set
+
+__all__ = ["cone_polish", "face_estimate"]
+
+_NEWTON_STEPS = 8
+# Rounds of corrections of the face estimate (cones leaving or entering the boundary).
+_CORRECTIONS = 2
+# Newton stops at a step this small relative to x; multipliers may leave their cones by
+# this much relative to their size (round-off), the tolerances then judge the point.
+_STEP_TOLERANCE = 1e-14
+_SIGN_TOLERANCE = 1e-9
+_REGULARIZATION = 1e-10
+
+
+def face_estimate(
+    z: torch.Tensor, y: torch.Tensor, bound: torch.Tensor, n_eq: int, cones: SecondOrderCones
+) -> torch.Tensor:
+    """``(B, m)`` bool: the active-set estimate of `active_set` on the rows outside the
+    cones; on each cone's rows, all False (inactive), all True (at its apex) or only
+    its first row (on its boundary), from where ``s - y`` lies (``s = bound - z``):
+    inside the cone, in its negative, or neither."""
+    active = active_set(z, y, bound, n_eq)
+    first = z.shape[1] - cones.rows
+    point = (bound.expand_as(z) - z - y)[:, first:]
+    jacobian = cones.jacobian(point)
+    apex, boundary = jacobian.polar, jacobian.boundary
+    rows = cones.cone_of_row
+    heads = torch.zeros_like(active[:, first:])
+    heads[:, cones.heads] = True
+    active[:, first:] = apex[:, rows] | (boundary[:, rows] & heads)
+    return active
+
+
+def cone_polish(
+    P: torch.Tensor,
+    q: torch.Tensor,
+    C: torch.Tensor,
+    bound: torch.Tensor,
+    n_eq: int,
+    cones: SecondOrderCones,
+    estimate: torch.Tensor,
+    x: torch.Tensor,
+    y: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Newton's method on the KKT equations of the face estimate (module docstring).
+
+    Args:
+        P: ``(1|K, n, n)``.  q: ``(1|K, n)``.  C: ``(1|K, m, n)``.  bound: ``(1|K, m)``.
+        n_eq: Equality rows.  cones: The cones of the last rows.
+        estimate: ``(K, m)`` a `face_estimate`.
+        x: ``(K, n)``.  y: ``(K, m)`` the iterate to start from.
+
+    Returns:
+        ``x`` ``(K, n)``, ``z`` ``(K, m)`` (the projection of ``Cx``), ``y`` ``(K, m)``
+        and the ``(K,)`` mask of the instances whose system was solved with
+        multipliers in their cones.
+    """
+    K = estimate.shape[0]
+    face = _Face(P, q, C, bound, cones, x.shape[1])
+    first = face.first
+    boundary = _boundary_cones(estimate[:, first:], cones)  # (K, c)
+    # rows whose multiplier is an unknown of its own: active rows outside the cones,
+    # all rows of apex cones
+    free = estimate.clone()
+    free[:, first:] = estimate[:, first:] & ~boundary[:, cones.cone_of_row]
+    s = face.slack(x)
+    mu0 = torch.where(
+        boundary, y[:, first:][:, cones.heads] / s[:, cones.heads].clamp_min(1e-300), 0
+    )
+    out_x, out_y = x.clone(), torch.zeros_like(y)
+    ok = torch.zeros(K, dtype=torch.bool, device=x.device)
+    for correction in range(_CORRECTIONS + 1):
+        x_new, lam, mu, solved = face.newton(x, torch.where(free, y, 0), mu0, free, boundary)
+        y_new, checks = face.multipliers(x_new, lam, mu, free, boundary, n_eq)
+        good = solved & checks.all(0) & ~ok
+        out_x[good], out_y[good] = x_new[good], y_new[good]
+        ok = ok | good
+        # A boundary cone whose mu came out negative is inactive; an inactive cone
+        # that the point violates is on its boundary (a primal-dual active-set step).
+        s = face.slack(x_new)
+        t, norm = s[:, cones.heads], _tail_norms(s, cones)
+        leave = boundary & (mu < 0)
+        inactive = ~boundary & ~(free[:, first:][:, cones.heads])
+        enter = inactive & (norm > t)
+        change = (leave | enter) & ~ok.unsqueeze(-1)
+        if correction == _CORRECTIONS or not bool(change.any()):
+            break
+        boundary = boundary ^ change
+        mu0 = torch.where(enter, 1.0, torch.where(leave, 0.0, mu0))
+    return out_x, face.project(out_x, n_eq), out_y, ok
+
+
+class _Face:
+    """The KKT equations of a face estimate for a batch ``(K, ...)`` of dense data."""
+
+    def __init__(
+        self,
+        P: torch.Tensor,
+        q: torch.Tensor,
+        C: torch.Tensor,
+        bound: torch.Tensor,
+        cones: SecondOrderCones,
+        n: int,
+    ) -> None:
+        K = max(P.shape[0], q.shape[0], C.shape[0], bound.shape[0])
+        m = C.shape[1]
+        self.cones, self.n, self.m, self.first = cones, n, m, m - cones.rows
+        self.P, self.q = P.expand(K, n, n), q.expand(K, n)
+        self.C, self.bound = C.expand(K, m, n), bound.expand(K, m)
+        self.C_cone, self.h_cone = self.C[:, self.first :], self.bound[:, self.first :]
+        heads = torch.zeros(cones.rows, dtype=torch.bool, device=q.device)
+        heads[cones.heads] = True
+        self.sign = torch.where(heads, 1.0, -1.0).to(q.dtype)  # R
+        self.one_hot = torch.nn.functional.one_hot(cones.cone_of_row, cones.count).to(q.dtype)
+
+    def slack(self, x: torch.Tensor) -> torch.Tensor:
+        """``(K, cone rows)`` the cones' slacks ``h - G x``."""
+        return self.h_cone - (self.C_cone @ x.unsqueeze(-1)).squeeze(-1)
+
+    def newton(
+        self,
+        x: torch.Tensor,
+        lam: torch.Tensor,
+        mu: torch.Tensor,
+        free: torch.Tensor,
+        boundary: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Newton's method on the face's equations from ``(x, lam, mu)``; returns the
+        last iterate and the ``(K,)`` mask of the instances whose systems were solved."""
+        P, q, C, bound, C_cone = self.P, self.q, self.C, self.bound, self.C_cone
+        K, n, m, c = x.shape[0], self.n, self.m, self.cones.count
+        on_boundary = boundary[:, self.cones.cone_of_row]
+        Ct_free = C.transpose(1, 2) * free.unsqueeze(1)
+        C_free = C * free.unsqueeze(-1)
+        fixed_rows = torch.diag_embed((~free).to(x.dtype))
+        fixed_cones = torch.diag_embed((~boundary).to(x.dtype))
+        solved = torch.ones(K, dtype=torch.bool, device=x.device)
+        # A quasi-definite regularization, as the polyhedral polish's: variables that
+        # no cost and no active row determine (epigraph variables of a norm bound)
+        # would make the system singular; Newton's residuals correct its bias.
+        scale = torch.maximum(_abs_max(P), _abs_max(C)).clamp_min(1.0)
+        delta = torch.cat([x.new_ones(n), -x.new_ones(m + c)]) * _REGULARIZATION
+        regularization = torch.diag_embed(scale.unsqueeze(-1) * delta)
+        for _ in range(_NEWTON_STEPS):
+            s = self.slack(x)
+            Rs = torch.where(on_boundary, self.sign * s, 0)
+            g = C_cone.transpose(1, 2) @ (Rs.unsqueeze(-1) * self.one_hot)  # G_c' R s_c
+            mu_rows = torch.where(on_boundary, mu[:, self.cones.cone_of_row], 0) * self.sign
+            H = P - C_cone.transpose(1, 2) @ (mu_rows.unsqueeze(-1) * C_cone)
+            stationarity = _mv(P, x) + q + _mv(Ct_free, lam) + _mv(g, mu)
+            rows = torch.where(free, _mv(C, x) - bound, lam)
+            cone_norms = torch.where(boundary, -0.5 * (s * Rs) @ self.one_hot, mu)
+            residual = torch.cat([stationarity, rows, cone_norms], dim=1)
+            J = torch.cat(
+                [
+                    torch.cat([H, Ct_free, g], dim=2),
+                    torch.cat([C_free, fixed_rows, x.new_zeros(K, m, c)], dim=2),
+                    torch.cat([g.transpose(1, 2), x.new_zeros(K, c, m), fixed_cones], dim=2),
+                ],
+                dim=1,
+            )
+            step, info = torch.linalg.solve_ex(J + regularization, -residual)
+            solved = solved & (info == 0)
+            step = torch.where(solved.unsqueeze(-1), step, 0)
+            x, lam, mu = x + step[:, :n], lam + step[:, n : n + m], mu + step[:, n + m :]
+            if float(step.abs().amax()) <= _STEP_TOLERANCE * (1 + float(x.abs().amax())):
+                break
+        return x, lam, mu, solved & torch.isfinite(x).all(-1)
+
+    def multipliers(
+        self,
+        x: torch.Tensor,
+        lam: torch.Tensor,
+        mu: torch.Tensor,
+        free: torch.Tensor,
+        boundary: torch.Tensor,
+        n_eq: int,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``y`` ``(K, m)`` of a Newton point, and ``(3, K)`` whether its inequality
+        multipliers are nonnegative, its cones' multipliers in the cones, and its
+        boundary slacks on the cones' positive side."""
+        cones, first = self.cones, self.first
+        s = self.slack(x)
+        y = torch.where(free, lam, 0)
+        on_boundary = boundary[:, cones.cone_of_row]
+        y[:, first:] = torch.where(
+            on_boundary, mu[:, cones.cone_of_row] * self.sign * s, y[:, first:]
+        )
+        tiny = (_SIGN_TOLERANCE * (1 + y.abs().amax(-1))).unsqueeze(-1)
+        nonneg = (y[:, n_eq:first] >= -tiny).all(-1)
+        y_cone = y[:, first:]
+        in_cones = ((cones.project(y_cone) - y_cone).abs() <= tiny).all(-1)
+        positive_side = (torch.where(boundary, s[:, cones.heads], 0) >= 0).all(-1)
+        return y, torch.stack([nonneg, in_cones & (mu >= -tiny).all(-1), positive_side])
+
+    def project(self, x: torch.Tensor, n_eq: int) -> torch.Tensor:
+        """``z`` ``(K, m)``: the projection of ``C x`` onto the constraints' set."""
+        Cx, bound, first = _mv(self.C, x), self.bound, self.first
+        z = torch.minimum(Cx, bound)
+        z[:, :n_eq] = bound[:, :n_eq]
+        z[:, first:] = self.h_cone - self.cones.project(self.h_cone - Cx[:, first:])
+        return z
+
+
+def _abs_max(M: torch.Tensor) -> torch.Tensor:
+    """``(K,)`` the largest entry of each ``|M|`` ``(K, r, c)``."""
+    return M.abs().flatten(1).amax(-1)
+
+
+def _mv(M: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``(K, r, c) @ (K, c) -> (K, r)``."""
+    return (M @ v.unsqueeze(-1)).squeeze(-1)
+
+
+def _tail_norms(s: torch.Tensor, cones: SecondOrderCones) -> torch.Tensor:
+    """``(K, cones)`` the norms of the cones' tails ``||u||`` of ``s``."""
+    return cones._split(s)[1]
+
+
+def _boundary_cones(cone_estimate: torch.Tensor, cones: SecondOrderCones) -> torch.Tensor:
+    """``(K, cones)``: the cones a `face_estimate` puts on their boundary (first row
+    only active; a cone of size 1 is a half-line, never on a boundary)."""
+    rows = cones.cone_of_row
+    counts = cone_estimate.new_zeros(cone_estimate.shape[0], cones.count, dtype=torch.long)
+    counts.index_add_(1, rows, cone_estimate.long())
+    sizes = torch.tensor(cones.sizes, device=cone_estimate.device)
+    return cone_estimate[:, cones.heads] & (counts == 1) & (sizes > 1)

@@ -1,0 +1,105 @@
+"""The Jacobian of ADMM's z-step, ``z = proj(v)``, over all the constraint rows.
+
+The z-step pins equality rows to b, clips the other inequality rows at h
+(``z = min(v, h)``) and, on the rows of second-order cones, takes
+``z = h - P_K(h - v)`` (so that the slack ``h - z`` lies in the cones). Its Jacobian with
+respect to v is zero on the equality rows, the 0/1 diagonal D on the clipped rows (one
+where the row is inactive) and the projection's Jacobian ``J_K(h - v)`` on the cones'
+rows: symmetric, so one object serves the forward and the transposed recursions. With
+respect to the bound it is ``I - J`` (on the equality rows, the identity).
+
+The recursions need it only through ``mix(a, b) = J a + (I - J) b``: a selection
+between ``a`` and ``b`` on the clipped rows, and ``b + J_K (a - b)`` on the cones.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ._cones import ConeJacobian, SecondOrderCones
+
+__all__ = ["ProjectionJacobian"]
+
+
+class ProjectionJacobian:
+    """``J``, the z-step's Jacobian at one point.
+
+    Args:
+        inactive: ``(B, m)`` bool, the clipped rows where the projection is the
+            identity (False on equality and cone rows).
+        cones: The cones of the last ``cones.rows`` rows, or None.
+        cone_point: ``(B, cones.rows)`` the point ``h - v`` of their projection.
+    """
+
+    def __init__(
+        self,
+        inactive: torch.Tensor,
+        cones: SecondOrderCones | None = None,
+        cone_point: torch.Tensor | None = None,
+    ) -> None:
+        self.inactive = inactive
+        self.cones = cones
+        self._cone: ConeJacobian | None = None
+        if cones is not None and cone_point is not None:
+            self._cone = cones.jacobian(cone_point)
+
+    @classmethod
+    def at_solution(
+        cls,
+        z: torch.Tensor,
+        y: torch.Tensor,
+        rho_rows: torch.Tensor,
+        bound: torch.Tensor,
+        n_eq: int,
+        cones: SecondOrderCones | None,
+    ) -> ProjectionJacobian:
+        """The Jacobian at a solution ``z``, ``y`` ``(B, m)`` of penalty ``rho_rows``.
+
+        A clipped row is inactive where its multiplier is zero; the last projection
+        sets ``y`` to exactly zero there, so no threshold is needed (a weakly active
+        row, zero multiplier and zero slack, is taken as inactive). On the cones' rows
+        the projection's point is ``h - v = (h - z) - y / r``, the slack less the
+        scaled multipliers.
+        """
+        inactive = y <= 0
+        inactive[:, :n_eq] = False
+        point = None
+        if cones is not None:
+            first = y.shape[1] - cones.rows
+            inactive[:, first:] = False
+            rows = rho_rows.expand_as(y)[:, first:]
+            point = bound.expand_as(y)[:, first:] - z[:, first:] - y[:, first:] / rows
+        return cls(inactive, cones, point)
+
+    @classmethod
+    def at_point(
+        cls,
+        v: torch.Tensor,
+        bound: torch.Tensor,
+        n_eq: int,
+        cones: SecondOrderCones | None,
+    ) -> ProjectionJacobian:
+        """The Jacobian at ``v`` ``(B, m)``, for the bound ``(1|B, m)``."""
+        bound = bound.expand_as(v)
+        inactive = v < bound
+        inactive[:, :n_eq] = False
+        point = None
+        if cones is not None:
+            first = v.shape[1] - cones.rows
+            inactive[:, first:] = False
+            point = bound[:, first:] - v[:, first:]
+        return cls(inactive, cones, point)
+
+    def mix(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """``J a + (I - J) b`` for ``a``, ``b`` ``(B, m)`` or ``(B, m, K)``."""
+        inactive = self.inactive if a.dim() == 2 else self.inactive.unsqueeze(-1)
+        out = torch.where(inactive, a, b)
+        if self._cone is not None:
+            first = a.shape[1] - self.cones.rows
+            b_cone = b[:, first:]
+            out[:, first:] = b_cone + self._cone.apply(a[:, first:] - b_cone)
+        return out
+
+    def complement(self, d: torch.Tensor) -> torch.Tensor:
+        """``(I - J) d``."""
+        return self.mix(torch.zeros_like(d), d)
