@@ -33,9 +33,11 @@ __all__ = ["cone_polish", "face_estimate"]
 _NEWTON_STEPS = 8
 # Rounds of corrections of the face estimate (cones leaving or entering the boundary).
 _CORRECTIONS = 2
-# Newton stops at a step this small relative to x; multipliers may leave their cones by
-# this much relative to their size (round-off), the tolerances then judge the point.
-_STEP_TOLERANCE = 1e-14
+# Newton stops after a step this small relative to x: convergence is quadratic, so the
+# point it reaches is within about its square, round-off. Multipliers may leave their
+# cones by _SIGN_TOLERANCE relative to their size (round-off); the tolerances then judge
+# the point.
+_STEP_TOLERANCE = 1e-8
 _SIGN_TOLERANCE = 1e-9
 _REGULARIZATION = 1e-10
 
@@ -91,6 +93,7 @@ def cone_polish(
     # all rows of apex cones
     free = estimate.clone()
     free[:, first:] = estimate[:, first:] & ~boundary[:, cones.cone_of_row]
+    # y = mu R s on a boundary cone: mu from its first row
     s = face.slack(x)
     mu0 = torch.where(
         boundary, y[:, first:][:, cones.heads] / s[:, cones.heads].clamp_min(1e-300), 0
@@ -114,7 +117,7 @@ def cone_polish(
         if correction == _CORRECTIONS or not bool(change.any()):
             break
         boundary = boundary ^ change
-        mu0 = torch.where(enter, 1.0, torch.where(leave, 0.0, mu0))
+        mu0 = torch.where(change, 0.0, mu0)  # Newton's first step finds an entering mu
     return out_x, face.project(out_x, n_eq), out_y, ok
 
 
@@ -191,7 +194,9 @@ class _Face:
             solved = solved & (info == 0)
             step = torch.where(solved.unsqueeze(-1), step, 0)
             x, lam, mu = x + step[:, :n], lam + step[:, n : n + m], mu + step[:, n + m :]
-            if float(step.abs().amax()) <= _STEP_TOLERANCE * (1 + float(x.abs().amax())):
+            size = torch.cat([x, lam, mu], dim=1).abs().amax(-1)
+            settled = step.abs().amax(-1) <= _STEP_TOLERANCE * (1 + size)
+            if bool((settled | ~solved).all()):
                 break
         return x, lam, mu, solved & torch.isfinite(x).all(-1)
 
