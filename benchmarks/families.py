@@ -1,12 +1,14 @@
 """Layer families timed as training runs: this library against cvxpylayers, QPLayer, qpth.
 
-For every case of ``benchmarks/layer_families.py`` (families a-f: dense QPs over four
+For every case of ``benchmarks/layer_families.py`` (families a-g: dense QPs over four
 distributions, LP layers, parameters in the constraint matrix, portfolios with abs/neg
-costs, tiny problems called 100 times per step, single large and large sparse problems)
+costs, tiny problems called 100 times per step, single large and large sparse problems,
+second-order cone layers)
 this script draws every call's parameter values once (cached), computes the reference
 (``benchmarks/family_reference.py``), then runs every method at every thread count in a
 fresh child process (``benchmarks/family_child.py``) with a time budget. A method that
-fails or runs out of time gets a row that says so.
+fails or runs out of time gets a row that says so; one that cannot take a case (a QP
+solver on a second-order cone layer) gets an "unavailable" row.
 
 Methods: ``altdiff-layer`` (AltDiffLayer over the CVXPY problem, library defaults),
 ``altdiff-solve_qp`` (solve_qp on the raw QP), ``proxsuite-qplayer`` and ``qpth`` (raw

@@ -129,6 +129,8 @@ class RawQPMethod(FamilyMethod):
         self.kind = "library" if name == "altdiff-solve_qp" else "peer"
 
     def unavailable(self, case: Case) -> str | None:
+        if case.conic is not None:
+            return "second-order cones: a QP solver cannot take them (no raw-QP form)"
         if case.qp is None:
             return "no raw-QP form: the large sparse problems are written in CVXPY only"
         return None

@@ -19,7 +19,7 @@ LAYER = "altdiff-layer"
 CVXPYLAYERS = ("cvxpylayers-diffcp", "cvxpylayers-moreau")
 #: The targets of the benchmark (issues 20 and 21).
 SPEEDUP_PEER = 3.0  # at least 3x the fastest peer that reaches 1e-5 gradient accuracy
-SPEEDUP_CVXPYLAYERS = 3.0  # LP families and family c against cvxpylayers
+SPEEDUP_CVXPYLAYERS = 3.0  # LP families, family c, and family g against each backend
 TINY_CALL_S = 1e-3  # family e: per call, forward + backward
 
 
@@ -110,12 +110,19 @@ def case_table(name: str, entry: dict) -> str:
                 else ""
             )
             + (
+                f", conic KKT gradients (smallest KKT rcond {ref['kkt_rcond_min']:.2g}, "
+                f"largest residual after polishing {ref['kkt_residual_max']:.2g})"
+                if ref.get("kkt_rcond_min") is not None
+                else ""
+            )
+            + (
                 f", {len(ref['unavailable'])} pairs without a unique gradient"
                 if ref.get("unavailable")
                 else ""
             )
             + (
-                f"; raw QP vs CVXPY: solutions {max(ref['crosscheck_solution']):.1g} apart"
+                f"; {'cone program' if ref.get('gradient_reference') == 'conic KKT' else 'raw QP'} "
+                f"vs CVXPY: solutions {max(ref['crosscheck_solution']):.1g} apart"
                 if ref.get("crosscheck_solution")
                 else ""
             )
@@ -249,6 +256,8 @@ def verdict_rows(records: dict) -> list[list]:
                         _verdict(peer_t / t >= SPEEDUP_CVXPYLAYERS if peer_t else None),
                     ]
                 )
+            if family == "g":
+                rows += _per_backend_rows(family, name, threads, r, runs)
             if family == "d":
                 statuses = r.get("statuses") or {}
                 calls = r.get("calls_done", 0)
@@ -275,6 +284,39 @@ def verdict_rows(records: dict) -> list[list]:
                         _verdict(t <= TINY_CALL_S),
                     ]
                 )
+    return rows
+
+
+def _per_backend_rows(family: str, name: str, threads: int, r: dict, runs: dict) -> list[list]:
+    """Family g (issue: SOC layers): at least 3x faster than each cvxpylayers backend
+    whose answer is not wrong, with both gradient errors beside the speed-up."""
+    rows = []
+    t, ours = r["total_median_s"], grad_error(r)
+    for backend in CVXPYLAYERS:
+        peer = runs.get(f"{backend}@{threads}")
+        target = f">= {SPEEDUP_CVXPYLAYERS:g}x {backend}"
+        peer_t = (peer or {}).get("total_median_s")
+        if peer_t is None:
+            reason = (peer or {}).get("status", "not run")
+            rows.append([family, name, threads, target, "no answer", reason[:80], _verdict(None)])
+            continue
+        against = f"{peer_t:.3g} s, gradient err {_num(grad_error(peer), 2)}"
+        if not answered(peer):  # timed, but not compared with: its answer is wrong
+            value = f"not compared (answer {_short(peer['status'])}); gradient err {_num(ours, 2)}"
+            rows.append([family, name, threads, target, value, against, _verdict(None)])
+            continue
+        value = f"speed-up {peer_t / t:.3g}x; gradient err {_num(ours, 2)}"
+        rows.append(
+            [
+                family,
+                name,
+                threads,
+                target,
+                value,
+                against,
+                _verdict(peer_t / t >= SPEEDUP_CVXPYLAYERS),
+            ]
+        )
     return rows
 
 
@@ -399,7 +441,8 @@ def report(records: dict, env: dict, settings: dict, images: list[str] = ()) -> 
         "`torch.autograd.grad` of sum(w * x) with new weights w each call. Errors are the "
         "worst over the referenced (call, instance) pairs: solutions against Clarabel at "
         "tolerance 1e-12, gradients against implicit differentiation of the KKT conditions "
-        "(relative; where the exact gradient vanishes, relative to ||w||, and where the exact "
+        "(family g: of the conic KKT conditions, at Clarabel's solution polished by Newton "
+        "steps on them; relative; where the exact gradient vanishes, relative to ||w||, and where the exact "
         "solution vanishes, relative to the case's median solution norm), or for the large "
         "sparse problems the directional derivative against a finite difference ('dir.'). "
         f"Status: ok = within {OK_TOL:g}; inaccurate = within 1e-2; wrong = beyond. "

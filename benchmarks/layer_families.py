@@ -24,6 +24,11 @@ Families (the issue's list):
 * ``e``: tiny problems (n <= 10), one instance per call, 100 calls per training step.
 * ``f``: the single large dense problems of ``workloads.py`` (workload 1) and the large
   sparse problems of ``sparse_problems.py``.
+* ``g``: second-order cone layers: norm-ball least squares, a robust LP, a norm-2
+  regression with monotone coefficients, a portfolio with a risk limit, MPC with a norm
+  bound on the input. They have no raw-QP form; their cone program is written in torch
+  instead (``Case.conic``, with ``Case.cones``), which the reference solves and
+  differentiates.
 
 Nothing here imports ``altdiff_modeling``.
 """
@@ -46,6 +51,7 @@ FAMILY_TITLES = {
     "d": "Markowitz portfolios with abs and neg costs",
     "e": "tiny problems, one instance per call, 100 calls per step",
     "f": "single large dense and large sparse problems",
+    "g": "second-order cone layers",
 }
 
 Blocks = dict[str, torch.Tensor]
@@ -77,7 +83,15 @@ class Case:
         qp: The QP in torch, or None where the case has no raw-QP form: parameter
             tensors (as passed to a layer) -> blocks ``P, q, A, b, G, h`` (each with a
             leading batch dimension or shared; ``A, b`` may have zero rows).
-        qp_output: The user's variable from the QP's ``x`` ``(B, n)``: ``(B, *shape)``.
+        qp_output: The user's variable from the QP's (or the cone program's) ``x``
+            ``(B, n)``: ``(B, *shape)``.
+        conic: The cone program in torch, for cases with second-order cones (which
+            have no raw-QP form): parameter tensors -> blocks ``P, q, A, b, G, h`` of
+            ``min 1/2 x'Px + q'x s.t. Ax = b, h - Gx in K`` with the rows of G and h
+            in the order of ``cones``.
+        cones: The cone K of ``conic``: ``("l", m)`` (m nonnegative rows) or
+            ``("q", d)`` (one second-order cone of dimension d, its head first), in
+            row order.
         timed_calls: Calls timed after the one warm-up call.
         calls_per_step: Calls per training step (family e: 100), for the per-step time.
         ref_calls: How many calls get a reference (spread evenly over all calls).
@@ -98,6 +112,8 @@ class Case:
     sample: Callable[[np.random.Generator], list[np.ndarray]]
     qp: Callable[[list[torch.Tensor]], Blocks] | None = None
     qp_output: Callable[[torch.Tensor], torch.Tensor] | None = None
+    conic: Callable[[list[torch.Tensor]], Blocks] | None = None
+    cones: tuple[tuple[str, int], ...] = ()
     timed_calls: int = 10
     calls_per_step: int = 1
     ref_calls: int = 11
@@ -680,6 +696,278 @@ def _sparse_case(kind: str, size: dict, label: str, seed: int) -> Case:
     )
 
 
+# ----------------------------------------------------------------------------- (g)
+
+
+def _zeros(*shape: int) -> torch.Tensor:
+    return torch.zeros(*shape, dtype=torch.float64)
+
+
+def _no_equalities(n: int) -> Blocks:
+    return {"A": _zeros(0, n), "b": _zeros(0)}
+
+
+def _soc_rows(head: torch.Tensor, tail: torch.Tensor) -> torch.Tensor:
+    """The rows ``(head, tail)`` of one cone per instance, with leading dimensions kept:
+    ``head`` ``(..., 1 or k, n)`` on top of ``tail``."""
+    return torch.cat([head, tail], dim=-2)
+
+
+def _norm_ball_case(m: int, n: int, batch: int, seed: int) -> Case:
+    """Least squares in a ball (a trust-region step): ``min ||A x - b||^2 s.t.
+    ||x||_2 <= r``, A fixed (m x n, N(0, 1/m)), b batched. ``b = A x0 + noise`` with
+    ``x0 ~ N(0, I)``, and ``r = 0.8 sqrt(n)``, so that the ball binds on most instances
+    (``||x0|| ~ sqrt(n)``) but not on all."""
+    rng = np.random.default_rng(seed)
+    A = rng.standard_normal((m, n)) / math.sqrt(m)
+    radius = 0.8 * math.sqrt(n)
+
+    def sample(r: np.random.Generator) -> list[np.ndarray]:
+        x0 = r.standard_normal((batch, n))
+        return [x0 @ A.T + 0.1 * r.standard_normal((batch, m))]
+
+    def build() -> LayerProblem:
+        x, b = cp.Variable(n, name="x"), cp.Parameter(m, name="b")
+        problem = cp.Problem(cp.Minimize(cp.sum_squares(A @ x - b)), [cp.norm(x, 2) <= radius])
+        return LayerProblem(problem, [b], x)
+
+    A_t = _t(A)
+    fixed = {
+        "P": 2 * A_t.T @ A_t,
+        **_no_equalities(n),
+        "G": _soc_rows(_zeros(1, n), -torch.eye(n, dtype=torch.float64)),
+        "h": torch.cat([torch.tensor([radius], dtype=torch.float64), _zeros(n)]),
+    }
+    return Case(
+        name=f"g-normball-n{n}-B{batch}",
+        family="g",
+        description=f"least squares in a ball, A {m}x{n} fixed, ||x||_2 <= r, B={batch}; b batched",
+        distribution="b = A x0 + N(0, 0.01 I), x0 ~ N(0, I); r = 0.8 sqrt(n)",
+        batch=batch,
+        build=build,
+        sample=sample,
+        conic=lambda params: {**fixed, "q": -2 * params[0] @ A_t},
+        cones=(("q", n + 1),),
+        qp_output=lambda x: x,
+        seed=seed,
+    )
+
+
+def _robust_lp_case(n: int, m: int, k: int, batch: int, seed: int) -> Case:
+    """A robust LP: ``min c'x s.t. a_i'x + ||P_i x||_2 <= b_i (i < m), -1 <= x <= 1``,
+    each row uncertain in the ellipsoid ``{a_i + P_i'u : ||u|| <= 1}`` (``a_i ~ N(0,
+    I/n)``, ``P_i`` k x n ~ N(0, 0.09/n) fixed); the costs c and the right-hand sides b
+    batched. The box keeps it bounded; the solution is on the cones, the box, or both."""
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal((m, n)) / math.sqrt(n)
+    P = 0.3 * rng.standard_normal((m, k, n)) / math.sqrt(n)
+
+    def sample(r: np.random.Generator) -> list[np.ndarray]:
+        return [r.standard_normal((batch, n)), r.uniform(0.5, 1.5, (batch, m))]
+
+    def build() -> LayerProblem:
+        x = cp.Variable(n, name="x")
+        c, b = cp.Parameter(n, name="c"), cp.Parameter(m, name="b")
+        robust = [a[i] @ x + cp.norm(P[i] @ x, 2) <= b[i] for i in range(m)]
+        problem = cp.Problem(cp.Minimize(c @ x), [*robust, x >= -1, x <= 1])
+        return LayerProblem(problem, [c, b], x)
+
+    eye = torch.eye(n, dtype=torch.float64)
+    # rows: the box (2n), then cone i: (b_i - a_i'x, P_i x)
+    G = torch.cat([eye, -eye, _soc_rows(_t(a)[:, None], -_t(P)).reshape(m * (k + 1), n)])
+    fixed = {"P": _zeros(n, n), **_no_equalities(n), "G": G}
+
+    def conic(params: list[torch.Tensor]) -> Blocks:
+        c, b = params
+        heads = torch.cat([b.unsqueeze(-1), _zeros(*b.shape, k)], -1).flatten(-2)
+        box = torch.ones(*b.shape[:-1], 2 * n, dtype=torch.float64)
+        return {**fixed, "q": c, "h": torch.cat([box, heads], -1)}
+
+    return Case(
+        name=f"g-robustlp-n{n}-m{m}-B{batch}",
+        family="g",
+        description=(
+            f"robust LP, n={n}, {m} ellipsoidal rows (P_i {k}x{n}), box, B={batch}; c, b batched"
+        ),
+        distribution="c ~ N(0, I), b ~ U(0.5, 1.5); a_i ~ N(0, I/n), P_i ~ N(0, 0.09/n) fixed",
+        batch=batch,
+        build=build,
+        sample=sample,
+        conic=conic,
+        cones=(("l", 2 * n), *[("q", k + 1)] * m),
+        qp_output=lambda x: x,
+        seed=seed,
+    )
+
+
+def _norm_regression_case(m: int, n: int, batch: int, seed: int) -> Case:
+    """Regression in the 2-norm (not squared) with monotone coefficients: ``min
+    ||A x - b||_2 s.t. x[i] <= x[i+1]``, A fixed (m x n, N(0, 1/n)), b batched. ``b =
+    A x0 + noise`` with x0 an increasing staircase (half its steps zero), so that some
+    monotonicity constraints are active. The cone program has an epigraph variable t."""
+    rng = np.random.default_rng(seed)
+    A = rng.standard_normal((m, n)) / math.sqrt(n)
+
+    def sample(r: np.random.Generator) -> list[np.ndarray]:
+        steps = np.maximum(r.standard_normal((batch, n)), 0.0)
+        x0 = np.cumsum(steps, axis=1) / math.sqrt(n)
+        return [x0 @ A.T + 0.3 * r.standard_normal((batch, m))]
+
+    def build() -> LayerProblem:
+        x, b = cp.Variable(n, name="x"), cp.Parameter(m, name="b")
+        objective = cp.norm(A @ x - b, 2)
+        problem = cp.Problem(cp.Minimize(objective), [x[:-1] <= x[1:]])
+        return LayerProblem(problem, [b], x)
+
+    # variables (x, t); rows: x_i - x_{i+1} <= 0, then the cone (t, A x - b)
+    eye = torch.eye(n, dtype=torch.float64)
+    diff = eye[:-1] - eye[1:]
+    head = torch.cat([_zeros(1, n), -torch.ones(1, 1, dtype=torch.float64)], 1)
+    tail = torch.cat([-_t(A), _zeros(m, 1)], 1)
+    fixed = {
+        "P": _zeros(n + 1, n + 1),
+        "q": torch.cat([_zeros(n), torch.ones(1, dtype=torch.float64)]),
+        **_no_equalities(n + 1),
+        "G": torch.cat([torch.cat([diff, _zeros(n - 1, 1)], 1), head, tail]),
+    }
+
+    def conic(params: list[torch.Tensor]) -> Blocks:
+        (b,) = params
+        return {**fixed, "h": torch.cat([_zeros(*b.shape[:-1], n), -b], -1)}
+
+    return Case(
+        name=f"g-normreg-n{n}-B{batch}",
+        family="g",
+        description=f"||A x - b||_2 with x[i] <= x[i+1], A {m}x{n} fixed, B={batch}; b batched",
+        distribution=(
+            "b = A x0 + N(0, 0.09 I), x0 = cumsum(max(z, 0)) / sqrt(n), z ~ N(0, I); "
+            "A ~ N(0, 1/n) fixed"
+        ),
+        batch=batch,
+        build=build,
+        sample=sample,
+        conic=conic,
+        cones=(("l", n - 1), ("q", m + 1)),
+        qp_output=lambda v: v[..., :n],
+        seed=seed,
+    )
+
+
+RISK_GAMMA, SIGMA_MAX = 0.1, 0.15  # the risk-limited portfolio's aversion and limit
+
+
+def _risk_limited_portfolio_case(N: int, k: int, batch: int, seed: int) -> Case:
+    """``max mu'w - gamma ||F'w||^2 s.t. ||F'w||_2 <= sigma_max, sum(w) = 1, w >= 0``
+    with the factor matrix F and the returns mu batched; a small risk aversion (0.1),
+    so that the risk limit (0.15) binds on most instances."""
+    F_base = 0.3 * np.random.default_rng(seed).standard_normal((N, k))
+
+    def sample(r: np.random.Generator) -> list[np.ndarray]:
+        F = F_base + 0.1 * r.standard_normal((batch, N, k))
+        return [F, 0.05 * r.standard_normal((batch, N))]
+
+    def build() -> LayerProblem:
+        w = cp.Variable(N, name="w")
+        F, mu = cp.Parameter((N, k), name="F"), cp.Parameter(N, name="mu")
+        objective = mu @ w - RISK_GAMMA * cp.sum_squares(F.T @ w)
+        constraints = [cp.norm(F.T @ w, 2) <= SIGMA_MAX, cp.sum(w) == 1, w >= 0]
+        return LayerProblem(cp.Problem(cp.Maximize(objective), constraints), [F, mu], w)
+
+    eye = torch.eye(N, dtype=torch.float64)
+    head = torch.cat([_zeros(N), torch.tensor([SIGMA_MAX], dtype=torch.float64), _zeros(k)])
+
+    def conic(params: list[torch.Tensor]) -> Blocks:
+        F, mu = params
+        Ft = F.transpose(-1, -2)
+        cone = _soc_rows(_zeros(*F.shape[:-2], 1, N), -Ft)
+        return {
+            "P": 2 * RISK_GAMMA * F @ Ft,
+            "q": -mu,
+            "A": torch.ones(1, N, dtype=torch.float64),
+            "b": torch.ones(1, dtype=torch.float64),
+            # rows: -w <= 0, then the cone (sigma_max, F'w)
+            "G": torch.cat([-eye.expand(*F.shape[:-2], N, N), cone], -2),
+            "h": head,
+        }
+
+    return Case(
+        name=f"g-risklimit{N}-B{batch}",
+        family="g",
+        description=(
+            f"portfolio with ||F'w||_2 <= {SIGMA_MAX:g}, {N} assets, {k} factors, long only, "
+            f"B={batch}; F, mu batched"
+        ),
+        distribution="F = F0 + N(0, 0.01) with F0 ~ N(0, 0.09) fixed, mu ~ N(0, 0.0025)",
+        batch=batch,
+        build=build,
+        sample=sample,
+        conic=conic,
+        cones=(("l", N), ("q", k + 1)),
+        qp_output=lambda x: x,
+        seed=seed,
+    )
+
+
+def _mpc_norm_case(horizon: int, n_x: int, n_u: int, batch: int, seed: int) -> Case:
+    """MPC with a norm bound on the input: ``min sum ||x_t||^2 + ||u_t||^2 s.t.
+    x_{t+1} = A x_t + B u_t, x_0 = x_init, ||u_t||_2 <= 1``; A, B fixed (drawn as in
+    ``tests/sparse_families.mpc``), x_init batched."""
+    rng = np.random.default_rng(seed)
+    A = np.eye(n_x) + 0.1 * rng.standard_normal((n_x, n_x)) / math.sqrt(n_x)
+    B = rng.standard_normal((n_x, n_u)) / math.sqrt(n_x)
+
+    def build() -> LayerProblem:
+        x = cp.Variable((n_x, horizon + 1), name="x")
+        u = cp.Variable((n_u, horizon), name="u")
+        x_init = cp.Parameter(n_x, name="x_init")
+        constraints = [
+            x[:, 0] == x_init,
+            x[:, 1:] == A @ x[:, :-1] + B @ u,
+            cp.norm(u, 2, axis=0) <= 1,
+        ]
+        objective = cp.sum_squares(x) + cp.sum_squares(u)
+        return LayerProblem(cp.Problem(cp.Minimize(objective), constraints), [x_init], u)
+
+    # variables (x_0, ..., x_T, u_0, ..., u_{T-1}); cone t: (1, u_t)
+    nX, nU = n_x * (horizon + 1), n_u * horizon
+    n = nX + nU
+    Aeq = _zeros(nX, n)
+    Aeq[:, :nX] = torch.eye(nX, dtype=torch.float64)
+    for t in range(horizon):
+        rows = slice(n_x * (t + 1), n_x * (t + 2))
+        Aeq[rows, n_x * t : n_x * (t + 1)] = -_t(A)
+        Aeq[rows, nX + n_u * t : nX + n_u * (t + 1)] = -_t(B)
+    select_u = torch.eye(n, dtype=torch.float64)[nX:].reshape(horizon, n_u, n)
+    G = _soc_rows(_zeros(horizon, 1, n), -select_u).reshape(horizon * (n_u + 1), n)
+    h = torch.cat([torch.ones(horizon, 1, dtype=torch.float64), _zeros(horizon, n_u)], 1).flatten()
+    fixed = {"P": 2 * torch.eye(n, dtype=torch.float64), "q": _zeros(n), "A": Aeq, "G": G, "h": h}
+
+    def conic(params: list[torch.Tensor]) -> Blocks:
+        (x_init,) = params
+        return {**fixed, "b": torch.cat([x_init, _zeros(*x_init.shape[:-1], nX - n_x)], -1)}
+
+    def output(z: torch.Tensor) -> torch.Tensor:
+        # the CVXPY variable u is (n_u, T): column t is u_t
+        return z[..., nX:].reshape(*z.shape[:-1], horizon, n_u).transpose(-1, -2)
+
+    return Case(
+        name=f"g-mpc-T{horizon}-nx{n_x}-B{batch}",
+        family="g",
+        description=(
+            f"MPC, horizon {horizon}, {n_x} states, {n_u} inputs, ||u_t||_2 <= 1, B={batch}; "
+            "x_init batched"
+        ),
+        distribution="x_init ~ U(-2, 2); A = I + 0.1 N(0, I/n_x), B = N(0, I/n_x) fixed",
+        batch=batch,
+        build=build,
+        sample=_mpc_sample(n_x, n_u, batch, dynamics=False),
+        conic=conic,
+        cones=(("q", n_u + 1),) * horizon,
+        qp_output=output,
+        seed=seed,
+    )
+
+
 # ----------------------------------------------------------------------------- cases
 
 
@@ -727,6 +1015,20 @@ def all_cases(quick: bool) -> list[Case]:
     )
     for i, (kind, size, label) in enumerate(sparse):
         cases.append(_sparse_case(kind, size, label, seed + 20 + i))
+    seed += 30
+    B = 8 if quick else 64
+    if quick:
+        cases.append(_norm_ball_case(20, 10, B, seed + 1))
+        cases.append(_robust_lp_case(5, 8, 3, B, seed + 2))
+        cases.append(_norm_regression_case(20, 10, B, seed + 3))
+        cases.append(_risk_limited_portfolio_case(12, 3, B, seed + 4))
+        cases.append(_mpc_norm_case(5, 3, 2, B, seed + 5))
+    else:
+        cases.append(_norm_ball_case(200, 100, B, seed + 1))
+        cases.append(_robust_lp_case(20, 40, 5, B, seed + 2))
+        cases.append(_norm_regression_case(200, 100, B, seed + 3))
+        cases.append(_risk_limited_portfolio_case(50, 5, B, seed + 4))
+        cases.append(_mpc_norm_case(10, 4, 2, B, seed + 5))
     return cases
 
 

@@ -317,13 +317,17 @@ METHODS: dict[str, type[Method]] = {
 # ------------------------------------------------------------------------ reference
 
 
-def clarabel_qp(P, q, A, b, G, h) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+def clarabel_qp(
+    P, q, A, b, G, h, cones: tuple[tuple[str, int], ...] | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
     """Clarabel on the QP directly, at the tests' tight tolerances.
 
     Same solver and settings as ``tests/reference.solve_qp_reference`` (which goes
     through CVXPY), without CVXPY's canonicalization of a dense P (25M entries at
     n = 5000). Uses the supernodal ``faer`` factorization for n >= 300.
-    Returns ``(x, lam, nu, status)``.
+    ``cones``: the cone of ``h - G x`` block by block, ``("l", m)`` (nonnegative) or
+    ``("q", d)`` (a second-order cone, head first); by default all rows nonnegative.
+    Returns ``(x, lam, nu, status)`` (``nu``: the multipliers of the rows of G).
     """
     import clarabel
     import scipy.sparse as sp
@@ -333,7 +337,8 @@ def clarabel_qp(P, q, A, b, G, h) -> tuple[np.ndarray, np.ndarray, np.ndarray, s
     P_upper = sp.triu(sp.csc_matrix(0.5 * (P + P.T)), format="csc")
     C = sp.csc_matrix(np.vstack([A, G]))
     rhs = np.concatenate([b, h])
-    cones = [clarabel.ZeroConeT(p), clarabel.NonnegativeConeT(m)]
+    kinds = {"l": clarabel.NonnegativeConeT, "q": clarabel.SecondOrderConeT}
+    cones = [clarabel.ZeroConeT(p)] + [kinds[k](dim) for k, dim in (cones or (("l", m),))]
     status = ""
     for options in (CLARABEL_TIGHT, _CLARABEL_FALLBACK):
         settings = clarabel.DefaultSettings()
