@@ -1,7 +1,9 @@
 """Batched ADMM for ``min 1/2 x'Px + q'x  s.t.  Cx = z,  z in [l, u]``.
 
 The constraints ``Ax = b`` and ``Gx <= h`` are stacked into ``C = [A; G]`` with bound
-``[b; h]``: the first ``n_eq`` rows of z are pinned to b, the others are clipped at h.
+``[b; h]``: the first ``n_eq`` rows of z are pinned to b, the others are clipped at h,
+except the rows of second-order cones (``QPData.cone_sizes``), where ``h - z`` is
+projected onto the cones.
 With relaxation ``alpha = 1`` the iteration is the slack-form ADMM of DESIGN section 3
 (``z = h - s``, ``y = [lambda; nu]``); ``alpha > 1`` over-relaxes it as OSQP does. Each
 row has its own penalty (equality rows a thousand times stiffer), and rho follows the

@@ -17,7 +17,7 @@ quadratically (the Jacobian is symmetric: a KKT matrix with ``P - sum mu_c G_c' 
 in its corner). Inactive rows and cones keep zero multipliers as equations
 ``lambda_i = 0``, ``mu_c = 0``, so every instance's system has one size and the batch is
 one batched solve. The caller accepts a polished point only where it meets the
-tolerances in the user's units (`_admm._try_polish`); `polish` rejects it first where a
+tolerances in the user's units (`_admm._try_polish`); `cone_polish` rejects it first where a
 multiplier left its cone or a boundary slack landed on the cone's negative side.
 """
 

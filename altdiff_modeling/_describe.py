@@ -242,11 +242,12 @@ def _fresh(expr: Any) -> Any | None:
 def offending_atoms(expr: Any, allowed: Callable[[Any], bool]) -> list[Any]:
     """The outermost atoms of ``expr`` that keep it from being ``allowed``.
 
-    ``allowed`` is CVXPY's test of what the QP class admits where ``expr`` stands:
-    ``is_qpwa`` (a quadratic of piecewise-affine terms) in the objective, ``is_pwl`` in
-    a constraint. An affine atom passes the question to its arguments; a piecewise-linear
-    or quadratic one asks its arguments to be piecewise affine; any other atom that is
-    not allowed is itself the culprit. Empty when ``expr`` is allowed.
+    ``allowed`` is the test of what the supported class admits where ``expr`` stands
+    (`_canon` asks whether CVXPY reduces it with linear and second-order cones). An
+    affine atom passes the question to its arguments; an allowed atom whose arguments
+    are not asks them to be piecewise affine (the arguments any atom of the class
+    composes with); any other atom that is not allowed is itself the culprit. Empty
+    when ``expr`` is allowed.
     """
     if isinstance(expr, Leaf) or allowed(expr):
         return []
