@@ -91,3 +91,22 @@ def test_sparse_data_on_cuda_matches_the_cpu():
     torch.testing.assert_close(x.cpu(), cpu[0], rtol=1e-6, atol=1e-6)
     for got, want in zip(grads, cpu[1], strict=True):
         torch.testing.assert_close(got.cpu(), want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["reverse", "forward"])
+def test_a_second_order_cone_layer_on_cuda_matches_the_cpu(mode):
+    rng = np.random.default_rng(2)
+    B, n, m = 16, 12, 20
+    A = rng.standard_normal((m, n))
+    x = cp.Variable(n)
+    b, r = cp.Parameter(m), cp.Parameter(nonneg=True)
+    problem = cp.Problem(cp.Minimize(cp.sum_squares(A @ x - b)), [cp.norm(x, 2) <= r])
+    layer = AltDiffLayer(problem, parameters=[b, r], variables=[x], solver_args={"mode": mode})
+    values = [3 * rng.standard_normal((B, m)), rng.uniform(0.2, 1.0, B)]
+    weights = rng.standard_normal((B, n))
+    x_cpu, grads_cpu = _solve_and_differentiate(layer, values, weights, "cpu")
+    x_gpu, grads_gpu = _solve_and_differentiate(layer, values, weights, "cuda")
+    assert x_gpu.device.type == "cuda"
+    torch.testing.assert_close(x_gpu.cpu(), x_cpu, rtol=1e-7, atol=1e-8)
+    for got, want in zip(grads_gpu, grads_cpu, strict=True):
+        torch.testing.assert_close(got.cpu(), want, rtol=1e-6, atol=1e-8)
