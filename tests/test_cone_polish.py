@@ -1,0 +1,70 @@
+"""The face polish of problems with second-order cones (`_cone_polish`), on the
+projection onto the unit ball, whose solution and multipliers have a closed form:
+``min 1/2 ||x - p||^2 s.t. (1, x) in K`` has ``x = p / max(1, ||p||)`` and, where
+``||p|| > 1``, the cone's multiplier ``y = mu (1, -x)`` with ``mu = ||p|| - 1``."""
+
+from __future__ import annotations
+
+import torch
+
+from altdiff_modeling._cone_polish import cone_polish, face_estimate
+from altdiff_modeling._cones import SecondOrderCones
+
+torch.set_default_dtype(torch.float64)
+
+
+def _ball_projection(p: torch.Tensor):
+    """The data ``(P, q, C, bound)`` of the projection of each row of ``p`` ``(K, n)``:
+    one cone ``h - C x = (1, x)``."""
+    n = p.shape[1]
+    C = torch.cat([torch.zeros(1, n), -torch.eye(n)]).unsqueeze(0)
+    bound = torch.cat([torch.ones(1), torch.zeros(n)]).unsqueeze(0)
+    return torch.eye(n).unsqueeze(0), -p, C, bound, SecondOrderCones([n + 1])
+
+
+def _exact(p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    norm = p.norm(dim=-1, keepdim=True)
+    x = p / norm.clamp_min(1)
+    mu = (norm - 1).clamp_min(0)
+    return x, torch.cat([mu, -mu * x], dim=-1)
+
+
+def _estimate(boundary: torch.Tensor, n: int) -> torch.Tensor:
+    """``(K, n + 1)``: the cone on its boundary (first row only) or inactive."""
+    estimate = torch.zeros(boundary.shape[0], n + 1, dtype=torch.bool)
+    estimate[:, 0] = boundary
+    return estimate
+
+
+def test_newton_reaches_the_exact_solution_from_a_perturbed_start():
+    generator = torch.Generator().manual_seed(0)
+    p = 3 * torch.randn(6, 5, generator=generator)
+    p = p * (2 / p.norm(dim=-1, keepdim=True))  # ||p|| = 2: the ball binds
+    P, q, C, bound, cones = _ball_projection(p)
+    x_exact, y_exact = _exact(p)
+    x0 = x_exact + 1e-2 * torch.randn(x_exact.shape, generator=generator)
+    y0 = y_exact + 1e-2 * torch.randn(y_exact.shape, generator=generator)
+    estimate = face_estimate(x0 @ C[0].T, y0, bound, 0, cones)  # z = C x0
+    assert bool(estimate[:, 0].all()) and not bool(estimate[:, 1:].any())
+    x, z, y, ok = cone_polish(P, q, C, bound, 0, cones, estimate, x0, y0)
+    assert bool(ok.all())
+    torch.testing.assert_close(x, x_exact, rtol=0, atol=1e-12)
+    torch.testing.assert_close(y, y_exact, rtol=0, atol=1e-12)
+    torch.testing.assert_close(z, x @ C[0].T, rtol=0, atol=1e-12)  # on the cone already
+
+
+def test_a_boundary_estimate_of_an_inactive_cone_is_corrected():
+    """Estimated on the boundary where the solution is inside: Newton's mu comes out
+    negative, the cone leaves the boundary, and the next round finds the solution."""
+    generator = torch.Generator().manual_seed(1)
+    p = torch.randn(4, 3, generator=generator)
+    p = p * (0.5 / p.norm(dim=-1, keepdim=True))
+    P, q, C, bound, cones = _ball_projection(p)
+    x_exact, y_exact = _exact(p)
+    x0 = x_exact + 1e-2 * torch.randn(x_exact.shape, generator=generator)
+    y0 = 1e-2 * torch.randn(y_exact.shape, generator=generator)
+    wrong = _estimate(torch.ones(4, dtype=torch.bool), 3)
+    x, _, y, ok = cone_polish(P, q, C, bound, 0, cones, wrong, x0, y0)
+    assert bool(ok.all())
+    torch.testing.assert_close(x, x_exact, rtol=0, atol=1e-12)
+    torch.testing.assert_close(y, y_exact, rtol=0, atol=1e-12)
