@@ -10,16 +10,16 @@ import torch
 from altdiff_modeling._cone_polish import cone_polish, face_estimate
 from altdiff_modeling._cones import SecondOrderCones
 
-torch.set_default_dtype(torch.float64)
+_F64 = torch.float64
 
 
 def _ball_projection(p: torch.Tensor):
     """The data ``(P, q, C, bound)`` of the projection of each row of ``p`` ``(K, n)``:
     one cone ``h - C x = (1, x)``."""
     n = p.shape[1]
-    C = torch.cat([torch.zeros(1, n), -torch.eye(n)]).unsqueeze(0)
-    bound = torch.cat([torch.ones(1), torch.zeros(n)]).unsqueeze(0)
-    return torch.eye(n).unsqueeze(0), -p, C, bound, SecondOrderCones([n + 1])
+    C = torch.cat([torch.zeros(1, n, dtype=_F64), -torch.eye(n, dtype=_F64)]).unsqueeze(0)
+    bound = torch.cat([torch.ones(1, dtype=_F64), torch.zeros(n, dtype=_F64)]).unsqueeze(0)
+    return torch.eye(n, dtype=_F64).unsqueeze(0), -p, C, bound, SecondOrderCones([n + 1])
 
 
 def _exact(p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -38,12 +38,12 @@ def _estimate(boundary: torch.Tensor, n: int) -> torch.Tensor:
 
 def test_newton_reaches_the_exact_solution_from_a_perturbed_start():
     generator = torch.Generator().manual_seed(0)
-    p = 3 * torch.randn(6, 5, generator=generator)
+    p = 3 * torch.randn(6, 5, generator=generator, dtype=_F64)
     p = p * (2 / p.norm(dim=-1, keepdim=True))  # ||p|| = 2: the ball binds
     P, q, C, bound, cones = _ball_projection(p)
     x_exact, y_exact = _exact(p)
-    x0 = x_exact + 1e-2 * torch.randn(x_exact.shape, generator=generator)
-    y0 = y_exact + 1e-2 * torch.randn(y_exact.shape, generator=generator)
+    x0 = x_exact + 1e-2 * torch.randn(x_exact.shape, generator=generator, dtype=_F64)
+    y0 = y_exact + 1e-2 * torch.randn(y_exact.shape, generator=generator, dtype=_F64)
     estimate = face_estimate(x0 @ C[0].T, y0, bound, 0, cones)  # z = C x0
     assert bool(estimate[:, 0].all()) and not bool(estimate[:, 1:].any())
     x, z, y, ok = cone_polish(P, q, C, bound, 0, cones, estimate, x0, y0)
@@ -57,12 +57,12 @@ def test_a_boundary_estimate_of_an_inactive_cone_is_corrected():
     """Estimated on the boundary where the solution is inside: Newton's mu comes out
     negative, the cone leaves the boundary, and the next round finds the solution."""
     generator = torch.Generator().manual_seed(1)
-    p = torch.randn(4, 3, generator=generator)
+    p = torch.randn(4, 3, generator=generator, dtype=_F64)
     p = p * (0.5 / p.norm(dim=-1, keepdim=True))
     P, q, C, bound, cones = _ball_projection(p)
     x_exact, y_exact = _exact(p)
-    x0 = x_exact + 1e-2 * torch.randn(x_exact.shape, generator=generator)
-    y0 = 1e-2 * torch.randn(y_exact.shape, generator=generator)
+    x0 = x_exact + 1e-2 * torch.randn(x_exact.shape, generator=generator, dtype=_F64)
+    y0 = 1e-2 * torch.randn(y_exact.shape, generator=generator, dtype=_F64)
     wrong = _estimate(torch.ones(4, dtype=torch.bool), 3)
     x, _, y, ok = cone_polish(P, q, C, bound, 0, cones, wrong, x0, y0)
     assert bool(ok.all())
