@@ -127,13 +127,12 @@ def _dual_owners(problem: cp.Problem) -> dict[int, int]:
     }
 
 
-#: The order of CVXPY's cone rows, which is also the order of our rows of C.
-_CONE_ORDER = (Zero, NonNeg, SOC)
-_SUPPORTED_CONES = _CONE_ORDER
+#: The supported cones, in the order of CVXPY's cone rows (also our rows of C).
+_SUPPORTED_CONES = (Zero, NonNeg, SOC)
 
 
 def _cone_rank(constraint: Any) -> int:
-    return next(i for i, kind in enumerate(_CONE_ORDER) if isinstance(constraint, kind))
+    return next(i for i, kind in enumerate(_SUPPORTED_CONES) if isinstance(constraint, kind))
 
 
 def _dual_spec(

@@ -51,13 +51,10 @@ def face_estimate(
     inside the cone, in its negative, or neither."""
     active = active_set(z, y, bound, n_eq)
     first = z.shape[1] - cones.rows
-    point = (bound.expand_as(z) - z - y)[:, first:]
-    jacobian = cones.jacobian(point)
-    apex, boundary = jacobian.polar, jacobian.boundary
+    inside, apex = cones.regions(*cones.split((bound.expand_as(z) - z - y)[:, first:]))
+    boundary = ~(inside | apex)
     rows = cones.cone_of_row
-    heads = torch.zeros_like(active[:, first:])
-    heads[:, cones.heads] = True
-    active[:, first:] = apex[:, rows] | (boundary[:, rows] & heads)
+    active[:, first:] = apex[:, rows] | (boundary[:, rows] & cones.is_head)
     return active
 
 
@@ -109,7 +106,7 @@ def cone_polish(
         # A boundary cone whose mu came out negative is inactive; an inactive cone
         # that the point violates is on its boundary (a primal-dual active-set step).
         s = face.slack(x_new)
-        t, norm = s[:, cones.heads], _tail_norms(s, cones)
+        t, norm = cones.split(s)
         leave = boundary & (mu < 0)
         inactive = ~boundary & ~(free[:, first:][:, cones.heads])
         enter = inactive & (norm > t)
@@ -139,9 +136,7 @@ class _Face:
         self.P, self.q = P.expand(K, n, n), q.expand(K, n)
         self.C, self.bound = C.expand(K, m, n), bound.expand(K, m)
         self.C_cone, self.h_cone = self.C[:, self.first :], self.bound[:, self.first :]
-        heads = torch.zeros(cones.rows, dtype=torch.bool, device=q.device)
-        heads[cones.heads] = True
-        self.sign = torch.where(heads, 1.0, -1.0).to(q.dtype)  # R
+        self.sign = torch.where(cones.is_head, 1.0, -1.0).to(q.dtype)  # R
         self.one_hot = torch.nn.functional.one_hot(cones.cone_of_row, cones.count).to(q.dtype)
 
     def slack(self, x: torch.Tensor) -> torch.Tensor:
@@ -243,11 +238,6 @@ def _abs_max(M: torch.Tensor) -> torch.Tensor:
 def _mv(M: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """``(K, r, c) @ (K, c) -> (K, r)``."""
     return (M @ v.unsqueeze(-1)).squeeze(-1)
-
-
-def _tail_norms(s: torch.Tensor, cones: SecondOrderCones) -> torch.Tensor:
-    """``(K, cones)`` the norms of the cones' tails ``||u||`` of ``s``."""
-    return cones._split(s)[1]
 
 
 def _boundary_cones(cone_estimate: torch.Tensor, cones: SecondOrderCones) -> torch.Tensor:

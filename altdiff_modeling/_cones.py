@@ -59,9 +59,10 @@ class SecondOrderCones:
         offsets = torch.cumsum(counts, 0) - counts
         #: ``(cones,)`` the row of each cone's t.
         self.heads = offsets
-        is_head = torch.zeros(self.rows, dtype=torch.bool, device=device)
-        is_head[offsets] = True
-        self._tail = ~is_head
+        #: ``(rows,)`` bool: the rows of each cone's t.
+        self.is_head = torch.zeros(self.rows, dtype=torch.bool, device=device)
+        self.is_head[offsets] = True
+        self._tail = ~self.is_head
 
     @property
     def rows(self) -> int:
@@ -71,7 +72,7 @@ class SecondOrderCones:
     def count(self) -> int:
         return len(self.sizes)
 
-    def _split(self, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def split(self, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Each cone's ``t`` ``(B, cones)`` and ``||u||`` ``(B, cones)`` of ``v``
         ``(B, rows)``."""
         t = v[:, self.heads]
@@ -86,17 +87,25 @@ class SecondOrderCones:
         counts = torch.tensor(self.sizes, dtype=values.dtype, device=values.device)
         return (sums / counts)[:, self.cone_of_row]
 
+    @staticmethod
+    def regions(t: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(B, cones)`` bool each: the cones whose point (``t``, ``||u|| = a``, from
+        `split`) lies inside the cone, and those in its polar (not inside); the others'
+        lie beyond the boundary."""
+        inside = a <= t
+        return inside, (a <= -t) & ~inside
+
     def project(self, v: torch.Tensor) -> torch.Tensor:
         """The projection of ``v`` ``(B, rows)`` onto the product of the cones."""
-        t, a = self._split(v)
-        inside, polar = a <= t, a <= -t
+        t, a = self.split(v)
+        inside, polar = self.regions(t, a)
         # boundary: (t + a) / 2 * (1, u / a), i.e. v scaled per row by its cone's factor
         # (t + a) / (2a) on the tail and set to (t + a) / 2 on the head
         half = (t + a) / 2
         scale = torch.where(
             inside, torch.ones_like(t), half / a.clamp_min(torch.finfo(v.dtype).tiny)
         )
-        scale = torch.where(polar & ~inside, torch.zeros_like(t), scale)
+        scale = torch.where(polar, torch.zeros_like(t), scale)
         out = v * scale[:, self.cone_of_row]
         head = torch.where(inside, t, torch.where(polar, torch.zeros_like(t), half))
         out[:, self.heads] = head
@@ -108,7 +117,7 @@ class SecondOrderCones:
 
     def distance(self, v: torch.Tensor) -> torch.Tensor:
         """``(B, cones)``: each cone's part of ``v``'s Euclidean distance to the cones."""
-        t, a = self._split(v)
+        t, a = self.split(v)
         outside = ((a - t) / 2).clamp_min(0)  # distance to the boundary's ray, times 1/sqrt2
         return torch.where(a <= -t, torch.sqrt(t * t + a * a), outside * 2**0.5)
 
@@ -119,10 +128,9 @@ class ConeJacobian:
 
     def __init__(self, cones: SecondOrderCones, v: torch.Tensor) -> None:
         self.cones = cones
-        t, a = cones._split(v)
+        t, a = cones.split(v)
         tiny = torch.finfo(v.dtype).tiny
-        self.inside = a <= t
-        self.polar = (a <= -t) & ~self.inside
+        self.inside, self.polar = cones.regions(t, a)
         self.boundary = ~(self.inside | self.polar)
         safe = a.clamp_min(tiny)
         self._ratio = t / safe  # t / a, used on boundary cones only

@@ -53,9 +53,9 @@ def test_moreau_decomposition():
     v = _points(9, SIZES, 1)
     p = cones.project(v)
     rest = v - p
-    t, a = cones._split(p)
+    t, a = cones.split(p)
     assert bool((a <= t + 1e-12).all())
-    t, a = cones._split(-rest)
+    t, a = cones.split(-rest)
     assert bool((a <= t + 1e-12).all())
     products = torch.zeros(v.shape[0], cones.count, dtype=v.dtype)
     products.index_add_(1, cones.cone_of_row, p * rest)
