@@ -32,6 +32,8 @@ import torch
 
 from ._admm import SolveResult
 from ._batched_sparse import BatchedSparse
+from ._cone_adjoint import cone_adjoint
+from ._cone_adjoint import predicted_seconds as cone_predicted_seconds
 from ._costs import step_flops
 from ._degeneracy import absorbed, dense_test_flops, pieces_differ, singular_systems
 from ._direct_adjoint import (
@@ -276,12 +278,14 @@ def reverse_gradients(
     if result.polish_factor is not None and result.polish_rows is not None:
         polish_factor, polish_rows = result.polish_factor, result.polish_rows
     polished, shared_data = result.polish_systems, polish_factor.memo.get("polish")
-    if cones is not None and method != "fixed_point":
-        # The direct solves and the degeneracy tests are of active rows' systems; the
-        # cones' Jacobians are not 0/1: GMRES on the recursion.
+    if cones is not None and data.sparse and method != "fixed_point":
+        # The sparse direct solves are of active rows' systems; the cones' Jacobians
+        # are not 0/1: GMRES on the recursion.
         method = "gmres"
-    if method not in ("auto", "direct") or not (
-        shared and isinstance(shared_data, SharedPolishData)
+    if (
+        method not in ("auto", "direct")
+        or cones is not None
+        or not (shared and isinstance(shared_data, SharedPolishData))
     ):
         polished = None
     elif polished is None or not torch.equal(polished.inactive, inactive):
@@ -293,10 +297,14 @@ def reverse_gradients(
         if data.sparse or polished is not None:
             method = "direct"
         else:
+            if cones is None:
+                predicted = predicted_seconds(n, inactive, shared, result.rates)
+            else:
+                predicted = cone_predicted_seconds(n, inactive, result.rates)
             method = _cheaper_backward(
                 measured,  # type: ignore[arg-type]
                 inactive.shape[0],
-                predicted_seconds(n, inactive, shared, result.rates),
+                predicted,
             )
     # sparse data: each instance's active rows' system, factored once for the direct
     # solve and the singularity tests
@@ -314,6 +322,8 @@ def reverse_gradients(
                 tol,
                 r if polish_factor is not factor else None,
             )
+        elif cones is not None:
+            solver = cone_adjoint(data.P, C, r, jacobian, sigma)
         else:
             solver = direct_adjoint(data.P, C, r, inactive, sigma, factor.memo, systems)
         candidates = torch.ones_like(converged)

@@ -64,7 +64,13 @@ from .linsys.cholesky import CholeskyFactor
 from .linsys.systems import ActiveSystems
 from .linsys.woodbury import MajorityBases, MajoritySystems, differing_rows, regular_inverse
 
-__all__ = ["AdjointSolver", "adjoint_through_polish", "direct_adjoint", "predicted_seconds"]
+__all__ = [
+    "AdjointSolver",
+    "adjoint_through_polish",
+    "direct_adjoint",
+    "gmres_seconds",
+    "predicted_seconds",
+]
 
 # `predicted_seconds`: operator applications GMRES typically needs at backward_eps 1e-8,
 # and tensor operations (counted in the code) of one GMRES step beyond the recursion's
@@ -94,8 +100,14 @@ def predicted_seconds(
     else:  # the active rows' KKT system, with a few refinement steps
         flops = batch * (n * n * m + n**3 / 3 + 10 * (2 * n * n + 4 * n * m))
         direct = rates.seconds(flops, _PER_INSTANCE_DIRECT_OPERATIONS)
+    return direct, gmres_seconds(n, m, batch, rates)
+
+
+def gmres_seconds(n: int, m: int, batch: int, rates: Rates) -> float:
+    """The predicted time of GMRES on the transposed recursion of a batch of problems
+    of n variables and m rows, at the rates the forward solve measured."""
     step = rates.seconds(batch * step_flops(n, m), STEP_OPERATIONS + _KRYLOV_OPERATIONS)
-    return direct, _KRYLOV_STEPS * step
+    return _KRYLOV_STEPS * step
 
 
 class _SharedAdjoint:

@@ -852,6 +852,32 @@ def test_forward_mode_matches_finite_differences(name) -> None:
     assert err < 1e-6, f"forward vs reverse: relative error {err:.2e}"
 
 
+# The robust LP's canonical form has an epigraph variable per norm that no cost fixes
+# where its cone is inactive: the fixed-point system is singular (consistent), the
+# direct solve's check rejects it and GMRES takes over.
+SINGULAR_ADJOINT = {"robust_lp"}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_direct_backward_matches_gmres(name) -> None:
+    fam, layer, weights, directions, _ = case(name)
+    found = {}
+    for method in ("direct", "gmres"):
+        inputs = _tensors(fam.values, requires_grad=True)
+        args = {**TIGHT, "backward_method": method}
+        outputs, info = layer(*inputs, solver_args=args, return_info=True)
+        grads = torch.autograd.grad(_loss(outputs, weights), inputs)
+        found[method] = (_directional(grads, directions), info.backward_iterations)
+    (direct, direct_steps), (gmres, gmres_steps) = found["direct"], found["gmres"]
+    assert gmres_steps > 1
+    # one factorization, verified, where the solution is unique; else GMRES after it
+    assert (direct_steps > 1) == (name in SINGULAR_ADJOINT)
+    err = relative_error(direct, gmres)
+    assert err < 1e-9, f"direct vs GMRES: {direct} vs {gmres}, relative error {err:.2e}"
+    err = relative_error(direct, fd_reference(name))
+    assert err < 1e-5, f"direct vs FD: relative error {err:.2e}"
+
+
 @pytest.mark.parametrize("name", ["norm_ball_ls", "mpc"])
 def test_jacobian_matches_finite_differences(name) -> None:
     """``layer.jacobian`` (forward-mode Alt-Diff), contracted with the loss weights and
