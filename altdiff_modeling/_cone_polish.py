@@ -40,12 +40,6 @@ _CORRECTIONS = 2
 _STEP_TOLERANCE = 1e-8
 _SIGN_TOLERANCE = 1e-9
 _REGULARIZATION = 1e-10
-# An instance stops as failed where its step is of the order that only the
-# regularization bounds (the face's equations have no solution: a wrong estimate), or
-# where, from this step on, its steps are no smaller than its first (Newton is not
-# converging from this start; near a solution each step is about the square of the last).
-_SINGULAR_STEP = _REGULARIZATION**-0.5
-_CONVERGING_BY = 4
 
 
 def face_estimate(
@@ -173,8 +167,7 @@ class _Face:
         scale = torch.maximum(_abs_max(P), _abs_max(C)).clamp_min(1.0)
         delta = torch.cat([x.new_ones(n), -x.new_ones(m + c)]) * _REGULARIZATION
         regularization = torch.diag_embed(scale.unsqueeze(-1) * delta)
-        first_step = None
-        for k in range(_NEWTON_STEPS):
+        for _ in range(_NEWTON_STEPS):
             s = self.slack(x)
             Rs = torch.where(on_boundary, self.sign * s, 0)
             g = C_cone.transpose(1, 2) @ (Rs.unsqueeze(-1) * self.one_hot)  # G_c' R s_c
@@ -193,15 +186,11 @@ class _Face:
                 dim=1,
             )
             step, info = torch.linalg.solve_ex(J + regularization, -residual)
-            size = torch.cat([x, lam, mu], dim=1).abs().amax(-1)
-            length = step.abs().amax(-1)
-            first_step = length if first_step is None else first_step
-            solved = solved & (info == 0) & (length <= _SINGULAR_STEP * (1 + size))
-            if k + 1 >= _CONVERGING_BY:
-                solved = solved & (length < first_step)
+            solved = solved & (info == 0)
             step = torch.where(solved.unsqueeze(-1), step, 0)
             x, lam, mu = x + step[:, :n], lam + step[:, n : n + m], mu + step[:, n + m :]
-            settled = length <= _STEP_TOLERANCE * (1 + size + length)
+            size = torch.cat([x, lam, mu], dim=1).abs().amax(-1)
+            settled = step.abs().amax(-1) <= _STEP_TOLERANCE * (1 + size)
             if bool((settled | ~solved).all()):
                 break
         return x, lam, mu, solved & torch.isfinite(x).all(-1)
