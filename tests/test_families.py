@@ -29,6 +29,7 @@ import numpy as np
 import pytest
 import torch
 from families import FAMILIES, Family, build_family, param_values, perturb_values, random_qp
+from float32_checks import assert_float32_layer
 from reference import (
     finite_difference_gradient,
     kkt_implicit_gradient,
@@ -229,33 +230,14 @@ def test_gradcheck(name) -> None:
 # --------------------------------------------------------------------------------------
 
 
-#: Tolerances a float32 user can ask for: an order of magnitude above float32 round-off
-#: on residuals of these O(1) problems.
-FLOAT32_SETTINGS = {"eps_abs": 1e-5, "eps_rel": 1e-5, "max_iter": 20_000}
-
-
 @pytest.mark.parametrize("name", NAMES)
 def test_float32_inputs_give_float32_outputs(name) -> None:
     """float32 in, float32 out, within 1e-3 of the float64 reference at float32-sized
     tolerances; the library's default settings must also succeed in float32 (within 1e-2:
     their default tolerance is coarser)."""
     fam, layer, weights, x_ref = _case(name)
-    inputs = _tensors(fam.values, dtype=torch.float32, requires_grad=True)
-    outputs = layer(*inputs, solver_args=FLOAT32_SETTINGS)
-    for out, var, ref in zip(outputs, fam.variables, x_ref, strict=True):
-        assert out.dtype == torch.float32
-        assert tuple(out.shape) == var.shape
-        err = relative_error(out, ref)
-        assert err < 1e-3, f"{var.name()}: float32 relative error {err:.2e} vs Clarabel"
-    grads = torch.autograd.grad(_loss(outputs, weights), inputs)
-    assert all(g.dtype == torch.float32 for g in grads)
-    assert all(bool(torch.isfinite(g).all()) for g in grads)
-
-    defaults = layer(*_tensors(fam.values, dtype=torch.float32))
-    for out, var, ref in zip(defaults, fam.variables, x_ref, strict=True):
-        assert out.dtype == torch.float32
-        err = relative_error(out, ref)
-        assert err < 1e-2, f"{var.name()}: float32 (default settings) rel. error {err:.2e}"
+    loss = functools.partial(_loss, weights=weights)
+    assert_float32_layer(layer, fam.values, fam.variables, x_ref, loss, "Clarabel")
 
 
 # --------------------------------------------------------------------------------------

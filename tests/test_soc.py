@@ -54,6 +54,7 @@ import numpy as np
 import pytest
 import torch
 from families import perturb_values
+from float32_checks import assert_float32_layer
 from reference import CLARABEL_TIGHT, relative_error
 
 from altdiff_modeling import AltDiffLayer
@@ -68,8 +69,6 @@ TIGHT = {
     "backward_max_iter": 100_000,
 }
 
-#: Tolerances a float32 user can ask for (as in ``test_families.py``).
-FLOAT32_SETTINGS = {"eps_abs": 1e-5, "eps_rel": 1e-5, "max_iter": 20_000}
 
 #: Step of the central differences of the refined (or closed-form) reference.
 FD_STEP = 1e-5
@@ -1001,21 +1000,8 @@ def test_float32(name) -> None:
     """float32 in, float32 out, within 1e-3 of the reference at float32-sized
     tolerances (1e-2 at the library's defaults); float32 gradients, finite."""
     fam, layer, weights, _, ref = case(name)
-    inputs = _tensors(fam.values, dtype=torch.float32, requires_grad=True)
-    outputs = layer(*inputs, solver_args=FLOAT32_SETTINGS)
-    for out, var, exact in zip(outputs, fam.variables, ref.outputs):
-        assert out.dtype == torch.float32
-        assert tuple(out.shape) == var.shape
-        err = relative_error(out, exact)
-        assert err < 1e-3, f"{var.name()}: float32 relative error {err:.2e}"
-    grads = torch.autograd.grad(_loss(outputs, weights), inputs)
-    assert all(g.dtype == torch.float32 for g in grads)
-    assert all(bool(torch.isfinite(g).all()) for g in grads)
-    defaults = layer(*_tensors(fam.values, dtype=torch.float32))
-    for out, var, exact in zip(defaults, fam.variables, ref.outputs):
-        assert out.dtype == torch.float32
-        err = relative_error(out, exact)
-        assert err < 1e-2, f"{var.name()}: float32 (default settings) rel. error {err:.2e}"
+    loss = functools.partial(_loss, weights=weights)
+    assert_float32_layer(layer, fam.values, fam.variables, ref.outputs, loss)
 
 
 def test_float64_default_settings() -> None:
