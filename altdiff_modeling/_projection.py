@@ -61,15 +61,12 @@ class ProjectionJacobian:
         the projection's point is ``h - v = (h - z) - y / r``, the slack less the
         scaled multipliers.
         """
-        inactive = y <= 0
-        inactive[:, :n_eq] = False
         point = None
         if cones is not None:
             first = y.shape[1] - cones.rows
-            inactive[:, first:] = False
             rows = rho_rows.expand_as(y)[:, first:]
             point = bound.expand_as(y)[:, first:] - z[:, first:] - y[:, first:] / rows
-        return cls(inactive, cones, point)
+        return cls(_clipped(y <= 0, n_eq, cones), cones, point)
 
     @classmethod
     def at_point(
@@ -81,14 +78,11 @@ class ProjectionJacobian:
     ) -> ProjectionJacobian:
         """The Jacobian at ``v`` ``(B, m)``, for the bound ``(1|B, m)``."""
         bound = bound.expand_as(v)
-        inactive = v < bound
-        inactive[:, :n_eq] = False
         point = None
         if cones is not None:
             first = v.shape[1] - cones.rows
-            inactive[:, first:] = False
             point = bound[:, first:] - v[:, first:]
-        return cls(inactive, cones, point)
+        return cls(_clipped(v < bound, n_eq, cones), cones, point)
 
     def mix(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """``J a + (I - J) b`` for ``a``, ``b`` ``(B, m)`` or ``(B, m, K)``."""
@@ -103,3 +97,12 @@ class ProjectionJacobian:
     def complement(self, d: torch.Tensor) -> torch.Tensor:
         """``(I - J) d``."""
         return self.mix(torch.zeros_like(d), d)
+
+
+def _clipped(inactive: torch.Tensor, n_eq: int, cones: SecondOrderCones | None) -> torch.Tensor:
+    """``inactive`` ``(B, m)`` (a fresh mask) kept on the clipped rows only: False on the
+    equality rows and on the cones' rows."""
+    inactive[:, :n_eq] = False
+    if cones is not None:
+        inactive[:, inactive.shape[1] - cones.rows :] = False
+    return inactive
