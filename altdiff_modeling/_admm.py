@@ -33,11 +33,15 @@ from ._batched_sparse import BatchedSparse
 from ._cone_polish import cone_polish, face_estimate
 from ._cones import SecondOrderCones
 from ._costs import (
+    CONE_STEP_OPERATIONS,
+    FACE_POLISH_OPERATIONS,
     GENERAL_POLISH_OPERATIONS,
     SHARED_POLISH_OPERATIONS,
     SHARED_SETUP_OPERATIONS,
+    STEP_OPERATIONS,
     PolishBudget,
     Rates,
+    face_polish_flops,
     general_polish_flops,
     measured_rates,
     shared_polish_flops,
@@ -362,10 +366,15 @@ def _absolute(M: Matrix) -> Matrix:
     return M.abs()
 
 
-def solve_rates(factor: Factor, n: int, m: int, batch: int, step_seconds: float) -> Rates:
+def solve_rates(
+    factor: Factor, n: int, m: int, batch: int, step_seconds: float, cones: bool = False
+) -> Rates:
     """The rates a solve measured: its factorization's and its steps' (one step of
-    ``batch`` instances in ``step_seconds``); see `_costs.measured_rates`."""
-    return measured_rates(factor.flops, factor.seconds, batch * step_flops(n, m), step_seconds)
+    ``batch`` instances in ``step_seconds``, with a projection onto second-order cones
+    where ``cones``); see `_costs.measured_rates`."""
+    operations = STEP_OPERATIONS + (CONE_STEP_OPERATIONS if cones else 0)
+    flops = batch * step_flops(n, m)
+    return measured_rates(factor.flops, factor.seconds, flops, step_seconds, operations)
 
 
 class _PolishPlan:
@@ -792,13 +801,22 @@ def admm_solve(
             return it.factor, it.rows
         return polishing
 
-    # What a polish costs per instance: measured on an earlier call with this factor,
-    # else predicted from the operations of the general polish at the measured rate.
+    def rates_so_far(factor: Factor, batch: int) -> Rates:
+        """The rates of ``factor`` and of this solve's steps so far on ``batch``."""
+        step_seconds = budget.iterating / max(steps, 1)
+        return solve_rates(factor, n, m, batch, step_seconds, cones is not None)
+
+    # What a polish costs: the operations of the polish that serves the instances (the
+    # face polish with cones) at the solve's measured rates; `PolishBudget` calibrates
+    # it by the last attempt measured, this call's or an earlier call's of the layer.
     def predict(instances: int) -> float:
         if data.sparse:  # an active-set round factors a KKT matrix of the factor's size
             per_factor = it.factor.seconds / (1 if it.factor.shared else B)
             return 2 * instances * per_factor
-        rates = solve_rates(it.factor, n, m, B, budget.iterating / max(steps, 1))
+        rates = rates_so_far(it.factor, B)
+        if cones is not None:
+            flops = face_polish_flops(n, m, cones.count, cones.rows)
+            return rates.seconds(instances * flops, FACE_POLISH_OPERATIONS)
         general = rates.seconds(instances * general_polish_flops(n, m), GENERAL_POLISH_OPERATIONS)
         if polisher is None:
             return general
@@ -814,21 +832,19 @@ def admm_solve(
     fallback_open = settings.interior_point and tangents is None and dtype == torch.float64
     # A warm start is ADMM's: its calls neither learn from nor follow the layer's record.
     learning = costs is not None and fallback_open and warm_start is None
-    choice = ForwardChoice(
-        costs.record(B, n, m, data.sparse, dtype, device) if learning else None, B
-    )
+    shape_costs = None if costs is None else costs.record(B, n, m, data.sparse, dtype, device)
+    choice = ForwardChoice(shape_costs if learning else None, B)
 
     def fallback_price(pending: torch.Tensor) -> float:
         instances = int(pending.sum())
         if data.sparse:
             per_factor = it.factor.seconds / (1 if it.factor.shared else pending.shape[0])
             return TYPICAL_STEPS * 2 * instances * per_factor
-        rates = solve_rates(it.factor, n, m, pending.shape[0], budget.iterating / max(steps, 1))
+        rates = rates_so_far(it.factor, pending.shape[0])
         flops = instances * interior_point_flops(n, n_eq, m)
         return TYPICAL_STEPS * rates.seconds(flops, INTERIOR_POINT_OPERATIONS)
 
-    measured = factor.memo.get("polish_seconds")
-    budget = PolishBudget(predict, measured if isinstance(measured, tuple) else None)
+    budget = PolishBudget(predict, None if shape_costs is None else shape_costs.polish)
     plan = _PolishPlan(settings, budget, cones)
     # The solve's own time so far (scaling, the first factorization) is in the budget:
     # polishing may cost as much as the rest of the solve.
@@ -904,13 +920,13 @@ def admm_solve(
             with_factor = None
             if polisher is not None:
                 polished_with = polish_with()
-                step_seconds = budget.iterating / steps
-                rates = solve_rates(polished_with[0], n, m, batch.shape[0], step_seconds)
+                rates = rates_so_far(polished_with[0], batch.shape[0])
                 with_factor = (polisher, *polished_with, sigma, rates)
             x, z, y, kept, polish_systems = _try_polish(
                 data, residuals, x, z, y, tried, estimate, with_factor, budget
             )
-            it.factor.memo["polish_seconds"] = budget.measured
+            if shape_costs is not None and budget.measured is not None:
+                shape_costs.polish = budget.measured[:2]
             if factor_kept and polishing is None and SharedPolisher.prepared(it.factor):
                 # This call bought the setup: the layer's later calls polish with it.
                 factors.keep_for_polishing(rho, scaling.c, it.factor)
@@ -1010,7 +1026,7 @@ def admm_solve(
         primal_tolerance=out_primal_tol,
         dual_tolerance=out_dual_tol,
         solve_time=solve_time,
-        rates=solve_rates(factor, n, m, B, budget.iterating / max(steps, 1)),
+        rates=rates_so_far(factor, B),
         polish_systems=polish_systems,
         **_polish_source(factor, polish_systems, polished_with, polishing),
     )

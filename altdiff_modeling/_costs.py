@@ -21,6 +21,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 __all__ = [
+    "CONE_STEP_OPERATIONS",
+    "FACE_NEWTON_STEPS",
+    "FACE_POLISH_OPERATIONS",
     "GENERAL_POLISH_OPERATIONS",
     "POLISH_SHARE",
     "SHARED_POLISH_OPERATIONS",
@@ -29,6 +32,7 @@ __all__ = [
     "PolishBudget",
     "Rates",
     "cholesky_flops",
+    "face_polish_flops",
     "general_polish_flops",
     "measured_rates",
     "shared_polish_flops",
@@ -57,6 +61,14 @@ def general_polish_flops(n: int, m: int) -> float:
     return n**3 / 3 + 2 * n * n * m + 20 * (n * n + 2 * n * m)
 
 
+def face_polish_flops(n: int, m: int, cones: int, cone_rows: int) -> float:
+    """Operations of `_cone_polish.cone_polish` on one instance: ``FACE_NEWTON_STEPS``
+    Newton steps, each forming ``P - sum mu G'RG`` and the cones' columns and factoring
+    the face's KKT matrix of ``n + m + cones`` rows."""
+    size = n + m + cones
+    return FACE_NEWTON_STEPS * (2 * size**3 / 3 + 2 * n * n * cone_rows + 4 * n * m)
+
+
 def shared_polish_flops(n: int, m: int, refine_steps: int) -> tuple[float, float]:
     """Operations of `_polish.SharedPolisher.polish`: its setup (``S = C H^{-1} C'``,
     ``H^{-1} C'`` and a majority pattern's inverse, once per factor) and the part of each
@@ -81,6 +93,11 @@ class timed:
 # the code: a property of the implementation, not of the machine. On small problems
 # their fixed costs, not their arithmetic, set the time.
 STEP_OPERATIONS = 12  # an ADMM step (`_admm_iterate.AdmmIterate.step`)
+CONE_STEP_OPERATIONS = 30  # what its projection onto the cones adds (`_cones.project`)
+# `_cone_polish.cone_polish`: its typical Newton steps (five to eight on the benchmark's
+# faces), each about 30 operations, and the estimate's and checks' operations.
+FACE_NEWTON_STEPS = 6
+FACE_POLISH_OPERATIONS = FACE_NEWTON_STEPS * 30 + 40
 GENERAL_POLISH_OPERATIONS = 80  # `_polish.polish`: gathers, one factorization, refinement
 SHARED_POLISH_OPERATIONS = 50  # `_polish.SharedPolisher.polish` with its setup done
 SHARED_SETUP_OPERATIONS = 10  # the setup: two triangular solves, products, an inverse
@@ -101,7 +118,11 @@ class Rates:
 
 
 def measured_rates(
-    factor_flops: float, factor_seconds: float, step_flops: float, step_seconds: float
+    factor_flops: float,
+    factor_seconds: float,
+    step_flops: float,
+    step_seconds: float,
+    step_operations: int = STEP_OPERATIONS,
 ) -> Rates:
     """The rates of a solve: the arithmetic rate of its factorization of H (or, where
     that is unknown, of its steps, which a large problem runs at the speed of memory),
@@ -110,6 +131,7 @@ def measured_rates(
     Args:
         factor_flops, factor_seconds: The factorization's operations and time.
         step_flops, step_seconds: One step of the batch: its arithmetic and time.
+        step_operations: A step's tensor operations.
     """
 
     def rate_of(flops: float, seconds: float) -> float:
@@ -119,7 +141,7 @@ def measured_rates(
     rate, step_rate = rate_of(factor_flops, factor_seconds), rate_of(step_flops, step_seconds)
     if math.isfinite(step_rate) and not rate >= step_rate:
         rate = step_rate
-    per_operation = step_seconds / STEP_OPERATIONS if step_seconds > 0 else math.nan
+    per_operation = step_seconds / step_operations if step_seconds > 0 else math.nan
     return Rates(rate, per_operation)
 
 
@@ -129,21 +151,26 @@ class PolishBudget:
     polishes' time so far.
 
     An attempt on K instances is priced by ``predict(K)`` (the caller's model at the
-    rates measured so far), scaled to the last measured attempt where there is one (of
-    this solve, or one the caller kept from an earlier solve: ``measured``, as
-    ``(seconds, instances, finished)``); what it risks is that price times the share
-    of the last attempt's instances that it did not finish (all of it before any).
+    rates measured so far), scaled to the last measured attempt where there is one: this
+    solve's, else one of an earlier solve the caller kept (``earlier``, as ``(seconds,
+    instances)``). What it risks is that price times the share of this solve's last
+    attempt's instances that it did not finish, all of it before this solve's first: an
+    earlier solve says what a polish costs, not whether this one's iterate is ready for
+    it (a polish that ended an earlier solve at its last check may fail at this one's
+    first).
     """
 
     def __init__(
         self,
         predict: Callable[[int], float],
-        measured: tuple[float, int, int] | None = None,
+        earlier: tuple[float, int] | None = None,
     ) -> None:
         self.iterating = 0.0
         self.polishing = 0.0
         self._predict = predict
-        self.measured = measured
+        self._earlier = earlier
+        #: This solve's last attempt: ``(seconds, instances, finished)``.
+        self.measured: tuple[float, int, int] | None = None
 
     def price(self, instances: int) -> float:
         """The predicted time of an attempt on ``instances`` instances: the model's,
@@ -151,9 +178,10 @@ class PolishBudget:
         the time grows with the instances: mostly fixed for a batched polish, in
         proportion for one that factors each instance)."""
         predicted = self._predict(instances)
-        if self.measured is None:
+        last = self._earlier if self.measured is None else self.measured[:2]
+        if last is None:
             return predicted if math.isfinite(predicted) else 0.0
-        seconds, polished, _ = self.measured
+        seconds, polished = last
         before = self._predict(polished)
         if math.isfinite(predicted) and math.isfinite(before) and before > 0:
             return seconds * predicted / before

@@ -59,6 +59,9 @@ class _Record:
         # price they must reach before the next exploring attempt
         self.admm_spent = 0.0
         self.backoff = 1.0
+        #: The last polish attempt of the shape's calls, ``(seconds, instances)``: the
+        #: price that `_costs.PolishBudget` calibrates its model by.
+        self.polish: tuple[float, int] | None = None
 
 
 def _median(values: deque[float]) -> float | None:

@@ -39,8 +39,9 @@ def unlimited_polishing(monkeypatch: pytest.MonkeyPatch) -> None:
     """Polishing whenever the plan picks instances, whatever it costs, through the
     shared factor wherever the batch has one, and no interior-point fallback: the solver
     decides these from measured times, and a test of what polishing leads to (the
-    iteration a batch ends at, results equal bit for bit across layers) must not depend
-    on how busy the machine is."""
+    iteration a batch ends at, results equal bit for bit across layers and their copies,
+    which carry the polish times the layer's calls measured) must not depend on how busy
+    the machine is."""
     import math
 
     from altdiff_modeling import _admm, _costs

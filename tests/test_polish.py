@@ -39,8 +39,11 @@ def test_the_polishing_budget_follows_the_measured_times():
     assert budget.risk(3) == pytest.approx(0.2)  # 0.6 s, a third at risk
     budget.iterating = 1.3
     assert budget.affords(3) and not budget.affords(6)
-    known = PolishBudget(lambda instances: math.inf, measured=(0.01, 2, 0))  # earlier solve
+    # An earlier solve's attempt (0.01 s on two instances) prices this solve's; all of
+    # the first attempt is at risk, however that one ended.
+    known = PolishBudget(lambda instances: math.inf, earlier=(0.01, 2))
     known.iterating = 0.02
+    assert known.risk(2) == pytest.approx(0.01)
     assert known.affords(2) and not known.affords(5)
 
 
@@ -71,6 +74,33 @@ def test_solves_spend_at_most_as_long_polishing_as_iterating(monkeypatch):
     budget = spent[-1]
     last = budget.price(16)
     assert budget.polishing <= budget.iterating + 2 * last
+
+
+def test_a_layer_prices_its_polishes_by_its_earlier_calls(monkeypatch):
+    # A batched cost makes each call's scaling, and so its factors, new: the polish's
+    # measured time reaches the next call through the layer's record of its batch shape.
+    import altdiff_modeling._admm as admm
+
+    budgets = []
+    original = admm.PolishBudget.__init__
+
+    def spy(self, predict, earlier=None):
+        original(self, predict, earlier)
+        budgets.append((self, earlier))
+
+    monkeypatch.setattr(admm.PolishBudget, "__init__", spy)
+    rng = np.random.default_rng(0)
+    n = 8
+    x, b = cp.Variable(n), cp.Parameter(12)
+    A = rng.standard_normal((12, n))
+    problem = cp.Problem(cp.Minimize(cp.sum_squares(A @ x - b)), [cp.norm(x, 2) <= 0.5])
+    layer = AltDiffLayer(problem, parameters=[b], variables=[x])
+    for _ in range(3):
+        layer(torch.from_numpy(rng.standard_normal((4, 12))))
+    assert budgets[0][1] is None  # the first call has no measurement
+    for (before, _), (_, earlier) in zip(budgets, budgets[1:], strict=False):
+        assert before.measured is not None, "a call did not polish"
+        assert earlier == before.measured[:2]
 
 
 # A 3-variable LP from the property tests, with its matrix G moved by four multiples of

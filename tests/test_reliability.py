@@ -189,7 +189,7 @@ def _assert_bitwise(a, b) -> None:
         assert torch.equal(left, right)
 
 
-def test_pickle_deepcopy_and_torch_save_reproduce_the_layer():
+def test_pickle_deepcopy_and_torch_save_reproduce_the_layer(unlimited_polishing):
     problem, x, q, u = _box_problem()
     layer = AltDiffLayer(problem, [q, u], [x], solver_args={"eps_abs": 1e-8})
     q_t, u_t = torch.randn(5, 10, dtype=F64), torch.full((10,), 0.5, dtype=F64)
@@ -236,7 +236,7 @@ def test_pickled_layer_keeps_its_warm_start_state():
     assert torch.equal(a, b)
 
 
-def test_state_dict_round_trip_into_a_fresh_model():
+def test_state_dict_round_trip_into_a_fresh_model(unlimited_polishing):
     features, target = _data()
     model = _model(seed=5)
     _train(model, features, target, steps=3)
