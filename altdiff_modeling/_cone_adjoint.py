@@ -12,8 +12,19 @@ the second condition reads ``J c = (2J - I) R C t + g_v``::
 
 On the boundary of a cone J is not 0/1, so the active rows' reductions of
 `_direct_adjoint` do not apply; this ``n + m`` system is factored per instance (LU) and
-serves any source. Where it is singular (a solution that is not unique), the caller's
-check rejects the answer and GMRES takes the instance (`_altdiff.reverse_gradients`).
+serves any source.
+
+A variable that P leaves out and that appears only in rows where J is the identity
+(inactive rows, cones with their point inside) is free on the solution set: CVXPY's
+epigraph variable of an inactive norm bound, anywhere between the norm and its bound.
+The system is singular along ``t = e_j``, ``c = R C e_j``, and that direction changes
+no gradient the user can ask for (``dL/d[b; h]`` vanishes on J's identity rows, ``y``
+on them is zero, and the entries of P and C it touches are not the problem's). Its
+equation ``j`` of the first block reads ``0 = g_x[j] + C'[j] g_v`` there, both zero
+(``g_x`` is zero on variables the user does not see, ``g_v`` on J's identity rows), so
+it is replaced by ``t_j = 0``: the system keeps its other solutions and loses the free
+direction. Where it is singular still, the caller's check rejects the answer and GMRES
+takes the instance (`_altdiff.reverse_gradients`).
 """
 
 from __future__ import annotations
@@ -72,13 +83,11 @@ def cone_adjoint(
     K = P + C.transpose(-1, -2) @ RC
     eye = torch.eye(m, dtype=work, device=C.device).expand(batch, m, m)
     J = jacobian.mix(eye, torch.zeros_like(eye))  # (B, m, m); symmetric
-    system = torch.cat(
-        [
-            torch.cat([K.expand(batch, n, n), -C.transpose(-1, -2).expand(batch, n, m)], -1),
-            torch.cat([(2 * J - eye) @ RC, -J], -1),
-        ],
-        -2,
-    )
+    first = torch.cat([K.expand(batch, n, n), -C.transpose(-1, -2).expand(batch, n, m)], -1)
+    free = _free_variables(P, C, jacobian.identity_rows())  # (B, n)
+    pinned = torch.eye(n, n + m, dtype=work, device=C.device)  # row j: t_j = 0
+    first = torch.where(free.unsqueeze(-1), pinned, first)
+    system = torch.cat([first, torch.cat([(2 * J - eye) @ RC, -J], -1)], -2)
     factor, pivots, info = torch.linalg.lu_factor_ex(system)
     regular = (info == 0).unsqueeze(-1)
 
@@ -86,10 +95,19 @@ def cone_adjoint(
         g_x: torch.Tensor, g_v: torch.Tensor, rough: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor]:
         dtype = g_x.dtype
-        rhs = torch.cat([g_x, -g_v], -1).to(work).unsqueeze(-1)
+        rhs = torch.cat([torch.where(free, 0.0, g_x.to(work)), -g_v.to(work)], -1)
+        rhs = rhs.unsqueeze(-1)
         tc = torch.linalg.lu_solve(factor, pivots, rhs).squeeze(-1)
         tc = torch.where(regular & torch.isfinite(tc), tc, 0.0)
         t, c = tc[:, :n], tc[:, n:]
         return (sigma * t + g_x.to(work)).to(dtype), c.to(dtype)
 
     return solve
+
+
+def _free_variables(P: torch.Tensor, C: torch.Tensor, identity_rows: torch.Tensor) -> torch.Tensor:
+    """``(B, n)`` bool: the variables with no entry in P that appear only in the rows
+    ``identity_rows`` ``(B, m)`` (module docstring)."""
+    in_P = (P != 0).any(-2)  # (1|B, n)
+    elsewhere = ((C != 0) & ~identity_rows.unsqueeze(-1)).any(-2)  # (B, n)
+    return ~(in_P | elsewhere)

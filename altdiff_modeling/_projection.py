@@ -94,6 +94,15 @@ class ProjectionJacobian:
             out[:, first:] = b_cone + self._cone.apply(a[:, first:] - b_cone)
         return out
 
+    def identity_rows(self) -> torch.Tensor:
+        """``(B, m)`` bool: the rows where J is the identity, the inactive clipped rows
+        and the rows of the cones whose point lies inside."""
+        rows = self.inactive.clone()
+        if self._cone is not None:
+            first = rows.shape[1] - self.cones.rows
+            rows[:, first:] = self._cone.inside[:, self.cones.cone_of_row]
+        return rows
+
     def complement(self, d: torch.Tensor) -> torch.Tensor:
         """``(I - J) d``."""
         return self.mix(torch.zeros_like(d), d)
