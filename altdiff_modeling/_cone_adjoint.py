@@ -18,8 +18,10 @@ A variable that P leaves out and that appears only in rows where J is the identi
 (inactive rows, cones with their point inside) is free on the solution set: CVXPY's
 epigraph variable of an inactive norm bound, anywhere between the norm and its bound.
 The system is singular along ``t = e_j``, ``c = R C e_j``, and that direction changes
-no gradient the user can ask for (``dL/d[b; h]`` vanishes on J's identity rows, ``y``
-on them is zero, and the entries of P and C it touches are not the problem's). Its
+no gradient of the data's nonzero entries: ``dL/d[b; h]`` vanishes on J's identity rows,
+``c - R C t`` does not change, ``-y t'`` changes only in column j of the rows with a
+multiplier, where C is zero, and ``dL/dP`` only in P's row and column j, zero too (a
+parameter that is zero at the instance but moves those entries is not told apart). Its
 equation ``j`` of the first block reads ``0 = g_x[j] + C'[j] g_v`` there, both zero
 (``g_x`` is zero on variables the user does not see, ``g_v`` on J's identity rows), so
 it is replaced by ``t_j = 0``: the system keeps its other solutions and loses the free
