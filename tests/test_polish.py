@@ -3,6 +3,7 @@ alone finishes only after thousands of iterations."""
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import cvxpy as cp
@@ -98,7 +99,7 @@ def test_a_layer_prices_its_polishes_by_its_earlier_calls(monkeypatch):
     for _ in range(3):
         layer(torch.from_numpy(rng.standard_normal((4, 12))))
     assert budgets[0][1] is None  # the first call has no measurement
-    for (before, _), (_, earlier) in zip(budgets, budgets[1:], strict=False):
+    for (before, _), (_, earlier) in itertools.pairwise(budgets):
         assert before.measured is not None, "a call did not polish"
         assert earlier == before.measured[:2]
 
