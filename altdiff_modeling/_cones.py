@@ -63,6 +63,9 @@ class SecondOrderCones:
         self.is_head = torch.zeros(self.rows, dtype=torch.bool, device=device)
         self.is_head[offsets] = True
         self._tail = ~self.is_head
+        # the tail rows and their cones, for the norms of the tails
+        self._tail_rows = torch.nonzero(self._tail).flatten()
+        self._tail_cone = self.cone_of_row[self._tail_rows]
 
     @property
     def rows(self) -> int:
@@ -76,8 +79,8 @@ class SecondOrderCones:
         """Each cone's ``t`` ``(B, cones)`` and ``||u||`` ``(B, cones)`` of ``v``
         ``(B, rows)``."""
         t = v[:, self.heads]
-        squares = torch.where(self._tail, v * v, torch.zeros_like(v))
-        tail_sq = v.new_zeros(v.shape[0], self.count).index_add_(1, self.cone_of_row, squares)
+        tail = v[:, self._tail_rows]
+        tail_sq = v.new_zeros(v.shape[0], self.count).index_add_(1, self._tail_cone, tail * tail)
         return t, tail_sq.sqrt()
 
     def mean_over_cones(self, values: torch.Tensor) -> torch.Tensor:
@@ -98,17 +101,13 @@ class SecondOrderCones:
     def project(self, v: torch.Tensor) -> torch.Tensor:
         """The projection of ``v`` ``(B, rows)`` onto the product of the cones."""
         t, a = self.split(v)
-        inside, polar = self.regions(t, a)
-        # boundary: (t + a) / 2 * (1, u / a), i.e. v scaled per row by its cone's factor
-        # (t + a) / (2a) on the tail and set to (t + a) / 2 on the head
         half = (t + a) / 2
-        scale = torch.where(
-            inside, torch.ones_like(t), half / a.clamp_min(torch.finfo(v.dtype).tiny)
-        )
-        scale = torch.where(polar, torch.zeros_like(t), scale)
+        # The tail is scaled by (t + a) / (2a) clamped to [0, 1]: 1 inside (a <= t), 0 in
+        # the polar cone (a <= -t), the boundary's factor between. The head is t inside,
+        # 0 in the polar cone and (t + a) / 2 between: max(t, (t + a) / 2), clamped at 0.
+        scale = (half / a.clamp_min(torch.finfo(v.dtype).tiny)).clamp(0.0, 1.0)
         out = v * scale[:, self.cone_of_row]
-        head = torch.where(inside, t, torch.where(polar, torch.zeros_like(t), half))
-        out[:, self.heads] = head
+        out[:, self.heads] = torch.maximum(t, half).clamp_min(0.0)
         return out
 
     def jacobian(self, v: torch.Tensor) -> ConeJacobian:
