@@ -14,10 +14,12 @@ conditions are the equations
 
 smooth in ``(x, lambda, mu)``, whose Newton steps from ADMM's iterate converge
 quadratically (the Jacobian is symmetric: a KKT matrix with ``P - sum mu_c G_c' R G_c``
-in its corner). Inactive rows and cones keep zero multipliers as equations
-``lambda_i = 0``, ``mu_c = 0``, so every instance's system has one size and the batch is
-one batched solve. The caller accepts a polished point only where it meets the
-tolerances in the user's units (`_admm._try_polish`); `cone_polish` rejects it first where a
+in its corner). Inactive cones keep zero multipliers as equations ``mu_c = 0``; of the
+other rows only those whose multiplier is an unknown enter the system, each instance's
+padded to the most any instance has (with equations ``lambda = 0``), so every
+instance's system has one size and the batch is one batched solve. The caller accepts a
+polished point only where it meets the tolerances in the user's units
+(`_admm._try_polish`); `cone_polish` rejects it first where a
 multiplier left its cone or a boundary slack landed on the cone's negative side.
 """
 
@@ -26,7 +28,7 @@ from __future__ import annotations
 import torch
 
 from ._cones import SecondOrderCones
-from ._polish import active_set
+from ._polish import active_set, gather_active_rows
 
 __all__ = ["cone_polish", "face_estimate"]
 
@@ -153,19 +155,23 @@ class _Face:
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Newton's method on the face's equations from ``(x, lam, mu)``; returns the
         last iterate and the ``(K,)`` mask of the instances whose systems were solved."""
-        P, q, C, bound, C_cone = self.P, self.q, self.C, self.bound, self.C_cone
-        K, n, m, c = x.shape[0], self.n, self.m, self.cones.count
+        P, q, C_cone = self.P, self.q, self.C_cone
+        K, n, c = x.shape[0], self.n, self.cones.count
+        # Only the rows whose multiplier is an unknown enter the system (the others'
+        # equations lambda_i = 0 would make it n + m + c rows): each instance's, padded
+        # to the most any instance has with rows whose equation is lambda = 0.
+        C, bound, valid, index = self._rows(free)
+        k = C.shape[1]
+        lam = lam.gather(1, index) * valid
         on_boundary = boundary[:, self.cones.cone_of_row]
-        Ct_free = C.transpose(1, 2) * free.unsqueeze(1)
-        C_free = C * free.unsqueeze(-1)
-        fixed_rows = torch.diag_embed((~free).to(x.dtype))
+        fixed_rows = torch.diag_embed((~valid).to(x.dtype))
         fixed_cones = torch.diag_embed((~boundary).to(x.dtype))
         solved = torch.ones(K, dtype=torch.bool, device=x.device)
         # A quasi-definite regularization, as the polyhedral polish's: variables that
         # no cost and no active row determine (epigraph variables of a norm bound)
         # would make the system singular; Newton's residuals correct its bias.
-        scale = torch.maximum(_abs_max(P), _abs_max(C)).clamp_min(1.0)
-        delta = torch.cat([x.new_ones(n), -x.new_ones(m + c)]) * _REGULARIZATION
+        scale = torch.maximum(_abs_max(P), _abs_max(self.C)).clamp_min(1.0)
+        delta = torch.cat([x.new_ones(n), -x.new_ones(k + c)]) * _REGULARIZATION
         regularization = torch.diag_embed(scale.unsqueeze(-1) * delta)
         for _ in range(_NEWTON_STEPS):
             s = self.slack(x)
@@ -173,27 +179,44 @@ class _Face:
             g = C_cone.transpose(1, 2) @ (Rs.unsqueeze(-1) * self.one_hot)  # G_c' R s_c
             mu_rows = torch.where(on_boundary, mu[:, self.cones.cone_of_row], 0) * self.sign
             H = P - C_cone.transpose(1, 2) @ (mu_rows.unsqueeze(-1) * C_cone)
-            stationarity = _mv(P, x) + q + _mv(Ct_free, lam) + _mv(g, mu)
-            rows = torch.where(free, _mv(C, x) - bound, lam)
+            stationarity = _mv(P, x) + q + _mv(C.transpose(1, 2), lam) + _mv(g, mu)
+            rows = torch.where(valid, _mv(C, x) - bound, lam)
             cone_norms = torch.where(boundary, -0.5 * (s * Rs) @ self.one_hot, mu)
             residual = torch.cat([stationarity, rows, cone_norms], dim=1)
             J = torch.cat(
                 [
-                    torch.cat([H, Ct_free, g], dim=2),
-                    torch.cat([C_free, fixed_rows, x.new_zeros(K, m, c)], dim=2),
-                    torch.cat([g.transpose(1, 2), x.new_zeros(K, c, m), fixed_cones], dim=2),
+                    torch.cat([H, C.transpose(1, 2), g], dim=2),
+                    torch.cat([C, fixed_rows, x.new_zeros(K, k, c)], dim=2),
+                    torch.cat([g.transpose(1, 2), x.new_zeros(K, c, k), fixed_cones], dim=2),
                 ],
                 dim=1,
             )
             step, info = torch.linalg.solve_ex(J + regularization, -residual)
             solved = solved & (info == 0)
             step = torch.where(solved.unsqueeze(-1), step, 0)
-            x, lam, mu = x + step[:, :n], lam + step[:, n : n + m], mu + step[:, n + m :]
+            x, lam, mu = x + step[:, :n], lam + step[:, n : n + k], mu + step[:, n + k :]
             size = torch.cat([x, lam, mu], dim=1).abs().amax(-1)
             settled = step.abs().amax(-1) <= _STEP_TOLERANCE * (1 + size)
             if bool((settled | ~solved).all()):
                 break
-        return x, lam, mu, solved & torch.isfinite(x).all(-1)
+        full = torch.zeros(K, self.m, dtype=x.dtype, device=x.device)
+        full.scatter_(1, index, lam * valid)  # the padding's rows get zeros
+        return x, full, mu, solved & torch.isfinite(x).all(-1)
+
+    def _rows(
+        self, free: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The rows ``free`` ``(K, m)`` of C and of the bound, each instance's first and
+        padded with zero rows (`gather_active_rows`; all m rows where they are many):
+        ``(K, k, n)``, ``(K, k)``, their validity and their distinct row indices
+        ``(K, k)``."""
+        gathered = gather_active_rows(self.C, free)
+        if gathered is None:
+            index = torch.arange(self.m, device=free.device).expand_as(free)
+            rows, valid = self.C * free.unsqueeze(-1).to(self.C.dtype), free
+        else:
+            rows, valid, index = gathered
+        return rows, self.bound.gather(1, index) * valid, valid, index
 
     def multipliers(
         self,

@@ -62,9 +62,10 @@ def general_polish_flops(n: int, m: int) -> float:
 
 
 def face_polish_flops(n: int, m: int, cones: int, cone_rows: int) -> float:
-    """Operations of `_cone_polish.cone_polish` on one instance: ``FACE_NEWTON_STEPS``
-    Newton steps, each forming ``P - sum mu G'RG`` and the cones' columns and factoring
-    the face's KKT matrix of ``n + m + cones`` rows."""
+    """Operations of `_cone_polish.cone_polish` on one instance, at most:
+    ``FACE_NEWTON_STEPS`` Newton steps, each forming ``P - sum mu G'RG`` and the cones'
+    columns and factoring the face's KKT matrix of ``n + m + cones`` rows (fewer where
+    few rows are active: the measured attempts calibrate the price)."""
     size = n + m + cones
     return FACE_NEWTON_STEPS * (2 * size**3 / 3 + 2 * n * n * cone_rows + 4 * n * m)
 
