@@ -77,9 +77,10 @@ def test_solves_spend_at_most_as_long_polishing_as_iterating(monkeypatch):
     assert budget.polishing <= budget.iterating + 2 * last
 
 
-def test_a_layer_prices_its_polishes_by_its_earlier_calls(monkeypatch):
+def test_a_layer_prices_its_polishes_by_its_earlier_calls(monkeypatch, unlimited_polishing):
     # A batched cost makes each call's scaling, and so its factors, new: the polish's
-    # measured time reaches the next call through the layer's record of its batch shape.
+    # measured time reaches the next call through the layer's record of its batch shape
+    # (polishing unlimited: whether a call polishes must not depend on the machine).
     import altdiff_modeling._admm as admm
 
     budgets = []
@@ -102,6 +103,7 @@ def test_a_layer_prices_its_polishes_by_its_earlier_calls(monkeypatch):
     for (before, _), (_, earlier) in itertools.pairwise(budgets):
         assert before.measured is not None, "a call did not polish"
         assert earlier == before.measured[:2]
+    assert len(budgets) == 3
 
 
 # A 3-variable LP from the property tests, with its matrix G moved by four multiples of
