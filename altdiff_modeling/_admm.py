@@ -55,7 +55,13 @@ from ._interior_point import (
     interior_point_flops,
     interior_point_solve,
 )
-from ._polish import SHARED_REFINE_STEPS, SharedPolisher, active_set, polish
+from ._polish import (
+    SHARED_REFINE_STEPS,
+    SharedPolisher,
+    active_set,
+    contradicted_rows,
+    polish,
+)
 from ._qp import Matrix, QPData, matvec, rmatvec
 from ._scaling import Scaling
 from ._settings import SolverSettings
@@ -94,13 +100,12 @@ _TINY = 1e-30
 _ALWAYS_FIRST = 100
 _SETTLING_ROWS = 0.015  # fraction of rows an estimate may still change in, to polish
 # A failed polish retries on its corrected estimate up to this many times, where the
-# polished point contradicts its estimate in at most this fraction of the rows (at
-# least 2), as the polishing budget allows. On the seeded QP suite (eps 1e-5) this took
-# the median from 60 ADMM iterations to 40 and each solve's time by about a quarter;
+# polished point contradicts its estimate in few rows (`contradicted_rows`), as the
+# polishing budget allows. On the seeded QP suite (eps 1e-5) this took the median
+# from 60 ADMM iterations to 40 and each solve's time by about a quarter;
 # more rounds, or any number of rows, cost more polishes than they saved. A batch
 # sharing its data retries through `SharedPolisher` on the failed instances only.
 _CORRECTIONS = 4
-_CORRECTABLE_ROWS = 0.1
 # The loop drops the finished instances once no more than this fraction is unfinished.
 _COMPACT_FRACTION = 0.75
 
@@ -530,13 +535,10 @@ def _try_polish(
             break
         # The rows the polished points contradict: violated inactive inequality rows,
         # active inequality rows with a zero (clamped negative) multiplier.
-        contradicted = torch.where(estimate, y_new <= 0, Cx > data.bound)
-        contradicted[:, :n_eq] = False
-        wrong = contradicted.sum(-1)
-        limit = max(2, _CORRECTABLE_ROWS * estimate.shape[1])
+        contradicted, correctable = contradicted_rows(estimate, y_new, Cx, data.bound, n_eq)
         solvable = torch.zeros_like(pending)
         solvable[index] = ok
-        tried = tried & solvable & ~accept & (wrong > 0) & (wrong <= limit)
+        tried = tried & solvable & ~accept & correctable
         if not ok_any or not bool(tried.any()):
             break
         estimate = estimate ^ contradicted

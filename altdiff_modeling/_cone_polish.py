@@ -28,7 +28,7 @@ from __future__ import annotations
 import torch
 
 from ._cones import SecondOrderCones
-from ._polish import active_set, gather_active_rows
+from ._polish import active_set, contradicted_rows, gather_active_rows
 
 __all__ = ["cone_polish", "face_estimate"]
 
@@ -99,24 +99,42 @@ def cone_polish(
     )
     out_x, out_y = x.clone(), torch.zeros_like(y)
     ok = torch.zeros(K, dtype=torch.bool, device=x.device)
+    live = torch.arange(K, device=x.device)  # the instances still polishing
     for correction in range(_CORRECTIONS + 1):
-        x_new, lam, mu, solved = face.newton(x, torch.where(free, y, 0), mu0, free, boundary)
-        y_new, checks = face.multipliers(x_new, lam, mu, free, boundary, n_eq)
-        good = solved & checks.all(0) & ~ok
-        out_x[good], out_y[good] = x_new[good], y_new[good]
-        ok = ok | good
-        # A boundary cone whose mu came out negative is inactive; an inactive cone
-        # that the point violates is on its boundary (a primal-dual active-set step).
-        s = face.slack(x_new)
-        t, norm = cones.split(s)
-        leave = boundary & (mu < 0)
-        inactive = ~boundary & ~(free[:, first:][:, cones.heads])
-        enter = inactive & (norm > t)
-        change = (leave | enter) & ~ok.unsqueeze(-1)
-        if correction == _CORRECTIONS or not bool(change.any()):
+        at = face if live.shape[0] == K else face.select(live)
+        live_free, live_boundary = free[live], boundary[live]
+        x_new, lam, mu, solved = at.newton(
+            x[live], torch.where(live_free, y[live], 0), mu0[live], live_free, live_boundary
+        )
+        y_new, checks = at.multipliers(x_new, lam, mu, live_free, live_boundary, n_eq)
+        # Where the point contradicts its estimate (a primal-dual active-set step):
+        # rows outside the cones as the polyhedral polish has them; a boundary cone
+        # whose mu came out negative is inactive, an inactive cone that the point
+        # violates is on its boundary. A point that violates an inactive row or cone
+        # beyond round-off is no solution, whatever its multipliers.
+        Cx, bound_rows = _mv(at.C[:, :first], x_new), at.bound[:, :first]
+        rows, correctable = contradicted_rows(
+            live_free[:, :first], y_new[:, :first], Cx, bound_rows, n_eq
+        )
+        t, norm = cones.split(at.slack(x_new))
+        inactive = ~live_boundary & ~(live_free[:, first:][:, cones.heads])
+        change = (live_boundary & (mu < 0)) | (inactive & (norm > t))
+        violated = ~live_free[:, :first] & (Cx - bound_rows > _round_off(bound_rows))
+        violated[:, :n_eq] = False
+        outside = inactive & (norm - t > _round_off(t))
+        good = solved & checks.all(0) & ~violated.any(-1) & ~outside.any(-1)
+        out_x[live[good]], out_y[live[good]] = x_new[good], y_new[good]
+        ok[live[good]] = True
+        if correction == _CORRECTIONS:
             break
-        boundary = boundary ^ change
-        mu0 = torch.where(change, 0.0, mu0)  # Newton's first step finds an entering mu
+        again = solved & ~good & (correctable | change.any(-1))
+        if not bool(again.any()):
+            break
+        rows = rows & correctable.unsqueeze(-1)
+        live, rows, change = live[again], rows[again], change[again]
+        free[live, :first] ^= rows
+        boundary[live] ^= change
+        mu0[live] = torch.where(change, 0.0, mu0[live])  # Newton's first step finds it
     return out_x, face.project(out_x, n_eq), out_y, ok
 
 
@@ -140,6 +158,12 @@ class _Face:
         self.C_cone, self.h_cone = self.C[:, self.first :], self.bound[:, self.first :]
         self.sign = torch.where(cones.is_head, 1.0, -1.0).to(q.dtype)  # R
         self.one_hot = torch.nn.functional.one_hot(cones.cone_of_row, cones.count).to(q.dtype)
+
+    def select(self, index: torch.Tensor) -> _Face:
+        """The equations of the instances ``index`` ``(k,)`` only."""
+        return _Face(
+            self.P[index], self.q[index], self.C[index], self.bound[index], self.cones, self.n
+        )
 
     def slack(self, x: torch.Tensor) -> torch.Tensor:
         """``(K, cone rows)`` the cones' slacks ``h - G x``."""
@@ -251,6 +275,12 @@ class _Face:
         z[:, :n_eq] = bound[:, :n_eq]
         z[:, first:] = self.h_cone - self.cones.project(self.h_cone - Cx[:, first:])
         return z
+
+
+def _round_off(values: torch.Tensor) -> torch.Tensor:
+    """How far a point may violate a row or cone whose bound or head is ``values``
+    by round-off: ``_SIGN_TOLERANCE`` relative to their size."""
+    return _SIGN_TOLERANCE * (1 + values.abs())
 
 
 def _abs_max(M: torch.Tensor) -> torch.Tensor:

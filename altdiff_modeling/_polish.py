@@ -30,6 +30,7 @@ __all__ = [
     "SharedPolishData",
     "SharedPolisher",
     "active_set",
+    "contradicted_rows",
     "gather_active_rows",
     "polish",
     "solve_reduced_kkt",
@@ -62,6 +63,26 @@ def active_set(z: ArrayT, y: ArrayT, bound: ArrayT, n_eq: int) -> ArrayT:
     active = (bound - z) < y
     active[..., :n_eq] = True
     return active
+
+
+# A polished point's estimate is corrected where it contradicts the estimate in at most
+# this fraction of the rows (at least 2); more wrong rows say the iterate is not ready.
+CORRECTABLE_ROWS = 0.1
+
+
+def contradicted_rows(
+    estimate: torch.Tensor, y: torch.Tensor, Cx: torch.Tensor, bound: torch.Tensor, n_eq: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rows of a polished point ``(x, y)`` that contradict its active-set estimate
+    ``(K, m)``: active inequality rows whose multiplier ``y`` ``(K, m)`` is not positive,
+    inactive rows that ``Cx`` ``(K, m)`` violates (``> bound``); and the ``(K,)`` mask
+    of the instances whose estimate they correct (a primal-dual active-set step): those
+    with at least one such row and at most ``CORRECTABLE_ROWS`` of the rows (at least 2)."""
+    contradicted = torch.where(estimate, y <= 0, Cx > bound)
+    contradicted[:, :n_eq] = False
+    wrong = contradicted.sum(-1)
+    limit = max(2, CORRECTABLE_ROWS * estimate.shape[1])
+    return contradicted, (wrong > 0) & (wrong <= limit)
 
 
 def gather_active_rows(

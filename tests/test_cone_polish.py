@@ -68,3 +68,54 @@ def test_a_boundary_estimate_of_an_inactive_cone_is_corrected():
     assert bool(ok.all())
     torch.testing.assert_close(x, x_exact, rtol=0, atol=1e-12)
     torch.testing.assert_close(y, y_exact, rtol=0, atol=1e-12)
+
+
+def _ball_and_halfspace(p: torch.Tensor, c: float):
+    """The projection of each row of ``p`` ``(K, n)`` onto the unit ball cut by the
+    halfspace ``x_0 <= c``: the row ``x_0 <= c`` first, then the cone ``(1, x)``."""
+    P, q, C, bound, cones = _ball_projection(p)
+    n = p.shape[1]
+    row = torch.zeros(1, 1, n, dtype=_F64)
+    row[0, 0, 0] = 1.0
+    C = torch.cat([row, C], dim=1)
+    bound = torch.cat([torch.full((1, 1), c, dtype=_F64), bound], dim=1)
+    return P, q, C, bound, cones
+
+
+def _exact_cut(p: torch.Tensor, c: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x`` ``(K, n)`` and the halfspace's multiplier ``(K,)`` of `_ball_and_halfspace`:
+    the ball's projection where it meets the cut; else ``x_0 = c`` and the other
+    coordinates projected onto the ball of radius ``sqrt(1 - c^2)``, where stationarity
+    in ``x_0`` gives the cut's multiplier ``p_0 - c (1 + mu)``."""
+    x, _ = _exact(p)
+    radius = (1 - c * c) ** 0.5
+    rest_norm = p[:, 1:].norm(dim=-1, keepdim=True)
+    mu = (rest_norm / radius - 1).clamp_min(0)
+    binds = x[:, 0] > c
+    cut = torch.cat([torch.full_like(rest_norm, c), p[:, 1:] / (1 + mu)], dim=-1)
+    x = torch.where(binds.unsqueeze(-1), cut, x)
+    return x, torch.where(binds, p[:, 0] - c * (1 + mu[:, 0]), 0.0)
+
+
+def test_a_wrong_estimate_of_a_row_outside_the_cones_is_corrected():
+    """The halfspace estimated inactive where it binds (and active where it does not):
+    Newton's point violates it (or its multiplier comes out negative), the row's estimate
+    flips, and the next round finds the solution."""
+    generator = torch.Generator().manual_seed(2)
+    p = torch.randn(6, 4, generator=generator, dtype=_F64)
+    p = p * (2 / p.norm(dim=-1, keepdim=True))
+    p[:3, 0] = p[:3, 0].abs() + 0.5  # the cut binds on the first three, not on the others
+    p[3:, 0] = -p[3:, 0].abs() - 0.5
+    c = 0.2
+    P, q, C, bound, cones = _ball_and_halfspace(p, c)
+    x_exact, cut_multiplier = _exact_cut(p, c)
+    assert bool((cut_multiplier[:3] > 1e-3).all()) and bool((cut_multiplier[3:] < 1e-9).all())
+    x0 = x_exact + 1e-3 * torch.randn(x_exact.shape, generator=generator, dtype=_F64)
+    y0 = torch.zeros(6, 1 + 5, dtype=_F64)
+    wrong = torch.zeros(6, 6, dtype=torch.bool)
+    wrong[:, 1] = True  # the cone on its boundary
+    wrong[3:, 0] = True  # the cut: inactive where it binds, active where it does not
+    x, _, y, ok = cone_polish(P, q, C, bound, 0, cones, wrong, x0, y0)
+    assert bool(ok.all())
+    torch.testing.assert_close(x, x_exact, rtol=0, atol=1e-12)
+    torch.testing.assert_close(y[:, 0], cut_multiplier, rtol=0, atol=1e-12)
