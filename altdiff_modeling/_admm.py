@@ -434,9 +434,10 @@ class _PolishPlan:
             return None  # the first estimate: nothing to say whether it has settled
         else:
             chosen = pending
-            # (A face's polish starts Newton's method from the iterate: on the same
-            # estimate, a later iterate may succeed.)
-            if k not in self.always_at and self.failed is not None and self.cones is None:
+            # (A face's polish starts Newton's method from the iterate, so a later
+            # iterate on the same estimate may succeed; but where it fails, it mostly
+            # fails again until the estimate moves: the retries at ``always_at`` remain.)
+            if k not in self.always_at and self.failed is not None:
                 chosen = chosen & ~(estimate == self.failed).all(-1)
             if not self.budget.affords(int(chosen.sum())):
                 # Not all: those whose estimate has nearly settled. A polish mostly
@@ -449,6 +450,13 @@ class _PolishPlan:
         if not bool(chosen.any()):
             return None
         return chosen, estimate
+
+    def most_active_rows(self) -> int | None:
+        """The most rows the latest estimate makes active in an instance (None before
+        the first): what sets the size of the largest system a polish solves."""
+        if self.previous is None or not self.previous.numel():
+            return None
+        return int(self.previous.sum(-1).amax())
 
     def select(self, index: torch.Tensor) -> None:
         """Keep the estimates of the instances ``index`` ``(K,)`` only."""
@@ -817,7 +825,8 @@ def admm_solve(
             return 2 * instances * per_factor
         rates = rates_so_far(it.factor, B)
         if cones is not None:
-            flops = face_polish_flops(n, m, cones.count, cones.rows)
+            rows = plan.most_active_rows()
+            flops = face_polish_flops(n, m, m if rows is None else rows, cones.count, cones.rows)
             return rates.seconds(instances * flops, FACE_POLISH_OPERATIONS)
         general = rates.seconds(instances * general_polish_flops(n, m), GENERAL_POLISH_OPERATIONS)
         if polisher is None:

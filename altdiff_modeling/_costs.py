@@ -61,12 +61,12 @@ def general_polish_flops(n: int, m: int) -> float:
     return n**3 / 3 + 2 * n * n * m + 20 * (n * n + 2 * n * m)
 
 
-def face_polish_flops(n: int, m: int, cones: int, cone_rows: int) -> float:
-    """Operations of `_cone_polish.cone_polish` on one instance, at most:
+def face_polish_flops(n: int, m: int, rows: int, cones: int, cone_rows: int) -> float:
+    """Operations of `_cone_polish.cone_polish` on one instance whose face has ``rows``
+    rows with a multiplier of their own (its active rows; ``m`` at most):
     ``FACE_NEWTON_STEPS`` Newton steps, each forming ``P - sum mu G'RG`` and the cones'
-    columns and factoring the face's KKT matrix of ``n + m + cones`` rows (fewer where
-    few rows are active: the measured attempts calibrate the price)."""
-    size = n + m + cones
+    columns and factoring the face's KKT matrix of ``n + rows + cones`` rows."""
+    size = n + rows + cones
     return FACE_NEWTON_STEPS * (2 * size**3 / 3 + 2 * n * n * cone_rows + 4 * n * m)
 
 
@@ -94,7 +94,7 @@ class timed:
 # the code: a property of the implementation, not of the machine. On small problems
 # their fixed costs, not their arithmetic, set the time.
 STEP_OPERATIONS = 12  # an ADMM step (`_admm_iterate.AdmmIterate.step`)
-CONE_STEP_OPERATIONS = 30  # what its projection onto the cones adds (`_cones.project`)
+CONE_STEP_OPERATIONS = 20  # what its projection onto the cones adds (`_cones.project`)
 # `_cone_polish.cone_polish`: its typical Newton steps (five to eight on the benchmark's
 # faces), each about 30 operations, and the estimate's and checks' operations.
 FACE_NEWTON_STEPS = 6
