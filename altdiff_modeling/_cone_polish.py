@@ -85,7 +85,7 @@ def cone_polish(
         multipliers in their cones.
     """
     K = estimate.shape[0]
-    face = _Face(P, q, C, bound, cones, x.shape[1])
+    face = _Face(P, q, C, bound, cones, x.shape[1], K)
     first = face.first
     boundary = _boundary_cones(estimate[:, first:], cones)  # (K, c)
     # rows whose multiplier is an unknown of its own: active rows outside the cones,
@@ -139,7 +139,10 @@ def cone_polish(
 
 
 class _Face:
-    """The KKT equations of a face estimate for a batch ``(K, ...)`` of dense data."""
+    """The KKT equations of a face estimate for a batch ``(K, ...)`` of dense data.
+
+    The data keep their leading dimension (1 where the batch shares them): products
+    with shared matrices are single matrix products, never copies per instance."""
 
     def __init__(
         self,
@@ -149,25 +152,58 @@ class _Face:
         bound: torch.Tensor,
         cones: SecondOrderCones,
         n: int,
+        instances: int,
+        grams: torch.Tensor | None = None,
     ) -> None:
-        K = max(P.shape[0], q.shape[0], C.shape[0], bound.shape[0])
-        m = C.shape[1]
+        K, m = instances, C.shape[1]
         self.cones, self.n, self.m, self.first = cones, n, m, m - cones.rows
-        self.P, self.q = P.expand(K, n, n), q.expand(K, n)
-        self.C, self.bound = C.expand(K, m, n), bound.expand(K, m)
-        self.C_cone, self.h_cone = self.C[:, self.first :], self.bound[:, self.first :]
+        self.P, self.q, self.C, self.bound = P, q, C, bound
+        self.C_cone, self.h_cone = C[:, self.first :], bound[:, self.first :]
         self.sign = torch.where(cones.is_head, 1.0, -1.0).to(q.dtype)  # R
-        self.one_hot = torch.nn.functional.one_hot(cones.cone_of_row, cones.count).to(q.dtype)
+        if grams is None and C.shape[0] * cones.count * n * n <= K * (n + cones.count) ** 2:
+            # Each cone's G_c' R G_c, once: the Hessian's term sum_c mu_c G_c' R G_c is
+            # then a weighted sum (cones * n^2 per step, not cone rows * 2 n^2), where
+            # they take no more memory than the Newton systems (shared data: once).
+            grams = cones.reflected_grams(self.C_cone)
+        self.grams = grams  # (1|K, cones, n, n) or None
+        if grams is not None:  # G_c' R h_c: with the grams, G_c' R s_c = it - grams x
+            self.reflected_h = cones.cone_sums(self.C_cone * (self.sign * self.h_cone)[..., None])
 
     def select(self, index: torch.Tensor) -> _Face:
         """The equations of the instances ``index`` ``(k,)`` only."""
-        return _Face(
-            self.P[index], self.q[index], self.C[index], self.bound[index], self.cones, self.n
-        )
+
+        def pick(block: torch.Tensor | None) -> torch.Tensor | None:
+            return block if block is None or block.shape[0] == 1 else block[index]
+
+        P, q, C, bound = pick(self.P), pick(self.q), pick(self.C), pick(self.bound)
+        return _Face(P, q, C, bound, self.cones, self.n, index.shape[0], pick(self.grams))
 
     def slack(self, x: torch.Tensor) -> torch.Tensor:
         """``(K, cone rows)`` the cones' slacks ``h - G x``."""
-        return self.h_cone - (self.C_cone @ x.unsqueeze(-1)).squeeze(-1)
+        return self.h_cone - _mv(self.C_cone, x)
+
+    def cone_columns(self, x: torch.Tensor, boundary: torch.Tensor) -> torch.Tensor:
+        """``(K, n, cones)``: ``G_c' R s_c`` of each boundary cone (zero elsewhere), the
+        gradient of its equation ``s_c' R s_c / 2 = 0`` up to sign."""
+        if self.grams is not None:
+            grams = self.grams
+            if grams.shape[0] == 1:
+                curved = (x @ grams[0].flatten(0, 1).T).view(x.shape[0], -1, self.n)
+            else:
+                curved = (grams @ x[:, None, :, None]).squeeze(-1)
+            columns = self.reflected_h - curved  # (K, cones, n)
+        else:
+            Rs = self.sign * self.slack(x)
+            columns = self.cones.cone_sums(self.C_cone * Rs.unsqueeze(-1))
+        return torch.where(boundary.unsqueeze(-1), columns, 0).transpose(1, 2)
+
+    def curvature(self, mu: torch.Tensor) -> torch.Tensor:
+        """``(K, n, n)``: ``sum_c mu_c G_c' R G_c`` for ``mu`` ``(K, cones)`` (zero off
+        the boundary cones)."""
+        if self.grams is not None:
+            return (mu.unsqueeze(1) @ self.grams.flatten(2)).view(mu.shape[0], self.n, self.n)
+        rows = mu[:, self.cones.cone_of_row] * self.sign
+        return self.C_cone.transpose(1, 2) @ (rows.unsqueeze(-1) * self.C_cone)
 
     def newton(
         self,
@@ -179,7 +215,6 @@ class _Face:
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Newton's method on the face's equations from ``(x, lam, mu)``; returns the
         last iterate and the ``(K,)`` mask of the instances whose systems were solved."""
-        P, q, C_cone = self.P, self.q, self.C_cone
         K, n, c = x.shape[0], self.n, self.cones.count
         # Only the rows whose multiplier is an unknown enter the system (the others'
         # equations lambda_i = 0 would make it n + m + c rows): each instance's, padded
@@ -188,34 +223,34 @@ class _Face:
         k = C.shape[1]
         lam = lam.gather(1, index) * valid
         on_boundary = boundary[:, self.cones.cone_of_row]
-        fixed_rows = torch.diag_embed((~valid).to(x.dtype))
-        fixed_cones = torch.diag_embed((~boundary).to(x.dtype))
-        solved = torch.ones(K, dtype=torch.bool, device=x.device)
+        # Newton's matrix [[H, C', g], [C, I_pad, 0], [g', 0, I_off]]: the blocks that
+        # do not move are written once; each step writes H and the cones' columns g.
+        J = x.new_zeros(K, n + k + c, n + k + c)
+        J[:, n : n + k, :n] = C
+        J[:, :n, n : n + k] = C.transpose(1, 2)
+        diagonal = J.diagonal(dim1=1, dim2=2)
+        diagonal[:, n : n + k] = (~valid).to(x.dtype)
+        diagonal[:, n + k :] = (~boundary).to(x.dtype)
         # A quasi-definite regularization, as the polyhedral polish's: variables that
         # no cost and no active row determine (epigraph variables of a norm bound)
         # would make the system singular; Newton's residuals correct its bias.
-        scale = torch.maximum(_abs_max(P), _abs_max(self.C)).clamp_min(1.0)
-        delta = torch.cat([x.new_ones(n), -x.new_ones(k + c)]) * _REGULARIZATION
-        regularization = torch.diag_embed(scale.unsqueeze(-1) * delta)
+        scale = torch.maximum(_abs_max(self.P), _abs_max(self.C)).clamp_min(1.0)
+        regularization = (scale * _REGULARIZATION).unsqueeze(-1)  # (1|K, 1)
+        diagonal[:, n:] -= regularization
+        solved = torch.ones(K, dtype=torch.bool, device=x.device)
         for _ in range(_NEWTON_STEPS):
             s = self.slack(x)
             Rs = torch.where(on_boundary, self.sign * s, 0)
-            g = C_cone.transpose(1, 2) @ (Rs.unsqueeze(-1) * self.one_hot)  # G_c' R s_c
-            mu_rows = torch.where(on_boundary, mu[:, self.cones.cone_of_row], 0) * self.sign
-            H = P - C_cone.transpose(1, 2) @ (mu_rows.unsqueeze(-1) * C_cone)
-            stationarity = _mv(P, x) + q + _mv(C.transpose(1, 2), lam) + _mv(g, mu)
+            g = self.cone_columns(x, boundary)  # (K, n, c)
+            J[:, :n, :n] = self.P - self.curvature(torch.where(boundary, mu, 0))
+            diagonal[:, :n] += regularization
+            J[:, :n, n + k :] = g
+            J[:, n + k :, :n] = g.transpose(1, 2)
+            stationarity = _mv(self.P, x) + self.q + _rmv(C, lam) + _mv(g, mu)
             rows = torch.where(valid, _mv(C, x) - bound, lam)
-            cone_norms = torch.where(boundary, -0.5 * (s * Rs) @ self.one_hot, mu)
+            cone_norms = torch.where(boundary, -0.5 * self.cones.cone_sums(s * Rs), mu)
             residual = torch.cat([stationarity, rows, cone_norms], dim=1)
-            J = torch.cat(
-                [
-                    torch.cat([H, C.transpose(1, 2), g], dim=2),
-                    torch.cat([C, fixed_rows, x.new_zeros(K, k, c)], dim=2),
-                    torch.cat([g.transpose(1, 2), x.new_zeros(K, c, k), fixed_cones], dim=2),
-                ],
-                dim=1,
-            )
-            step, info = torch.linalg.solve_ex(J + regularization, -residual)
+            step, info = torch.linalg.solve_ex(J, -residual)
             solved = solved & (info == 0)
             step = torch.where(solved.unsqueeze(-1), step, 0)
             x, lam, mu = x + step[:, :n], lam + step[:, n : n + k], mu + step[:, n + k :]
@@ -240,7 +275,8 @@ class _Face:
             rows, valid = self.C * free.unsqueeze(-1).to(self.C.dtype), free
         else:
             rows, valid, index = gathered
-        return rows, self.bound.gather(1, index) * valid, valid, index
+        bound = self.bound.expand(free.shape[0], self.m).gather(1, index)
+        return rows, bound * valid, valid, index
 
     def multipliers(
         self,
@@ -289,8 +325,17 @@ def _abs_max(M: torch.Tensor) -> torch.Tensor:
 
 
 def _mv(M: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """``(K, r, c) @ (K, c) -> (K, r)``."""
+    """``(1|K, r, c) @ (K, c) -> (K, r)``: one matrix product where M is shared."""
+    if M.shape[0] == 1:
+        return v @ M[0].T
     return (M @ v.unsqueeze(-1)).squeeze(-1)
+
+
+def _rmv(M: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``(1|K, r, c)' @ (K, r) -> (K, c)``."""
+    if M.shape[0] == 1:
+        return v @ M[0]
+    return (v.unsqueeze(1) @ M).squeeze(1)
 
 
 def _boundary_cones(cone_estimate: torch.Tensor, cones: SecondOrderCones) -> torch.Tensor:

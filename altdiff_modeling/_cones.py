@@ -71,6 +71,27 @@ class SecondOrderCones:
     def rows(self) -> int:
         return sum(self.sizes)
 
+    def cone_sums(self, values: torch.Tensor) -> torch.Tensor:
+        """``(B, cones, ...)``: the sums of ``values`` ``(B, rows, ...)`` over each
+        cone's rows."""
+        out = values.new_zeros(values.shape[0], self.count, *values.shape[2:])
+        return out.index_add_(1, self.cone_of_row, values)
+
+    def reflected_grams(self, M: torch.Tensor) -> torch.Tensor:
+        """``(B, cones, n, n)``: each cone's ``M_c' R M_c`` for ``M`` ``(B, rows, n)``
+        with ``R = diag(1, -I)``, the Hessian of ``s_c' R s_c / 2`` for ``s = h - M x``.
+        One batched product per distinct cone size (not per cone)."""
+        B, _, n = M.shape
+        out = M.new_empty(B, self.count, n, n)
+        sizes = torch.tensor(self.sizes, device=M.device)
+        for size in sorted(set(self.sizes)):
+            cones = torch.nonzero(sizes == size).flatten()
+            rows = self.heads[cones].unsqueeze(-1) + torch.arange(size, device=M.device)
+            block = M[:, rows]  # (B, cones of this size, size, n)
+            reflected = torch.cat([block[:, :, :1], -block[:, :, 1:]], dim=2)
+            out[:, cones] = block.transpose(-1, -2) @ reflected
+        return out
+
     @property
     def count(self) -> int:
         return len(self.sizes)
@@ -86,9 +107,8 @@ class SecondOrderCones:
     def mean_over_cones(self, values: torch.Tensor) -> torch.Tensor:
         """``(B, rows)``: each row's value replaced by the mean over its cone's rows (a
         row scaling that keeps every cone a cone)."""
-        sums = values.new_zeros(values.shape[0], self.count).index_add_(1, self.cone_of_row, values)
         counts = torch.tensor(self.sizes, dtype=values.dtype, device=values.device)
-        return (sums / counts)[:, self.cone_of_row]
+        return (self.cone_sums(values) / counts)[:, self.cone_of_row]
 
     @staticmethod
     def regions(t: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

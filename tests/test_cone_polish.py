@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from altdiff_modeling._cone_polish import cone_polish, face_estimate
+from altdiff_modeling._cone_polish import _Face, cone_polish, face_estimate
 from altdiff_modeling._cones import SecondOrderCones
 
 _F64 = torch.float64
@@ -119,3 +119,27 @@ def test_a_wrong_estimate_of_a_row_outside_the_cones_is_corrected():
     assert bool(ok.all())
     torch.testing.assert_close(x, x_exact, rtol=0, atol=1e-12)
     torch.testing.assert_close(y[:, 0], cut_multiplier, rtol=0, atol=1e-12)
+
+
+def test_the_cones_terms_from_their_grams_equal_the_direct_products():
+    """`_Face` forms sum_c mu_c G_c' R G_c and G_c' R s_c from each cone's G_c' R G_c
+    where they fit in memory; the direct products give the same terms."""
+
+    generator = torch.Generator().manual_seed(3)
+    cones = SecondOrderCones([3, 4, 3])
+    n, K = 5, 4
+    C = torch.randn(1, 2 + cones.rows, n, generator=generator, dtype=_F64)
+    bound = torch.randn(K, 2 + cones.rows, generator=generator, dtype=_F64)
+    P, q = torch.eye(n, dtype=_F64).unsqueeze(0), torch.zeros(1, n, dtype=_F64)
+    x = torch.randn(K, n, generator=generator, dtype=_F64)
+    mu = torch.rand(K, cones.count, generator=generator, dtype=_F64)
+    boundary = torch.tensor([[True, False, True]] * K)
+    for data in (C, C.expand(K, -1, -1).clone()):  # shared, then per instance
+        grams = cones.reflected_grams(data[:, 2:])
+        with_grams = _Face(P, q, data, bound, cones, n, K, grams)
+        direct = _Face(P, q, data, bound, cones, n, K)
+        direct.grams = None
+        torch.testing.assert_close(with_grams.curvature(mu), direct.curvature(mu))
+        torch.testing.assert_close(
+            with_grams.cone_columns(x, boundary), direct.cone_columns(x, boundary)
+        )

@@ -47,6 +47,22 @@ def test_projection_matches_a_loop_over_the_cones():
         start += k
 
 
+def test_cone_sums_and_reflected_grams_match_a_loop_over_the_cones():
+    cones = SecondOrderCones([*SIZES, 3])  # two cones of size 3: one product for both
+    r = np.random.default_rng(3)
+    M = r.standard_normal((2, cones.rows, 4))
+    sums = cones.cone_sums(torch.tensor(M)).numpy()
+    grams = cones.reflected_grams(torch.tensor(M)).numpy()
+    start = 0
+    for j, k in enumerate(cones.sizes):
+        block = M[:, start : start + k]
+        np.testing.assert_allclose(sums[:, j], block.sum(1), rtol=1e-14)
+        R = np.diag([1.0] + [-1.0] * (k - 1))
+        for b in range(2):
+            np.testing.assert_allclose(grams[b, j], block[b].T @ R @ block[b], atol=1e-14)
+        start += k
+
+
 def test_moreau_decomposition():
     """v = P(v) + (v - P(v)) with P(v) in K, v - P(v) in the polar -K, orthogonal per cone."""
     cones = SecondOrderCones(SIZES)
