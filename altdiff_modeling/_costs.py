@@ -63,11 +63,13 @@ def general_polish_flops(n: int, m: int) -> float:
 
 def face_polish_flops(n: int, m: int, rows: int, cones: int, cone_rows: int) -> float:
     """Operations of `_cone_polish.cone_polish` on one instance whose face has ``rows``
-    rows with a multiplier of their own (its active rows; ``m`` at most):
-    ``FACE_NEWTON_STEPS`` Newton steps, each forming ``P - sum mu G'RG`` and the cones'
-    columns and factoring the face's KKT matrix of ``n + rows + cones`` rows."""
+    rows with a multiplier of their own (its active rows; ``m`` at most): the cones'
+    ``G_c' R G_c`` (at most once per instance), then ``FACE_NEWTON_STEPS`` Newton steps,
+    each weighting them into ``P - sum mu_c G_c' R G_c`` and factoring the face's KKT
+    matrix of ``n + rows + cones`` rows."""
     size = n + rows + cones
-    return FACE_NEWTON_STEPS * (2 * size**3 / 3 + 2 * n * n * cone_rows + 4 * n * m)
+    grams = 2 * n * n * cone_rows
+    return grams + FACE_NEWTON_STEPS * (2 * size**3 / 3 + cones * n * n + 4 * n * m)
 
 
 def shared_polish_flops(n: int, m: int, refine_steps: int) -> tuple[float, float]:
