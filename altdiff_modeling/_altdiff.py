@@ -300,7 +300,7 @@ def reverse_gradients(
             if cones is None:
                 predicted = predicted_seconds(n, inactive, shared, result.rates)
             else:
-                predicted = cone_predicted_seconds(n, inactive, result.rates)
+                predicted = cone_predicted_seconds(n, jacobian.identity_rows(), result.rates)
             method = _cheaper_backward(
                 measured,  # type: ignore[arg-type]
                 inactive.shape[0],

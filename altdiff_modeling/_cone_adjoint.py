@@ -11,7 +11,16 @@ the second condition reads ``J c = (2J - I) R C t + g_v``::
     [ (2J - I) R C  -J ] [c] = [-g_v]
 
 On the boundary of a cone J is not 0/1, so the active rows' reductions of
-`_direct_adjoint` do not apply; this ``n + m`` system is factored per instance (LU) and
+`_direct_adjoint` do not apply. What does apply: J is block diagonal (a row, or a
+cone's rows), so on the rows I where it is the identity (inactive rows, cones whose
+point lies inside) the second condition reads ``c_I = R_I C_I t + g_v,I``, and
+substituted into the first it leaves the system of the other rows O::
+
+    [ P + C_O' R_O C_O     -C_O' ] [t  ]   [ g_x + C_I' g_v,I]
+    [ (2J_O - I) R_O C_O   -J_O  ] [c_O] = [-g_v,O          ]
+
+of ``n + |O|`` rows (``K - C_I' R_I C_I = P + C_O' R_O C_O``), each instance's rows
+gathered and padded with equations ``c = 0``; it is factored per instance (LU) and
 serves any source.
 
 A variable that P leaves out and that appears only in rows where J is the identity
@@ -35,7 +44,9 @@ import torch
 
 from ._costs import Rates
 from ._direct_adjoint import AdjointSolver, gmres_seconds
+from ._polish import gather_rows
 from ._projection import ProjectionJacobian
+from ._qp import matvec, rmatvec
 
 __all__ = ["cone_adjoint", "predicted_seconds"]
 
@@ -44,17 +55,19 @@ _OPERATIONS = 30
 
 
 def predicted_seconds(
-    n: int, inactive: torch.Tensor, rates: Rates | None
+    n: int, identity_rows: torch.Tensor, rates: Rates | None
 ) -> tuple[float, float] | None:
-    """The predicted times ``(direct, gmres)`` of `cone_adjoint` (forming K and J, one
-    LU of ``n + m`` per instance, two solves) and of GMRES on a batch of problems of n
-    variables with rows ``inactive`` ``(B, m)``, at the rates the forward solve
-    measured; None where those are unknown."""
+    """The predicted times ``(direct, gmres)`` of `cone_adjoint` (forming the reduced
+    system of the rows where J is not the identity, one LU of it per instance, two
+    solves) and of GMRES on a batch of problems of n variables with J's identity rows
+    ``identity_rows`` ``(B, m)``, at the rates the forward solve measured; None where
+    those are unknown."""
     if rates is None:
         return None
-    batch, m = inactive.shape
-    size = n + m
-    flops = batch * (n * n * m + m * m * m + 2 * size**3 / 3 + 4 * size * size)
+    batch, m = identity_rows.shape
+    k = int((~identity_rows).sum(1).amax()) if batch else 0
+    size = n + k
+    flops = batch * (2 * n * n * k + 2 * size**3 / 3 + 4 * size * size)
     return rates.seconds(flops, _OPERATIONS), gmres_seconds(n, m, batch, rates)
 
 
@@ -65,7 +78,8 @@ def cone_adjoint(
     jacobian: ProjectionJacobian,
     sigma: float,
 ) -> AdjointSolver:
-    """Factor the fixed-point equations of the transposed recursion (module docstring).
+    """Factor the fixed-point equations of the transposed recursion on the rows where
+    J is not the identity (module docstring).
 
     Args:
         P: ``(1|B, n, n)``.  C: ``(1|B, m, n)`` dense.  rows: ``(1|B, m)`` penalty R.
@@ -81,15 +95,28 @@ def cone_adjoint(
     batch, m = jacobian.inactive.shape
     n = P.shape[-1]
     P, C, rows = P.to(work), C.to(work), rows.to(work)
+    identity = jacobian.identity_rows()  # (B, m): I
+    free = _free_variables(P, C, identity)  # (B, n)
+    C_O, valid, index = gather_rows(C, ~identity)  # (B, k, n), padded with zero rows
+    k = index.shape[1]
+    R_O = rows.expand(batch, m).gather(1, index) * valid  # (B, k)
+    RC_O = R_O.unsqueeze(-1) * C_O
+    # (2J - I) R C on the rows O: J applied to R C costs O(m n) (`mix`), not a product
+    # with J_O (a boundary cone's block is dense)
     RC = rows.unsqueeze(-1) * C  # (1|B, m, n)
-    K = P + C.transpose(-1, -2) @ RC
-    eye = torch.eye(m, dtype=work, device=C.device).expand(batch, m, m)
-    J = jacobian.mix(eye, torch.zeros_like(eye))  # (B, m, m); symmetric
-    first = torch.cat([K.expand(batch, n, n), -C.transpose(-1, -2).expand(batch, n, m)], -1)
-    free = _free_variables(P, C, jacobian.identity_rows())  # (B, n)
-    pinned = torch.eye(n, n + m, dtype=work, device=C.device)  # row j: t_j = 0
-    first = torch.where(free.unsqueeze(-1), pinned, first)
-    system = torch.cat([first, torch.cat([(2 * J - eye) @ RC, -J], -1)], -2)
+    JRC = jacobian.mix(RC.expand(batch, m, n), RC.new_zeros(batch, m, n))
+    JRC_O = JRC.gather(1, index.unsqueeze(-1).expand(batch, k, n)) * valid.unsqueeze(-1)
+    # the system, written block by block in place
+    system = C.new_empty(batch, n + k, n + k)
+    system[:, :n, :n] = P + C_O.transpose(-1, -2) @ RC_O
+    system[:, :n, n:] = -C_O.transpose(-1, -2)
+    system[:, n:, :n] = 2 * JRC_O - RC_O
+    # -J on the rows O, and on the padding -1: the padding's equations c = 0
+    system[:, n:, n:] = jacobian.submatrix(index, valid, work).neg_()
+    system[:, n:, n:].diagonal(dim1=1, dim2=2).sub_((~valid).to(work))
+    top = system[:, :n]
+    top.masked_fill_(free.unsqueeze(-1), 0.0)  # row j of a free variable: t_j = 0
+    top.diagonal(dim1=1, dim2=2).add_(free.to(work))
     factor, pivots, info = torch.linalg.lu_factor_ex(system)
     regular = (info == 0).unsqueeze(-1)
 
@@ -97,12 +124,16 @@ def cone_adjoint(
         g_x: torch.Tensor, g_v: torch.Tensor, rough: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor]:
         dtype = g_x.dtype
-        rhs = torch.cat([torch.where(free, 0.0, g_x.to(work)), -g_v.to(work)], -1)
-        rhs = rhs.unsqueeze(-1)
+        g_x, g_v = g_x.to(work), g_v.to(work)
+        g_I = torch.where(identity, g_v, 0.0)
+        top = torch.where(free, 0.0, g_x + rmatvec(C, g_I))
+        rhs = torch.cat([top, -g_v.gather(1, index) * valid], -1).unsqueeze(-1)
         tc = torch.linalg.lu_solve(factor, pivots, rhs).squeeze(-1)
         tc = torch.where(regular & torch.isfinite(tc), tc, 0.0)
-        t, c = tc[:, :n], tc[:, n:]
-        return (sigma * t + g_x.to(work)).to(dtype), c.to(dtype)
+        t, c_O = tc[:, :n], tc[:, n:]
+        c = matvec(RC, t) + g_I  # c_I = R_I C_I t + g_v,I
+        c = c.scatter(1, index, torch.where(valid, c_O, c.gather(1, index)))
+        return (sigma * t + g_x).to(dtype), c.to(dtype)
 
     return solve
 
@@ -111,5 +142,6 @@ def _free_variables(P: torch.Tensor, C: torch.Tensor, identity_rows: torch.Tenso
     """``(B, n)`` bool: the variables with no entry in P that appear only in the rows
     ``identity_rows`` ``(B, m)`` (module docstring)."""
     in_P = (P != 0).any(-2)  # (1|B, n)
-    elsewhere = ((C != 0) & ~identity_rows.unsqueeze(-1)).any(-2)  # (B, n)
+    nonzero = (C != 0).to(C.dtype)
+    elsewhere = rmatvec(nonzero, (~identity_rows).to(C.dtype)) > 0  # (B, n)
     return ~(in_P | elsewhere)

@@ -28,7 +28,8 @@ from __future__ import annotations
 import torch
 
 from ._cones import SecondOrderCones
-from ._polish import active_set, contradicted_rows, gather_active_rows
+from ._polish import active_set, contradicted_rows, gather_rows
+from ._qp import matvec, rmatvec
 
 __all__ = ["cone_polish", "face_estimate"]
 
@@ -112,7 +113,7 @@ def cone_polish(
         # whose mu came out negative is inactive, an inactive cone that the point
         # violates is on its boundary. A point that violates an inactive row or cone
         # beyond round-off is no solution, whatever its multipliers.
-        Cx, bound_rows = _mv(at.C[:, :first], x_new), at.bound[:, :first]
+        Cx, bound_rows = matvec(at.C[:, :first], x_new), at.bound[:, :first]
         rows, correctable = contradicted_rows(
             live_free[:, :first], y_new[:, :first], Cx, bound_rows, n_eq
         )
@@ -180,7 +181,7 @@ class _Face:
 
     def slack(self, x: torch.Tensor) -> torch.Tensor:
         """``(K, cone rows)`` the cones' slacks ``h - G x``."""
-        return self.h_cone - _mv(self.C_cone, x)
+        return self.h_cone - matvec(self.C_cone, x)
 
     def cone_columns(self, x: torch.Tensor, boundary: torch.Tensor) -> torch.Tensor:
         """``(K, n, cones)``: ``G_c' R s_c`` of each boundary cone (zero elsewhere), the
@@ -246,8 +247,8 @@ class _Face:
             diagonal[:, :n] += regularization
             J[:, :n, n + k :] = g
             J[:, n + k :, :n] = g.transpose(1, 2)
-            stationarity = _mv(self.P, x) + self.q + _rmv(C, lam) + _mv(g, mu)
-            rows = torch.where(valid, _mv(C, x) - bound, lam)
+            stationarity = matvec(self.P, x) + self.q + rmatvec(C, lam) + matvec(g, mu)
+            rows = torch.where(valid, matvec(C, x) - bound, lam)
             cone_norms = torch.where(boundary, -0.5 * self.cones.cone_sums(s * Rs), mu)
             residual = torch.cat([stationarity, rows, cone_norms], dim=1)
             step, info = torch.linalg.solve_ex(J, -residual)
@@ -266,15 +267,10 @@ class _Face:
         self, free: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """The rows ``free`` ``(K, m)`` of C and of the bound, each instance's first and
-        padded with zero rows (`gather_active_rows`; all m rows where they are many):
+        padded with zero rows (`gather_rows`; all m rows where they are many):
         ``(K, k, n)``, ``(K, k)``, their validity and their distinct row indices
         ``(K, k)``."""
-        gathered = gather_active_rows(self.C, free)
-        if gathered is None:
-            index = torch.arange(self.m, device=free.device).expand_as(free)
-            rows, valid = self.C * free.unsqueeze(-1).to(self.C.dtype), free
-        else:
-            rows, valid, index = gathered
+        rows, valid, index = gather_rows(self.C, free)
         bound = self.bound.expand(free.shape[0], self.m).gather(1, index)
         return rows, bound * valid, valid, index
 
@@ -306,7 +302,7 @@ class _Face:
 
     def project(self, x: torch.Tensor, n_eq: int) -> torch.Tensor:
         """``z`` ``(K, m)``: the projection of ``C x`` onto the constraints' set."""
-        Cx, bound, first = _mv(self.C, x), self.bound, self.first
+        Cx, bound, first = matvec(self.C, x), self.bound, self.first
         z = torch.minimum(Cx, bound)
         z[:, :n_eq] = bound[:, :n_eq]
         z[:, first:] = self.h_cone - self.cones.project(self.h_cone - Cx[:, first:])
@@ -322,20 +318,6 @@ def _round_off(values: torch.Tensor) -> torch.Tensor:
 def _abs_max(M: torch.Tensor) -> torch.Tensor:
     """``(K,)`` the largest entry of each ``|M|`` ``(K, r, c)``."""
     return M.abs().flatten(1).amax(-1)
-
-
-def _mv(M: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """``(1|K, r, c) @ (K, c) -> (K, r)``: one matrix product where M is shared."""
-    if M.shape[0] == 1:
-        return v @ M[0].T
-    return (M @ v.unsqueeze(-1)).squeeze(-1)
-
-
-def _rmv(M: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """``(1|K, r, c)' @ (K, r) -> (K, c)``."""
-    if M.shape[0] == 1:
-        return v @ M[0]
-    return (v.unsqueeze(1) @ M).squeeze(1)
 
 
 def _boundary_cones(cone_estimate: torch.Tensor, cones: SecondOrderCones) -> torch.Tensor:

@@ -157,6 +157,29 @@ class ConeJacobian:
         rows_boundary = self.boundary[:, cones.cone_of_row] & cones._tail
         self._w = torch.where(rows_boundary, v / safe[:, cones.cone_of_row], torch.zeros_like(v))
 
+    def submatrix(self, rows: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """``(B, k, k)``: J on the cone rows ``rows`` ``(B, k)`` (their rows and
+        columns), zero where ``valid`` ``(B, k)`` is False; formed from the closed form,
+        a boundary cone's block ``1/2 (a a' - (1 + t/a) w w' + (1 + t/a) I_tail)`` with
+        ``a = (1, w)`` (one batched product for the rank-two part), not from a product
+        with the identity."""
+        cones = self.cones
+        rows = torch.where(valid, rows, 0)
+        cone = cones.cone_of_row[rows]  # (B, k)
+        tail = ~cones.is_head[rows] & valid
+        inside = self.inside.gather(1, cone) & valid
+        boundary = self.boundary.gather(1, cone) & valid
+        w = torch.where(tail, self._w.gather(1, rows), 0.0)  # zero off boundary tails
+        grow = 1 + self._ratio.gather(1, cone)
+        a = torch.where(boundary & ~tail, 1.0, w)
+        left = torch.stack([a, -grow * w], -1)  # (B, k, 2)
+        rank_two = 0.5 * (left @ torch.stack([a, w], 1))  # a a' - (1 + t/a) w w'
+        # a and w are zero off the boundary cones: only other cones' blocks to clear
+        out = rank_two.masked_fill_(cone.unsqueeze(-1) != cone.unsqueeze(1), 0.0)
+        diagonal = out.diagonal(dim1=1, dim2=2)
+        diagonal += torch.where(tail & boundary, 0.5 * grow, 0.0) + inside.to(w.dtype)
+        return out
+
     def apply(self, d: torch.Tensor) -> torch.Tensor:
         """``J d`` for ``d`` ``(B, rows)``, or ``(B, rows, K)`` for K directions."""
         if d.dim() == 3:

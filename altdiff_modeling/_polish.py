@@ -32,6 +32,7 @@ __all__ = [
     "active_set",
     "contradicted_rows",
     "gather_active_rows",
+    "gather_rows",
     "polish",
     "solve_reduced_kkt",
 ]
@@ -63,6 +64,19 @@ def active_set(z: ArrayT, y: ArrayT, bound: ArrayT, n_eq: int) -> ArrayT:
     active = (bound - z) < y
     active[..., :n_eq] = True
     return active
+
+
+def gather_rows(
+    C: torch.Tensor, rows: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`gather_active_rows` of the rows ``rows`` ``(B, m)``, or where they are many,
+    all m rows with the others zeroed: ``(B, k, n)``, their ``(B, k)`` validity and
+    ``(B, k)`` distinct row indices."""
+    gathered = gather_active_rows(C, rows)
+    if gathered is not None:
+        return gathered
+    index = torch.arange(rows.shape[1], device=rows.device).expand_as(rows)
+    return C * rows.unsqueeze(-1).to(C.dtype), rows, index
 
 
 # A polished point's estimate is corrected where it contradicts the estimate in at most

@@ -103,6 +103,20 @@ class ProjectionJacobian:
             rows[:, first:] = self._cone.inside[:, self.cones.cone_of_row]
         return rows
 
+    def submatrix(
+        self, index: torch.Tensor, valid: torch.Tensor, dtype: torch.dtype
+    ) -> torch.Tensor:
+        """``(B, k, k)`` of ``dtype``: J on the rows ``index`` ``(B, k)`` (distinct in
+        each instance; their rows and columns), zero where ``valid`` ``(B, k)`` is
+        False."""
+        diagonal = self.inactive.gather(1, index) & valid
+        out = torch.diag_embed(diagonal.to(dtype))
+        if self._cone is not None:
+            first = self.inactive.shape[1] - self.cones.rows
+            in_cones = (index >= first) & valid
+            out = out + self._cone.submatrix(index - first, in_cones).to(dtype)
+        return out
+
     def complement(self, d: torch.Tensor) -> torch.Tensor:
         """``(I - J) d``."""
         return self.mix(torch.zeros_like(d), d)

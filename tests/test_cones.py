@@ -117,6 +117,24 @@ def test_jacobian_is_symmetric_and_its_cases_are_the_projections():
     assert torch.allclose(J.apply(v), cones.project(v), atol=1e-13)
 
 
+def test_jacobian_submatrix_is_the_matrix_on_those_rows():
+    """`ConeJacobian.submatrix` (from the closed form) equals the rows and columns of
+    the matrix that `apply` acts as, on each instance's own subset of rows."""
+    cones = SecondOrderCones(SIZES)
+    v = _points(6, SIZES, 5)
+    J = cones.jacobian(v)
+    eye = torch.eye(cones.rows, dtype=v.dtype)
+    matrices = torch.stack([J.apply(eye[i].expand_as(v)) for i in range(cones.rows)], -1)
+    generator = torch.Generator().manual_seed(0)
+    index = torch.stack([torch.randperm(cones.rows, generator=generator)[:9] for _ in range(6)])
+    valid = torch.rand(6, 9, generator=generator) < 0.8
+    sub = J.submatrix(index, valid)
+    rows = index.unsqueeze(-1).expand(6, 9, cones.rows)
+    expected = matrices.gather(1, rows).gather(2, index.unsqueeze(1).expand(6, 9, 9))
+    expected = expected * (valid.unsqueeze(-1) & valid.unsqueeze(1))
+    torch.testing.assert_close(sub, expected, rtol=0, atol=1e-14)
+
+
 def test_cone_sizes_are_checked():
     with pytest.raises(ValueError, match="at least 1"):
         SecondOrderCones([3, 0])
