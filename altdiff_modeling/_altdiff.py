@@ -88,7 +88,7 @@ def _cheaper_backward(
     model prices the other (the model, right in most cases, was wrong on this
     factor); with none, the model's choice.
     """
-    scaled = {k: seconds * batch / max(size, 1) for k, (seconds, size) in measured.items()}
+    scaled = {k: _scaled(measured, k, batch) for k in measured}
     if "direct" in scaled and "gmres" in scaled:
         return "direct" if scaled["direct"] <= scaled["gmres"] else "gmres"
     if predicted is None:
@@ -99,6 +99,15 @@ def _cheaper_backward(
     if "gmres" in scaled:
         return "direct" if scaled["gmres"] > direct else "gmres"
     return "gmres" if direct >= gmres else "direct"
+
+
+def _scaled(measured: dict[str, tuple[float, int]], method: str, batch: int) -> float | None:
+    """The measured seconds of ``method``'s last backward scaled to ``batch`` instances
+    (`_cheaper_backward`), or None where it has none."""
+    if method not in measured:
+        return None
+    seconds, size = measured[method]
+    return seconds * batch / max(size, 1)
 
 
 def _settled(
@@ -291,6 +300,11 @@ def reverse_gradients(
     elif polished is None or not torch.equal(polished.inactive, inactive):
         polished = shared_data.systems(inactive)
     measured = timings if timings is not None else factor.memo.setdefault("backward_seconds", {})
+    # Where "auto" chooses GMRES on dense data, GMRES stops once it has cost what the
+    # direct solve costs (measured, else predicted), and the direct solve takes the
+    # instances it has not solved: a GMRES that needs thousands of steps costs at most
+    # about twice the direct solve, once (the next call measures both).
+    direct_price = None
     if method == "auto":
         # Sparse data: the active rows' sparse KKT systems, which GMRES on long chains of
         # constraints would need thousands of steps to match.
@@ -306,13 +320,17 @@ def reverse_gradients(
                 inactive.shape[0],
                 predicted,
             )
+            direct_price = _scaled(measured, "direct", inactive.shape[0])  # type: ignore[arg-type]
+            if direct_price is None and predicted is not None:
+                direct_price = predicted[0]
     # sparse data: each instance's active rows' system, factored once for the direct
     # solve and the singularity tests
     systems = ActiveSystems(sparse_P(data), C) if data.sparse else None
     chosen = method
-    if method == "direct":
+
+    def direct_solver() -> AdjointSolver | None:
         if polished is not None:
-            solver = adjoint_through_polish(
+            return adjoint_through_polish(
                 polish_factor,
                 C,
                 polish_rows,
@@ -322,10 +340,12 @@ def reverse_gradients(
                 tol,
                 r if polish_factor is not factor else None,
             )
-        elif cones is not None:
-            solver = cone_adjoint(data.P, C, r, jacobian, sigma)
-        else:
-            solver = direct_adjoint(data.P, C, r, inactive, sigma, factor.memo, systems)
+        if cones is not None:
+            return cone_adjoint(data.P, C, r, jacobian, sigma)
+        return direct_adjoint(data.P, C, r, inactive, sigma, factor.memo, systems)
+
+    if method == "direct":
+        solver = direct_solver()
         candidates = torch.ones_like(converged)
         if solver is not None:
             iterations = 1
@@ -348,16 +368,30 @@ def reverse_gradients(
             a_next, c_next = adjoint_step(w[:, :n], w[:, n:])
             return w - torch.cat([a_next, c_next], dim=1)
 
+        deadline = None
+        if direct_price is not None and chosen == "gmres":
+            deadline = time.perf_counter() + direct_price
         w, matvecs, gmres_converged = batched_gmres(
             operator,
             source,
             start,
             settings.backward_eps,
             settings.backward_max_iter - iterations,
+            deadline=deadline,
         )
         converged = converged | gmres_converged
         state, solved = (w[:, :n], w[:, n:]), bool(converged.all())
         iterations += matvecs
+        solver = None if solved or deadline is None else direct_solver()
+        if solver is not None:  # past its deadline: the direct solve takes the others
+            iterations += 1
+            guess = solver(grad_x, g_v)
+            accepted = _verified(solver, guess, step(guess), source, tol) & ~converged
+            keep = accepted.unsqueeze(-1)
+            a, c = (torch.where(keep, d, g) for d, g in zip(guess, state, strict=True))
+            state = (a, c)
+            converged = converged | accepted
+            solved = bool(converged.all())
     if not solved:
         # The plain recursion: the chosen method, or where GMRES could not solve the
         # system (a singular one, at a degenerate point), from GMRES's best iterate.

@@ -8,6 +8,7 @@ acceleration of Alt-Diff, not a different derivative.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import torch
@@ -91,6 +92,7 @@ def batched_gmres(
     tol: float,
     max_matvecs: int,
     restart: int = 30,
+    deadline: float | None = None,
 ) -> tuple[torch.Tensor, int, torch.Tensor]:
     """Solve ``operator(x) = rhs`` for each row of a batch.
 
@@ -102,6 +104,7 @@ def batched_gmres(
             stopped shrinking over a restart cycle (stagnation).
         max_matvecs: Largest number of operator applications.
         restart: Krylov dimension before a restart.
+        deadline: A `time.perf_counter` time after which no cycle starts (None: none).
 
     Returns:
         For each row the iterate with the smallest residual seen ``(B, N)``, the number
@@ -131,6 +134,8 @@ def batched_gmres(
             best_x = torch.where(improved.unsqueeze(-1), x, best_x)
             best_beta = torch.where(improved, beta, best_beta)
         if bool(((best_beta <= threshold) | stalled).all()) or matvecs >= max_matvecs:
+            break
+        if deadline is not None and time.perf_counter() >= deadline:
             break
         step, used = _gmres_cycle(operator, r, beta, threshold, min(restart, max_matvecs - matvecs))
         # Rows already solved keep their iterate, as for one row alone: on a singular

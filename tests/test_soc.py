@@ -873,6 +873,29 @@ def test_direct_backward_matches_gmres(name) -> None:
     assert err < 1e-5, f"direct vs FD: relative error {err:.2e}"
 
 
+def test_gmres_hands_over_to_the_direct_solve_at_its_price(monkeypatch) -> None:
+    """Where "auto" runs GMRES, GMRES stops once it has cost the direct solve's price,
+    and the direct solve takes the instances it has not solved: priced at zero, GMRES
+    stops at its first check and the direct solve's gradient comes back."""
+    from altdiff_modeling import _altdiff
+
+    fam, layer, weights, directions, _ = case("robust_lp")
+    monkeypatch.setattr(_altdiff, "_cheaper_backward", lambda *args: "gmres")
+    monkeypatch.setattr(_altdiff, "_scaled", lambda *args: None)  # no measured price
+    monkeypatch.setattr(_altdiff, "cone_predicted_seconds", lambda *args: (0.0, 1.0))
+    found = {}
+    for method in ("auto", "direct"):
+        inputs = _tensors(fam.values, requires_grad=True)
+        args = {**TIGHT, "backward_method": method}
+        outputs, info = layer(*inputs, solver_args=args, return_info=True)
+        grads = torch.autograd.grad(_loss(outputs, weights), inputs)
+        found[method] = (_directional(grads, directions), info.backward_iterations)
+    (auto, auto_steps), (direct, _) = found["auto"], found["direct"]
+    assert auto_steps <= 3  # GMRES's first residual, at most one cycle, the direct solve
+    err = relative_error(auto, direct)
+    assert err < 1e-9, f"GMRES handed over vs direct: relative error {err:.2e}"
+
+
 def test_the_direct_backward_pins_only_variables_free_on_the_solution_set() -> None:
     """A variable P leaves out that appears only in rows where J is the identity is
     pinned; one in P, or in a row where J is not the identity, is not."""

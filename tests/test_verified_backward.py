@@ -290,7 +290,7 @@ def test_a_backward_that_runs_out_of_iterations_says_so(monkeypatch):
     # GMRES and the plain recursion stopped before the fixed point: status max_iter.
     import altdiff_modeling._altdiff as module
 
-    def no_gmres(operator, rhs, x0, tol, max_matvecs):
+    def no_gmres(operator, rhs, x0, tol, max_matvecs, deadline=None):
         return x0, 1, torch.zeros(rhs.shape[0], dtype=torch.bool)
 
     monkeypatch.setattr(module, "batched_gmres", no_gmres)
