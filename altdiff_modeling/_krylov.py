@@ -144,6 +144,8 @@ def batched_gmres(
         x, matvecs = torch.where(solved.unsqueeze(-1), x, x + step), matvecs + used
     # A stagnated row counts as solved when its residual is down at round-off scale
     # (eps^(1/4) of the right-hand side: 1e-4 in float64, 2e-2 in float32); far above
-    # that, the system is singular (a degenerate point) and the caller falls back.
-    converged = (best_beta <= threshold) | (best_beta <= eps**0.25 * rhs_size)
+    # that, the system is singular (a degenerate point) and the caller falls back. A
+    # row stopped by the budget or the deadline while still shrinking is not solved.
+    at_round_off = stalled & (best_beta <= eps**0.25 * rhs_size)
+    converged = (best_beta <= threshold) | at_round_off
     return best_x, matvecs, converged

@@ -221,6 +221,33 @@ def test_gmres_solves_each_row_as_if_alone(other_rows: int):
     assert float((batch[0] - limit).norm() / limit.norm()) <= 1e-10
 
 
+def test_gmres_stopped_while_its_residual_shrinks_is_not_solved():
+    """Stopped by its budget of operator applications or by its deadline, a row still
+    converging is not counted as solved, however small its residual already is."""
+    import time
+
+    rng = np.random.default_rng(3)
+    N = 40
+    Q, _ = np.linalg.qr(rng.standard_normal((N, N)))
+    matrices = torch.from_numpy(Q @ np.diag(np.geomspace(0.1, 1.0, N)) @ Q.T).unsqueeze(0)
+    rhs = torch.from_numpy(rng.standard_normal((1, N)))
+
+    def operator(x: torch.Tensor) -> torch.Tensor:
+        return (matrices @ x.unsqueeze(-1)).squeeze(-1)
+
+    # 20 applications take the residual to about 5e-7 of the right-hand side: below the
+    # round-off level of a stagnated row (1e-4), far above the tolerance
+    x, matvecs, solved = batched_gmres(operator, rhs, rhs.clone(), 1e-12, 20)
+    residual = float((rhs - operator(x)).norm() / (1 + rhs.norm()))
+    assert 1e-10 < residual < 1e-4
+    assert matvecs <= 21 and not bool(solved.any())  # its budget, and the last residual
+    past = time.perf_counter()
+    _, matvecs, solved = batched_gmres(operator, rhs, rhs.clone(), 1e-12, 500, deadline=past)
+    assert matvecs == 1 and not bool(solved.any())
+    _, _, solved = batched_gmres(operator, rhs, rhs.clone(), 1e-12, 500)
+    assert bool(solved.all())
+
+
 def test_the_direct_shortcut_is_checked_on_every_call(monkeypatch):
     # The verification runs for the default backward, and a rejected instance falls to
     # GMRES (more than the one check's application).
