@@ -28,7 +28,7 @@ from __future__ import annotations
 import torch
 
 from ._cones import SecondOrderCones
-from ._polish import active_set, contradicted_rows, gather_rows
+from ._polish import active_set, contradicted_rows, first_of, gather_rows
 from ._qp import matvec, rmatvec
 
 __all__ = ["cone_polish", "face_estimate"]
@@ -161,6 +161,13 @@ class _Face:
         self.P, self.q, self.C, self.bound = P, q, C, bound
         self.C_cone, self.h_cone = C[:, self.first :], bound[:, self.first :]
         self.sign = torch.where(cones.is_head, 1.0, -1.0).to(q.dtype)  # R
+        # the rows outside the cones on one variable: that variable and its coefficient
+        outside = C[:, : self.first]
+        self.single = (outside != 0).sum(-1) == 1  # (1|K, first)
+        self.single_column = outside.abs().argmax(-1)
+        self.single_coefficient = outside.gather(-1, self.single_column.unsqueeze(-1)).squeeze(-1)
+        self.single_coefficient = torch.where(self.single, self.single_coefficient, 1.0)
+        self.any_single = bool(self.single.any())
         if grams is None and C.shape[0] * cones.count * n * n <= K * (n + cones.count) ** 2:
             # Each cone's G_c' R G_c, once: the Hessian's term sum_c mu_c G_c' R G_c is
             # then a weighted sum (cones * n^2 per step, not cone rows * 2 n^2), where
@@ -215,53 +222,124 @@ class _Face:
         boundary: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Newton's method on the face's equations from ``(x, lam, mu)``; returns the
-        last iterate and the ``(K,)`` mask of the instances whose systems were solved."""
+        last iterate and the ``(K,)`` mask of the instances whose systems were solved.
+
+        An active row on one variable (a bound, ``x_j >= 0``) fixes that variable: it
+        leaves the unknowns with its row, and its multiplier comes from the variable's
+        stationarity afterwards (a long-only portfolio's face then has few unknowns).
+        """
         K, n, c = x.shape[0], self.n, self.cones.count
+        fixing = self._fixed_variables(free)
+        any_fixed = fixing is not None
+        if fixing is None:
+            eliminated = torch.zeros_like(free)
+        else:
+            eliminated, fixed, values = fixing
+            x = torch.where(fixed, values, x)
         # Only the rows whose multiplier is an unknown enter the system (the others'
         # equations lambda_i = 0 would make it n + m + c rows): each instance's, padded
-        # to the most any instance has with rows whose equation is lambda = 0.
-        C, bound, valid, index = self._rows(free)
-        k = C.shape[1]
+        # to the most any instance has with rows whose equation is lambda = 0; and only
+        # the variables not fixed, padded with equations dx = 0.
+        C_rows, bound, valid, index = self._rows(free & ~eliminated)
+        k = C_rows.shape[1]
         lam = lam.gather(1, index) * valid
+        # each instance's unknowns (K, u), padded
+        variables, kept = first_of(~fixed) if any_fixed else (None, None)
+        u = n if variables is None else variables.shape[1]
+
+        def unknowns(M: torch.Tensor, dim: int) -> torch.Tensor:
+            """``M`` ``(K, ..., n, ...)`` on the unknowns along ``dim``, zero on the
+            padding."""
+            if not any_fixed:  # all of them, in order
+                return M
+            shape = [1] * M.dim()
+            shape[0], shape[dim] = K, u
+            index = variables.view(shape).expand(*M.shape[:dim], u, *M.shape[dim + 1 :])
+            return M.gather(dim, index) * kept.view(shape).to(M.dtype)
+
+        C = unknowns(C_rows, 2)  # (K, k, u)
         on_boundary = boundary[:, self.cones.cone_of_row]
         # Newton's matrix [[H, C', g], [C, I_pad, 0], [g', 0, I_off]]: the blocks that
         # do not move are written once; each step writes H and the cones' columns g.
-        J = x.new_zeros(K, n + k + c, n + k + c)
-        J[:, n : n + k, :n] = C
-        J[:, :n, n : n + k] = C.transpose(1, 2)
+        J = x.new_zeros(K, u + k + c, u + k + c)
+        J[:, u : u + k, :u] = C
+        J[:, :u, u : u + k] = C.transpose(1, 2)
         diagonal = J.diagonal(dim1=1, dim2=2)
-        diagonal[:, n : n + k] = (~valid).to(x.dtype)
-        diagonal[:, n + k :] = (~boundary).to(x.dtype)
+        diagonal[:, u : u + k] = (~valid).to(x.dtype)
+        diagonal[:, u + k :] = (~boundary).to(x.dtype)
         # A quasi-definite regularization, as the polyhedral polish's: variables that
         # no cost and no active row determine (epigraph variables of a norm bound)
         # would make the system singular; Newton's residuals correct its bias.
         scale = torch.maximum(_abs_max(self.P), _abs_max(self.C)).clamp_min(1.0)
         regularization = (scale * _REGULARIZATION).unsqueeze(-1)  # (1|K, 1)
-        diagonal[:, n:] -= regularization
+        diagonal[:, u:] -= regularization
+        padding = 0.0 if kept is None else (~kept).to(x.dtype)  # padded unknowns: dx = 0
         solved = torch.ones(K, dtype=torch.bool, device=x.device)
         for _ in range(_NEWTON_STEPS):
             s = self.slack(x)
             Rs = torch.where(on_boundary, self.sign * s, 0)
             g = self.cone_columns(x, boundary)  # (K, n, c)
-            J[:, :n, :n] = self.P - self.curvature(torch.where(boundary, mu, 0))
-            diagonal[:, :n] += regularization
-            J[:, :n, n + k :] = g
-            J[:, n + k :, :n] = g.transpose(1, 2)
-            stationarity = matvec(self.P, x) + self.q + rmatvec(C, lam) + matvec(g, mu)
-            rows = torch.where(valid, matvec(C, x) - bound, lam)
+            H = self.P - self.curvature(torch.where(boundary, mu, 0))
+            J[:, :u, :u] = unknowns(unknowns(H.expand(K, n, n), 1), 2)
+            diagonal[:, :u] += regularization + padding
+            g_kept = unknowns(g, 1)
+            J[:, :u, u + k :] = g_kept
+            J[:, u + k :, :u] = g_kept.transpose(1, 2)
+            stationarity = matvec(self.P, x) + self.q + rmatvec(C_rows, lam) + matvec(g, mu)
+            rows = torch.where(valid, matvec(C_rows, x) - bound, lam)
             cone_norms = torch.where(boundary, -0.5 * self.cones.cone_sums(s * Rs), mu)
-            residual = torch.cat([stationarity, rows, cone_norms], dim=1)
+            residual = torch.cat([unknowns(stationarity, 1), rows, cone_norms], dim=1)
             step, info = torch.linalg.solve_ex(J, -residual)
             solved = solved & (info == 0)
             step = torch.where(solved.unsqueeze(-1), step, 0)
-            x, lam, mu = x + step[:, :n], lam + step[:, n : n + k], mu + step[:, n + k :]
+            x = x.scatter_add(1, variables, step[:, :u] * kept) if any_fixed else x + step[:, :u]
+            lam, mu = lam + step[:, u : u + k], mu + step[:, u + k :]
             size = torch.cat([x, lam, mu], dim=1).abs().amax(-1)
             settled = step.abs().amax(-1) <= _STEP_TOLERANCE * (1 + size)
             if bool((settled | ~solved).all()):
                 break
         full = torch.zeros(K, self.m, dtype=x.dtype, device=x.device)
         full.scatter_(1, index, lam * valid)  # the padding's rows get zeros
+        if not any_fixed:
+            return x, full, mu, solved & torch.isfinite(x).all(-1)
+        # a fixing row's multiplier: its variable's stationarity without it
+        g = self.cone_columns(x, boundary)
+        rest = matvec(self.P, x) + self.q + rmatvec(self.C, full) + matvec(g, mu)
+        first = self.first
+        column = self.single_column.expand(K, first)
+        fixing = -rest.gather(1, column) / self.single_coefficient.expand(K, first)
+        full[:, :first] = torch.where(eliminated[:, :first], fixing, full[:, :first])
         return x, full, mu, solved & torch.isfinite(x).all(-1)
+
+    def _fixed_variables(
+        self, free: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """The rows of ``free`` ``(K, m)`` that fix a variable (active, outside the
+        cones, one nonzero; one row per variable, the last), the ``(K, n)`` mask of the
+        variables they fix and the values they fix them at; None where they do not
+        shrink Newton's matrix by a quarter in every instance (its LU by 2.4x: on fewer
+        variables, the gathers that fixing takes cost more than it saves)."""
+        K, first = free.shape[0], self.first
+        if not self.any_single:
+            return None
+        fixing = free[:, :first] & self.single.expand(K, first)
+        column = self.single_column.expand(K, first)
+        rows = torch.arange(first, device=free.device).expand(K, first)
+        owner = torch.full((K, self.n), -1, dtype=torch.long, device=free.device)
+        owner = owner.scatter_reduce(1, column, torch.where(fixing, rows, -1), "amax")
+        eliminated = torch.zeros_like(free)
+        eliminated[:, :first] = fixing & (owner.gather(1, column) == rows)
+        fixed = owner >= 0
+        size = self.n + int(free[:, :first].sum(-1).amax()) + self.cones.count
+        # each fixed variable takes a row and an unknown off the n + rows + cones
+        if 8 * int(fixed.sum(-1).amin()) < size:
+            return None
+        value = self.bound[:, :first] / self.single_coefficient  # (1|K, first)
+        values = torch.zeros(K, self.n, dtype=value.dtype, device=free.device)
+        values = values.scatter_reduce(
+            1, column, torch.where(eliminated[:, :first], value, 0.0), "sum"
+        )
+        return eliminated, fixed, values
 
     def _rows(
         self, free: torch.Tensor

@@ -31,6 +31,7 @@ __all__ = [
     "SharedPolisher",
     "active_set",
     "contradicted_rows",
+    "first_of",
     "gather_active_rows",
     "gather_rows",
     "polish",
@@ -106,17 +107,25 @@ def gather_active_rows(
     zero rows to the most any instance has, their ``(B, k)`` validity and ``(B, k)``
     row indices; None where the rows are not few (over three quarters of m)."""
     B, m = active.shape
-    counts = active.sum(1)
-    k = int(counts.max()) if B else 0
+    index, valid = first_of(active)
+    k = index.shape[1]
     if 4 * k > 3 * m:
         return None
-    index = torch.argsort((~active).to(torch.int8), dim=1, stable=True)[:, :k]  # (B, k)
     if C.shape[0] == 1:
         rows = C[0][index]
     else:
         rows = C.gather(1, index.unsqueeze(-1).expand(B, k, C.shape[-1]))
-    valid = torch.arange(k, device=active.device) < counts.unsqueeze(1)
     return rows * valid.unsqueeze(-1).to(C.dtype), valid, index
+
+
+def first_of(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's True positions of ``mask`` ``(B, m)`` first, in order: ``(B, k)``
+    distinct indices (k the most any row has; after its own, a row's further indices
+    are its False positions) and their ``(B, k)`` validity."""
+    counts = mask.sum(1)
+    k = int(counts.max()) if mask.shape[0] else 0
+    index = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)[:, :k]
+    return index, torch.arange(k, device=mask.device) < counts.unsqueeze(1)
 
 
 class ReducedKKT:

@@ -143,3 +143,33 @@ def test_the_cones_terms_from_their_grams_equal_the_direct_products():
         torch.testing.assert_close(
             with_grams.cone_columns(x, boundary), direct.cone_columns(x, boundary)
         )
+
+
+def test_active_bounds_fix_their_variables_and_get_their_multipliers():
+    """The projection onto the ball's nonnegative part, ``x >= 0`` as rows ``-x_i <= 0``:
+    ``x = max(p, 0) / max(1, ||max(p, 0)||)``; the bounds of the negative entries of p
+    are active with multipliers ``-p_i``. Newton fixes those variables (the bounds leave
+    the unknowns) and recovers their multipliers from stationarity."""
+    generator = torch.Generator().manual_seed(4)
+    p = 2 * torch.randn(5, 6, generator=generator, dtype=_F64)
+    p[:, :4] = -p[:, :4].abs()  # four of six bounds active: fixing shrinks the system
+    p[:, 4:] = p[:, 4:].abs() + 1
+    P, q, C_ball, bound_ball, cones = _ball_projection(p)
+    n = p.shape[1]
+    C = torch.cat([-torch.eye(n, dtype=_F64).unsqueeze(0), C_ball], dim=1)
+    bound = torch.cat([torch.zeros(1, n, dtype=_F64), bound_ball], dim=1)
+    positive = p.clamp_min(0)
+    norm = positive.norm(dim=-1, keepdim=True)
+    x_exact = positive / norm.clamp_min(1)
+    mu = (norm - 1).clamp_min(0)
+    assert bool((norm > 1).all())
+    estimate = torch.zeros(5, n + 1 + n, dtype=torch.bool)
+    estimate[:, :n] = p < 0
+    estimate[:, n] = True  # the cone on its boundary
+    x0 = x_exact + 1e-3 * torch.randn(x_exact.shape, generator=generator, dtype=_F64)
+    y0 = torch.zeros(5, 2 * n + 1, dtype=_F64)
+    x, _, y, ok = cone_polish(P, q, C, bound, 0, cones, estimate, x0, y0)
+    assert bool(ok.all())
+    torch.testing.assert_close(x, x_exact, rtol=0, atol=1e-12)
+    torch.testing.assert_close(y[:, :n], (-p).clamp_min(0), rtol=0, atol=1e-12)
+    torch.testing.assert_close(y[:, n:], torch.cat([mu, -mu * x_exact], -1), rtol=0, atol=1e-12)
