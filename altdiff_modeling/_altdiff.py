@@ -383,7 +383,7 @@ def reverse_gradients(
         state, solved = (w[:, :n], w[:, n:]), bool(converged.all())
         iterations += matvecs
         solver = None if solved or deadline is None else direct_solver()
-        if solver is not None:  # past its deadline: the direct solve takes the others
+        if solver is not None:  # the direct solve takes the instances GMRES left
             iterations += 1
             guess = solver(grad_x, g_v)
             accepted = _verified(solver, guess, step(guess), source, tol) & ~converged
