@@ -851,16 +851,23 @@ def test_forward_mode_matches_finite_differences(name) -> None:
     assert err < 1e-6, f"forward vs reverse: relative error {err:.2e}"
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_direct_backward_matches_gmres(name) -> None:
+def _directional_by_method(name: str, methods: tuple[str, ...]) -> dict:
+    """Per backward method: the gradients' directional derivatives of case ``name`` and
+    the backward's iterations."""
     fam, layer, weights, directions, _ = case(name)
     found = {}
-    for method in ("direct", "gmres"):
+    for method in methods:
         inputs = _tensors(fam.values, requires_grad=True)
         args = {**TIGHT, "backward_method": method}
         outputs, info = layer(*inputs, solver_args=args, return_info=True)
         grads = torch.autograd.grad(_loss(outputs, weights), inputs)
         found[method] = (_directional(grads, directions), info.backward_iterations)
+    return found
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_direct_backward_matches_gmres(name) -> None:
+    found = _directional_by_method(name, ("direct", "gmres"))
     (direct, direct_steps), (gmres, gmres_steps) = found["direct"], found["gmres"]
     assert gmres_steps > 1
     # one factorization, verified: also on the robust LP, whose canonical solution is
@@ -879,17 +886,10 @@ def test_gmres_hands_over_to_the_direct_solve_at_its_price(monkeypatch) -> None:
     stops at its first check and the direct solve's gradient comes back."""
     from altdiff_modeling import _altdiff
 
-    fam, layer, weights, directions, _ = case("robust_lp")
     monkeypatch.setattr(_altdiff, "_cheaper_backward", lambda *args: "gmres")
     monkeypatch.setattr(_altdiff, "_scaled", lambda *args: None)  # no measured price
     monkeypatch.setattr(_altdiff, "cone_predicted_seconds", lambda *args: (0.0, 1.0))
-    found = {}
-    for method in ("auto", "direct"):
-        inputs = _tensors(fam.values, requires_grad=True)
-        args = {**TIGHT, "backward_method": method}
-        outputs, info = layer(*inputs, solver_args=args, return_info=True)
-        grads = torch.autograd.grad(_loss(outputs, weights), inputs)
-        found[method] = (_directional(grads, directions), info.backward_iterations)
+    found = _directional_by_method("robust_lp", ("auto", "direct"))
     (auto, auto_steps), (direct, _) = found["auto"], found["direct"]
     assert auto_steps <= 3  # GMRES's first residual, at most one cycle, the direct solve
     err = relative_error(auto, direct)
