@@ -580,7 +580,7 @@ def _try_interior_point(
         subset.measure(xs, zs, ys)
         return subset.converged()
 
-    solved = interior_point_solve(data.select(index), x[index], y[index], accept)
+    solved = interior_point_solve(data.select(index), accept)
     kept = torch.zeros_like(pending)
     kept[index] = solved.converged
     rows = index[solved.converged]

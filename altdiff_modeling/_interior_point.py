@@ -173,12 +173,9 @@ def _max_step(v: torch.Tensor, dv: torch.Tensor) -> torch.Tensor:
 
 def interior_point_solve(
     data: QPData,
-    x: torch.Tensor,
-    y: torch.Tensor,
     accept: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
 ) -> InteriorPointResult:
-    """Solve the (scaled) float64 QPs of ``data`` (K instances) from ADMM's iterate
-    ``x`` ``(K, n)``, ``y`` ``(K, m)``.
+    """Solve the (scaled) float64 QPs of ``data`` (K instances).
 
     ``accept(x, z, y) -> (K,)`` is the caller's convergence test (in the user's
     units); an instance takes `_EXTRA_NEWTON_STEPS` more steps after the first point it
@@ -190,16 +187,24 @@ def interior_point_solve(
         raise ValueError("the interior-point solve needs float64 data")
     dtype = torch.float64
     P, q, C, bound, n_eq = data.P, data.q, data.C, data.bound, data.n_eq
-    K, m = x.shape[0], bound.shape[-1]  # q and bound may be shared by the instances
+    K, n, m = data.batch_size, data.n, bound.shape[-1]  # q, bound may be shared
     bound = bound.expand(K, m)
     kkt = _SparseKKT(data) if isinstance(C, BatchedSparse) else _DenseKKT(data)
-    x = x.to(dtype).clone()
-    nu = y[:, :n_eq].to(dtype).clone()
-    h = bound[:, n_eq:]
-    # Mehrotra's start: ADMM's point, moved into the interior of s, lambda > 0.
+    # Mehrotra's start (as CVXOPT's): the least-squares point of the KKT system with a
+    # unit diagonal on the inequality rows, s = h - G x and lambda = G x - h, each moved
+    # into the interior. Not ADMM's iterate: where ADMM stalls it can be a start from
+    # which the iterates diverge (the LP QSHARE1B, at ADMM's 130th iteration; from its
+    # least-squares point the solve takes 20 steps).
+    diagonal = torch.ones(K, m, dtype=dtype, device=q.device)
+    diagonal[:, :n_eq] = _DELTA
+    kkt.factor(diagonal)
+    x, y = kkt.solve(-q.expand(K, n), bound)
+    nu, h = y[:, :n_eq], bound[:, n_eq:]
     s = h - matvec(C, x)[:, n_eq:]
-    lam = y[:, n_eq:].to(dtype).clamp_min(0)
-    s = s + (-1.5 * s.amin(-1, keepdim=True)).clamp_min(0) if m > n_eq else s
+    lam = -s
+    if m > n_eq:
+        s = s + (-1.5 * s.amin(-1, keepdim=True)).clamp_min(0)
+        lam = lam + (-1.5 * lam.amin(-1, keepdim=True)).clamp_min(0)
     s, lam = s + 1e-2, lam + 1e-2
     product = (s * lam).sum(-1, keepdim=True)
     s = s + 0.5 * product / lam.sum(-1, keepdim=True).clamp_min(1e-300)

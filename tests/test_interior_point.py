@@ -53,7 +53,6 @@ def test_solutions_match_clarabel(sparse, lp):
     problems = [_problem(seed, 12, 3, 8, lp) for seed in range(3 if not sparse else 1)]
     instances = [_data(p, sparse) for p in problems]
     data = _stacked(instances[0], instances)
-    K, n, m = data.batch_size, data.n, data.m
 
     C = data.C.to_dense() if sparse else data.C
     P = torch.stack([torch.from_numpy(p[0]) for p in problems])
@@ -68,9 +67,7 @@ def test_solutions_match_clarabel(sparse, lp):
         worst = torch.cat([dual.abs(), primal, complementarity], 1).amax(-1)
         return worst <= 1e-9
 
-    result = interior_point_solve(
-        data, torch.zeros(K, n, dtype=DT), torch.zeros(K, m, dtype=DT), accept
-    )
+    result = interior_point_solve(data, accept)
     assert bool(result.converged.all())
     for (P, q, A, b, G, h), x in zip(problems, result.x):
         x_ref, _, _ = solve_qp_reference(P, q, A, b, G, h)
@@ -83,12 +80,7 @@ def test_infeasible_instance_is_given_up_without_error():
     G = np.vstack([G, np.eye(6)[:1], -np.eye(6)[:1]])
     h = np.concatenate([h, [-1.0, -1.0]])
     data = _data((P, q, A, b, G, h), sparse=False)
-    result = interior_point_solve(
-        data,
-        torch.zeros(1, 6, dtype=DT),
-        torch.zeros(1, data.m, dtype=DT),
-        lambda x, z, y: torch.zeros(1, dtype=torch.bool),
-    )
+    result = interior_point_solve(data, lambda x, z, y: torch.zeros(1, dtype=torch.bool))
     assert not bool(result.converged.any())
 
 
@@ -106,9 +98,7 @@ def test_a_cost_shared_by_instances_with_their_own_bounds():
         worst = torch.cat([dual.abs(), (-slack).clamp_min(0), (y[:, 2:] * slack).abs()], 1)
         return worst.amax(-1) <= 1e-9
 
-    result = interior_point_solve(
-        data, torch.zeros(3, 8, dtype=DT), torch.zeros(3, data.m, dtype=DT), accept
-    )
+    result = interior_point_solve(data, accept)
     assert bool(result.converged.all())
     for s, x in zip(shifts, result.x):
         x_ref, _, _ = solve_qp_reference(P, q, A, b, G, h + s)
@@ -128,9 +118,7 @@ def test_steps_after_the_first_accepted_point_go_far_below_the_tolerance():
         worst = torch.cat([dual.abs(), (-slack).clamp_min(0), (y[:, 3:] * slack).abs()], 1)
         return worst.amax(-1) <= 1e-4
 
-    result = interior_point_solve(
-        data, torch.zeros(1, 12, dtype=DT), torch.zeros(1, data.m, dtype=DT), loose
-    )
+    result = interior_point_solve(data, loose)
     x_ref, _, _ = solve_qp_reference(P, q, A, b, G, h)
     assert bool(result.converged.all())
     assert np.abs(result.x[0].numpy() - x_ref).max() < 1e-7
