@@ -371,27 +371,35 @@ def reverse_gradients(
         deadline = None
         if direct_price is not None and chosen == "gmres":
             deadline = time.perf_counter() + direct_price
-        w, matvecs, gmres_converged = batched_gmres(
-            operator,
-            source,
-            start,
-            settings.backward_eps,
-            settings.backward_max_iter - iterations,
-            deadline=deadline,
-        )
-        converged = converged | gmres_converged
+
+        def gmres(start: torch.Tensor, deadline: float | None) -> torch.Tensor:
+            nonlocal converged, iterations
+            w, matvecs, gmres_converged = batched_gmres(
+                operator,
+                source,
+                start,
+                settings.backward_eps,
+                settings.backward_max_iter - iterations,
+                deadline=deadline,
+            )
+            converged = converged | gmres_converged
+            iterations += matvecs
+            return w
+
+        w = gmres(start, deadline)
         state, solved = (w[:, :n], w[:, n:]), bool(converged.all())
-        iterations += matvecs
         solver = None if solved or deadline is None else direct_solver()
         if solver is not None:  # the direct solve takes the instances GMRES left
             iterations += 1
             guess = solver(grad_x, g_v)
             accepted = _verified(solver, guess, step(guess), source, tol) & ~converged
-            keep = accepted.unsqueeze(-1)
-            a, c = (torch.where(keep, d, g) for d, g in zip(guess, state, strict=True))
-            state = (a, c)
             converged = converged | accepted
-            solved = bool(converged.all())
+            # Those it rejects (a singular system) go on by GMRES from its own iterate,
+            # to its end, as without the hand-over.
+            w = torch.where(accepted.unsqueeze(-1), measure(guess), w)
+            if not bool(converged.all()):
+                w = gmres(w, None)
+            state, solved = (w[:, :n], w[:, n:]), bool(converged.all())
     if not solved:
         # The plain recursion: the chosen method, or where GMRES could not solve the
         # system (a singular one, at a degenerate point), from GMRES's best iterate.

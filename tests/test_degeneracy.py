@@ -81,9 +81,11 @@ def test_dependent_active_rows_matter_to_the_bounds_gradient_only(matrices):
 def test_solution_that_is_not_unique_has_no_derivative_where_the_loss_sees_it(matrices):
     # min x1 + x2 s.t. x1 + x2 >= 1, x >= 0: every point of the segment is optimal.
     P, q, G, h = np.zeros((2, 2)), [1.0, 1.0], [[-1, -1], [-1, 0], [0, -1]], [-1, 0, 0]
-    # x1 alone moves along the segment: the recursion's fixed point is amplified without
-    # bound, and the default policy raises.
-    with pytest.raises(SolverError, match="0: singular"):
+    # x1 alone moves along the segment: the fixed-point equation has no solution, and the
+    # default policy raises. Whether GMRES's Krylov space breaks down at an amplified
+    # iterate ("singular") or GMRES stagnates and the plain recursion then grows without
+    # converging to its iteration limit ("max_iter") is a matter of round-off.
+    with pytest.raises(SolverError, match=r"0: (singular|max_iter)"):
         _solve(P, q, G, h, matrices, leaves=("q",), weights=(1.0, 0.0))
     # x1 + x2 is the same at every solution: its gradient is unique.
     _, (dq,), status, messages = _solve(P, q, G, h, matrices, leaves=("q",))
