@@ -28,9 +28,16 @@ from ._qp import Matrix, QPData, matvec
 from ._scaling import Scaling
 from .linsys.systems import ActiveSystems, sparse_P
 
-__all__ = ["absorbed", "dense_test_flops", "pieces_differ", "singular_systems", "weakly_active"]
+__all__ = [
+    "WEAK_WITHIN",
+    "absorbed",
+    "dense_test_flops",
+    "pieces_differ",
+    "singular_systems",
+    "weakly_active",
+]
 
-_WEAK_WITHIN = 10.0  # times the tolerances
+WEAK_WITHIN = 10.0  # times the tolerances
 # A system is singular where its smallest eigenvalue modulus is at most this fraction
 # of its largest entry (the sparse test resolves down to ten times its regularization,
 # 1e-9, on the solver's equilibrated data); its unit null vector's part on the rows whose
@@ -51,8 +58,8 @@ def weakly_active(data: QPData, scaling: Scaling, result: SolveResult) -> torch.
     slack = (data.bound - matvec(data.C, result.x)) * inv_E
     multiplier = scaling.E * result.y / scaling.c  # the user's nu
     share = multiplier * _row_norms(data.C, inv_D, inv_E)
-    weak = (slack <= _WEAK_WITHIN * result.primal_tolerance.unsqueeze(-1)) & (
-        share <= _WEAK_WITHIN * result.dual_tolerance.unsqueeze(-1)
+    weak = (slack <= WEAK_WITHIN * result.primal_tolerance.unsqueeze(-1)) & (
+        share <= WEAK_WITHIN * result.dual_tolerance.unsqueeze(-1)
     )
     weak[:, : data.n_eq] = False
     return weak

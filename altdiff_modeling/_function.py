@@ -8,12 +8,14 @@ because the solution map does not depend on the scaling.
 
 from __future__ import annotations
 
+import time
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
 
+from ._active_sets import ActiveSetMemory, FaceSolution
 from ._admm import (
     DUAL_INFEASIBLE,
     PRIMAL_INFEASIBLE,
@@ -52,7 +54,8 @@ class SolveInfo:
         status: Status of each instance: ``"solved"``, ``"solved_inaccurate"``
             (``max_iter`` reached within ten times the tolerances), ``"max_iter"``,
             ``"primal_infeasible"`` or ``"dual_infeasible"`` (unbounded).
-        iterations: ``(B,)`` ADMM iterations.
+        iterations: ``(B,)`` ADMM iterations (0 for a call a layer solved on remembered
+            active sets: `SolverSettings.remember_active_sets`).
         primal_residual: ``(B,)`` ``||(Ax - b, Gx + s - h)||_inf``.
         dual_residual: ``(B,)`` ``||Px + q + A'lambda + G'nu||_inf``.
         rho: ``(1,)`` (shared) or ``(B,)`` final penalty of the inequality rows.
@@ -151,6 +154,8 @@ class ConstantDataReuse:
         #: The measured costs of the forward methods (`_forward_choice`), whatever the
         #: matrices: a layer's calls learn which method ends them the sooner.
         self.forward_costs = ForwardCosts() if across_calls else None
+        #: The active sets of the solved instances (`_active_sets`), a layer's only.
+        self.active_sets = ActiveSetMemory() if across_calls else None
 
     def _matches(self, data: QPData, settings: SolverSettings) -> bool:
         key = self._key
@@ -406,6 +411,14 @@ class _ReverseFunction(torch.autograd.Function):
         *blocks: torch.Tensor,
     ):
         data = _assemble(blocks, layout[:4])
+        memory = None if reuse is None else reuse.active_sets
+        ctx.set_materialize_grads(False)
+        ctx.settings, ctx.info, ctx.data, ctx.device = settings, info, data, data.q.device
+        started = time.perf_counter()
+        found = None if memory is None else memory.solve(data, settings)
+        ctx.face = None if found is None else found.backward
+        if found is not None:
+            return _from_memory(found, settings, info, holder, started)
         # Sparse factors live on the CPU: a call on another device moves its data there
         # once, and its results back, rather than every solve of every iteration.
         device = data.q.device
@@ -413,12 +426,13 @@ class _ReverseFunction(torch.autograd.Function):
             data = data.to(torch.device("cpu"))
             warm = None if warm is None else warm.to(torch.device("cpu"))
         scaling, scaled, result, _ = _solve(data, settings, info, warm=warm, reuse=reuse)
-        ctx.set_materialize_grads(False)
-        ctx.settings, ctx.info, ctx.data, ctx.scaled = settings, info, data, scaled
-        ctx.scaling, ctx.result, ctx.device = scaling, result, device
+        ctx.data, ctx.scaled, ctx.scaling, ctx.result = data, scaled, scaling, result
         ctx.parametric = layout[4]
         ctx.timings = None if reuse is None else reuse.backward_seconds(data, settings)
         x, y, ctx.failed = _outputs(scaling, result, settings, holder)
+        if memory is not None:
+            memory.observe(data.batch_size, time.perf_counter() - started)
+            memory.learn(data, x, y, result.status == SOLVED, settings, layout[4])
         if holder:
             holder[0] = holder[0].to(device)
         return x.to(device), y.to(device)
@@ -428,6 +442,8 @@ class _ReverseFunction(torch.autograd.Function):
         needs = ctx.needs_input_grad[6:]
         if not any(needs) or (grad_x is None and grad_y is None):
             return (None,) * 10
+        if ctx.face is not None:
+            return (None,) * 6 + _face_gradients(ctx, needs, grad_x, grad_y)
         s: Scaling = ctx.scaling
         here = ctx.result.x.device
         grad_x = None if grad_x is None else grad_x.to(here)
@@ -482,6 +498,39 @@ class _ReverseFunction(torch.autograd.Function):
             for grad, block, need in zip(per_instance, data.blocks(), needs, strict=True)
         )
         return (None,) * 6 + out
+
+
+def _from_memory(
+    found: FaceSolution, settings: SolverSettings, info: SolveInfo, holder: list, started: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A call solved from the layer's active-set memory: its outputs and its info."""
+    x, y = found.x, found.y
+    B = x.shape[0]
+    info.status = [STATUS_NAMES[SOLVED]] * B
+    info.iterations = torch.zeros(B, dtype=torch.int64, device=x.device)
+    info.primal_residual, info.dual_residual = found.primal_residual, found.dual_residual
+    info.rho = torch.full((1,), settings.rho, dtype=x.dtype, device=x.device)
+    info.solve_time = time.perf_counter() - started
+    holder[:] = [Solution(x=x.detach(), z=found.Cx.detach(), y=y.detach(), rho=info.rho)]
+    return x, y
+
+
+def _face_gradients(
+    ctx: Any, needs: tuple[bool, ...], grad_x: torch.Tensor | None, grad_y: torch.Tensor | None
+) -> tuple[torch.Tensor | None, ...]:
+    """The gradients ``(P, q, C, bound)`` of a call solved from the active-set memory
+    (P and C are constants there): the fixed point ``T_a' g`` of each instance's set."""
+    grad_q, grad_bound = ctx.face.gradients(grad_x, grad_y)  # a `FaceMaps`
+    B = grad_q.shape[0]
+    ctx.info.backward_iterations = 0
+    ctx.info.backward_status = ["converged"] * B
+    data = ctx.data
+    return (
+        None,
+        _reduce_to(grad_q, data.q) if needs[1] else None,
+        None,
+        _reduce_to(grad_bound, data.bound) if needs[3] else None,
+    )
 
 
 def solve_reverse(

@@ -3,7 +3,9 @@ inputs left untouched, and failures inside a batch.
 
 * **Memory**: 1,000 training steps (a ``Linear -> AltDiffLayer`` model, n = 10, batch 8,
   SGD, warm starts on) neither grow the process's resident memory by more than 20 MB
-  after a 100-step warm-up nor leave more torch tensors alive.
+  after a 100-step warm-up nor leave more torch tensors alive (with the active-set
+  memory on: fewer than one per ten steps, the solver's caches filling on its rare
+  ADMM calls).
 * **Determinism**: on CPU the same inputs give bitwise-identical outputs and gradients
   (reverse and forward mode), and two training runs from the same seed end with
   bitwise-identical weights.
@@ -110,8 +112,12 @@ def _live_tensors() -> int:
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs Linux /proc")
-def test_thousand_training_steps_do_not_grow_memory():
-    model = _model(solver_args={"warm_start": True})
+@pytest.mark.parametrize("remembered", [False, True])
+def test_thousand_training_steps_do_not_grow_memory(remembered):
+    # With the active-set memory (the data repeat: nearly every call is answered from
+    # it), the solver's bounded caches fill on its rare ADMM calls, after the warm-up
+    # too: there a leak is told by a tensor or more kept per step.
+    model = _model(solver_args={"warm_start": True, "remember_active_sets": remembered})
     features, target = _data()
     warmup, total = 100, 1000
     _train(model, features, target, warmup)
@@ -130,7 +136,8 @@ def test_thousand_training_steps_do_not_grow_memory():
     )
     print(figures)
     assert growth_mb < 20.0, figures
-    assert tensors_end <= tensors_start, figures
+    kept_per_step = (tensors_end - tensors_start) / (total - warmup)
+    assert kept_per_step < 0.1 if remembered else tensors_end <= tensors_start, figures
     loss = ((model(features) - target) ** 2).mean()
     assert torch.isfinite(loss), figures
 

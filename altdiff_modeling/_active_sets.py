@@ -1,0 +1,375 @@
+"""A layer's memory of the active sets its solutions had: later calls solved on them exactly.
+
+A QP with constant ``P`` and ``C`` and a regular, strictly complementary solution is
+solved by the KKT equations of its active set ``a`` (the rows with a positive
+multiplier; the equality rows)::
+
+    [[P, C'], [diag(a) C, diag(1 - a)]] [x; y] = [-q; a * bound],
+
+so ``[x; y] = T_a d`` for the data ``d = [q; bound]``, with one matrix ``T_a`` per
+active set. A layer whose calls change only ``q`` and ``bound`` (a tiny control or
+projection layer) meets the same active sets again and again: `ActiveSetMemory` keeps
+the ``T_a`` of the sets its solved instances had, and tries them first on a later call.
+A set is the instance's where its point is strictly complementary: every inactive
+row's slack and every active inequality's multiplier (times the row's norm) above ten
+times the tolerances, the margin within which the backward calls a row weakly active
+(`_degeneracy`). Those tests are linear in ``d`` too (one matrix ``V_a``), so one
+product tests every kept set; the set found must then pass the forward's convergence
+test on the point's residuals. Such a point is the solution (a strictly complementary
+KKT point of a convex QP on a regular system), exact to round-off, and its gradient
+is ``T_a' g``: the fixed point of the Alt-Diff recursion there, which the iterations
+would approach.
+
+Where a call's instances are not all found, the call runs the solver as usual and
+its solved instances teach the memory their sets. What the memory costs (its tests
+and what it learns, measured) stays within what it has saved (a hit saves the
+layer's measured solve time for that batch size, less the test) plus a twentieth of
+the solves' time: on a layer whose active sets do not recur it costs at most that.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections import deque
+from dataclasses import dataclass
+from types import ModuleType
+
+import numpy as np
+import torch
+
+from ._degeneracy import WEAK_WITHIN
+from ._qp import QPData
+from ._settings import SolverSettings
+
+__all__ = ["ActiveSetMemory", "FaceMaps", "FaceSolution"]
+
+Array = np.ndarray | torch.Tensor
+
+# The memory spends at most what it saved plus this fraction of the solves' time.
+_SPEND_FRACTION = 1 / 20
+_MAX_SETS = 256
+_MAX_BYTES = 64 * 2**20  # of the kept matrices
+# A problem whose sets' matrices leave room for fewer sets has no memory: its sets
+# would cost more to learn (an inverse of n + m rows each) than a small problem's solve.
+_MIN_SETS = 16
+# A set's KKT system whose 1-norm condition number exceeds this is not kept: its point
+# would carry fewer than half of float64's digits (the backward's "singular").
+_MAX_CONDITION = 1e8
+_TIMES_KEPT = 5  # solve times per batch size, for their median
+
+
+@dataclass(frozen=True)
+class FaceMaps:
+    """What the backward of a call solved on remembered sets needs: each instance's
+    ``T_a`` ``(B, n + m, n + m)`` (float64) and n. (Not the outputs themselves: a
+    Function's context that holds its outputs makes a cycle autograd never frees.)"""
+
+    maps: torch.Tensor
+    n: int
+
+    def gradients(
+        self, grad_x: torch.Tensor | None, grad_y: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(dL/dq (B, n), dL/dbound (B, m))`` from the cotangents of x ``(B, n)`` and
+        y ``(B, m)`` (one may be None): ``T_a' g``."""
+        B, size = self.maps.shape[:2]
+        like = grad_x if grad_x is not None else grad_y
+        g = torch.zeros(B, size, dtype=self.maps.dtype, device=like.device)
+        if grad_x is not None:
+            g[:, : self.n] = grad_x
+        if grad_y is not None:
+            g[:, self.n :] = grad_y
+        grad = (g.unsqueeze(1) @ self.maps).squeeze(1).to(like.dtype)
+        return grad[:, : self.n], grad[:, self.n :]
+
+
+@dataclass(frozen=True)
+class FaceSolution:
+    """A call's solution from remembered active sets, in the user's units.
+
+    Attributes:
+        x: ``(B, n)``; y: ``(B, m)`` multipliers (exact zeros on inactive rows);
+            Cx: ``(B, m)``.
+        backward: Each instance's ``T_a``, for the gradients.
+        primal_residual, dual_residual: ``(B,)``.
+    """
+
+    x: torch.Tensor
+    y: torch.Tensor
+    Cx: torch.Tensor
+    backward: FaceMaps
+    primal_residual: torch.Tensor
+    dual_residual: torch.Tensor
+
+
+class ActiveSetMemory:
+    """The active sets of a layer's solved instances, for its constant ``P`` and ``C``.
+
+    `solve` tries them on a call; `learn` adds a normal solve's sets. Both keep to the
+    budget of the module docstring. Where the matrices change, the memory starts over.
+    """
+
+    def __init__(self) -> None:
+        self._key: tuple = ()
+        self.reset()
+
+    def reset(self, key: tuple = ()) -> None:
+        self._key = key
+        self._sets: dict[bytes, int] = {}  # active mask -> index
+        # float64 numpy arrays (`_arrays` gives them on a call's device)
+        self._T: np.ndarray | None = None  # (R, n + m, n + m)
+        self._V: np.ndarray | None = None  # (R, m_ineq, n + m)
+        # (R, m_ineq, 2): (1, 0) where a row's slack is tested (inactive); (0, 1) and
+        # (0, -1) where its multiplier must exceed, or may fall a margin below, zero
+        self._sides: np.ndarray | None = None
+        self._kkt: np.ndarray | None = None  # [[P, C'], [C, 0]]' (symmetric)
+        self._signs: np.ndarray | None = None  # (n + m,) [1; -1]: [q; -bound] of d
+        self._negated_equality: np.ndarray | None = None  # (m,) -1 on equality rows
+        self._on_device: tuple[torch.device, tuple[torch.Tensor, ...]] | None = None
+        self._last_used: list[int] = []
+        self._calls = 0
+        self._spent = self._saved = self._solving = 0.0
+        self._solve_times: dict[int, deque[float]] = {}
+        #: Calls solved from the memory, and calls that tried it.
+        self.hits = self.attempts = 0
+
+    def _applies(self, data: QPData, settings: SolverSettings) -> bool:
+        """Whether this call may use the memory (`SolverSettings.remember_active_sets`):
+        a polyhedral dense problem whose P and C are a layer's constants, with the
+        default backward (an explicit ``backward_method`` asks for that method)."""
+        P, C = data.P, data.C
+        if not (
+            settings.remember_active_sets and settings.polish and settings.backward_method == "auto"
+        ):
+            return False
+        if data.sparse or data.cone_sizes or P.shape[0] != 1 or C.shape[0] != 1:
+            return False
+        if P.requires_grad or C.requires_grad:
+            return False
+        n, m = C.shape[2], C.shape[1]
+        if _MIN_SETS * _set_bytes(n, m, data.n_eq) > _MAX_BYTES:
+            return False
+        if not self._key or self._key[0] is not P or self._key[1] is not C:
+            self.reset((P, C))
+        return True
+
+    def _affordable(self) -> bool:
+        return self._spent <= self._saved + _SPEND_FRACTION * self._solving
+
+    def solve(self, data: QPData, settings: SolverSettings) -> FaceSolution | None:
+        """Every instance's solution from a remembered set, or None (then nothing of
+        this call's is taken from the memory)."""
+        if not self._applies(data, settings) or self._T is None or not self._affordable():
+            return None
+        start = time.perf_counter()
+        self._calls += 1
+        self.attempts += 1
+        found = self._find(data, settings)
+        spent = time.perf_counter() - start
+        self._spent += spent
+        if found is None:
+            return None
+        self.hits += 1
+        typical = self._solve_times.get(data.batch_size)
+        if typical:
+            self._saved += max(statistics.median(typical) - spent, 0.0)
+        return found
+
+    def _find(self, data: QPData, settings: SolverSettings) -> FaceSolution | None:
+        """The solution of every instance from its set, or None. One code for both
+        array libraries: on the CPU it runs in numpy, whose operators cost a few times
+        less than torch's on such small arrays (most of this function's time)."""
+        n, B = data.n, data.batch_size
+        on_cpu = data.q.device.type == "cpu"
+        xp = np if on_cpu else torch
+        T, V, sides, kkt, signs, negated_equality = self._arrays(data.q.device)
+        q, bound = (v.detach().expand(B, -1) for v in (data.q, data.bound))
+        if on_cpu:
+            q, bound = q.numpy(), bound.numpy()
+        d = xp.asarray(xp.concatenate([q, bound], axis=1), dtype=T.dtype)  # (B, n + m)
+        tol = _tolerances(xp, d, n, settings.tolerances(data.q.dtype))
+        R, m_ineq = V.shape[:2]
+        tested = V.reshape(R * m_ineq, d.shape[1]) @ d.T
+        threshold = sides.reshape(R * m_ineq, 2) @ (WEAK_WITHIN * tol)
+        holds = (tested > threshold).reshape(R, m_ineq, B).all(1)  # (R, B)
+        if not bool(holds.any(0).all()):
+            return None
+        chosen = (holds * 1).argmax(0)  # (B,) the first set that holds
+        maps = T[chosen]
+        u = (maps @ d[:, :, None])[..., 0]  # exact zeros on the inactive rows' y
+        # [Px + C'y + q; Cx - bound]: the point's residuals
+        r = u @ kkt + d * signs
+        on_rows = r[:, n:]
+        primal = _row_max(xp, xp.maximum(on_rows, on_rows * negated_equality)).clip(0)
+        residuals = xp.stack([primal, _row_max(xp, abs(r[:, :n]))])
+        if not bool((residuals <= tol).all()):
+            return None  # a set's system too ill-conditioned for these data
+        for index in chosen.tolist():
+            self._last_used[index] = self._calls
+        values = (u[:, :n], u[:, n:], on_rows + d[:, n:], residuals[0], residuals[1])
+        if on_cpu:
+            values, maps = (torch.from_numpy(v) for v in values), torch.from_numpy(maps)
+        x, y, Cx, primal, dual = (v.to(data.q.dtype) for v in values)
+        return FaceSolution(x, y, Cx, FaceMaps(maps, n), primal, dual)
+
+    def observe(self, batch_size: int, seconds: float) -> None:
+        """Record a normal solve's time: what a hit at this batch size saves."""
+        self._solving += seconds
+        self._solve_times.setdefault(batch_size, deque(maxlen=_TIMES_KEPT)).append(seconds)
+
+    def learn(
+        self,
+        data: QPData,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        solved: torch.Tensor,
+        settings: SolverSettings,
+        parametric: torch.Tensor | None = None,
+    ) -> None:
+        """Keep the active sets of the ``solved`` ``(B,)`` instances whose point ``x``
+        ``(B, n)``, ``y`` ``(B, m)`` (user units) is strictly complementary, within
+        the budget; ``parametric`` ``(n + m,)``: the entries of q (then the rows) that
+        depend on a parameter (None: all).
+
+        A variable that no objective term, no active row and no parameter reaches
+        (the epigraph ``t`` of ``|u| <= t <= 1`` with ``|u| < 1``) is free on the
+        solution's face and makes its KKT system singular; its rows' sides change no
+        other variable (`_degeneracy.absorbed`). Such a variable is pinned to a bound
+        row of its own: that row joins the set with a multiplier that may vanish
+        (zero where the variable is free), and the variable's other rows, weakly
+        active at the solver's point or not, are tested as inactive.
+        """
+        if not self._applies(data, settings):
+            return
+        B, n, n_eq = data.batch_size, data.n, data.n_eq
+        # In float64 numpy: a set is learnt once, and small LAPACK calls through torch
+        # can cost milliseconds on the CPU (its threads woken for one small matrix).
+        q, bound, x, y = (
+            v.detach().expand(B, -1).double().cpu().numpy() for v in (data.q, data.bound, x, y)
+        )
+        solved = solved.cpu().numpy()
+        P, C = (v.detach()[0].double().cpu().numpy() for v in (data.P, data.C))
+        d = np.concatenate([q, bound], axis=1)
+        primal_tol, dual_tol = WEAK_WITHIN * _tolerances(
+            np, d, n, settings.tolerances(data.q.dtype)
+        )
+        active = y * np.abs(C).max(-1, initial=0) > dual_tol[:, None]
+        active[:, :n_eq] = True
+        inactive = bound - x @ C.T > primal_tol[:, None]
+        nonzero = C != 0
+        # Free where the column of P is zero and q's entry a constant zero.
+        free = (P == 0).all(0) & (q == 0)
+        if parametric is None:
+            free[:] = False
+        else:
+            free &= ~parametric[:n].cpu().numpy()
+        free &= ~(active @ nonzero).astype(bool)
+        on_free = (free @ nonzero.T).astype(bool)  # (B, m)
+        strict = (active | inactive | on_free)[:, n_eq:].all(-1)
+        # A free variable's bound row: an inequality row on it alone, the first one.
+        own_row = nonzero.sum(1) == 1
+        own_row[:n_eq] = False
+        for b in np.flatnonzero(solved & strict):
+            if not self._affordable():
+                return
+            pinned = _first_per_column(own_row & on_free[b], nonzero)
+            key = (active[b].astype(np.int8) + pinned).tobytes()
+            if key in self._sets:
+                continue
+            start = time.perf_counter()
+            self._keep(key, active[b] | pinned, pinned, P, C, n_eq)
+            self._spent += time.perf_counter() - start
+
+    def _keep(
+        self,
+        key: bytes,
+        active: np.ndarray,
+        pinned: np.ndarray,
+        P: np.ndarray,
+        C: np.ndarray,
+        n_eq: int,
+    ) -> None:
+        """Add the set ``active`` ``(m,)`` (``pinned``: its rows whose multiplier may
+        vanish) if its KKT system is well conditioned (the least recently used set
+        makes room where the memory is full)."""
+        (m, n), a = C.shape, active.astype(np.float64)
+        K = np.block([[P, C.T], [a[:, None] * C, np.diag(1 - a)]])
+        try:
+            inverse = np.linalg.inv(K)
+        except np.linalg.LinAlgError:
+            return
+        condition = np.linalg.norm(K, 1) * np.linalg.norm(inverse, 1)
+        if not np.isfinite(condition) or condition > _MAX_CONDITION:
+            return
+        T = inverse * np.concatenate([-np.ones(n), a])
+        T[n:] *= a[:, None]  # y = 0 on the inactive rows, exactly
+        slack_map = -C[n_eq:] @ T[:n]
+        slack_map[:, n + n_eq :] += np.eye(m - n_eq)
+        row_norms = np.abs(C[n_eq:]).max(-1, keepdims=True, initial=0)
+        V = np.where(active[n_eq:, None], row_norms * T[n + n_eq :], slack_map)
+        sides = np.stack([~active[n_eq:], active[n_eq:]], axis=-1).astype(np.float64)
+        sides[:, 1] -= 2 * pinned[n_eq:]
+        if self._kkt is None:
+            self._kkt = np.block([[P, C.T], [C, np.zeros((m, m))]])
+            self._signs = np.concatenate([np.ones(n), -np.ones(m)])
+            self._negated_equality = -(np.arange(m) < n_eq).astype(np.float64)
+        new = (T, V, sides)
+        if len(self._sets) >= min(_MAX_SETS, _MAX_BYTES // _set_bytes(n, m, n_eq)):
+            index = min(range(len(self._last_used)), key=self._last_used.__getitem__)
+            self._sets = {k: i for k, i in self._sets.items() if i != index}
+            for kept, value in zip(self._stacks(), new, strict=True):
+                kept[index] = value
+            self._last_used[index] = self._calls
+        else:
+            index = len(self._sets)
+            stacks = self._stacks()
+            if stacks[0] is None:
+                stacks = tuple(value[None][:0] for value in new)
+            self._T, self._V, self._sides = (
+                np.concatenate([kept, value[None]]) for kept, value in zip(stacks, new, strict=True)
+            )
+            self._last_used.append(self._calls)
+        self._sets[key] = index
+        self._on_device = None
+
+    def _stacks(self) -> tuple[np.ndarray | None, ...]:
+        return self._T, self._V, self._sides
+
+    def _arrays(self, device: torch.device) -> tuple[Array, ...]:
+        """The kept arrays: numpy ones for the CPU, else copies on ``device`` (made
+        once per change)."""
+        arrays = (*self._stacks(), self._kkt, self._signs, self._negated_equality)
+        if device.type == "cpu":
+            return arrays
+        if self._on_device is None or self._on_device[0] != device:
+            self._on_device = (device, tuple(torch.from_numpy(v).to(device) for v in arrays))
+        return self._on_device[1]
+
+
+def _set_bytes(n: int, m: int, n_eq: int) -> int:
+    """Bytes of one set's float64 ``T`` ``(n + m, n + m)``, ``V`` ``(m - n_eq, n + m)``
+    and sides ``(m - n_eq, 2)``."""
+    return 8 * ((n + m) * (n + 2 * m - n_eq) + 2 * (m - n_eq))
+
+
+def _first_per_column(rows: np.ndarray, nonzero: np.ndarray) -> np.ndarray:
+    """``(m,)`` bool: of the single-variable ``rows``, the first on each variable."""
+    first = np.zeros_like(rows)
+    columns = nonzero[rows].argmax(-1)
+    _, where = np.unique(columns, return_index=True)
+    first[np.flatnonzero(rows)[where]] = True
+    return first
+
+
+def _tolerances(xp: ModuleType, d: Array, n: int, eps: tuple[float, float]) -> Array:
+    """``(2, B)`` the primal and dual tolerances at the scale of the data ``d = [q;
+    bound]`` ``(B, n + m)``: no larger than the forward's, whose scales also hold the
+    point's products."""
+    size = abs(d)
+    return eps[0] + eps[1] * xp.stack([_row_max(xp, size[:, n:]), _row_max(xp, size[:, :n])])
+
+
+def _row_max(xp: ModuleType, v: Array) -> Array:
+    """The largest entry of each row of ``v`` (0 for an empty row)."""
+    return xp.amax(v, -1) if v.shape[-1] else xp.zeros(v.shape[:-1], dtype=v.dtype)
