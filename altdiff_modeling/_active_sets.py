@@ -177,15 +177,13 @@ class ActiveSetMemory:
         return found
 
     def _find(self, data: QPData, settings: SolverSettings) -> FaceSolution | None:
-        """The solution of every instance from its set, or None. One code for both
-        array libraries: on the CPU it runs in numpy, whose operators cost a few times
-        less than torch's on such small arrays (most of this function's time)."""
+        """The solution of every instance from its set, or None; one code for both
+        array libraries (`_namespace`)."""
         n, B = data.n, data.batch_size
-        on_cpu = data.q.device.type == "cpu"
-        xp = np if on_cpu else torch
-        T, V, sides, kkt, signs, negated_equality = self._arrays(data.q.device)
+        xp = _namespace(data.q.device)
+        T, V, sides, kkt, signs, negated_equality = self._arrays(xp, data.q.device)
         q, bound = (v.detach().expand(B, -1) for v in (data.q, data.bound))
-        if on_cpu:
+        if xp is np:
             q, bound = q.numpy(), bound.numpy()
         d = xp.asarray(xp.concatenate([q, bound], axis=1), dtype=T.dtype)  # (B, n + m)
         tol = _tolerances(xp, d, n, settings.tolerances(data.q.dtype))
@@ -198,6 +196,9 @@ class ActiveSetMemory:
         chosen = (holds * 1).argmax(0)  # (B,) the first set that holds
         maps = T[chosen]
         u = (maps @ d[:, :, None])[..., 0]  # exact zeros on the inactive rows' y
+        # A pinned row's multiplier may come out a rounding below zero: the point's
+        # residuals are those of the clipped, dual-feasible one.
+        u[:, n + data.n_eq :] = u[:, n + data.n_eq :].clip(0)
         # [Px + C'y + q; Cx - bound]: the point's residuals
         r = u @ kkt + d * signs
         on_rows = r[:, n:]
@@ -208,9 +209,10 @@ class ActiveSetMemory:
         for index in chosen.tolist():
             self._last_used[index] = self._calls
         values = (u[:, :n], u[:, n:], on_rows + d[:, n:], residuals[0], residuals[1])
-        if on_cpu:
+        if xp is np:
             values, maps = (torch.from_numpy(v) for v in values), torch.from_numpy(maps)
-        x, y, Cx, primal, dual = (v.to(data.q.dtype) for v in values)
+        dtype = data.q.dtype
+        x, y, Cx, primal, dual = (v if v.dtype == dtype else v.to(dtype) for v in values)
         return FaceSolution(x, y, Cx, FaceMaps(maps, n), primal, dual)
 
     def observe(self, batch_size: int, seconds: float) -> None:
@@ -336,15 +338,21 @@ class ActiveSetMemory:
     def _stacks(self) -> tuple[np.ndarray | None, ...]:
         return self._T, self._V, self._sides
 
-    def _arrays(self, device: torch.device) -> tuple[Array, ...]:
-        """The kept arrays: numpy ones for the CPU, else copies on ``device`` (made
-        once per change)."""
+    def _arrays(self, xp: ModuleType, device: torch.device) -> tuple[Array, ...]:
+        """The kept arrays: the numpy ones, or copies on ``device`` (made once per
+        change)."""
         arrays = (*self._stacks(), self._kkt, self._signs, self._negated_equality)
-        if device.type == "cpu":
+        if xp is np:
             return arrays
         if self._on_device is None or self._on_device[0] != device:
             self._on_device = (device, tuple(torch.from_numpy(v).to(device) for v in arrays))
         return self._on_device[1]
+
+
+def _namespace(device: torch.device) -> ModuleType:
+    """The array library of the lookup on ``device``: numpy on the CPU, whose operators
+    cost a few times less than torch's on such small arrays, else torch."""
+    return np if device.type == "cpu" else torch
 
 
 def _set_bytes(n: int, m: int, n_eq: int) -> int:

@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import cvxpy as cp
+import numpy as np
 import torch
 
 from ._canon import CanonicalForm, dense_qp, reduce_problem
@@ -80,11 +81,12 @@ def _unflatten_column_major(flat: torch.Tensor, shape: tuple[int, ...]) -> torch
 
 def _gather(spec: VariableSpec, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """An output's entries ``(B, size, ...)`` from x ``(B, n, ...)`` or y ``(B, m, ...)``."""
-    source = y if spec.is_dual else x
-    padded = torch.cat([source, source.new_zeros(source.shape[0], 1, *source.shape[2:])], dim=1)
-    index = torch.as_tensor(spec.index, device=source.device)
-    index = torch.where(index < 0, source.shape[1], index)
-    values = padded[:, index]
+    source, index = (y if spec.is_dual else x), spec.index
+    if (index < 0).any():  # zero entries: gathered from a column of zeros
+        zeros = source.new_zeros(source.shape[0], 1, *source.shape[2:])
+        index = np.where(index < 0, source.shape[1], index)
+        source = torch.cat([source, zeros], dim=1)
+    values = source[:, torch.as_tensor(index, device=source.device)]
     return values if spec.sign == 1.0 else spec.sign * values
 
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+import altdiff_modeling._active_sets as active_sets
 from altdiff_modeling import AltDiffLayer
 
 
@@ -175,3 +176,19 @@ def test_a_problem_too_large_for_sixteen_sets_has_no_memory(rng):
         np.testing.assert_allclose(out, np.clip(values, -1, 1), atol=1e-5)
     memory = layer._reuse.active_sets
     assert memory.attempts == 0 and not memory._sets
+
+
+def test_the_lookup_in_torch_gives_what_numpy_gives(rng, monkeypatch):
+    # The lookup runs in torch on other devices than the CPU: here, torch on the CPU.
+    monkeypatch.setattr(active_sets, "_namespace", lambda device: torch)
+    layer = _simplex_layer(4)
+    center = np.array([1.0, 0.5, -1.0, -1.0])
+    remembered = 0
+    for _ in range(20):
+        y, w = center + 0.02 * rng.standard_normal(4), rng.standard_normal(4)
+        x, grad, info = _call(layer, y, w)
+        if int(info.iterations[0]) == 0:
+            remembered += 1
+            np.testing.assert_allclose(x, _simplex_projection(y), atol=1e-12)
+            np.testing.assert_allclose(grad, _simplex_vjp(y, w), atol=1e-12)
+    assert remembered >= 10

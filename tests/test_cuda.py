@@ -110,3 +110,29 @@ def test_a_second_order_cone_layer_on_cuda_matches_the_cpu(mode):
     torch.testing.assert_close(x_gpu.cpu(), x_cpu, rtol=1e-7, atol=1e-8)
     for got, want in zip(grads_gpu, grads_cpu, strict=True):
         torch.testing.assert_close(got.cpu(), want, rtol=1e-6, atol=1e-8)
+
+
+def test_a_layer_on_cuda_answers_recurring_active_sets_from_its_memory():
+    # The simplex projection of points near one center: the memory's lookup runs in
+    # torch on the device, and its answers are the exact projection.
+    rng = np.random.default_rng(2)
+    n = 4
+    x, y = cp.Variable(n), cp.Parameter(n)
+    problem = cp.Problem(cp.Minimize(cp.sum_squares(x - y)), [cp.sum(x) == 1, x >= 0])
+    layer = AltDiffLayer(problem, parameters=[y], variables=[x])
+    center = np.array([1.0, 0.5, -1.0, -1.0])
+    remembered = 0
+    for _ in range(20):
+        values = center + 0.02 * rng.standard_normal(n)
+        y_t = torch.tensor(values, device="cuda", requires_grad=True)
+        (out,), info = layer(y_t, return_info=True)
+        (grad,) = torch.autograd.grad(out[0], y_t)
+        assert out.device.type == "cuda" and grad.device.type == "cuda"
+        # support {0, 1}: x = y - tau on it, tau = (y0 + y1 - 1) / 2
+        tau = (values[0] + values[1] - 1) / 2
+        expected = np.maximum(values - tau, 0)
+        tol = 1e-12 if int(info.iterations[0]) == 0 else 1e-6
+        remembered += int(info.iterations[0]) == 0
+        np.testing.assert_allclose(out.detach().cpu().numpy(), expected, atol=tol)
+        np.testing.assert_allclose(grad.cpu().numpy(), [0.5, -0.5, 0, 0], atol=tol)
+    assert remembered >= 10
