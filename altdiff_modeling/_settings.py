@@ -57,6 +57,8 @@ class SolverSettings:
             is then that set's exact fixed point of the Alt-Diff recursion. The memory
             spends at most the time it saved plus a twentieth of the solves' time; it
             is off where ``polish`` is or where ``backward_method`` is not ``"auto"``.
+            It is the layer's state: its answers differ from the solver's within the
+            tolerances, so results depend on the calls a layer has made.
         scaling: Number of Ruiz equilibration passes (0 disables scaling).
         eps_prim_inf: Tolerance of the primal infeasibility certificate.
         eps_dual_inf: Tolerance of the dual infeasibility (unboundedness) certificate.

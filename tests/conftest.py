@@ -37,17 +37,21 @@ def _seed_torch(request: pytest.FixtureRequest) -> None:
 @pytest.fixture
 def unlimited_polishing(monkeypatch: pytest.MonkeyPatch) -> None:
     """Polishing whenever the plan picks instances, whatever it costs, through the
-    shared factor wherever the batch has one, and no interior-point fallback: the solver
+    shared factor wherever the batch has one, no interior-point fallback, and a layer's
+    active-set memory whatever it costs: the solver
     decides these from measured times, and a test of what polishing leads to (the
     iteration a batch ends at, results equal bit for bit across layers and their copies,
     which carry the polish times the layer's calls measured) must not depend on how busy
     the machine is."""
     import math
 
-    from altdiff_modeling import _admm, _costs
+    from altdiff_modeling import _active_sets, _admm, _costs
 
     monkeypatch.setattr(_costs, "POLISH_SHARE", math.inf)
     monkeypatch.setattr(_admm, "_shared_is_cheaper", lambda *args: True)
     # The interior-point fallback starts once the solve has spent its predicted time,
     # measured too: it never starts here (these tests' problems do not need it).
     monkeypatch.setattr(_admm, "TYPICAL_STEPS", math.inf)
+    # A layer's active-set memory keeps to a budget of measured times: here it is never
+    # short of one, so that which calls it answers depends on the data alone.
+    monkeypatch.setattr(_active_sets.ActiveSetMemory, "_affordable", lambda self: True)

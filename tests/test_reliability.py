@@ -7,11 +7,16 @@ inputs left untouched, and failures inside a batch.
   memory on: fewer than one per ten steps, the solver's caches filling on its rare
   ADMM calls).
 * **Determinism**: on CPU the same inputs give bitwise-identical outputs and gradients
-  (reverse and forward mode), and two training runs from the same seed end with
-  bitwise-identical weights.
+  (reverse and forward mode) on a layer and on a fresh one, and two training runs from
+  the same seed end with bitwise-identical weights. A layer's active-set memory is state:
+  a call it answers is exact, within the tolerances of the solver's answer, so these
+  tests turn it off, except for the training runs (the same calls in the same order)
+  and a test that two layers with the same history answer bitwise alike.
 * **Serialization**: the layer pickles, deep-copies and round-trips through
   ``torch.save``; a model holding it saves and loads its ``state_dict`` into a fresh
-  model built from the same problem; every copy computes bitwise what the original does.
+  model built from the same problem; every copy computes bitwise what the original does
+  (the active-set memory off: a copy carries the memory, so its answer to the
+  original's first call is the memory's).
 * **Isolation**: two layers over one CVXPY problem, called alternately with different
   data (warm starts on), give bitwise what each gives alone.
 * **Inputs untouched**: tensors (values and version counters), the CVXPY problem and its
@@ -155,7 +160,8 @@ def test_same_inputs_give_bitwise_identical_outputs_and_gradients(mode, unlimite
     runs = []
     for fresh in (False, False, True):  # twice on one layer, once on a fresh one
         if not runs or fresh:
-            layer = AltDiffLayer(problem, [q, u], [x], solver_args={"mode": mode})
+            args = {"mode": mode, "remember_active_sets": False}
+            layer = AltDiffLayer(problem, [q, u], [x], solver_args=args)
         q_in, u_in = q_t.clone().requires_grad_(), u_t.clone().requires_grad_()
         (out,) = layer(q_in, u_in)
         (out * weights).sum().backward()
@@ -165,6 +171,23 @@ def test_same_inputs_give_bitwise_identical_outputs_and_gradients(mode, unlimite
         for a, b in zip(first, other):
             assert torch.equal(a, b), f"max |difference| {(a - b).abs().max().item():.3e}"
     print(f"{mode}: 3 runs, max |difference| of outputs and gradients 0 (bitwise)")
+
+
+def test_layers_with_the_same_history_answer_bitwise_alike(unlimited_polishing):
+    # With the active-set memory, a repeated call is answered exactly: two layers that
+    # made the same calls give the same bits, and the solver's answer is within its
+    # tolerance of the exact one.
+    problem, x, q, u = _box_problem()
+    q_t, u_t = torch.randn(8, 10, dtype=F64), torch.full((10,), 0.5, dtype=F64)
+    histories = []
+    for _ in range(2):
+        layer = AltDiffLayer(problem, [q, u], [x])
+        histories.append([_outputs_and_grads(layer, q_t, u_t) for _ in range(3)])
+        assert layer._reuse.active_sets.hits >= 1
+    for first, second in zip(*histories, strict=True):
+        _assert_bitwise(first, second)
+    solver, remembered = histories[0][0], histories[0][-1]
+    assert (solver[0] - remembered[0]).abs().max() <= 1e-5
 
 
 def test_training_runs_are_bitwise_reproducible(unlimited_polishing):
@@ -198,7 +221,8 @@ def _assert_bitwise(a, b) -> None:
 
 def test_pickle_deepcopy_and_torch_save_reproduce_the_layer(unlimited_polishing):
     problem, x, q, u = _box_problem()
-    layer = AltDiffLayer(problem, [q, u], [x], solver_args={"eps_abs": 1e-8})
+    args = {"eps_abs": 1e-8, "remember_active_sets": False}
+    layer = AltDiffLayer(problem, [q, u], [x], solver_args=args)
     q_t, u_t = torch.randn(5, 10, dtype=F64), torch.full((10,), 0.5, dtype=F64)
     expected = _outputs_and_grads(layer, q_t, u_t)
     buffer = io.BytesIO()
@@ -245,12 +269,13 @@ def test_pickled_layer_keeps_its_warm_start_state():
 
 def test_state_dict_round_trip_into_a_fresh_model(unlimited_polishing):
     features, target = _data()
-    model = _model(seed=5)
+    args = {"remember_active_sets": False}  # a fresh model's memory is empty
+    model = _model(seed=5, solver_args=args)
     _train(model, features, target, steps=3)
     buffer = io.BytesIO()
     torch.save(model.state_dict(), buffer)
     buffer.seek(0)
-    fresh = _model(seed=6)  # other weights, a new layer over a new, equal problem
+    fresh = _model(seed=6, solver_args=args)  # other weights, a new layer, an equal problem
     assert not torch.equal(fresh.linear.weight, model.linear.weight)
     fresh.load_state_dict(torch.load(buffer, weights_only=True), strict=True)
     assert torch.equal(fresh(features), model(features))
