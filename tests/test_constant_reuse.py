@@ -13,6 +13,10 @@ import torch
 import altdiff_modeling._function as function_module
 from altdiff_modeling import AltDiffLayer
 
+#: These tests compare a layer's later calls with its first, or with a fresh layer's,
+#: bit for bit: without the active-set memory, which answers repeated calls exactly.
+NO_MEMORY = {"remember_active_sets": False}
+
 
 def _problem(rng: np.random.Generator, n: int = 8):
     M = rng.standard_normal((n, n))
@@ -52,13 +56,13 @@ def test_constant_matrices_are_equilibrated_once(equilibrate_calls):
 
 def test_reused_results_equal_a_fresh_layers(unlimited_polishing):
     problem, params, x, values = _problem(np.random.default_rng(2))
-    warm = AltDiffLayer(problem, parameters=params, variables=[x])
+    warm = AltDiffLayer(problem, parameters=params, variables=[x], solver_args=NO_MEMORY)
     tensors = [torch.tensor(v) for v in values]
     warm(*[t * 1.5 for t in tensors])  # fills the cache with other data
     q = tensors[0].clone().requires_grad_()
     (reused,) = warm(q, *tensors[1:])
     (grad_reused,) = torch.autograd.grad(reused.sum(), q)
-    fresh = AltDiffLayer(problem, parameters=params, variables=[x])
+    fresh = AltDiffLayer(problem, parameters=params, variables=[x], solver_args=NO_MEMORY)
     q = tensors[0].clone().requires_grad_()
     (first,) = fresh(q, *tensors[1:])
     (grad_first,) = torch.autograd.grad(first.sum(), q)
@@ -99,7 +103,7 @@ def test_factors_of_constant_matrices_are_reused_across_calls(monkeypatch, unlim
     monkeypatch.setattr(DenseSystems, "factor", counting)
     problem, params, x, values = _problem(np.random.default_rng(4), n=12)
     tensors = [torch.tensor(v) for v in values]
-    layer = AltDiffLayer(problem, parameters=params, variables=[x])
+    layer = AltDiffLayer(problem, parameters=params, variables=[x], solver_args=NO_MEMORY)
     (first,) = layer(*tensors)
     assert factorizations[0] >= 1
     before = factorizations[0]
@@ -107,7 +111,7 @@ def test_factors_of_constant_matrices_are_reused_across_calls(monkeypatch, unlim
     (again,) = layer(q, *tensors[1:])
     (grad_again,) = torch.autograd.grad(again.sum(), q)
     assert factorizations[0] == before
-    fresh = AltDiffLayer(problem, parameters=params, variables=[x])
+    fresh = AltDiffLayer(problem, parameters=params, variables=[x], solver_args=NO_MEMORY)
     q = tensors[0].clone().requires_grad_()
     (out,) = fresh(q, *tensors[1:])
     (grad_fresh,) = torch.autograd.grad(out.sum(), q)
@@ -183,7 +187,7 @@ def test_a_batchs_later_calls_reuse_what_its_factors_kept(monkeypatch, unlimited
     G = problem.constraints[1].args[0].args[0].value
     x0 = rng.standard_normal((B, 12))
     values = [rng.standard_normal((B, 12)), x0 @ A.T, x0 @ G.T + rng.uniform(-0.3, 1, (B, 12))]
-    layer = AltDiffLayer(problem, parameters=params, variables=[x])
+    layer = AltDiffLayer(problem, parameters=params, variables=[x], solver_args=NO_MEMORY)
     results = []
     for call in range(2):
         q = torch.tensor(values[0], requires_grad=True)

@@ -122,3 +122,24 @@ def test_steps_after_the_first_accepted_point_go_far_below_the_tolerance():
     x_ref, _, _ = solve_qp_reference(P, q, A, b, G, h)
     assert bool(result.converged.all())
     assert np.abs(result.x[0].numpy() - x_ref).max() < 1e-7
+
+
+def test_a_dual_residual_at_the_rounding_of_huge_multipliers_is_not_resolved():
+    """x_0 <= 1 and -x_0 <= -1 (dependent active rows) at x_0 = 1: multipliers
+    (1e12 - 1, 1e12) meet stationarity of min 1/2 ||x||^2 only to the rounding of their
+    1e12 terms, so the fallback's acceptance refuses that point; (0, 1) is resolved."""
+    from altdiff_modeling._admm import Residuals
+    from altdiff_modeling._scaling import Scaling
+    from altdiff_modeling._settings import SolverSettings
+
+    P, q = torch.eye(2, dtype=DT)[None], torch.zeros(1, 2, dtype=DT)
+    C = torch.tensor([[[1.0, 0.0], [-1.0, 0.0]]], dtype=DT)
+    data = QPData(P, q, C, torch.tensor([[1.0, -1.0]], dtype=DT), 0, 1)
+    unit = Scaling(
+        D=torch.ones(1, 2, dtype=DT), E=torch.ones(1, 2, dtype=DT), c=torch.ones(1, 1, dtype=DT)
+    )
+    residuals = Residuals(data, unit, SolverSettings(eps_abs=1e-6, eps_rel=0.0))
+    x, z = torch.tensor([[1.0, 0.0]], dtype=DT), torch.tensor([[1.0, -1.0]], dtype=DT)
+    for y, resolved in (([1e12 - 1.0, 1e12], False), ([0.0, 1.0], True)):
+        residuals.measure(x, z, torch.tensor([y], dtype=DT))
+        assert bool(residuals.dual_resolved()[0]) is resolved
