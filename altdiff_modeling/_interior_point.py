@@ -194,7 +194,8 @@ def interior_point_solve(
     # unit diagonal on the inequality rows, s = h - G x and lambda = G x - h, each moved
     # into the interior. Not ADMM's iterate: where ADMM stalls it can be a start from
     # which the iterates diverge (the LP QSHARE1B, at ADMM's 130th iteration; from its
-    # least-squares point the solve takes 20 steps).
+    # least-squares point they converge). An instance whose matrix does not factor here
+    # gets a non-finite start and is given up at the first step.
     diagonal = torch.ones(K, m, dtype=dtype, device=q.device)
     diagonal[:, :n_eq] = _DELTA
     kkt.factor(diagonal)
