@@ -34,6 +34,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from types import ModuleType
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -57,6 +58,28 @@ _MIN_SETS = 16
 # would carry fewer than half of float64's digits (the backward's "singular").
 _MAX_CONDITION = 1e8
 _TIMES_KEPT = 5  # solve times per batch size, for their median
+
+
+class _Structure(NamedTuple):
+    """What the sets are learnt from that depends on the constant P and C alone, in
+    float64 numpy (a set is learnt once, and small LAPACK calls through torch can cost
+    milliseconds on the CPU, its threads woken for one small matrix)."""
+
+    P: np.ndarray  # (n, n)
+    C: np.ndarray  # (m, n)
+    row_norms: np.ndarray  # (m,) the largest absolute entry of each row of C
+    nonzero: np.ndarray  # (m, n) C != 0
+    zero_columns: np.ndarray  # (n,) P's zero columns
+    own_row: np.ndarray  # (m,) inequality rows on one variable alone
+
+    @classmethod
+    def of(cls, data: QPData) -> _Structure:
+        P, C = (v.detach()[0].double().cpu().numpy() for v in (data.P, data.C))
+        nonzero = C != 0
+        own_row = nonzero.sum(1) == 1
+        own_row[: data.n_eq] = False
+        row_norms = np.abs(C).max(-1, initial=0)
+        return cls(P, C, row_norms, nonzero, (P == 0).all(0), own_row)
 
 
 @dataclass(frozen=True)
@@ -127,6 +150,7 @@ class ActiveSetMemory:
         self._signs: np.ndarray | None = None  # (n + m,) [1; -1]: [q; -bound] of d
         self._negated_equality: np.ndarray | None = None  # (m,) -1 on equality rows
         self._on_device: tuple[torch.device, tuple[torch.Tensor, ...]] | None = None
+        self._structure: _Structure | None = None  # of P and C, at the first learning
         self._last_used: list[int] = []
         self._calls = 0
         self._spent = self._saved = self._solving = 0.0
@@ -242,26 +266,26 @@ class ActiveSetMemory:
         (zero where the variable is free), and the variable's other rows, weakly
         active at the solver's point or not, are tested as inactive.
         """
-        if not self._applies(data, settings):
+        if not self._applies(data, settings) or not self._affordable():
             return
         B, n, n_eq = data.batch_size, data.n, data.n_eq
-        # In float64 numpy: a set is learnt once, and small LAPACK calls through torch
-        # can cost milliseconds on the CPU (its threads woken for one small matrix).
+        if self._structure is None:
+            self._structure = _Structure.of(data)
+        structure = self._structure
+        C, row_norms, nonzero = structure.C, structure.row_norms, structure.nonzero
         q, bound, x, y = (
             v.detach().expand(B, -1).double().cpu().numpy() for v in (data.q, data.bound, x, y)
         )
         solved = solved.cpu().numpy()
-        P, C = (v.detach()[0].double().cpu().numpy() for v in (data.P, data.C))
         d = np.concatenate([q, bound], axis=1)
         primal_tol, dual_tol = WEAK_WITHIN * _tolerances(
             np, d, n, settings.tolerances(data.q.dtype)
         )
-        active = y * np.abs(C).max(-1, initial=0) > dual_tol[:, None]
+        active = y * row_norms > dual_tol[:, None]
         active[:, :n_eq] = True
         inactive = bound - x @ C.T > primal_tol[:, None]
-        nonzero = C != 0
         # Free where the column of P is zero and q's entry a constant zero.
-        free = (P == 0).all(0) & (q == 0)
+        free = structure.zero_columns & (q == 0)
         if parametric is None:
             free[:] = False
         else:
@@ -269,32 +293,22 @@ class ActiveSetMemory:
         free &= ~(active @ nonzero).astype(bool)
         on_free = (free @ nonzero.T).astype(bool)  # (B, m)
         strict = (active | inactive | on_free)[:, n_eq:].all(-1)
-        # A free variable's bound row: an inequality row on it alone, the first one.
-        own_row = nonzero.sum(1) == 1
-        own_row[:n_eq] = False
         for b in np.flatnonzero(solved & strict):
             if not self._affordable():
                 return
-            pinned = _first_per_column(own_row & on_free[b], nonzero)
+            pinned = _first_per_column(structure.own_row & on_free[b], nonzero)
             key = (active[b].astype(np.int8) + pinned).tobytes()
             if key in self._sets:
                 continue
             start = time.perf_counter()
-            self._keep(key, active[b] | pinned, pinned, P, C, n_eq)
+            self._keep(key, active[b] | pinned, pinned, n_eq)
             self._spent += time.perf_counter() - start
 
-    def _keep(
-        self,
-        key: bytes,
-        active: np.ndarray,
-        pinned: np.ndarray,
-        P: np.ndarray,
-        C: np.ndarray,
-        n_eq: int,
-    ) -> None:
+    def _keep(self, key: bytes, active: np.ndarray, pinned: np.ndarray, n_eq: int) -> None:
         """Add the set ``active`` ``(m,)`` (``pinned``: its rows whose multiplier may
         vanish) if its KKT system is well conditioned (the least recently used set
         makes room where the memory is full)."""
+        P, C, row_norms = self._structure.P, self._structure.C, self._structure.row_norms
         (m, n), a = C.shape, active.astype(np.float64)
         K = np.block([[P, C.T], [a[:, None] * C, np.diag(1 - a)]])
         try:
@@ -308,8 +322,7 @@ class ActiveSetMemory:
         T[n:] *= a[:, None]  # y = 0 on the inactive rows, exactly
         slack_map = -C[n_eq:] @ T[:n]
         slack_map[:, n + n_eq :] += np.eye(m - n_eq)
-        row_norms = np.abs(C[n_eq:]).max(-1, keepdims=True, initial=0)
-        V = np.where(active[n_eq:, None], row_norms * T[n + n_eq :], slack_map)
+        V = np.where(active[n_eq:, None], row_norms[n_eq:, None] * T[n + n_eq :], slack_map)
         sides = np.stack([~active[n_eq:], active[n_eq:]], axis=-1).astype(np.float64)
         sides[:, 1] -= 2 * pinned[n_eq:]
         if self._kkt is None:
