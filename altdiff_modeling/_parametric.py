@@ -5,7 +5,8 @@ column-major (CVXPY's order). Each data block stores only its entries that are n
 identically zero, as ``values = M @ [theta; 1]`` with a sparse ``M``, and scatters them
 into a dense block. Blocks that depend on no parameter are computed once per dtype and
 device; blocks that depend only on unbatched parameters stay shared by the batch, so
-that a batch whose matrices are common factors H once.
+that a batch whose matrices are common factors H once. A small problem's blocks are
+each one dense product of theta instead (`ParametricQP._dense_maps`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from ._qp import QPData, stack_rows
 __all__ = ["BLOCK_NAMES", "AffineBlock", "ParameterSpec", "ParametricQP", "VariableSpec"]
 
 BLOCK_NAMES = ("P", "q", "A", "b", "G", "h")
+# The blocks of `QPData` and the blocks stacked in each.
+_STACKS = {"P": ("P",), "q": ("q",), "C": ("A", "G"), "bound": ("b", "h")}
 
 
 @dataclass(frozen=True)
@@ -292,16 +295,49 @@ class ParametricQP:
             shared_blocks: Names of blocks to evaluate at ``shared_theta``.
         """
         blocks = self._torch_blocks(theta.dtype, theta.device)
-        one = theta.new_ones(theta.shape[0], 1)
-        theta_aug = torch.cat([theta, one], dim=1)
+        maps = self._dense_maps(theta.dtype, theta.device)
+        if shared_theta is None:
+            shared_blocks = frozenset()
+        values: dict[str, torch.Tensor] = {}
+        separate = []
+        for name, members in _STACKS.items():
+            # A constant member's entries are in the map's constant part, whatever its side.
+            sides = {m in shared_blocks for m in members if blocks[m].constant is None}
+            if maps[name] is not None and len(sides) == 1:
+                constant, linear = maps[name]
+                source = shared_theta if sides.pop() else theta
+                shape = self._stacked_shape(name)
+                values[name] = torch.addmm(constant, source, linear).reshape(-1, *shape)
+            else:
+                separate.extend(members)
+        values.update(self._block_values(blocks, separate, theta, shared_theta, shared_blocks))
+        P, q = values["P"], values["q"]
+        C = values["C"] if "C" in values else self._stacked(blocks, values, "A", "G")
+        bound = values["bound"] if "bound" in values else self._stacked(blocks, values, "b", "h")
+        batch = max(P.shape[0], q.shape[0], C.shape[0], bound.shape[0], theta.shape[0])
+        return QPData(P, q, C, bound, self.n_eq, batch, self.cone_sizes)
+
+    def _block_values(
+        self,
+        blocks: dict[str, _TorchBlock],
+        names: list[str],
+        theta: torch.Tensor,
+        shared_theta: torch.Tensor | None,
+        shared_blocks: frozenset[str],
+    ) -> dict[str, torch.Tensor]:
+        """The blocks ``names`` one by one: constants, gathers (`_Selection`) and sparse
+        products of ``[theta; 1]``, or of ``[shared_theta; 1]`` for the ``shared_blocks``."""
+        values: dict[str, torch.Tensor] = {}
+        if not names:
+            return values
+        theta_aug = torch.cat([theta, theta.new_ones(theta.shape[0], 1)], dim=1)
         shared_aug = None
         if shared_theta is not None:
             shared_aug = torch.cat([shared_theta, theta.new_ones(1, 1)], dim=1)
-        values: dict[str, torch.Tensor] = {}
         gathers: dict[int, tuple[torch.Tensor, list[str]]] = {}
-        for name in BLOCK_NAMES:
+        for name in names:
             block = blocks[name]
-            source = shared_aug if name in shared_blocks and shared_aug is not None else theta_aug
+            source = shared_aug if name in shared_blocks else theta_aug
             if block.constant is not None:
                 values[name] = block.constant
             elif block.selection is not None:
@@ -309,14 +345,47 @@ class ParametricQP:
             else:
                 product = torch.sparse.mm(block.matrix, source.t()).t()  # (Bt, E)
                 values[name] = self._place(block, product)
-        for source, names in gathers.values():
-            values.update(self._gathered(blocks, tuple(names), source))
-        batch = max(v.shape[0] for v in values.values())
-        C = self._stacked(blocks, values, "A", "G")
-        bound = self._stacked(blocks, values, "b", "h")
-        n_eq = self.n_eq
-        batch = max(batch, theta.shape[0])
-        return QPData(values["P"], values["q"], C, bound, n_eq, batch, self.cone_sizes)
+        for source, gathered in gathers.values():
+            values.update(self._gathered(blocks, tuple(gathered), source))
+        return values
+
+    def _stacked_shape(self, name: str) -> tuple[int, ...]:
+        """The shape of a `QPData` block (``P``, ``q``, ``C`` or ``bound``)."""
+        n, m = self.n, self.n_eq + self.n_ineq
+        return {"P": (n, n), "q": (n,), "C": (m, n), "bound": (m,)}[name]
+
+    def _dense_maps(
+        self, dtype: torch.dtype, device: torch.device
+    ) -> dict[str, tuple[torch.Tensor, torch.Tensor] | None]:
+        """Per `QPData` block, its affine map as one dense ``(size,)`` constant and
+        ``(K, size)`` linear part, so that the block is one ``addmm`` of theta (one
+        autograd node, whose adjoint is one product), where the map has no more entries
+        than the ``n x (n + m)`` matrix ``[P, C']`` that every solver iteration
+        multiplies: a small problem, for which the gathers' and scatters' operations
+        cost more than their arithmetic. None for a constant block or a larger map."""
+        key = ("dense", dtype, device)
+        if key in self._torch_cache:
+            return self._torch_cache[key]
+        K, n, m = self.theta_size, self.n, self.n_eq + self.n_ineq
+        maps: dict[str, tuple[torch.Tensor, torch.Tensor] | None] = {}
+        for name, members in _STACKS.items():
+            size = math.prod(self._stacked_shape(name))
+            parametric = any(self.blocks[b].parameter_columns().size for b in members)
+            if not parametric or K * size > n * (n + m):
+                maps[name] = None
+                continue
+            dense = np.zeros((size, K + 1))
+            offset = 0
+            for member in members:
+                block = self.blocks[member]
+                dense[offset + block.index] = block.matrix.toarray()
+                offset += math.prod(block.shape)
+            maps[name] = (
+                torch.as_tensor(dense[:, K].copy(), dtype=dtype, device=device),
+                torch.as_tensor(dense[:, :K].T.copy(), dtype=dtype, device=device),
+            )
+        self._torch_cache[key] = maps
+        return maps
 
     def _stacked(
         self,
