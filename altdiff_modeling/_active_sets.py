@@ -148,7 +148,10 @@ class ActiveSetMemory:
         self._sides: np.ndarray | None = None
         self._kkt: np.ndarray | None = None  # [[P, C'], [C, 0]]' (symmetric)
         self._signs: np.ndarray | None = None  # (n + m,) [1; -1]: [q; -bound] of d
-        self._negated_equality: np.ndarray | None = None  # (m,) -1 on equality rows
+        # (n + m,) the residual r's sign flips whose maximum with r is the violation:
+        # -1 (|r|) on the dual entries and the equality rows, 0 (r's positive part)
+        # on the inequality rows
+        self._flips: np.ndarray | None = None
         self._on_device: tuple[torch.device, tuple[torch.Tensor, ...]] | None = None
         self._structure: _Structure | None = None  # of P and C, at the first learning
         self._last_used: list[int] = []
@@ -205,8 +208,11 @@ class ActiveSetMemory:
         array libraries (`_namespace`)."""
         n, B = data.n, data.batch_size
         xp = _namespace(data.q.device)
-        T, V, sides, kkt, signs, negated_equality = self._arrays(xp, data.q.device)
-        q, bound = (v.detach().expand(B, -1) for v in (data.q, data.bound))
+        T, V, sides, kkt, signs, flips = self._arrays(xp, data.q.device)
+        q, bound = (
+            v.detach() if v.shape[0] == B else v.detach().expand(B, -1)
+            for v in (data.q, data.bound)
+        )
         if xp is np:
             q, bound = q.numpy(), bound.numpy()
         d = xp.asarray(xp.concatenate([q, bound], axis=1), dtype=T.dtype)  # (B, n + m)
@@ -226,8 +232,7 @@ class ActiveSetMemory:
         # [Px + C'y + q; Cx - bound]: the point's residuals
         r = u @ kkt + d * signs
         on_rows = r[:, n:]
-        primal = _row_max(xp, xp.maximum(on_rows, on_rows * negated_equality)).clip(0)
-        residuals = xp.stack([primal, _row_max(xp, abs(r[:, :n]))])
+        residuals = _split_max(xp, xp.maximum(r, r * flips), n)  # (2, B) primal, dual
         if not bool((residuals <= tol).all()):
             return None  # a set's system too ill-conditioned for these data
         for index in chosen.tolist():
@@ -328,7 +333,7 @@ class ActiveSetMemory:
         if self._kkt is None:
             self._kkt = np.block([[P, C.T], [C, np.zeros((m, m))]])
             self._signs = np.concatenate([np.ones(n), -np.ones(m)])
-            self._negated_equality = -(np.arange(m) < n_eq).astype(np.float64)
+            self._flips = -(np.arange(n + m) < n + n_eq).astype(np.float64)
         new = (T, V, sides)
         if len(self._sets) >= min(_MAX_SETS, _MAX_BYTES // _set_bytes(n, m, n_eq)):
             index = min(range(len(self._last_used)), key=self._last_used.__getitem__)
@@ -354,7 +359,7 @@ class ActiveSetMemory:
     def _arrays(self, xp: ModuleType, device: torch.device) -> tuple[Array, ...]:
         """The kept arrays: the numpy ones, or copies on ``device`` (made once per
         change)."""
-        arrays = (*self._stacks(), self._kkt, self._signs, self._negated_equality)
+        arrays = (*self._stacks(), self._kkt, self._signs, self._flips)
         if xp is np:
             return arrays
         if self._on_device is None or self._on_device[0] != device:
@@ -387,8 +392,16 @@ def _tolerances(xp: ModuleType, d: Array, n: int, eps: tuple[float, float]) -> A
     """``(2, B)`` the primal and dual tolerances at the scale of the data ``d = [q;
     bound]`` ``(B, n + m)``: no larger than the forward's, whose scales also hold the
     point's products."""
-    size = abs(d)
-    return eps[0] + eps[1] * xp.stack([_row_max(xp, size[:, n:]), _row_max(xp, size[:, :n])])
+    return eps[0] + eps[1] * _split_max(xp, abs(d), n)
+
+
+def _split_max(xp: ModuleType, v: Array, n: int) -> Array:
+    """``(2, B)``: the largest entry of each row of ``v[:, n:]``, then of ``v[:, :n]``
+    (0 for an empty part); on numpy by one reduction (a lookup is tens of such small
+    operations, each costing more than its arithmetic)."""
+    if xp is np and 0 < n < v.shape[1]:
+        return np.maximum.reduceat(v, [0, n], axis=1).T[[1, 0]]
+    return xp.stack([_row_max(xp, v[:, n:]), _row_max(xp, v[:, :n])])
 
 
 def _row_max(xp: ModuleType, v: Array) -> Array:
