@@ -82,11 +82,16 @@ def _unflatten_column_major(flat: torch.Tensor, shape: tuple[int, ...]) -> torch
 def _gather(spec: VariableSpec, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """An output's entries ``(B, size, ...)`` from x ``(B, n, ...)`` or y ``(B, m, ...)``."""
     source, index = (y if spec.is_dual else x), spec.index
-    if (index < 0).any():  # zero entries: gathered from a column of zeros
-        zeros = source.new_zeros(source.shape[0], 1, *source.shape[2:])
-        index = np.where(index < 0, source.shape[1], index)
-        source = torch.cat([source, zeros], dim=1)
-    values = source[:, torch.as_tensor(index, device=source.device)]
+    if spec.span is not None:
+        # A copy: an output modified in place must not change the solution that the
+        # next call may start from.
+        values = source[:, spec.span].clone()
+    else:
+        if (index < 0).any():  # zero entries: gathered from a column of zeros
+            zeros = source.new_zeros(source.shape[0], 1, *source.shape[2:])
+            index = np.where(index < 0, source.shape[1], index)
+            source = torch.cat([source, zeros], dim=1)
+        values = source[:, torch.as_tensor(index, device=source.device)]
     return values if spec.sign == 1.0 else spec.sign * values
 
 

@@ -11,6 +11,7 @@ each one dense product of theta instead (`ParametricQP._dense_maps`).
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 
@@ -66,6 +67,20 @@ class VariableSpec:
     index: np.ndarray
     is_dual: bool = False
     sign: float = 1.0
+
+    @functools.cached_property
+    def span(self) -> slice | None:
+        """The output's entries as a slice of ``source`` where ``index`` is a range (a
+        variable's entries usually are), whose gradient is one copy where a gather's
+        is a scatter into zeros; None otherwise."""
+        index = self.index
+        if (
+            index.size == 0
+            or index[0] < 0
+            or not np.array_equal(index, np.arange(index[0], index[0] + index.size))
+        ):
+            return None
+        return slice(int(index[0]), int(index[0]) + index.size)
 
 
 def parameter_entries(matrix: sp.csr_array) -> np.ndarray:

@@ -410,6 +410,25 @@ def test_warm_start_call_argument(rng):
         CvxpyLayersLayer(problem, parameters=[q, h], variables=[x])(q_t, h_t, warm_start=True)
 
 
+def test_an_output_modified_in_place_leaves_the_next_warm_start_as_it_was(rng):
+    # The outputs are the layer's own tensors: filling one does not move the point
+    # that the next call starts from (the same iterates and iterations as without).
+    problem, x, q, h, (q_val, h_val) = _qp(rng)
+    q_t, h_t = torch.tensor(q_val), torch.tensor(h_val)
+    runs = []
+    for modify in (False, True):
+        layer = AltDiffLayer(
+            problem, parameters=[q, h], variables=[x], solver_args={"remember_active_sets": False}
+        )
+        (first,) = layer(q_t, h_t)
+        if modify:
+            first.fill_(1e3)
+        (warm,), info = layer(q_t + 0.01, h_t, warm_start=True, return_info=True)
+        runs.append((warm, int(info.iterations.max())))
+    torch.testing.assert_close(runs[1][0], runs[0][0], rtol=0, atol=0)
+    assert runs[1][1] == runs[0][1] > 0
+
+
 def test_out_of_scope_problem_is_named_as_written():
     x = cp.Variable(3, name="x")
     y = cp.Parameter(3, name="y")

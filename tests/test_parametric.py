@@ -104,3 +104,16 @@ def test_a_small_problem_s_blocks_are_one_dense_map_of_theta(rng):
         loss.backward()
         np.testing.assert_allclose(theta_t.grad.numpy(), grad, rtol=1e-12, atol=1e-12)
         np.testing.assert_allclose(shared_t.grad.numpy(), grad_shared, rtol=1e-12, atol=1e-12)
+
+
+def test_an_output_whose_entries_are_a_range_is_a_slice():
+    from altdiff_modeling._parametric import VariableSpec
+
+    def span(index):
+        return VariableSpec("v", (len(index),), np.array(index, dtype=np.int64)).span
+
+    assert span([3, 4, 5]) == slice(3, 6)
+    assert span([3, 5, 6]) is None  # a gap
+    assert span([4, 3]) is None  # reversed
+    assert span([-1, 0]) is None  # a zero entry
+    assert span([]) is None
