@@ -36,7 +36,9 @@ __all__ = ["AltDiffLayer"]
 def _flatten_column_major(value: torch.Tensor, ndim: int) -> torch.Tensor:
     """``(B, *shape) -> (B, size)`` in column-major (CVXPY) order."""
     batch, size = value.shape[0], math.prod(value.shape[1:])  # explicit: B may be 0
-    if ndim <= 1:
+    if ndim == 1:
+        return value  # (B, size) already: no view for autograd to record
+    if ndim == 0:
         return value.reshape(batch, size)
     return value.permute(0, *range(ndim, 0, -1)).reshape(batch, size)
 
@@ -47,6 +49,12 @@ _SIGNS = {
     "nonpos": (lambda v: v <= 0, "nonpositive"),
     "neg": (lambda v: v < 0, "negative"),
 }
+
+
+def _concatenated(flats: list[torch.Tensor]) -> torch.Tensor:
+    """``(B, K)``: the flattened parameters side by side (a layer of one parameter's
+    own tensor, with no node for autograd to record)."""
+    return flats[0] if len(flats) == 1 else torch.cat(flats, dim=1)
 
 
 def _check_declared(spec: ParameterSpec, value: torch.Tensor) -> None:
@@ -349,7 +357,7 @@ class AltDiffLayer(torch.nn.Module):
                 "use mode 'reverse', or backend 'dense' for a small problem"
             )
         if settings.mode == "forward" and needs_grad:
-            theta = torch.cat([f.expand(batch, -1) for f in flats], dim=1)
+            theta = _concatenated([f.expand(batch, -1) for f in flats])
             x, y = solve_forward_mode(self._qp, theta, settings, info, warm, holder)
         else:
             data = self._data(backend, flats, batched, batch)
@@ -399,7 +407,7 @@ class AltDiffLayer(torch.nn.Module):
             )
         flats, batched, batch = self._flatten_inputs(params)
         settings = settings.for_dtype(flats[0].dtype)
-        theta = torch.cat([f.expand(batch, -1) for f in flats], dim=1)
+        theta = _concatenated([f.expand(batch, -1) for f in flats])
         solved = forward_mode_solve(self._qp, theta, settings, SolveInfo())
         jacobians = []
         for spec in self._qp.variables:
@@ -427,8 +435,8 @@ class AltDiffLayer(torch.nn.Module):
         """QP data with blocks that depend only on unbatched parameters kept shared."""
         qp = self._sparse_qp if backend == "sparse" else self._qp
         if not any(batched):
-            return qp.data(torch.cat(flats, dim=1))
-        theta = torch.cat([f.expand(batch, -1) for f in flats], dim=1)
+            return qp.data(_concatenated(flats))
+        theta = _concatenated([f.expand(batch, -1) for f in flats])
         shared_theta = torch.cat(
             [
                 f.new_zeros(1, f.shape[1]) if is_b else f
