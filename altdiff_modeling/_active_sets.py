@@ -158,6 +158,7 @@ class ActiveSetMemory:
         self._calls = 0
         self._spent = self._saved = self._solving = 0.0
         self._solve_times: dict[int, deque[float]] = {}
+        self._typical_solve: dict[int, float] = {}  # their medians, per batch size
         #: Calls solved from the memory, and calls that tried it.
         self.hits = self.attempts = 0
 
@@ -198,9 +199,9 @@ class ActiveSetMemory:
         if found is None:
             return None
         self.hits += 1
-        typical = self._solve_times.get(data.batch_size)
-        if typical:
-            self._saved += max(statistics.median(typical) - spent, 0.0)
+        typical = self._typical_solve.get(data.batch_size)
+        if typical is not None:
+            self._saved += max(typical - spent, 0.0)
         return found
 
     def _find(self, data: QPData, settings: SolverSettings) -> FaceSolution | None:
@@ -247,7 +248,9 @@ class ActiveSetMemory:
     def observe(self, batch_size: int, seconds: float) -> None:
         """Record a normal solve's time: what a hit at this batch size saves."""
         self._solving += seconds
-        self._solve_times.setdefault(batch_size, deque(maxlen=_TIMES_KEPT)).append(seconds)
+        times = self._solve_times.setdefault(batch_size, deque(maxlen=_TIMES_KEPT))
+        times.append(seconds)
+        self._typical_solve[batch_size] = statistics.median(times)
 
     def learn(
         self,

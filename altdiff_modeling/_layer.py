@@ -81,8 +81,10 @@ def _check_declared(spec: ParameterSpec, value: torch.Tensor) -> None:
 def _unflatten_column_major(flat: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
     """``(B, size) -> (B, *shape)``, inverting `_flatten_column_major`."""
     batch = flat.shape[0]
-    if len(shape) <= 1:
-        return flat.reshape(batch, *shape)
+    if len(shape) == 1:
+        return flat  # (B, size) already
+    if not shape:
+        return flat.reshape(batch)
     reversed_shape = tuple(reversed(shape))
     return flat.reshape(batch, *reversed_shape).permute(0, *range(len(shape), 0, -1))
 
