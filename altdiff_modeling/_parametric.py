@@ -321,8 +321,8 @@ class ParametricQP:
             if maps[name] is not None and len(sides) == 1:
                 constant, linear = maps[name]
                 source = shared_theta if sides.pop() else theta
-                shape = self._stacked_shape(name)
-                values[name] = torch.addmm(constant, source, linear).reshape(-1, *shape)
+                value, shape = torch.addmm(constant, source, linear), self._stacked_shape(name)
+                values[name] = value if len(shape) == 1 else value.reshape(-1, *shape)
             else:
                 separate.extend(members)
         values.update(self._block_values(blocks, separate, theta, shared_theta, shared_blocks))
@@ -342,7 +342,10 @@ class ParametricQP:
     ) -> dict[str, torch.Tensor]:
         """The blocks ``names`` one by one: constants, gathers (`_Selection`) and sparse
         products of ``[theta; 1]``, or of ``[shared_theta; 1]`` for the ``shared_blocks``."""
-        values: dict[str, torch.Tensor] = {}
+        values = {
+            name: blocks[name].constant for name in names if blocks[name].constant is not None
+        }
+        names = [name for name in names if name not in values]
         if not names:
             return values
         theta_aug = torch.cat([theta, theta.new_ones(theta.shape[0], 1)], dim=1)
@@ -353,9 +356,7 @@ class ParametricQP:
         for name in names:
             block = blocks[name]
             source = shared_aug if name in shared_blocks else theta_aug
-            if block.constant is not None:
-                values[name] = block.constant
-            elif block.selection is not None:
+            if block.selection is not None:
                 gathers.setdefault(id(source), (source, []))[1].append(name)
             else:
                 product = torch.sparse.mm(block.matrix, source.t()).t()  # (Bt, E)
