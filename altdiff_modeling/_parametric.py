@@ -317,7 +317,7 @@ class ParametricQP:
         separate = []
         for name, members in _STACKS.items():
             # A constant member's entries are in the map's constant part, whatever its side.
-            sides = {m in shared_blocks for m in members if blocks[m].constant is None}
+            sides = {b in shared_blocks for b in members if blocks[b].constant is None}
             if maps[name] is not None and len(sides) == 1:
                 constant, linear = maps[name]
                 source = shared_theta if sides.pop() else theta
