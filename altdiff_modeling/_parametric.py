@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import scipy.sparse as sp
@@ -186,6 +187,14 @@ class _Selection:
         return values
 
 
+class _DenseMap(NamedTuple):
+    """A `QPData` block as ``addmm(constant, theta, linear).reshape(-1, *shape)``."""
+
+    constant: torch.Tensor  # (size,)
+    linear: torch.Tensor  # (K, size)
+    shape: tuple[int, ...]
+
+
 @dataclass
 class ParametricQP:
     """The canonical QP of a layer, affine in the user's parameters.
@@ -318,17 +327,18 @@ class ParametricQP:
         for name, members in _STACKS.items():
             # A constant member's entries are in the map's constant part, whatever its side.
             sides = {b in shared_blocks for b in members if blocks[b].constant is None}
-            if maps[name] is not None and len(sides) == 1:
-                constant, linear = maps[name]
+            dense = maps[name]
+            if dense is not None and len(sides) == 1:
                 source = shared_theta if sides.pop() else theta
-                value, shape = torch.addmm(constant, source, linear), self._stacked_shape(name)
-                values[name] = value if len(shape) == 1 else value.reshape(-1, *shape)
+                value = torch.addmm(dense.constant, source, dense.linear)
+                values[name] = value if len(dense.shape) == 1 else value.reshape(-1, *dense.shape)
             else:
                 separate.extend(members)
         values.update(self._block_values(blocks, separate, theta, shared_theta, shared_blocks))
-        P, q = values["P"], values["q"]
-        C = values["C"] if "C" in values else self._stacked(blocks, values, "A", "G")
-        bound = values["bound"] if "bound" in values else self._stacked(blocks, values, "b", "h")
+        P, q, C, bound = (
+            values[name] if name in values else self._stacked(blocks, values, *members)
+            for name, members in _STACKS.items()
+        )
         batch = max(P.shape[0], q.shape[0], C.shape[0], bound.shape[0], theta.shape[0])
         return QPData(P, q, C, bound, self.n_eq, batch, self.cone_sizes)
 
@@ -370,9 +380,7 @@ class ParametricQP:
         n, m = self.n, self.n_eq + self.n_ineq
         return {"P": (n, n), "q": (n,), "C": (m, n), "bound": (m,)}[name]
 
-    def _dense_maps(
-        self, dtype: torch.dtype, device: torch.device
-    ) -> dict[str, tuple[torch.Tensor, torch.Tensor] | None]:
+    def _dense_maps(self, dtype: torch.dtype, device: torch.device) -> dict[str, _DenseMap | None]:
         """Per `QPData` block, its affine map as one dense ``(size,)`` constant and
         ``(K, size)`` linear part, so that the block is one ``addmm`` of theta (one
         autograd node, whose adjoint is one product), where the map has no more entries
@@ -383,9 +391,10 @@ class ParametricQP:
         if key in self._torch_cache:
             return self._torch_cache[key]
         K, n, m = self.theta_size, self.n, self.n_eq + self.n_ineq
-        maps: dict[str, tuple[torch.Tensor, torch.Tensor] | None] = {}
+        maps: dict[str, _DenseMap | None] = {}
         for name, members in _STACKS.items():
-            size = math.prod(self._stacked_shape(name))
+            shape = self._stacked_shape(name)
+            size = math.prod(shape)
             parametric = any(self.blocks[b].parameter_columns().size for b in members)
             if not parametric or K * size > n * (n + m):
                 maps[name] = None
@@ -396,9 +405,10 @@ class ParametricQP:
                 block = self.blocks[member]
                 dense[offset + block.index] = block.matrix.toarray()
                 offset += math.prod(block.shape)
-            maps[name] = (
+            maps[name] = _DenseMap(
                 torch.as_tensor(dense[:, K].copy(), dtype=dtype, device=device),
                 torch.as_tensor(dense[:, :K].T.copy(), dtype=dtype, device=device),
+                shape,
             )
         self._torch_cache[key] = maps
         return maps

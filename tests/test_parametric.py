@@ -35,10 +35,8 @@ def test_block_values_and_gradients_match_their_affine_maps(rng):
     values = {"P": data.P, "q": data.q, "A": data.A, "b": data.b}
     values.update({"G": data.G, "h": data.h})
     loss, expected_grad = 0.0, np.zeros_like(theta)
-    theta_aug = np.hstack([theta, np.ones((3, 1))])
     for name, block in qp.blocks.items():
-        flat = np.zeros((3, math.prod(block.shape)))
-        flat[:, block.index] = (block.matrix @ theta_aug.T).T
+        flat = _expected_block(block, theta)
         got = values[name].detach().expand(3, *block.shape).reshape(3, -1).numpy()
         np.testing.assert_allclose(got, flat, rtol=1e-14, atol=1e-14, err_msg=name)
         weights = rng.standard_normal(flat.shape)
