@@ -20,8 +20,10 @@ KKT point of a convex QP on a regular system), exact to round-off, and its gradi
 is ``T_a' g``: the fixed point of the Alt-Diff recursion there, which the iterations
 would approach.
 
-Where a call's instances are not all found, the call runs the solver as usual and
-its solved instances teach the memory their sets. What the memory costs (its tests
+An instance that no kept set passes takes a few active-set steps from the kept set
+nearest it (`corrected_sets`); a set they reach is kept, then tested and verified as
+every other. Where a call's instances are still not all found, the call runs the
+solver as usual and its solved instances teach the memory their sets. What the memory costs (its tests
 and what it learns, measured) stays within what it has saved (a hit saves the
 layer's measured solve time for that batch size, less the test) plus a twentieth of
 the solves' time: on a layer whose active sets do not recur it costs at most that.
@@ -39,6 +41,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from ._active_set_steps import corrected_sets
 from ._degeneracy import WEAK_WITHIN
 from ._qp import QPData
 from ._settings import SolverSettings
@@ -58,6 +61,8 @@ _MIN_SETS = 16
 # would carry fewer than half of float64's digits (the backward's "singular").
 _MAX_CONDITION = 1e8
 _TIMES_KEPT = 5  # solve times per batch size, for their median
+# Active-set steps from a kept set toward a new instance's (`_extend`), at most.
+_STEPS = 5
 
 
 class _Structure(NamedTuple):
@@ -193,7 +198,7 @@ class ActiveSetMemory:
         start = time.perf_counter()
         self._calls += 1
         self.attempts += 1
-        found = self._find(data, settings)
+        found = self._find(data, settings, extend=True)
         spent = time.perf_counter() - start
         self._spent += spent
         if found is None:
@@ -204,9 +209,10 @@ class ActiveSetMemory:
             self._saved += max(typical - spent, 0.0)
         return found
 
-    def _find(self, data: QPData, settings: SolverSettings) -> FaceSolution | None:
+    def _find(self, data: QPData, settings: SolverSettings, extend: bool) -> FaceSolution | None:
         """The solution of every instance from its set, or None; one code for both
-        array libraries (`_namespace`)."""
+        array libraries (`_namespace`). With ``extend``, the instances that no kept set
+        holds for first try the sets `_extend` reaches from their nearest ones."""
         n, B = data.n, data.batch_size
         xp = _namespace(data.q.device)
         T, V, sides, kkt, signs, flips = self._arrays(xp, data.q.device)
@@ -221,9 +227,14 @@ class ActiveSetMemory:
         R, m_ineq = V.shape[:2]
         tested = V.reshape(R * m_ineq, d.shape[1]) @ d.T
         threshold = sides.reshape(R * m_ineq, 2) @ (WEAK_WITHIN * tol)
-        holds = (tested > threshold).reshape(R, m_ineq, B).all(1)  # (R, B)
-        if not bool(holds.any(0).all()):
-            return None
+        passes = (tested > threshold).reshape(R, m_ineq, B)
+        holds = passes.all(1)  # (R, B)
+        missing = ~holds.any(0)
+        if bool(missing.any()):
+            nearest = passes.sum(1)[:, missing].argmax(0)  # the set passing most tests
+            if not (extend and self._extend(d[missing], nearest, tol[:, missing], data.n_eq)):
+                return None
+            return self._find(data, settings, extend=False)
         chosen = (holds * 1).argmax(0)  # (B,) the first set that holds
         maps = T[chosen]
         u = (maps @ d[:, :, None])[..., 0]  # exact zeros on the inactive rows' y
@@ -244,6 +255,37 @@ class ActiveSetMemory:
         dtype = data.q.dtype
         x, y, Cx, primal, dual = (v if v.dtype == dtype else v.to(dtype) for v in values)
         return FaceSolution(x, y, Cx, FaceMaps(maps, n), primal, dual)
+
+    def _extend(self, d: Array, nearest: Array, tol: Array, n_eq: int) -> bool:
+        """Whether a set was found and kept for each instance of ``d`` ``(K, n + m)``
+        by active-set steps (`corrected_sets`) from the kept set ``nearest`` ``(K,)``
+        (indices); ``tol`` ``(2, K)``. Those sets are then verified as every kept one."""
+        d, nearest, tol = (
+            v if isinstance(v, np.ndarray) else v.cpu().numpy() for v in (d, nearest, tol)
+        )
+        structure = self._structure
+        K, m = d.shape[0], structure.C.shape[0]
+        sides = self._sides[nearest, :, 1]  # (K, m_ineq): 1 active, -1 pinned, 0 inactive
+        guess, pinned = np.ones((K, m), dtype=bool), np.zeros((K, m), dtype=bool)
+        guess[:, n_eq:], pinned[:, n_eq:] = sides != 0, sides < 0
+        found = corrected_sets(
+            structure.P,
+            structure.C,
+            structure.row_norms,
+            d,
+            guess,
+            pinned,
+            WEAK_WITHIN * tol,
+            n_eq,
+            _STEPS,
+        )
+        if found is None:
+            return False
+        for active, pins in zip(found, pinned, strict=True):
+            key = active.astype(np.int8).tobytes()
+            if key not in self._sets:
+                self._keep(key, active, pins, n_eq)
+        return True
 
     def observe(self, batch_size: int, seconds: float) -> None:
         """Record a normal solve's time: what a hit at this batch size saves."""

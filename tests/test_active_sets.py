@@ -63,6 +63,29 @@ def test_recurring_active_sets_are_solved_exactly_from_the_memory(rng):
     assert layer._reuse.active_sets.hits == remembered
 
 
+@pytest.mark.parametrize("lookup", ["numpy", "torch"])
+def test_a_new_set_near_a_remembered_one_is_reached_by_active_set_steps(rng, monkeypatch, lookup):
+    if lookup == "torch":  # as on other devices than the CPU
+        monkeypatch.setattr(active_sets, "_namespace", lambda device: torch)
+    n = 5
+    layer = _simplex_layer(n)
+    memory = layer._reuse.active_sets
+    center = np.array([1.0, 0.8, 0.6, -1.0, -2.0])  # support {0, 1, 2}
+    for _ in range(40):
+        _call(layer, center + 0.01 * rng.standard_normal(n), rng.standard_normal(n))
+        if memory.hits:
+            break
+    assert memory.hits and len(memory._sets) == 1
+    # Supports {0, 1} and {0, 1, 2, 3}: sets the memory has not seen, one row away.
+    for y in ([1.0, 0.8, -0.5, -1.0, -2.0], [1.0, 0.8, 0.6, 0.5, -2.0]):
+        y, w = np.array(y), rng.standard_normal(n)
+        x, grad, info = _call(layer, y, w)
+        assert int(info.iterations[0]) == 0 and info.status == ["solved"]
+        np.testing.assert_allclose(x, _simplex_projection(y), atol=1e-12)
+        np.testing.assert_allclose(grad, _simplex_vjp(y, w), atol=1e-12)
+    assert len(memory._sets) == 3
+
+
 def test_a_batch_is_answered_where_each_instance_finds_its_set(rng):
     n, B = 4, 3
     layer = _simplex_layer(n)

@@ -99,10 +99,11 @@ def test_records_are_kept_per_batch_shape():
 
 
 def _capped_simplex_layer(n: int) -> AltDiffLayer:
-    """The projection of c onto ``{x : sum x = 1, 0 <= x <= 0.6}``."""
+    """The projection of c onto ``{x : sum x = 1, 0 <= x <= 0.6}``, without the active-set
+    memory (which would answer later calls from the first call's sets)."""
     x, c = cp.Variable(n), cp.Parameter(n)
     problem = cp.Problem(cp.Minimize(cp.sum_squares(x - c)), [cp.sum(x) == 1, x >= 0, x <= 0.6])
-    return AltDiffLayer(problem, [c], [x])
+    return AltDiffLayer(problem, [c], [x], solver_args={"remember_active_sets": False})
 
 
 def test_a_layer_that_hands_its_instances_over_gives_exact_solutions_and_gradients(monkeypatch):
