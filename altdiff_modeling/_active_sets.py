@@ -43,6 +43,7 @@ import torch
 
 from ._active_set_steps import corrected_sets
 from ._degeneracy import WEAK_WITHIN
+from ._free_variables import FreeVariables
 from ._qp import QPData
 from ._settings import SolverSettings
 
@@ -73,18 +74,14 @@ class _Structure(NamedTuple):
     P: np.ndarray  # (n, n)
     C: np.ndarray  # (m, n)
     row_norms: np.ndarray  # (m,) the largest absolute entry of each row of C
-    nonzero: np.ndarray  # (m, n) C != 0
-    zero_columns: np.ndarray  # (n,) P's zero columns
-    own_row: np.ndarray  # (m,) inequality rows on one variable alone
+    free_variables: FreeVariables | None  # of P and C (float64 torch on the CPU)
 
     @classmethod
-    def of(cls, data: QPData) -> _Structure:
-        P, C = (v.detach()[0].double().cpu().numpy() for v in (data.P, data.C))
-        nonzero = C != 0
-        own_row = nonzero.sum(1) == 1
-        own_row[: data.n_eq] = False
-        row_norms = np.abs(C).max(-1, initial=0)
-        return cls(P, C, row_norms, nonzero, (P == 0).all(0), own_row)
+    def of(cls, data: QPData, hidden: torch.Tensor | None) -> _Structure:
+        P, C = (v.detach()[:1].double().cpu() for v in (data.P, data.C))
+        row_norms = np.abs(C[0].numpy()).max(-1, initial=0)
+        free = None if hidden is None else FreeVariables.of(P, C, data.n_eq, hidden.cpu())
+        return cls(P[0].numpy(), C[0].numpy(), row_norms, free)
 
 
 @dataclass(frozen=True)
@@ -302,17 +299,19 @@ class ActiveSetMemory:
         solved: torch.Tensor,
         settings: SolverSettings,
         parametric: torch.Tensor | None = None,
+        hidden: torch.Tensor | None = None,
     ) -> None:
         """Keep the active sets of the ``solved`` ``(B,)`` instances whose point ``x``
         ``(B, n)``, ``y`` ``(B, m)`` (user units) is strictly complementary, within
         the budget; ``parametric`` ``(n + m,)``: the entries of q (then the rows) that
-        depend on a parameter (None: all).
+        depend on a parameter (None: all); ``hidden`` ``(n,)``: the variables no output
+        reads (None: none), the only ones pinned.
 
-        A variable that no objective term, no active row and no parameter reaches
-        (the epigraph ``t`` of ``|u| <= t <= 1`` with ``|u| < 1``) is free on the
-        solution's face and makes its KKT system singular; its rows' sides change no
-        other variable (`_degeneracy.absorbed`). Such a variable is pinned to a bound
-        row of its own: that row joins the set with a multiplier that may vanish
+        A variable that no objective term, no active row, no parameter and no output
+        reaches (the epigraph ``t`` of ``|u| <= t <= 1`` with ``|u| < 1``) is free on
+        the solution's face and makes its KKT system singular; its rows' sides change
+        no other variable (`_degeneracy.absorbed`). Such a variable is pinned to a
+        bound row of its own (`_free_variables`): that row joins the set with a multiplier that may vanish
         (zero where the variable is free), and the variable's other rows, weakly
         active at the solver's point or not, are tested as inactive.
         """
@@ -320,9 +319,9 @@ class ActiveSetMemory:
             return
         B, n, n_eq = data.batch_size, data.n, data.n_eq
         if self._structure is None:
-            self._structure = _Structure.of(data)
+            self._structure = _Structure.of(data, hidden)
         structure = self._structure
-        C, row_norms, nonzero = structure.C, structure.row_norms, structure.nonzero
+        C, row_norms = structure.C, structure.row_norms
         q, bound, x, y = (
             v.detach().expand(B, -1).double().cpu().numpy() for v in (data.q, data.bound, x, y)
         )
@@ -334,24 +333,23 @@ class ActiveSetMemory:
         active = y * row_norms > dual_tol[:, None]
         active[:, :n_eq] = True
         inactive = bound - x @ C.T > primal_tol[:, None]
-        # Free where the column of P is zero and q's entry a constant zero.
-        free = structure.zero_columns & (q == 0)
-        if parametric is None:
-            free[:] = False
-        else:
-            free &= ~parametric[:n].cpu().numpy()
-        free &= ~(active @ nonzero).astype(bool)
-        on_free = (free @ nonzero.T).astype(bool)  # (B, m)
+        pinned = on_free = np.zeros_like(active)
+        free_variables = structure.free_variables
+        if free_variables is not None and parametric is not None:
+            # free where q's entry is a constant zero: then on every instance
+            free = free_variables.free(torch.from_numpy(active), torch.from_numpy(q))
+            free &= ~parametric[:n].cpu()
+            pinned = free_variables.pinned(free).numpy()
+            on_free = free_variables.rows_on(free).numpy()  # tested as inactive
         strict = (active | inactive | on_free)[:, n_eq:].all(-1)
         for b in np.flatnonzero(solved & strict):
             if not self._affordable():
                 return
-            pinned = _first_per_column(structure.own_row & on_free[b], nonzero)
-            key = (active[b].astype(np.int8) + pinned).tobytes()
+            key = (active[b].astype(np.int8) + pinned[b]).tobytes()
             if key in self._sets:
                 continue
             start = time.perf_counter()
-            self._keep(key, active[b] | pinned, pinned, n_eq)
+            self._keep(key, active[b] | pinned[b], pinned[b], n_eq)
             self._spent += time.perf_counter() - start
 
     def _keep(self, key: bytes, active: np.ndarray, pinned: np.ndarray, n_eq: int) -> None:
@@ -422,15 +420,6 @@ def _set_bytes(n: int, m: int, n_eq: int) -> int:
     """Bytes of one set's float64 ``T`` ``(n + m, n + m)``, ``V`` ``(m - n_eq, n + m)``
     and sides ``(m - n_eq, 2)``."""
     return 8 * ((n + m) * (n + 2 * m - n_eq) + 2 * (m - n_eq))
-
-
-def _first_per_column(rows: np.ndarray, nonzero: np.ndarray) -> np.ndarray:
-    """``(m,)`` bool: of the single-variable ``rows``, the first on each variable."""
-    first = np.zeros_like(rows)
-    columns = nonzero[rows].argmax(-1)
-    _, where = np.unique(columns, return_index=True)
-    first[np.flatnonzero(rows)[where]] = True
-    return first
 
 
 def _tolerances(xp: ModuleType, d: Array, n: int, eps: tuple[float, float]) -> Array:

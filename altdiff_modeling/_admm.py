@@ -49,6 +49,7 @@ from ._costs import (
     timed,
 )
 from ._forward_choice import ForwardChoice, ForwardCosts
+from ._free_variables import FreeVariables
 from ._interior_point import (
     INTERIOR_POINT_OPERATIONS,
     TYPICAL_STEPS,
@@ -494,6 +495,7 @@ def _try_polish(
     shared: tuple[SharedPolisher, CholeskyFactor, torch.Tensor, float, Rates] | None = None,
     budget: PolishBudget | None = None,
     corrections: int = _CORRECTIONS,
+    hidden: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, MajoritySystems | None]:
     """Polish the pending instances on their active-set estimate ``active`` ``(B, m)``;
     keep each polished point only if it converged.
@@ -508,7 +510,9 @@ def _try_polish(
 
     ``shared`` is the polisher of a batch with shared float64 data, with the current
     factor of H, per-row penalty and sigma; the general `polish` serves the others
-    and the batches whose majority system it cannot solve.
+    and the batches whose majority system it cannot solve. Of the ``hidden`` ``(n,)``
+    variables (no output reads them), those an estimate leaves free are pinned
+    (`_free_variables`): on dense data each estimate polishes with their pin rows.
 
     On return ``residuals`` describes the returned iterates. Also returns the ``(B,)``
     mask of the polished points kept, and where the shared polisher polished every
@@ -523,8 +527,14 @@ def _try_polish(
         budget = PolishBudget(lambda _: 0.0)
         budget.iterating = math.inf
     # sparse data's polish makes its own rounds; a cone's face has no row to correct
-    corrections = 0 if data.sparse or data.cones is not None else corrections
+    dense = not data.sparse and data.cones is None
+    corrections = corrections if dense else 0
     spent = 0.0
+    pinned = torch.zeros_like(estimate)
+    with timed() as clock:
+        pinning = dense and hidden is not None
+        free_variables = FreeVariables.of(data.P, data.C, n_eq, hidden) if pinning else None
+    spent += clock.seconds
     for correction in range(corrections + 1):
         index = torch.nonzero(tried).flatten()
         with timed() as clock:
@@ -535,7 +545,9 @@ def _try_polish(
                 xp, zp, yp, ok = _polish_faces(data, x, y, index, estimate[index])
                 solved = None
             else:
-                polished = _polish_instances(data, x, index, estimate[index], shared)
+                if free_variables is not None:
+                    pinned[index] = _pins(free_variables, data.q, estimate, index)
+                polished = _polish_instances(data, x, index, (estimate | pinned)[index], shared)
                 xp, zp, yp, ok, solved = polished
             ok_any = bool(ok.any())  # waits for a device's work: it is timed
         x_new[index], z_new[index], y_new[index] = xp, zp, yp
@@ -554,7 +566,9 @@ def _try_polish(
             break
         # The rows the polished points contradict: violated inactive inequality rows,
         # active inequality rows with a zero (clamped negative) multiplier.
-        contradicted, correctable = contradicted_rows(estimate, y_new, Cx, data.bound, n_eq)
+        contradicted, correctable = contradicted_rows(
+            estimate | pinned, y_new, Cx, data.bound, n_eq, pinned
+        )
         solvable = torch.zeros_like(pending)
         solvable[index] = ok
         tried = tried & solvable & ~accept & correctable
@@ -571,6 +585,16 @@ def _try_polish(
     y = torch.where(accept[:, None], y_new, y)
     residuals.measure(x, z, y)
     return x, z, y, accept, systems
+
+
+def _pins(
+    free_variables: FreeVariables, q: torch.Tensor, estimate: torch.Tensor, index: torch.Tensor
+) -> torch.Tensor:
+    """``(K, m)``: the rows that pin the variables the estimates ``estimate[index]``
+    leave free (`_free_variables`), for the instances ``index`` ``(K,)``."""
+    free_variables = free_variables.select(index)
+    q = q if q.shape[0] == 1 else q[index]
+    return free_variables.pinned(free_variables.free(estimate[index], q))
 
 
 def _try_interior_point(
@@ -742,6 +766,7 @@ def admm_solve(
     weights: torch.Tensor | None = None,
     factors: FactorCache | None = None,
     costs: ForwardCosts | None = None,
+    hidden: torch.Tensor | None = None,
 ) -> SolveResult:
     """Solve a batch of (scaled) QPs with ADMM; see the module docstring.
 
@@ -758,6 +783,8 @@ def admm_solve(
         costs: A layer's measured costs of its forward methods, kept across calls: when
             to hand unfinished instances to the interior-point solve
             (`_forward_choice`). None: at the predicted price.
+        hidden: ``(n,)`` bool, a layer's variables that no output reads: the polish
+            pins those its estimates leave free (`_free_variables`). None: none.
 
     Returns:
         The iterate at which each instance stopped, with its status and residuals.
@@ -945,7 +972,7 @@ def admm_solve(
                 rates = rates_so_far(polished_with[0], batch.shape[0])
                 with_factor = (polisher, *polished_with, sigma, rates)
             x, z, y, kept, polish_systems = _try_polish(
-                data, residuals, x, z, y, tried, estimate, with_factor, budget
+                data, residuals, x, z, y, tried, estimate, with_factor, budget, hidden=hidden
             )
             if shape_costs is not None and budget.measured is not None:
                 shape_costs.polish = budget.measured[:2]

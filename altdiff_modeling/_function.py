@@ -227,6 +227,7 @@ def _solve(
     tangents: DataTangents | None = None,
     warm: Solution | None = None,
     reuse: ConstantDataReuse | None = None,
+    hidden: torch.Tensor | None = None,
 ) -> tuple[Scaling, QPData, SolveResult, ForwardTangents | None]:
     reuse = reuse if reuse is not None else ConstantDataReuse()
     scaling = ruiz_scaling(data, settings.scaling, reuse.equilibration(data, settings))
@@ -241,7 +242,15 @@ def _solve(
         warm_start = WarmStart(x=x, z=z, y=y, rho=warm.rho)
     factors = reuse.factors(data, settings)
     result = admm_solve(
-        scaled, settings, scaling, tracker, warm_start, weights, factors, reuse.forward_costs
+        scaled,
+        settings,
+        scaling,
+        tracker,
+        warm_start,
+        weights,
+        factors,
+        reuse.forward_costs,
+        hidden,
     )
     info._fill(result)
     return scaling, scaled, result, tracker
@@ -406,7 +415,12 @@ class _ReverseFunction(torch.autograd.Function):
         warm: Solution | None,
         reuse: ConstantDataReuse | None,
         layout: tuple[
-            int, SparsePattern | None, SparsePattern | None, tuple[int, ...], torch.Tensor | None
+            int,
+            SparsePattern | None,
+            SparsePattern | None,
+            tuple[int, ...],
+            torch.Tensor | None,
+            torch.Tensor | None,
         ],
         *blocks: torch.Tensor,
     ):
@@ -425,14 +439,16 @@ class _ReverseFunction(torch.autograd.Function):
         if data.sparse and device.type != "cpu":
             data = data.to(torch.device("cpu"))
             warm = None if warm is None else warm.to(torch.device("cpu"))
-        scaling, scaled, result, _ = _solve(data, settings, info, warm=warm, reuse=reuse)
+        scaling, scaled, result, _ = _solve(
+            data, settings, info, warm=warm, reuse=reuse, hidden=layout[5]
+        )
         ctx.data, ctx.scaled, ctx.scaling, ctx.result = data, scaled, scaling, result
         ctx.parametric = layout[4]
         ctx.timings = None if reuse is None else reuse.backward_seconds(data, settings)
         x, y, ctx.failed = _outputs(scaling, result, settings, holder)
         if memory is not None:
             memory.observe(data.batch_size, time.perf_counter() - started)
-            memory.learn(data, x, y, result.status == SOLVED, settings, layout[4])
+            memory.learn(data, x, y, result.status == SOLVED, settings, layout[4], layout[5])
         if holder:
             holder[0] = holder[0].to(device)
         return x.to(device), y.to(device)
@@ -541,6 +557,7 @@ def solve_reverse(
     holder: list | None = None,
     reuse: ConstantDataReuse | None = None,
     parametric: torch.Tensor | None = None,
+    hidden: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Solve with gradients by reverse-mode Alt-Diff.
 
@@ -555,6 +572,9 @@ def solve_reverse(
         parametric: ``(n + n_eq + n_ineq,)`` bool, a layer's entries of q, then rows of C
             or of the bound, that depend on a parameter (the others' gradients reach no
             parameter), or None (all of them).
+        hidden: ``(n,)`` bool, a layer's variables that no output reads (CVXPY's
+            auxiliary variables), which the solver may pin where they are free
+            (`_free_variables`); None: every variable is read.
 
     Returns:
         ``x`` ``(B, n)`` and the multipliers ``[lambda; nu]`` ``(B, n_eq + n_ineq)``.
@@ -570,6 +590,7 @@ def solve_reverse(
         C.pattern if isinstance(C, BatchedSparse) else None,
         data.cone_sizes,
         parametric,
+        hidden,
     )
     blocks = (_storage(P), data.q, _storage(C), data.bound)
     return _ReverseFunction.apply(settings, info, holder, warm, reuse, layout, *blocks)

@@ -227,6 +227,18 @@ class AltDiffLayer(torch.nn.Module):
             self._masks[key] = torch.as_tensor(qp.parametric_mask(), device=device)
         return self._masks[key]
 
+    def _hidden_variables(self, device: torch.device) -> torch.Tensor:
+        """``(n,)`` bool: the canonical variables that no primal output reads (CVXPY's
+        auxiliary variables)."""
+        key = ("hidden", device)
+        if key not in self._masks:
+            hidden = np.ones(self._form.n, dtype=bool)
+            for spec in self._form.variables:
+                if not spec.is_dual:
+                    hidden[spec.index[spec.index >= 0]] = False
+            self._masks[key] = torch.as_tensor(hidden, device=device)
+        return self._masks[key]
+
     def _block_dependencies(self, backend: str) -> dict[str, set[int]]:
         """Which parameters (by position) each data block of a backend depends on."""
         if backend not in self._dependencies:
@@ -364,7 +376,8 @@ class AltDiffLayer(torch.nn.Module):
         else:
             data = self._data(backend, flats, batched, batch)
             mask = self._parametric_mask(backend, data.q.device)
-            x, y = solve_reverse(data, settings, info, warm, holder, self._reuse, mask)
+            hidden = self._hidden_variables(data.q.device)
+            x, y = solve_reverse(data, settings, info, warm, holder, self._reuse, mask, hidden)
         self._last_solution = holder[0] if holder else None
 
         outputs = []

@@ -86,15 +86,24 @@ CORRECTABLE_ROWS = 0.1
 
 
 def contradicted_rows(
-    estimate: torch.Tensor, y: torch.Tensor, Cx: torch.Tensor, bound: torch.Tensor, n_eq: int
+    estimate: torch.Tensor,
+    y: torch.Tensor,
+    Cx: torch.Tensor,
+    bound: torch.Tensor,
+    n_eq: int,
+    pinned: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The rows of a polished point ``(x, y)`` that contradict its active-set estimate
     ``(K, m)``: active inequality rows whose multiplier ``y`` ``(K, m)`` is not positive,
     inactive rows that ``Cx`` ``(K, m)`` violates (``> bound``); and the ``(K,)`` mask
     of the instances whose estimate they correct (a primal-dual active-set step): those
-    with at least one such row and at most ``CORRECTABLE_ROWS`` of the rows (at least 2)."""
+    with at least one such row and at most ``CORRECTABLE_ROWS`` of the rows (at least 2).
+    The ``pinned`` ``(K, m)`` rows of the estimate (`_free_variables`) may have a zero
+    multiplier: they contradict nothing."""
     contradicted = torch.where(estimate, y <= 0, Cx > bound)
     contradicted[:, :n_eq] = False
+    if pinned is not None:
+        contradicted &= ~pinned
     wrong = contradicted.sum(-1)
     limit = max(2, CORRECTABLE_ROWS * estimate.shape[1])
     return contradicted, (wrong > 0) & (wrong <= limit)

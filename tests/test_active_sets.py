@@ -123,6 +123,24 @@ def test_a_free_epigraph_variable_is_pinned_and_its_layer_remembered(rng):
     assert bool((memory._sides[..., 1] < 0).any())  # a pinned row's multiplier may vanish
 
 
+def test_a_free_variable_the_output_reads_is_not_pinned(rng):
+    # min (x0 - a)^2 s.t. 0 <= x1 <= 1: x1 is anywhere in [0, 1]. Pinned to a bound, a
+    # remembered set would answer one of those solutions with a zero gradient, as if it
+    # were unique; unpinned, its set is singular and never kept, and the backward of a
+    # loss that reads x1 says that there is no derivative.
+    from altdiff_modeling import SolverError
+
+    x, a = cp.Variable(2), cp.Parameter()
+    problem = cp.Problem(cp.Minimize(cp.square(x[0] - a)), [x[1] >= 0, x[1] <= 1])
+    layer = AltDiffLayer(problem, parameters=[a], variables=[x])
+    for _ in range(20):
+        value = torch.tensor(rng.standard_normal(), requires_grad=True)
+        (out,) = layer(value)
+        with pytest.raises(SolverError, match="singular"):
+            torch.autograd.grad(out[1], value)
+    assert layer._reuse.active_sets.hits == 0 and not layer._reuse.active_sets._sets
+
+
 def test_a_weakly_active_solution_is_left_to_the_solver():
     layer = _simplex_layer(3)
     w = np.array([1.0, -2.0, 0.5])

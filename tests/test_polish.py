@@ -276,6 +276,30 @@ def test_a_polish_corrects_wrong_rows_of_its_estimate():
     assert not kept_rows(0).any()
 
 
+def test_a_free_epigraph_variable_is_pinned_so_that_its_layer_polishes(unlimited_polishing):
+    # |u| <= 1 becomes u <= t, -u <= t, t <= 1: where |u| < 1 no objective term and no
+    # active row holds t, so the estimate's reduced KKT system leaves it free and the
+    # polished point violates t's rows. Pinned to t <= 1, every instance polishes at
+    # its first attempt: exact, not ADMM's tolerance-close point.
+    rng = np.random.default_rng(3)
+    n, B = 6, 8
+    a, u = cp.Parameter(n), cp.Variable(n)
+    problem = cp.Problem(cp.Minimize(cp.sum_squares(u - a)), [cp.abs(u) <= 1])
+    layer = AltDiffLayer(
+        problem, parameters=[a], variables=[u], solver_args={"remember_active_sets": False}
+    )
+    for _ in range(3):
+        values = torch.tensor(rng.uniform(-2, 2, (B, n)), requires_grad=True)
+        w = torch.tensor(rng.standard_normal((B, n)))
+        (x,), info = layer(values, return_info=True)
+        (grad,) = torch.autograd.grad((w * x).sum(), values)
+        assert info.status == ["solved"] * B
+        exact = np.clip(values.detach().numpy(), -1, 1)
+        np.testing.assert_allclose(x.detach().numpy(), exact, atol=1e-12)
+        np.testing.assert_allclose(grad.numpy(), w.numpy() * (np.abs(exact) < 1), atol=1e-12)
+        assert int(info.iterations.max()) < _FIRST_POLISH  # at the first polish
+
+
 def _lasso_qp(seed: int, n_features: int = 300, n_samples: int = 30):
     """A lasso ``min 1/2 ||r||^2 + lam 1't  s.t.  F w - r = y,  w - t <= 0,  -w - t <= 0``
     in the sparse polish's form over ``x = [w; t; r]``, and Clarabel's solution."""
