@@ -23,10 +23,11 @@ would approach.
 An instance that no kept set passes takes a few active-set steps from the kept set
 nearest it (`corrected_sets`); a set they reach is kept, then tested and verified as
 every other. Where a call's instances are still not all found, the call runs the
-solver as usual and its solved instances teach the memory their sets. What the memory costs (its tests
-and what it learns, measured) stays within what it has saved (a hit saves the
-layer's measured solve time for that batch size, less the test) plus a twentieth of
-the solves' time: on a layer whose active sets do not recur it costs at most that.
+solver as usual and its solved instances teach the memory their sets. What the memory
+costs (its tests, steps and what it learns, measured) stays within what it has saved
+(a hit saves the layer's measured solve time for that batch size, less the test) plus
+a twentieth of the solves' time: on a layer whose active sets do not recur it costs
+at most that.
 """
 
 from __future__ import annotations
@@ -311,9 +312,10 @@ class ActiveSetMemory:
         reaches (the epigraph ``t`` of ``|u| <= t <= 1`` with ``|u| < 1``) is free on
         the solution's face and makes its KKT system singular; its rows' sides change
         no other variable (`_degeneracy.absorbed`). Such a variable is pinned to a
-        bound row of its own (`_free_variables`): that row joins the set with a multiplier that may vanish
-        (zero where the variable is free), and the variable's other rows, weakly
-        active at the solver's point or not, are tested as inactive.
+        bound row of its own (`_free_variables`): that row joins the set with a
+        multiplier that may vanish (zero where the variable is free), and the
+        variable's other rows, weakly active at the solver's point or not, are tested
+        as inactive.
         """
         if not self._applies(data, settings) or not self._affordable():
             return
