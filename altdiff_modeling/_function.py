@@ -631,6 +631,7 @@ def forward_mode_solve(
     info: SolveInfo,
     warm: Solution | None = None,
     holder: list | None = None,
+    hidden: torch.Tensor | None = None,
 ) -> ForwardModeResult:
     """Solve at theta and carry ``d(x, y)/d(theta)`` by forward-mode Alt-Diff.
 
@@ -644,6 +645,7 @@ def forward_mode_solve(
         info: Filled with the solve's statuses and counts.
         warm: A previous solution to start from.
         holder: A list that receives this solve's `Solution`.
+        hidden: ``(n,)`` bool, the variables no output reads (`solve_reverse`).
 
     Raises:
         SolverError: An instance was not solved and ``on_failure`` is ``"raise"``.
@@ -651,7 +653,7 @@ def forward_mode_solve(
     theta = theta.detach()
     data = data_map.data(theta)
     tangents = data_map.tangents(theta.dtype, theta.device)
-    scaling, _, result, tracker = _solve(data, settings, info, tangents, warm)
+    scaling, _, result, tracker = _solve(data, settings, info, tangents, warm, hidden=hidden)
     x, y, failed = _outputs(scaling, result, settings, holder if holder is not None else [])
     jac_x = scaling.D.unsqueeze(-1) * tracker.finish(result)
     jac_y = (scaling.E / scaling.c).unsqueeze(-1) * tracker.dy
@@ -669,8 +671,9 @@ class _ForwardModeFunction(torch.autograd.Function):
         warm: Solution | None,
         data_map: DataMap,
         theta: torch.Tensor,
+        hidden: torch.Tensor | None,
     ):
-        solved = forward_mode_solve(data_map, theta, settings, info, warm, holder)
+        solved = forward_mode_solve(data_map, theta, settings, info, warm, holder, hidden)
         ctx.set_materialize_grads(False)
         ctx.jac_x, ctx.jac_y, ctx.failed = solved.jac_x, solved.jac_y, solved.failed
         ctx.theta_batch = theta.shape[0]
@@ -686,7 +689,8 @@ class _ForwardModeFunction(torch.autograd.Function):
             grad = grad + torch.einsum("bm,bmk->bk", grad_y, ctx.jac_y)
         if ctx.theta_batch == 1 and isinstance(grad, torch.Tensor):
             grad = grad.sum(0, keepdim=True)
-        return None, None, None, None, None, grad if isinstance(grad, torch.Tensor) else None
+        grad = grad if isinstance(grad, torch.Tensor) else None
+        return None, None, None, None, None, grad, None
 
 
 def solve_forward_mode(
@@ -696,6 +700,7 @@ def solve_forward_mode(
     info: SolveInfo,
     warm: Solution | None = None,
     holder: list | None = None,
+    hidden: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Solve, carrying the Jacobian w.r.t. theta by forward-mode Alt-Diff.
 
@@ -706,9 +711,10 @@ def solve_forward_mode(
         info: Filled with the solve's statuses and counts.
         warm: A previous solution to start from.
         holder: A list that receives this solve's `Solution`.
+        hidden: ``(n,)`` bool, the variables no output reads (`solve_reverse`).
 
     Returns:
         ``x`` ``(B, n)`` and the multipliers ``(B, n_eq + n_ineq)``.
     """
     holder = holder if holder is not None else []
-    return _ForwardModeFunction.apply(settings, info, holder, warm, data_map, theta)
+    return _ForwardModeFunction.apply(settings, info, holder, warm, data_map, theta, hidden)

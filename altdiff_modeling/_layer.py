@@ -372,7 +372,8 @@ class AltDiffLayer(torch.nn.Module):
             )
         if settings.mode == "forward" and needs_grad:
             theta = _concatenated([f.expand(batch, -1) for f in flats])
-            x, y = solve_forward_mode(self._qp, theta, settings, info, warm, holder)
+            hidden = self._hidden_variables(theta.device)
+            x, y = solve_forward_mode(self._qp, theta, settings, info, warm, holder, hidden)
         else:
             data = self._data(backend, flats, batched, batch)
             mask = self._parametric_mask(backend, data.q.device)
@@ -423,7 +424,8 @@ class AltDiffLayer(torch.nn.Module):
         flats, batched, batch = self._flatten_inputs(params)
         settings = settings.for_dtype(flats[0].dtype)
         theta = _concatenated([f.expand(batch, -1) for f in flats])
-        solved = forward_mode_solve(self._qp, theta, settings, SolveInfo())
+        hidden = self._hidden_variables(theta.device)
+        solved = forward_mode_solve(self._qp, theta, settings, SolveInfo(), hidden=hidden)
         jacobians = []
         for spec in self._qp.variables:
             rows = _gather(spec, solved.jac_x, solved.jac_y)  # (B, size, K)
