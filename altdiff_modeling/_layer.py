@@ -12,6 +12,7 @@ import cvxpy as cp
 import numpy as np
 import torch
 
+from ._backend_choice import BackendChoice
 from ._canon import CanonicalForm, dense_qp, reduce_problem
 from ._compat import layer_arguments
 from ._dtypes import compute_dtype
@@ -28,7 +29,7 @@ from ._log import LOGGER, enable_verbose, log_backward, log_solve
 from ._parametric import ParameterSpec, ParametricQP, VariableSpec
 from ._qp import semidefinite_violations
 from ._settings import SolverSettings, parse_solver_args
-from ._sparse_data import SparseParametricQP, choose_backend, sparse_qp
+from ._sparse_data import SparseParametricQP, choose_backend, sparse_pattern, sparse_qp
 
 __all__ = ["AltDiffLayer"]
 
@@ -176,7 +177,7 @@ class AltDiffLayer(torch.nn.Module):
         self._settings: SolverSettings = parse_solver_args(solver_args)
         if verbose:
             self._settings = dataclasses.replace(self._settings, verbose=True)
-        self._auto_backend = choose_backend(self._form)
+        self._auto_backend = BackendChoice(choose_backend(self._form), sparse_pattern(self._form))
         self._dense: ParametricQP | None = None
         self._sparse: SparseParametricQP | None = None
         # Build the data of the backend the layer's settings select now, so that
@@ -188,6 +189,7 @@ class AltDiffLayer(torch.nn.Module):
         else:
             self._block_dependencies("dense")
         self._last_solution: Solution | None = None
+        self._last_backend = ""
         # Equilibration and C'SC of constant P, A, G, computed on the first call.
         self._reuse = ConstantDataReuse(across_calls=True)
         if self._settings.verbose:
@@ -202,7 +204,7 @@ class AltDiffLayer(torch.nn.Module):
         return self._backend(self._settings)
 
     def _backend(self, settings: SolverSettings) -> str:
-        return self._auto_backend if settings.backend == "auto" else settings.backend
+        return self._auto_backend.structural if settings.backend == "auto" else settings.backend
 
     @property
     def _qp(self) -> ParametricQP:
@@ -359,12 +361,19 @@ class AltDiffLayer(torch.nn.Module):
         any_batched = any(batched)
         info = SolveInfo()
         needs_grad = torch.is_grad_enabled() and any(f.requires_grad for f in flats)
-        warm = self._warm_start(settings, batch, flats[0] if flats else None)
         holder: list[Solution] = []
 
-        backend = self._backend(settings)
-        if backend == "sparse" and settings.backend == "auto" and settings.mode == "forward":
+        backend, kind = self._backend(settings), None
+        if settings.backend == "auto" and settings.mode == "forward":
             backend = "dense"  # "auto" never picks a backend that cannot serve the call
+        elif (
+            settings.backend == "auto"
+            and self._auto_backend.timed
+            and self._per_instance_matrices(batched, batch)
+        ):
+            kind = (batch, flats[0].dtype, flats[0].device.type)
+            backend = self._auto_backend.pick(kind)
+        warm = self._warm_start(settings, batch, flats[0] if flats else None, backend)
         if backend == "sparse" and settings.mode == "forward" and needs_grad:
             raise InputError(
                 "solver_args['mode'] = 'forward' is not supported by the sparse backend; "
@@ -375,11 +384,15 @@ class AltDiffLayer(torch.nn.Module):
             hidden = self._hidden_variables(theta.device)
             x, y = solve_forward_mode(self._qp, theta, settings, info, warm, holder, hidden)
         else:
+            solving = time.perf_counter()
             data = self._data(backend, flats, batched, batch)
             mask = self._parametric_mask(backend, data.q.device)
             hidden = self._hidden_variables(data.q.device)
             x, y = solve_reverse(data, settings, info, warm, holder, self._reuse, mask, hidden)
+            if kind is not None:
+                self._auto_backend.record(kind, backend, time.perf_counter() - solving)
         self._last_solution = holder[0] if holder else None
+        self._last_backend = backend
 
         outputs = []
         for spec in self._form.variables:
@@ -438,15 +451,26 @@ class AltDiffLayer(torch.nn.Module):
         return tuple(jacobians)
 
     def _warm_start(
-        self, settings: SolverSettings, batch: int, like: torch.Tensor | None
+        self, settings: SolverSettings, batch: int, like: torch.Tensor | None, backend: str
     ) -> Solution | None:
-        """The previous call's solution, when warm starts are on and it fits this call."""
+        """The previous call's solution, when warm starts are on and it fits this call
+        (the same backend's, whose iterates and penalties it holds)."""
         last = self._last_solution
         if not settings.warm_start or last is None or like is None:
+            return None
+        if backend != self._last_backend:
             return None
         if last.x.shape[0] != batch or last.x.dtype != like.dtype or last.x.device != like.device:
             return None
         return last
+
+    def _per_instance_matrices(self, batched: list[bool], batch: int) -> bool:
+        """Whether a call's P or C depends on a batched parameter (one per instance)."""
+        if batch == 1 or not any(batched):
+            return False
+        positions = {i for i, is_b in enumerate(batched) if is_b}
+        dependencies = self._block_dependencies("dense")
+        return any(dependencies[name] & positions for name in ("P", "A", "G"))
 
     def _data(self, backend: str, flats: list[torch.Tensor], batched: list[bool], batch: int):
         """QP data with blocks that depend only on unbatched parameters kept shared."""

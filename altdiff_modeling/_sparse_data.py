@@ -29,6 +29,7 @@ __all__ = [
     "SparseParametricQP",
     "choose_backend",
     "data_density",
+    "sparse_pattern",
     "sparse_qp",
 ]
 
@@ -309,13 +310,18 @@ def _sorted_distinct(values: np.ndarray) -> np.ndarray:
     return ordered[keep]
 
 
+def sparse_pattern(form: CanonicalForm) -> bool:
+    """Whether the possibly nonzero entries of P and ``C = [A; G]`` are at most
+    ``SPARSE_MAX_DENSITY`` of their ``n (n + m)`` entries."""
+    n, m, nnz = data_density(form)
+    return nnz <= SPARSE_MAX_DENSITY * n * (n + m)
+
+
 def choose_backend(form: CanonicalForm) -> str:
     """``"sparse"`` for large sparse problems, ``"dense"`` otherwise (``backend="auto"``).
 
-    Sparse when ``n + m >= SPARSE_MIN_SIZE`` and the possibly nonzero entries of P and
-    ``C = [A; G]`` are at most ``SPARSE_MAX_DENSITY`` of their ``n (n + m)`` entries.
+    Sparse when ``n + m >= SPARSE_MIN_SIZE`` and the pattern is sparse (`sparse_pattern`).
     """
-    n, m, nnz = data_density(form)
-    if n + m >= SPARSE_MIN_SIZE and nnz <= SPARSE_MAX_DENSITY * n * (n + m):
+    if form.n + form.n_rows >= SPARSE_MIN_SIZE and sparse_pattern(form):
         return "sparse"
     return "dense"
