@@ -11,6 +11,14 @@ import altdiff_modeling._active_sets as active_sets
 from altdiff_modeling import AltDiffLayer
 
 
+@pytest.fixture(autouse=True)
+def _memory_never_short_of_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The memory keeps to a budget of measured times; the hit counts these tests assert
+    must depend on the data alone, not on how busy the machine is (under load one of
+    them had 2 of its 5 expected hits)."""
+    monkeypatch.setattr(active_sets.ActiveSetMemory, "_affordable", lambda self: True)
+
+
 def _simplex_projection(y: np.ndarray) -> np.ndarray:
     """The Euclidean projection of ``y`` onto the probability simplex (sort-based)."""
     u = np.sort(y)[::-1]
