@@ -8,11 +8,11 @@ per instance over a shared symbolic analysis, and which is faster depends on the
 pattern, the batch size and the machine. (Measured on one machine, forward + backward:
 the sparse backend 6.8x faster on a ReLU layer whose canonical problem has n + m = 880
 at B = 64; the dense one 3x faster on an MPC layer with n + m = 146 at B = 8 and 1.2x
-on one with n + m = 348 at B = 64.) Such calls are timed: the first calls of a kind (batch
-size, dtype, device) try each backend twice, the first of each paying its one-time
-setup untimed, and the later ones take the backend whose timed forward was faster. The
-forward alone is timed (the backward runs after the call returns); it decides the two
-backends' backward costs in the same proportion on the layers above.
+on one with n + m = 348 at B = 64.) Such calls are timed: the first calls of a kind
+(batch size, dtype, device) try each backend twice, the first of each paying its
+one-time setup untimed, and the later ones take the backend whose timed forward was
+faster. The forward alone is timed (the backward runs after the call returns); on the
+layers above, the backward's costs stood in the same proportion as the forward's.
 """
 
 from __future__ import annotations
