@@ -17,7 +17,21 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["corrected_sets"]
+__all__ = ["corrected_sets", "set_systems"]
+
+
+def set_systems(P: np.ndarray, C: np.ndarray, active: np.ndarray) -> np.ndarray:
+    """``(K, n + m, n + m)``: the KKT matrices ``[[P, C'], [diag(a) C, diag(1 - a)]]``
+    of the sets ``active`` ``(K, m)`` (bool; the equality rows among them)."""
+    (m, n), K = C.shape, active.shape[0]
+    a = active.astype(np.float64)
+    systems = np.zeros((K, n + m, n + m))
+    systems[:, :n, :n] = P
+    systems[:, :n, n:] = C.T
+    systems[:, n:, :n] = a[:, :, None] * C
+    diagonal = np.arange(n, n + m)
+    systems[:, diagonal, diagonal] = 1 - a
+    return systems
 
 
 def corrected_sets(
@@ -47,22 +61,15 @@ def corrected_sets(
         n_eq: the leading equality rows of C.
         steps: the most KKT solves per instance.
     """
-    (m, n), K = C.shape, d.shape[0]
+    m, n = C.shape
     q, bound = d[:, :n], d[:, n:]
     active = active.copy()
     active[:, :n_eq] = True
     inequality = np.arange(m) >= n_eq
-    systems = np.zeros((K, n + m, n + m))
-    systems[:, :n, :n] = P
-    systems[:, :n, n:] = C.T
-    diagonal = np.arange(n, n + m)
     for _ in range(steps):
-        a = active.astype(np.float64)
-        systems[:, n:, :n] = a[:, :, None] * C
-        systems[:, diagonal, diagonal] = 1 - a
-        rhs = np.concatenate([-q, a * bound], axis=1)
+        rhs = np.concatenate([-q, active.astype(np.float64) * bound], axis=1)
         try:
-            u = np.linalg.solve(systems, rhs[..., None])[..., 0]
+            u = np.linalg.solve(set_systems(P, C, active), rhs[..., None])[..., 0]
         except np.linalg.LinAlgError:
             return None  # a guess with dependent active rows, or a free variable
         y = u[:, n:] * row_norms

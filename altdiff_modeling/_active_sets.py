@@ -42,7 +42,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from ._active_set_steps import corrected_sets
+from ._active_set_steps import corrected_sets, set_systems
 from ._degeneracy import WEAK_WITHIN
 from ._free_variables import FreeVariables
 from ._qp import QPData
@@ -360,7 +360,7 @@ class ActiveSetMemory:
         makes room where the memory is full)."""
         P, C, row_norms = self._structure.P, self._structure.C, self._structure.row_norms
         (m, n), a = C.shape, active.astype(np.float64)
-        K = np.block([[P, C.T], [a[:, None] * C, np.diag(1 - a)]])
+        K = set_systems(P, C, active[None])[0]
         try:
             inverse = np.linalg.inv(K)
         except np.linalg.LinAlgError:

@@ -34,6 +34,7 @@ from ._admm import SolveResult
 from ._batched_sparse import BatchedSparse
 from ._cone_adjoint import cone_adjoint
 from ._cone_adjoint import predicted_seconds as cone_predicted_seconds
+from ._contraction import contraction
 from ._costs import step_flops
 from ._degeneracy import absorbed, dense_test_flops, pieces_differ, singular_systems
 from ._direct_adjoint import (
@@ -116,19 +117,16 @@ def _settled(
     size: torch.Tensor,
     settings: SolverSettings,
 ) -> bool:
-    """Whether a linear fixed-point iteration is within ``backward_eps`` of its limit.
-
-    The distance to the limit of a contraction with rate r is about
-    ``change * r / (1 - r)``; r is estimated from two changes ``check_every`` steps apart.
-    A change at the level of round-off also counts as settled: there the estimated rate
-    is meaningless (the iterates only flip their last bits).
+    """Whether a linear fixed-point iteration is within ``backward_eps`` of its limit
+    (`contraction`, from two changes ``check_every`` steps apart). A change at the level
+    of round-off also counts as settled: there the estimated rate is meaningless (the
+    iterates only flip their last bits).
     """
     eps = torch.finfo(change.dtype).eps
     at_roundoff = change <= 64 * eps * (1 + size)
     if previous_change is None:
         return bool(at_roundoff.all())
-    rate = (change / previous_change.clamp_min(1e-300)).clamp(max=1.0) ** (1 / settings.check_every)
-    error = change * rate / (1 - rate).clamp_min(1e-12)
+    _, error = contraction(change, previous_change, settings.check_every)
     return bool(((error <= settings.backward_eps * (1 + size)) | at_roundoff).all())
 
 
@@ -164,13 +162,15 @@ def _iterate(
 
 def _refined_direct(
     solver: AdjointSolver,
-    step: Callable[[State], State],
+    step: Callable[..., State],
+    products: Callable[..., tuple[torch.Tensor, torch.Tensor]],
     source: torch.Tensor,
     tol: float,
     m: int,
-) -> tuple[State, torch.Tensor, int]:
+) -> tuple[State, tuple[torch.Tensor, torch.Tensor], torch.Tensor, int]:
     """The direct solver's answer to the transposed recursion's fixed point with source
-    ``source`` ``(B, n + m)``, where `_verified` it, and the solves made.
+    ``source`` ``(B, n + m)``, its ``products`` (which ``step`` takes), where `_verified`
+    it, and the solves made.
 
     The rows it rejects take up to ``_DIRECT_REFINEMENTS`` steps of iterative
     refinement, ``w += (I - M')^{-1} (M'w + source - w)`` by the same solver: where P
@@ -180,18 +180,21 @@ def _refined_direct(
     """
     n = source.shape[1] - m
     guess = solver(source[:, :n], source[:, n:])
-    accepted = _verified(solver, guess, step(guess), source, tol)
+    parts = products(*guess)
+    image = step(guess, parts)
+    accepted = _verified(solver, guess, image, source, tol)
     solves = 1
     for _ in range(_DIRECT_REFINEMENTS):
         if bool(accepted.all()):
             break
-        image = step(guess)
         correction = solver(image[0] - guess[0], image[1] - guess[1])
         keep = accepted.unsqueeze(-1)
         guess = tuple(torch.where(keep, g, g + d) for g, d in zip(guess, correction, strict=True))
-        accepted = _verified(solver, guess, step(guess), source, tol)
+        parts = products(*guess)
+        image = step(guess, parts)
+        accepted = _verified(solver, guess, image, source, tol)
         solves += 1
-    return guess, accepted, solves
+    return guess, parts, accepted, solves
 
 
 def _verified(
@@ -382,8 +385,9 @@ def reverse_gradients(
         solver = direct_solver()
         candidates = torch.ones_like(converged)
         if solver is not None:
-            guess, accepted, iterations = _refined_direct(solver, step, source, tol, g_v.shape[1])
-            parts = products(*guess)
+            guess, parts, accepted, iterations = _refined_direct(
+                solver, step, products, source, tol, g_v.shape[1]
+            )
             converged, candidates = accepted, ~accepted
             solved = bool(accepted.all())
             if solved:

@@ -21,6 +21,7 @@ from typing import TypeVar
 import numpy as np
 import torch
 
+from ._contraction import contraction
 from ._qp import matvec, rmatvec
 from .linsys.cholesky import CholeskyFactor, cholesky_solve
 from .linsys.woodbury import MajorityBases, MajoritySystems
@@ -59,14 +60,12 @@ _SHARED_REFINE_MAX = 30
 def _settled(change: torch.Tensor, previous: torch.Tensor | None, x: torch.Tensor) -> bool:
     """Whether refinement steps whose last changes of x ``(B, n)`` were ``previous`` and
     ``change`` ``(B,)`` have left every instance within ``_SHARED_REFINE_TOL`` of their
-    limit (the error left after a step that shrinks the change by r is about
-    ``change r / (1 - r)``), or have stopped contracting (round-off)."""
+    limit (`contraction`), or have stopped contracting (round-off)."""
     if previous is None:
         return False
     tol = _SHARED_REFINE_TOL * (1 + x.abs().amax(-1))
-    ratio = change / previous.clamp_min(_TINY)
-    done = (change <= tol) | (ratio >= 1) | (change * ratio <= tol * (1 - ratio))
-    return bool(done.all())
+    rate, error = contraction(change, previous)
+    return bool(((change <= tol) | (rate >= 1) | (error <= tol)).all())
 
 
 def _max_abs(v: torch.Tensor) -> float:
