@@ -27,7 +27,7 @@ from ._describe import Names, offending_atoms
 from ._errors import InputError, ProblemError
 from ._parametric import AffineBlock, ParameterSpec, ParametricQP, VariableSpec
 
-__all__ = ["CanonicalForm", "canonicalize", "dense_qp", "reduce_problem"]
+__all__ = ["CanonicalForm", "ConeProgram", "canonicalize", "dense_qp", "reduce_problem"]
 
 _SYMMETRIC_ATTRIBUTES = ("symmetric", "PSD", "NSD")
 _DIM_REDUCING_ATTRIBUTES = (*_SYMMETRIC_ATTRIBUTES, "diag")
@@ -411,11 +411,9 @@ def _variable_spec(
     return VariableSpec(name=names.leaf(var), shape=shape, index=index)
 
 
-def _blocks(param_prob: Any, S: sp.csr_array) -> dict[str, AffineBlock]:
+def _blocks(program: ConeProgram, S: sp.csr_array) -> dict[str, AffineBlock]:
     """The six data blocks as affine maps of ``[theta_user; 1]``."""
-    N = param_prob.x.size
-    n_rows = param_prob.constr_size
-    n_eq = sum(c.size for c in param_prob.constraints if isinstance(c, Zero))
+    N, n_rows, n_eq = program.n, program.n_rows, program.n_eq
 
     def block(
         tensor: sp.sparray, index: np.ndarray, sign: np.ndarray | float, shape: tuple
@@ -432,15 +430,11 @@ def _blocks(param_prob: Any, S: sp.csr_array) -> dict[str, AffineBlock]:
             matrix, index = matrix[keep], index[keep]
         return AffineBlock(shape=shape, index=index, matrix=matrix)
 
-    q_tensor = sp.csr_array(param_prob.q)[:N]
-    P_tensor = (
-        sp.csr_array(param_prob.P)
-        if param_prob.P is not None
-        else sp.csr_array((N * N, S.shape[0]))
-    )
+    q_tensor = program.q[:N]
+    P_tensor = program.P
     # P is stored column-major; our dense blocks are row-major (symmetric P: no matter).
     P_index = np.arange(N * N).reshape(N, N).T.ravel()
-    A_tensor = sp.csr_array(param_prob.A)
+    A_tensor = sp.csr_array(program.A)
     n_ineq = n_rows - n_eq
     # Row r of A_tensor is entry (r % n_rows, r // n_rows) of [AF, bg], column-major: a
     # (N + 1, n_rows) grid of tensor rows, sliced into the four blocks.
@@ -464,18 +458,61 @@ def _blocks(param_prob: Any, S: sp.csr_array) -> dict[str, AffineBlock]:
 
 
 @dataclass(frozen=True)
+class ConeProgram:
+    """The data of ``min 1/2 x'Px + q'x + d  s.t.  AF x + bg in Zero x NonNeg x SOC`` as
+    affine maps of CVXPY's parameter vector, in CVXPY's layout (``ParamConeProg``).
+
+    Attributes:
+        P: ``(n * n, K_cvxpy + 1)``: row ``i + n * j`` maps to entry (i, j) of the
+            symmetric P (both triangles).
+        q: ``(n + 1, K_cvxpy + 1)``: q, then the objective's constant d.
+        A: ``((n + 1) * n_rows, K_cvxpy + 1)``: row ``r + n_rows * c`` maps to entry
+            (r, c) of ``[AF, bg]``.
+        n: Number of variables.
+        n_rows: Number of constraint rows.
+        n_eq: Number of equality rows (the first ones).
+        soc: Sizes of the second-order cones of the last rows, in order.
+    """
+
+    P: sp.sparray
+    q: sp.csr_array
+    A: sp.sparray
+    n: int
+    n_rows: int
+    n_eq: int
+    soc: tuple[int, ...]
+
+    @staticmethod
+    def of(param_prob: Any) -> ConeProgram:
+        n = int(param_prob.x.size)
+        width = param_prob.q.shape[1]
+        # As CVXPY stores them (P by columns, A as triplets): a CSR array of P or A would
+        # hold an index pointer per row, n^2 or n * n_rows of them.
+        P = param_prob.P if param_prob.P is not None else sp.csc_array((n * n, width))
+        return ConeProgram(
+            P=P,
+            q=sp.csr_array(param_prob.q),
+            A=param_prob.A,
+            n=n,
+            n_rows=int(param_prob.constr_size),
+            n_eq=int(sum(c.size for c in param_prob.constraints if isinstance(c, Zero))),
+            soc=tuple(int(k) for k in param_prob.cone_dims.soc),
+        )
+
+
+@dataclass(frozen=True)
 class CanonicalForm:
     """CVXPY's reduced problem with the user's parameter map and output layout.
 
     Attributes:
-        param_prob: CVXPY's ``ParamConeProg`` (affine maps of CVXPY's parameter vector).
+        program: CVXPY's data maps (`ConeProgram`).
         S: ``(K_cvxpy + 1, K + 1)`` sparse map from ``[theta_user; 1]`` to
             ``[theta_cvxpy; 1]``.
         parameters: The user's parameters, in order.
         variables: The user's outputs, in order.
     """
 
-    param_prob: Any
+    program: ConeProgram
     S: sp.csr_array
     parameters: list[ParameterSpec]
     variables: list[VariableSpec]
@@ -483,22 +520,22 @@ class CanonicalForm:
     @property
     def n(self) -> int:
         """Number of canonical variables."""
-        return int(self.param_prob.x.size)
+        return self.program.n
 
     @property
     def n_eq(self) -> int:
         """Number of equality rows."""
-        return int(sum(c.size for c in self.param_prob.constraints if isinstance(c, Zero)))
+        return self.program.n_eq
 
     @property
     def n_rows(self) -> int:
         """Number of constraint rows, equalities and inequalities."""
-        return int(self.param_prob.constr_size)
+        return self.program.n_rows
 
     @property
     def cone_sizes(self) -> tuple[int, ...]:
         """The sizes of the second-order cones of the last rows, in order."""
-        return tuple(int(k) for k in self.param_prob.cone_dims.soc)
+        return self.program.soc
 
 
 def reduce_problem(
@@ -558,13 +595,15 @@ def reduce_problem(
         else _variable_spec(var, param_prob, var_id_map, names)
         for var in variables
     ]
-    return CanonicalForm(param_prob=param_prob, S=S, parameters=param_specs, variables=var_specs)
+    return CanonicalForm(
+        program=ConeProgram.of(param_prob), S=S, parameters=param_specs, variables=var_specs
+    )
 
 
 def dense_qp(form: CanonicalForm) -> ParametricQP:
     """The `ParametricQP` (dense data blocks) of a reduced problem."""
     return ParametricQP(
-        blocks=_blocks(form.param_prob, form.S),
+        blocks=_blocks(form.program, form.S),
         parameters=form.parameters,
         variables=form.variables,
         cone_sizes=form.cone_sizes,

@@ -226,7 +226,7 @@ def sparse_qp(form: CanonicalForm) -> SparseParametricQP:
 
     Cost: linear (up to sorting) in the nonzeros of CVXPY's maps and of ``S``.
     """
-    pp, S = form.param_prob, form.S
+    pp, S = form.program, form.S
     n, n_rows, n_eq = form.n, form.n_rows, form.n_eq
     k_canon = S.shape[0]
 
@@ -279,7 +279,7 @@ def data_density(form: CanonicalForm) -> tuple[int, int, int]:
 
     Counts the distinct entries of CVXPY's maps without building any block.
     """
-    pp = form.param_prob
+    pp = form.program
     n, n_rows = form.n, form.n_rows
     p_row, _, _ = _coo(pp.P)
     a_row, _, _ = _coo(pp.A)
