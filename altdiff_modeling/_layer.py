@@ -17,6 +17,7 @@ from ._canon import CanonicalForm, dense_qp, reduce_problem
 from ._compat import layer_arguments
 from ._dtypes import compute_dtype
 from ._errors import InputError
+from ._fixed_variables import FixedValues, FixedVariables
 from ._function import (
     ConstantDataReuse,
     Solution,
@@ -26,8 +27,8 @@ from ._function import (
     solve_reverse,
 )
 from ._log import LOGGER, enable_verbose, log_backward, log_solve
-from ._parametric import ParameterSpec, ParametricQP, VariableSpec
-from ._qp import semidefinite_violations
+from ._parametric import ParameterSpec, ParametricQP, VariableSpec, parameter_positions
+from ._qp import QPData, semidefinite_violations
 from ._settings import SolverSettings, parse_solver_args
 from ._sparse_data import SparseParametricQP, choose_backend, sparse_pattern, sparse_qp
 
@@ -174,10 +175,29 @@ class AltDiffLayer(torch.nn.Module):
         started = time.perf_counter()
         solver_args = layer_arguments(solver, gp, verbose, solver_args)
         self._form: CanonicalForm = reduce_problem(problem, parameters, variables, canon_backend)
+        # Reverse mode solves the problem without the variables that a row of their own
+        # fixes (`FixedVariables`); forward mode's tangents need the whole one.
+        eliminated = FixedVariables.of(self._form)
+        self._fixed: FixedVariables | None = None
+        self._solved: CanonicalForm = self._form
+        # Which parameters (by position) the fixed variables' terms depend on.
+        self._fixed_parameters: set[int] = set()
+        if eliminated is not None:
+            self._solved, self._fixed = eliminated
+            columns = self._fixed.parameter_columns()
+            self._fixed_parameters = parameter_positions(self._form.parameters, columns)
+        # The outputs over the solved problem, None where one reads what it eliminated.
+        self._solved_specs: list[VariableSpec | None] = [
+            spec if self._fixed is None else self._fixed.solved_spec(spec)
+            for spec in self._form.variables
+        ]
         self._settings: SolverSettings = parse_solver_args(solver_args)
         if verbose:
             self._settings = dataclasses.replace(self._settings, verbose=True)
-        self._auto_backend = BackendChoice(choose_backend(self._form), sparse_pattern(self._form))
+        self._auto_backend = BackendChoice(
+            choose_backend(self._solved), sparse_pattern(self._solved)
+        )
+        self._whole: ParametricQP | None = None
         self._dense: ParametricQP | None = None
         self._sparse: SparseParametricQP | None = None
         # Build the data of the backend the layer's settings select now, so that
@@ -189,7 +209,7 @@ class AltDiffLayer(torch.nn.Module):
         else:
             self._block_dependencies("dense")
         self._last_solution: Solution | None = None
-        self._last_backend = ""
+        self._last_solves: tuple[str, bool] = ("", False)
         # Equilibration and C'SC of constant P, A, G, computed on the first call.
         self._reuse = ConstantDataReuse(across_calls=True)
         if self._settings.verbose:
@@ -208,36 +228,51 @@ class AltDiffLayer(torch.nn.Module):
 
     @property
     def _qp(self) -> ParametricQP:
-        """The dense parametric QP, built on first use."""
+        """The dense parametric QP that reverse mode solves, built on first use."""
         if self._dense is None:
-            self._dense = dense_qp(self._form)
+            self._dense = dense_qp(self._solved)
         return self._dense
 
     @property
+    def _whole_qp(self) -> ParametricQP:
+        """The dense parametric QP with every variable (forward mode), built on first use."""
+        if self._fixed is None:
+            return self._qp
+        if self._whole is None:
+            self._whole = dense_qp(self._form)
+        return self._whole
+
+    @property
     def _sparse_qp(self) -> SparseParametricQP:
-        """The sparse parametric QP, built on first use."""
+        """The sparse parametric QP that reverse mode solves, built on first use."""
         if self._sparse is None:
-            self._sparse = sparse_qp(self._form)
+            self._sparse = sparse_qp(self._solved)
         return self._sparse
 
     def _parametric_mask(self, backend: str, device: torch.device) -> torch.Tensor:
-        """``(n + m,)`` bool: the canonical q's entries and rows that depend on a
-        parameter (`ParametricQP.parametric_mask`)."""
+        """``(n + m,)`` bool: the solved q's entries and rows that depend on a
+        parameter (`ParametricQP.parametric_mask`, and those the fixed variables' terms
+        reach)."""
         key = (backend, device)
         if key not in self._masks:
             qp = self._sparse_qp if backend == "sparse" else self._qp
-            self._masks[key] = torch.as_tensor(qp.parametric_mask(), device=device)
+            mask = qp.parametric_mask()
+            if self._fixed is not None:
+                mask = mask | self._fixed.touched()
+            self._masks[key] = torch.as_tensor(mask, device=device)
         return self._masks[key]
 
-    def _hidden_variables(self, device: torch.device) -> torch.Tensor:
+    def _hidden_variables(self, device: torch.device, solved: bool) -> torch.Tensor:
         """``(n,)`` bool: the canonical variables that no primal output reads (CVXPY's
-        auxiliary variables)."""
-        key = ("hidden", device)
+        auxiliary variables), of the solved problem or (``solved=False``) the whole one."""
+        key = ("hidden", device, solved)
         if key not in self._masks:
             hidden = np.ones(self._form.n, dtype=bool)
             for spec in self._form.variables:
                 if not spec.is_dual:
                     hidden[spec.index[spec.index >= 0]] = False
+            if solved and self._fixed is not None:
+                hidden = hidden[self._fixed.free]
             self._masks[key] = torch.as_tensor(hidden, device=device)
         return self._masks[key]
 
@@ -249,12 +284,14 @@ class AltDiffLayer(torch.nn.Module):
         return self._dependencies[backend]
 
     def extra_repr(self) -> str:
-        """Sizes of the canonical QP and the parameter names, for ``print(layer)``."""
+        """Sizes of the canonical QP (and how many of its variables an equality row of
+        their own fixes: `FixedVariables`) and the parameter names, for ``print(layer)``."""
         form = self._form
         n_ineq = form.n_rows - form.n_eq
         names = [p.name for p in form.parameters]
+        fixed = "" if self._fixed is None else f"fixed={self._fixed.fixed.size}, "
         return (
-            f"n={form.n}, n_eq={form.n_eq}, n_ineq={n_ineq}, parameters={names}, "
+            f"n={form.n}, n_eq={form.n_eq}, n_ineq={n_ineq}, {fixed}parameters={names}, "
             f"backend={self.backend!r}"
         )
 
@@ -373,30 +410,34 @@ class AltDiffLayer(torch.nn.Module):
         ):
             kind = (batch, flats[0].dtype, flats[0].device.type)
             backend = self._auto_backend.pick(kind)
-        warm = self._warm_start(settings, batch, flats[0] if flats else None, backend)
+        forward_mode = settings.mode == "forward" and needs_grad
+        solves = (backend, forward_mode and self._fixed is not None)
+        warm = self._warm_start(settings, batch, flats[0] if flats else None, solves)
         if backend == "sparse" and settings.mode == "forward" and needs_grad:
             raise InputError(
                 "solver_args['mode'] = 'forward' is not supported by the sparse backend; "
                 "use mode 'reverse', or backend 'dense' for a small problem"
             )
-        if settings.mode == "forward" and needs_grad:
+        if forward_mode:
             theta = _concatenated([f.expand(batch, -1) for f in flats])
-            hidden = self._hidden_variables(theta.device)
-            x, y = solve_forward_mode(self._qp, theta, settings, info, warm, holder, hidden)
+            hidden = self._hidden_variables(theta.device, solved=False)
+            x, y = solve_forward_mode(self._whole_qp, theta, settings, info, warm, holder, hidden)
+            flat_outputs = [_gather(spec, x, y) for spec in self._form.variables]
         else:
             solving = time.perf_counter()
-            data = self._data(backend, flats, batched, batch)
+            data, fixed = self._data(backend, flats, batched, batch)
             mask = self._parametric_mask(backend, data.q.device)
-            hidden = self._hidden_variables(data.q.device)
+            hidden = self._hidden_variables(data.q.device, solved=True)
             x, y = solve_reverse(data, settings, info, warm, holder, self._reuse, mask, hidden)
+            flat_outputs = self._solved_outputs(x, y, fixed)
             if kind is not None:
                 self._auto_backend.record(kind, backend, time.perf_counter() - solving)
         self._last_solution = holder[0] if holder else None
-        self._last_backend = backend
+        self._last_solves = solves
 
         outputs = []
-        for spec in self._form.variables:
-            value = _unflatten_column_major(_gather(spec, x, y), spec.shape)
+        for spec, flat in zip(self._form.variables, flat_outputs, strict=True):
+            value = _unflatten_column_major(flat, spec.shape)
             outputs.append(value if any_batched else value.squeeze(0))
         outputs = tuple(outputs)
         if settings.verbose:
@@ -437,13 +478,13 @@ class AltDiffLayer(torch.nn.Module):
         flats, batched, batch = self._flatten_inputs(params)
         settings = settings.for_dtype(flats[0].dtype)
         theta = _concatenated([f.expand(batch, -1) for f in flats])
-        hidden = self._hidden_variables(theta.device)
-        solved = forward_mode_solve(self._qp, theta, settings, SolveInfo(), hidden=hidden)
+        hidden = self._hidden_variables(theta.device, solved=False)
+        solved = forward_mode_solve(self._whole_qp, theta, settings, SolveInfo(), hidden=hidden)
         jacobians = []
-        for spec in self._qp.variables:
+        for spec in self._form.variables:
             rows = _gather(spec, solved.jac_x, solved.jac_y)  # (B, size, K)
             per_param = []
-            for param in self._qp.parameters:
+            for param in self._form.parameters:
                 block = rows[:, :, param.offset : param.offset + param.size]
                 jac = _unflatten_pair(block, spec.shape, param.shape)
                 per_param.append(jac if any(batched) else jac.squeeze(0))
@@ -451,14 +492,19 @@ class AltDiffLayer(torch.nn.Module):
         return tuple(jacobians)
 
     def _warm_start(
-        self, settings: SolverSettings, batch: int, like: torch.Tensor | None, backend: str
+        self,
+        settings: SolverSettings,
+        batch: int,
+        like: torch.Tensor | None,
+        solves: tuple[str, bool],
     ) -> Solution | None:
         """The previous call's solution, when warm starts are on and it fits this call
-        (the same backend's, whose iterates and penalties it holds)."""
+        (``solves``: the same backend's, whose iterates and penalties it holds, of the
+        same problem: with or without the fixed variables)."""
         last = self._last_solution
         if not settings.warm_start or last is None or like is None:
             return None
-        if backend != self._last_backend:
+        if solves != self._last_solves:
             return None
         if last.x.shape[0] != batch or last.x.dtype != like.dtype or last.x.device != like.device:
             return None
@@ -472,11 +518,16 @@ class AltDiffLayer(torch.nn.Module):
         dependencies = self._block_dependencies("dense")
         return any(dependencies[name] & positions for name in ("P", "A", "G"))
 
-    def _data(self, backend: str, flats: list[torch.Tensor], batched: list[bool], batch: int):
-        """QP data with blocks that depend only on unbatched parameters kept shared."""
+    def _data(
+        self, backend: str, flats: list[torch.Tensor], batched: list[bool], batch: int
+    ) -> tuple[QPData, _FixedCall | None]:
+        """The solved problem's data, with blocks that depend only on unbatched
+        parameters kept shared, and what the fixed variables need of the call (None
+        without any)."""
         qp = self._sparse_qp if backend == "sparse" else self._qp
         if not any(batched):
-            return qp.data(_concatenated(flats))
+            theta = _concatenated(flats)
+            return self._eliminated(qp.data(theta), theta)
         theta = _concatenated([f.expand(batch, -1) for f in flats])
         shared_theta = torch.cat(
             [
@@ -486,9 +537,53 @@ class AltDiffLayer(torch.nn.Module):
             dim=1,
         )
         batched_positions = {i for i, is_b in enumerate(batched) if is_b}
+        dependencies = self._block_dependencies(backend)
         shared = frozenset(
-            name
-            for name, dependencies in self._block_dependencies(backend).items()
-            if not (dependencies & batched_positions)
+            name for name, depends in dependencies.items() if not (depends & batched_positions)
         )
-        return qp.data(theta, shared_theta, shared)
+        data = qp.data(theta, shared_theta, shared)
+        fixed_shared = not (self._fixed_parameters & batched_positions)
+        return self._eliminated(data, shared_theta if fixed_shared else theta)
+
+    def _eliminated(self, data: QPData, theta: torch.Tensor) -> tuple[QPData, _FixedCall | None]:
+        """``data`` with a call's fixed-variable terms at ``theta`` added
+        (`FixedVariables.per_call`)."""
+        if self._fixed is None:
+            return data, None
+        call = _FixedCall(self._fixed, theta)
+        if self._fixed.per_call:
+            data = self._fixed.reduce(data, call.values())
+        return data, call
+
+    def _solved_outputs(
+        self, x: torch.Tensor, y: torch.Tensor, fixed: _FixedCall | None
+    ) -> list[torch.Tensor]:
+        """The outputs ``(B, size)`` from the solved problem's ``x`` and ``y``: read
+        there where they can be, from the whole problem's (`FixedVariables.recover`,
+        once per call) where they read a fixed variable or its row's multiplier."""
+        if fixed is None:
+            return [_gather(spec, x, y) for spec in self._form.variables]
+        whole = None
+        outputs = []
+        for spec, solved in zip(self._form.variables, self._solved_specs, strict=True):
+            if solved is not None:
+                outputs.append(_gather(solved, x, y))
+                continue
+            if whole is None:
+                whole = self._fixed.recover(x, y, fixed.values())
+            outputs.append(_gather(spec, *whole))
+        return outputs
+
+
+@dataclasses.dataclass
+class _FixedCall:
+    """A call's fixed-variable data (`FixedVariables.values`), formed once, on first use."""
+
+    fixed: FixedVariables
+    theta: torch.Tensor
+    _values: FixedValues | None = None
+
+    def values(self) -> FixedValues:
+        if self._values is None:
+            self._values = self.fixed.values(self.theta)
+        return self._values

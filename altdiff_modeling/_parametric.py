@@ -23,7 +23,14 @@ import torch
 from ._altdiff import DataTangents
 from ._qp import QPData, stack_rows
 
-__all__ = ["BLOCK_NAMES", "AffineBlock", "ParameterSpec", "ParametricQP", "VariableSpec"]
+__all__ = [
+    "BLOCK_NAMES",
+    "AffineBlock",
+    "ParameterSpec",
+    "ParametricQP",
+    "VariableSpec",
+    "parameter_positions",
+]
 
 BLOCK_NAMES = ("P", "q", "A", "b", "G", "h")
 # The blocks of `QPData` and the blocks stacked in each.
@@ -90,6 +97,14 @@ def parameter_entries(matrix: sp.csr_array) -> np.ndarray:
     linear = sp.csr_array(matrix[:, :-1])
     linear.eliminate_zeros()
     return np.diff(linear.indptr) > 0
+
+
+def parameter_positions(parameters: list[ParameterSpec], columns: np.ndarray) -> set[int]:
+    """The positions of the parameters that own the entries ``columns`` of theta."""
+    owner = np.zeros(sum(spec.size for spec in parameters), dtype=np.int64)
+    for position, spec in enumerate(parameters):
+        owner[spec.offset : spec.offset + spec.size] = position
+    return set(owner[columns].tolist())
 
 
 @dataclass(frozen=True)
@@ -248,10 +263,10 @@ class ParametricQP:
 
     def dependencies(self) -> dict[str, set[int]]:
         """Which user parameters (by position) each block depends on."""
-        owner = np.zeros(self.theta_size, dtype=np.int64)
-        for position, spec in enumerate(self.parameters):
-            owner[spec.offset : spec.offset + spec.size] = position
-        return {name: set(owner[b.parameter_columns()].tolist()) for name, b in self.blocks.items()}
+        return {
+            name: parameter_positions(self.parameters, b.parameter_columns())
+            for name, b in self.blocks.items()
+        }
 
     def _torch_blocks(self, dtype: torch.dtype, device: torch.device) -> dict[str, _TorchBlock]:
         key = (dtype, device)

@@ -19,7 +19,7 @@ import torch
 
 from ._batched_sparse import BatchedSparse, SparsePattern
 from ._canon import CanonicalForm
-from ._parametric import ParameterSpec, VariableSpec, parameter_entries
+from ._parametric import ParameterSpec, VariableSpec, parameter_entries, parameter_positions
 from ._qp import QPData
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "SparseAffine",
     "SparseParametricQP",
     "choose_backend",
+    "compress_entries",
     "data_density",
     "sparse_pattern",
     "sparse_qp",
@@ -124,11 +125,8 @@ class SparseParametricQP:
 
     def dependencies(self) -> dict[str, set[int]]:
         """Which user parameters (by position) each block depends on."""
-        owner = np.zeros(self.theta_size, dtype=np.int64)
-        for position, spec in enumerate(self.parameters):
-            owner[spec.offset : spec.offset + spec.size] = position
         return {
-            name: set(owner[block.parameter_columns()].tolist())
+            name: parameter_positions(self.parameters, block.parameter_columns())
             for name, block in self.maps().items()
         }
 
@@ -194,7 +192,7 @@ class SparseParametricQP:
         return QPData(P, values["q"], C, values["bound"], self.n_eq, batch, self.cone_sizes)
 
 
-def _compress(
+def compress_entries(
     keys: np.ndarray, cols: np.ndarray, vals: np.ndarray, n_cols: int
 ) -> tuple[np.ndarray, sp.csr_array]:
     """Unique entry keys, and the ``(E, n_cols)`` map whose row e holds key e's terms."""
@@ -232,7 +230,7 @@ def sparse_qp(form: CanonicalForm) -> SparseParametricQP:
 
     # P: CVXPY indexes entry (i, j) of the full symmetric matrix by i + n * j.
     p_row, p_col, p_val = _coo(pp.P)
-    p_keys, p_map = _compress(p_row, p_col, p_val, k_canon)
+    p_keys, p_map = compress_entries(p_row, p_col, p_val, k_canon)
     p_map = sp.csr_array(p_map @ S)
 
     q_row, q_col, q_val = _coo(pp.q)
@@ -245,7 +243,7 @@ def sparse_qp(form: CanonicalForm) -> SparseParametricQP:
     is_matrix = col < n
     # Rows of [A; G]: A = AF[:n_eq], G = -AF[n_eq:]; bound [b; h] = [-bg_eq; bg_ineq].
     sign = np.where(row < n_eq, 1.0, -1.0)
-    c_keys, c_map = _compress(
+    c_keys, c_map = compress_entries(
         row[is_matrix] * n + col[is_matrix],
         a_col[is_matrix],
         sign[is_matrix] * a_val[is_matrix],

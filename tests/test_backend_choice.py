@@ -45,44 +45,57 @@ def test_structure_decides_where_it_can():
     assert _run(large, {"sparse": 1.0}, 3) == ["sparse"] * 3
 
 
+def _dynamics_layer(T: int) -> tuple[AltDiffLayer, cp.Problem, list[cp.Parameter], cp.Variable]:
+    """An MPC layer with parametric dynamics ``x[t+1] == A x[t] + B u[t]``: the
+    parameters A and B multiply variables, so a batch of them is a batch of sparse
+    constraint matrices."""
+    nx, nu = 4, 2
+    A, B, x_init = cp.Parameter((nx, nx)), cp.Parameter((nx, nu)), cp.Parameter(nx)
+    x, u = cp.Variable((T + 1, nx)), cp.Variable((T, nu))
+    constraints = [x[0] == x_init, cp.abs(u) <= 1]
+    constraints += [x[t + 1] == A @ x[t] + B @ u[t] for t in range(T)]
+    problem = cp.Problem(cp.Minimize(cp.sum_squares(x) + cp.sum_squares(u)), constraints)
+    layer = AltDiffLayer(problem, parameters=[A, B, x_init], variables=[u])
+    return layer, problem, [A, B, x_init], u
+
+
+def test_a_layer_with_per_instance_sparse_matrices_times_both_backends(rng):
+    T, B = 20, 3
+    layer, problem, params, u = _dynamics_layer(T)
+    assert layer.backend == "dense" and layer._auto_backend.timed
+    used = []
+    for _ in range(6):
+        values = [
+            np.eye(4) + 0.1 * rng.standard_normal((B, 4, 4)),
+            rng.standard_normal((B, 4, 2)),
+            rng.uniform(-1, 1, (B, 4)),
+        ]
+        (out,) = layer(*(torch.tensor(v) for v in values), solver_args={"warm_start": True})
+        used.append(layer._last_solves[0])
+        for i in range(B):
+            for p, v in zip(params, values, strict=True):
+                p.value = v[i]
+            problem.solve(cp.CLARABEL)
+            np.testing.assert_allclose(out[i].numpy(), u.value, atol=1e-5)
+    assert used[:4] == ["dense", "dense", "sparse", "sparse"]
+    assert used[4] == used[5] in ("dense", "sparse")
+
+
 def _relu_layer(d: int) -> tuple[AltDiffLayer, cp.Problem, list[cp.Parameter], cp.Variable]:
     """``min ||z - W x - b||^2 s.t. z >= 0`` with W, x, b parameters, CVXPY's form of
-    the ReLU layer: a variable copy of W times the parameter x puts x into the
-    constraint matrix."""
+    the ReLU layer: a variable copy of W times the parameter x, which the layer
+    eliminates (`FixedVariables`), so that no matrix depends on a parameter."""
     W, x, b = cp.Parameter((d, d)), cp.Parameter(d), cp.Parameter(d)
     z, Wt = cp.Variable(d), cp.Variable((d, d))
     problem = cp.Problem(cp.Minimize(cp.sum_squares(z - Wt @ x - b)), [z >= 0, Wt == W])
     return AltDiffLayer(problem, parameters=[W, x, b], variables=[z]), problem, [W, x, b], z
 
 
-def test_a_layer_with_per_instance_sparse_matrices_times_both_backends(rng):
-    d, B = 6, 3
-    layer, problem, params, z = _relu_layer(d)
-    assert layer.backend == "dense" and layer._auto_backend.timed
-    used = []
-    for _ in range(6):
-        values = [
-            rng.standard_normal((B, d, d)),
-            rng.standard_normal((B, d)),
-            0.1 * rng.standard_normal((B, d)),
-        ]
-        (out,) = layer(*(torch.tensor(v) for v in values), solver_args={"warm_start": True})
-        used.append(layer._last_backend)
-        for i in range(B):
-            for p, v in zip(params, values, strict=True):
-                p.value = v[i]
-            problem.solve(cp.CLARABEL)
-            np.testing.assert_allclose(out[i].numpy(), z.value, atol=1e-5)
-    assert used[:4] == ["dense", "dense", "sparse", "sparse"]
-    assert used[4] == used[5] in ("dense", "sparse")
-
-
 def test_a_layer_whose_matrices_are_shared_does_not_time_them(rng):
-    # W and x shared (the constraint matrix holds x: W~ x), b batched: one C for the batch.
     d, B = 6, 3
     layer, *_ = _relu_layer(d)
     for _ in range(5):
-        W, x = (torch.tensor(rng.standard_normal(shape)) for shape in ((d, d), (d,)))
+        W, x = (torch.tensor(rng.standard_normal((B, *shape))) for shape in ((d, d), (d,)))
         layer(W, x, torch.tensor(rng.standard_normal((B, d))))
-        assert layer._last_backend == "dense"
+        assert layer._last_solves[0] == "dense"
     assert not layer._auto_backend._calls
