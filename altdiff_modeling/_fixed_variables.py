@@ -34,9 +34,10 @@ import scipy.sparse as sp
 import torch
 
 from ._canon import CanonicalForm, ConeProgram
-from ._parametric import VariableSpec, parameter_entries
+from ._parametric import VariableSpec, parameter_entries, to_torch_sparse
 from ._qp import QPData
 from ._sparse_data import compress_entries
+from ._triplets import Triplets, renumbered
 
 __all__ = ["FixedValues", "FixedVariables"]
 
@@ -66,31 +67,7 @@ class FixedValues:
     C: torch.Tensor  # (Bt, E): the entries C[kept, fixed]
 
 
-@dataclass(frozen=True)
-class _Program:
-    """CVXPY's maps as triplets: entry (row, col) of a matrix, a column of CVXPY's
-    parameter vector (the last one: the constant), a value."""
-
-    row: np.ndarray
-    col: np.ndarray
-    column: np.ndarray
-    value: np.ndarray
-
-    @staticmethod
-    def of(tensor: sp.sparray, n_rows: int) -> _Program:
-        """``tensor``'s rows ``row + n_rows * col`` as triplets."""
-        coo = sp.coo_array(tensor)
-        keep = coo.data != 0
-        flat = coo.row[keep].astype(np.int64)
-        return _Program(
-            flat % n_rows, flat // n_rows, coo.col[keep].astype(np.int64), coo.data[keep]
-        )
-
-    def where(self, mask: np.ndarray) -> _Program:
-        return _Program(self.row[mask], self.col[mask], self.column[mask], self.value[mask])
-
-
-def _fixing_rows(A: _Program, n: int, n_eq: int, width: int) -> tuple[np.ndarray, ...]:
+def _fixing_rows(A: Triplets, n: int, n_eq: int, width: int) -> tuple[np.ndarray, ...]:
     """``(variables, rows, coefficients)``: each variable that exactly one equality row
     with a single, constant coefficient fixes, with that row and coefficient."""
     entries = A.where((A.row < n_eq) & (A.col < n))
@@ -105,13 +82,6 @@ def _fixing_rows(A: _Program, n: int, n_eq: int, width: int) -> tuple[np.ndarray
     once = np.bincount(variables, minlength=n)[variables] == 1
     order = np.argsort(variables[once], kind="stable")
     return variables[once][order], rows[once][order], coefficients[once][order]
-
-
-def _renumbered(keep: np.ndarray, size: int) -> np.ndarray:
-    """``(size,)``: the new index of each kept index, -1 for the others."""
-    new = np.full(size, -1, dtype=np.int64)
-    new[keep] = np.arange(keep.size)
-    return new
 
 
 def _constant_part(
@@ -167,7 +137,7 @@ class FixedVariables:
         elimination; None when no variable is fixed (or every one is)."""
         program = form.program
         n, n_rows, n_eq, width = program.n, program.n_rows, program.n_eq, program.q.shape[1]
-        A = _Program.of(program.A, n_rows)
+        A = Triplets.of(program.A, n_rows)
         fixed, rows, coefficient = _fixing_rows(A, n, n_eq, width)
         if fixed.size == 0 or fixed.size == n:
             return None
@@ -175,14 +145,14 @@ class FixedVariables:
         free = np.setdiff1d(np.arange(n), fixed)
         kept = np.setdiff1d(np.arange(n_rows), rows)
         n_free, m_kept = free.size, kept.size
-        new_col = _renumbered(free, n + 1)
+        new_col = renumbered(free, n + 1)
         new_col[n] = n_free  # bg's column
-        new_row = _renumbered(kept, n_rows)
-        position = _renumbered(fixed, n + 1)  # bg's column n: not a fixed variable
+        new_row = renumbered(kept, n_rows)
+        position = renumbered(fixed, n + 1)  # bg's column n: not a fixed variable
 
         # x_j = b_r / a, with b = -bg on equality rows.
         bound = A.where((A.col == n) & np.isin(A.row, rows))
-        k = _renumbered(rows, n_rows)[bound.row]
+        k = renumbered(rows, n_rows)[bound.row]
         x_map = sp.csr_array((-bound.value / coefficient[k], (k, bound.column)), shape=(f, width))
 
         # [AF, bg] without the fixed rows and columns, plus AF[kept, fixed] x_fixed's
@@ -213,7 +183,7 @@ class FixedVariables:
         sign = np.where(AF_keys // f < n_eq - rows.size, 1.0, -1.0)  # C = [AF_eq; -AF_in]
         C_maps = sp.csr_array(sp.diags_array(sign) @ AF_maps)
 
-        P = _Program.of(program.P, n)
+        P = Triplets.of(program.P, n)
         both_free = P.where((new_col[P.row] >= 0) & (new_col[P.col] >= 0))
         reduced_P = sp.coo_array(
             (
@@ -295,7 +265,7 @@ class FixedVariables:
                 self.free.size + self.fixed.size,
             )
         )
-        new = _renumbered(kept, size)
+        new = renumbered(kept, size)
         index = spec.index
         reads = index >= 0
         if (new[index[reads]] < 0).any():
@@ -305,19 +275,12 @@ class FixedVariables:
     def _torch(self, dtype: torch.dtype, device: torch.device) -> dict[str, torch.Tensor]:
         key = (dtype, device)
         if key not in self._torch_cache:
-            coo = self.maps.tocoo()
-            indices = np.vstack([coo.row, coo.col]).astype(np.int64)
 
             def index(values: np.ndarray) -> torch.Tensor:
                 return torch.as_tensor(values.astype(np.int64), device=device)
 
             self._torch_cache[key] = {
-                "maps": torch.sparse_coo_tensor(
-                    torch.as_tensor(indices, device=device),
-                    torch.as_tensor(coo.data, dtype=dtype, device=device),
-                    self.maps.shape,
-                    check_invariants=False,
-                ).coalesce(),
+                "maps": to_torch_sparse(self.maps, dtype, device),
                 "coefficient": torch.as_tensor(self.coefficient, dtype=dtype, device=device),
                 "order": index(np.argsort(np.concatenate([self.free, self.fixed]))),
                 "row_order": index(np.argsort(np.concatenate([self.kept, self.rows]))),

@@ -28,6 +28,7 @@ from ._function import (
 )
 from ._log import LOGGER, enable_verbose, log_backward, log_solve
 from ._parametric import ParameterSpec, ParametricQP, VariableSpec, parameter_positions
+from ._presolve import Presolve
 from ._qp import QPData, semidefinite_violations
 from ._settings import SolverSettings, parse_solver_args
 from ._sparse_data import SparseParametricQP, choose_backend, sparse_pattern, sparse_qp
@@ -175,22 +176,18 @@ class AltDiffLayer(torch.nn.Module):
         started = time.perf_counter()
         solver_args = layer_arguments(solver, gp, verbose, solver_args)
         self._form: CanonicalForm = reduce_problem(problem, parameters, variables, canon_backend)
-        # Reverse mode solves the problem without the variables that a row of their own
-        # fixes (`FixedVariables`); forward mode's tangents need the whole one.
-        eliminated = FixedVariables.of(self._form)
-        self._fixed: FixedVariables | None = None
-        self._solved: CanonicalForm = self._form
+        # Reverse mode solves the problem without what the presolve takes out (bound
+        # epigraphs, fixed variables); forward mode's tangents need the whole one.
+        self._presolve = Presolve.of(self._form, self._read_nowhere())
+        self._fixed: FixedVariables | None = self._presolve.fixed
+        self._solved: CanonicalForm = self._presolve.solved
         # Which parameters (by position) the fixed variables' terms depend on.
         self._fixed_parameters: set[int] = set()
-        if eliminated is not None:
-            self._solved, self._fixed = eliminated
+        if self._fixed is not None:
             columns = self._fixed.parameter_columns()
             self._fixed_parameters = parameter_positions(self._form.parameters, columns)
-        # The outputs over the solved problem, None where one reads what it eliminated.
-        self._solved_specs: list[VariableSpec | None] = [
-            spec if self._fixed is None else self._fixed.solved_spec(spec)
-            for spec in self._form.variables
-        ]
+        # The outputs over the solved problem, None where one reads what it took out.
+        self._solved_specs = [self._presolve.solved_spec(s) for s in self._form.variables]
         self._settings: SolverSettings = parse_solver_args(solver_args)
         if verbose:
             self._settings = dataclasses.replace(self._settings, verbose=True)
@@ -236,7 +233,7 @@ class AltDiffLayer(torch.nn.Module):
     @property
     def _whole_qp(self) -> ParametricQP:
         """The dense parametric QP with every variable (forward mode), built on first use."""
-        if self._fixed is None:
+        if not self._presolve.reduces:
             return self._qp
         if self._whole is None:
             self._whole = dense_qp(self._form)
@@ -262,17 +259,22 @@ class AltDiffLayer(torch.nn.Module):
             self._masks[key] = torch.as_tensor(mask, device=device)
         return self._masks[key]
 
-    def _hidden_variables(self, device: torch.device, solved: bool) -> torch.Tensor:
+    def _read_nowhere(self) -> np.ndarray:
         """``(n,)`` bool: the canonical variables that no primal output reads (CVXPY's
-        auxiliary variables), of the solved problem or (``solved=False``) the whole one."""
+        auxiliary variables)."""
+        hidden = np.ones(self._form.n, dtype=bool)
+        for spec in self._form.variables:
+            if not spec.is_dual:
+                hidden[spec.index[spec.index >= 0]] = False
+        return hidden
+
+    def _hidden_variables(self, device: torch.device, solved: bool) -> torch.Tensor:
+        """`_read_nowhere` of the solved problem or (``solved=False``) the whole one."""
         key = ("hidden", device, solved)
         if key not in self._masks:
-            hidden = np.ones(self._form.n, dtype=bool)
-            for spec in self._form.variables:
-                if not spec.is_dual:
-                    hidden[spec.index[spec.index >= 0]] = False
-            if solved and self._fixed is not None:
-                hidden = hidden[self._fixed.free]
+            hidden = self._read_nowhere()
+            if solved:
+                hidden = hidden[self._presolve.free]
             self._masks[key] = torch.as_tensor(hidden, device=device)
         return self._masks[key]
 
@@ -284,14 +286,19 @@ class AltDiffLayer(torch.nn.Module):
         return self._dependencies[backend]
 
     def extra_repr(self) -> str:
-        """Sizes of the canonical QP (and how many of its variables an equality row of
-        their own fixes: `FixedVariables`) and the parameter names, for ``print(layer)``."""
+        """Sizes of the canonical QP (and how many of its variables the presolve takes
+        out: `Presolve`) and the parameter names, for ``print(layer)``."""
         form = self._form
         n_ineq = form.n_rows - form.n_eq
         names = [p.name for p in form.parameters]
-        fixed = "" if self._fixed is None else f"fixed={self._fixed.fixed.size}, "
+        presolve = self._presolve
+        removed = ""
+        if presolve.epigraphs is not None:
+            removed += f"epigraphs={presolve.epigraphs.eliminated.size}, "
+        if presolve.fixed is not None:
+            removed += f"fixed={presolve.fixed.fixed.size}, "
         return (
-            f"n={form.n}, n_eq={form.n_eq}, n_ineq={n_ineq}, {fixed}parameters={names}, "
+            f"n={form.n}, n_eq={form.n_eq}, n_ineq={n_ineq}, {removed}parameters={names}, "
             f"backend={self.backend!r}"
         )
 
@@ -411,7 +418,7 @@ class AltDiffLayer(torch.nn.Module):
             kind = (batch, flats[0].dtype, flats[0].device.type)
             backend = self._auto_backend.pick(kind)
         forward_mode = settings.mode == "forward" and needs_grad
-        solves = (backend, forward_mode and self._fixed is not None)
+        solves = (backend, forward_mode and self._presolve.reduces)
         warm = self._warm_start(settings, batch, flats[0] if flats else None, solves)
         if backend == "sparse" and settings.mode == "forward" and needs_grad:
             raise InputError(
@@ -559,10 +566,8 @@ class AltDiffLayer(torch.nn.Module):
         self, x: torch.Tensor, y: torch.Tensor, fixed: _FixedCall | None
     ) -> list[torch.Tensor]:
         """The outputs ``(B, size)`` from the solved problem's ``x`` and ``y``: read
-        there where they can be, from the whole problem's (`FixedVariables.recover`,
-        once per call) where they read a fixed variable or its row's multiplier."""
-        if fixed is None:
-            return [_gather(spec, x, y) for spec in self._form.variables]
+        there where they can be, from the whole problem's (`Presolve.recover`, once per
+        call) where they read what the presolve took out."""
         whole = None
         outputs = []
         for spec, solved in zip(self._form.variables, self._solved_specs, strict=True):
@@ -570,7 +575,7 @@ class AltDiffLayer(torch.nn.Module):
                 outputs.append(_gather(solved, x, y))
                 continue
             if whole is None:
-                whole = self._fixed.recover(x, y, fixed.values())
+                whole = self._presolve.recover(x, y, fixed.values if fixed else None)
             outputs.append(_gather(spec, *whole))
         return outputs
 

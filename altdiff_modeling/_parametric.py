@@ -289,7 +289,7 @@ class ParametricQP:
                     converted[name] = _TorchBlock(block.shape, index, None, None, selection)
                     continue
                 index = torch.as_tensor(block.index, device=device)
-                matrix = _to_torch_sparse(block.matrix, dtype, device)
+                matrix = to_torch_sparse(block.matrix, dtype, device)
                 converted[name] = _TorchBlock(block.shape, index, matrix, None)
             self._torch_cache[key] = converted
         return self._torch_cache[key]
@@ -463,9 +463,8 @@ class ParametricQP:
         )
 
 
-def _to_torch_sparse(
-    matrix: sp.csr_array, dtype: torch.dtype, device: torch.device
-) -> torch.Tensor:
+def to_torch_sparse(matrix: sp.sparray, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A scipy sparse matrix as a coalesced torch COO tensor."""
     coo = matrix.tocoo()
     indices = torch.as_tensor(np.vstack([coo.row, coo.col]).astype(np.int64), device=device)
     values = torch.as_tensor(coo.data, dtype=dtype, device=device)

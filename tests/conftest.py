@@ -55,3 +55,15 @@ def unlimited_polishing(monkeypatch: pytest.MonkeyPatch) -> None:
     # A layer's active-set memory keeps to a budget of measured times: here it is never
     # short of one, so that which calls it answers depends on the data alone.
     monkeypatch.setattr(_active_sets.ActiveSetMemory, "_affordable", lambda self: True)
+
+
+@pytest.fixture
+def whole_problem(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Layers solve their whole canonical problem, without the presolve (`Presolve`):
+    for tests of the solver's handling of CVXPY's auxiliary variables (free epigraphs
+    pinned, weakly active epigraph rows, tied rows), which it still meets where the
+    presolve cannot take them out, written on the simplest problems, which it can."""
+    from altdiff_modeling import _presolve
+
+    monkeypatch.setattr(_presolve.Epigraphs, "of", staticmethod(lambda form, hidden: None))
+    monkeypatch.setattr(_presolve.FixedVariables, "of", staticmethod(lambda form: None))

@@ -110,7 +110,7 @@ def test_a_batch_is_answered_where_each_instance_finds_its_set(rng):
     assert answered >= 15
 
 
-def test_a_free_epigraph_variable_is_pinned_and_its_layer_remembered(rng):
+def test_a_free_epigraph_variable_is_pinned_and_its_layer_remembered(rng, whole_problem):
     # |u| <= 1 becomes u <= t, -u <= t, t <= 1 with an epigraph t that is free wherever
     # |u| < 1: its active sets' KKT systems are singular until t is pinned to t <= 1.
     a = cp.Parameter(2)

@@ -47,6 +47,33 @@ def test_a_layer_on_cuda_matches_the_cpu(B):
             torch.testing.assert_close(got.cpu(), want, rtol=1e-6, atol=1e-8)
 
 
+def test_a_layer_with_fixed_variables_on_cuda_matches_the_cpu():
+    # The ReLU layer: W_tilde == W eliminated, its terms W_tilde @ x formed per call,
+    # and the multipliers of W_tilde == W recovered (`FixedVariables`).
+    rng = np.random.default_rng(2)
+    D, B = 6, 8
+    z, W_tilde = cp.Variable(D), cp.Variable((D, D))
+    x, W, b = cp.Parameter(D), cp.Parameter((D, D)), cp.Parameter(D)
+    copy = W_tilde == W
+    problem = cp.Problem(cp.Minimize(cp.sum_squares(z - W_tilde @ x - b)), [z >= 0, copy])
+    layer = AltDiffLayer(problem, parameters=[x, W, b], variables=[z, copy.dual_variables[0]])
+    values = [
+        rng.standard_normal((B, D)),
+        rng.standard_normal((B, D, D)),
+        rng.standard_normal((B, D)),
+    ]
+    weights = [rng.standard_normal((B, D)), rng.standard_normal((B, D, D))]
+    results = {}
+    for device in ("cpu", "cuda"):
+        inputs = [torch.tensor(v, device=device, requires_grad=True) for v in values]
+        outputs = layer(*inputs)
+        loss = sum((o * torch.tensor(w, device=device)).sum() for o, w in zip(outputs, weights))
+        results[device] = [o.detach().cpu() for o in outputs]
+        results[device] += [g.cpu() for g in torch.autograd.grad(loss, inputs)]
+    for got, want in zip(results["cuda"], results["cpu"], strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
+
+
 def test_solve_qp_with_per_instance_matrices_on_cuda_matches_the_cpu():
     rng = np.random.default_rng(1)
     B, n = 8, 20

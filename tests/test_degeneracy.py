@@ -118,7 +118,7 @@ def test_a_direction_of_non_unique_solutions_the_loss_does_not_see_is_no_degener
         _solve(P, q, G, h, matrices, leaves=("q",), weights=(0, 1))
 
 
-def test_layer_epigraph_variable_inside_its_box_raises_nothing():
+def test_layer_epigraph_variable_inside_its_box_raises_nothing(whole_problem):
     # |x| <= 1 becomes an epigraph variable t with -t <= x <= t, t <= 1: inside the box
     # t is anywhere in [|x|, 1]; the loss never sees t.
     x, u = cp.Variable(3), cp.Parameter(3)
@@ -145,7 +145,7 @@ def test_layer_dependent_rows_matter_only_where_their_bound_is_a_parameter():
 
 
 @pytest.mark.parametrize("backend", ["dense", "sparse"])
-def test_mpc_layer_epigraph_rows_are_absorbed(monkeypatch, backend):
+def test_mpc_layer_epigraph_rows_are_absorbed(monkeypatch, backend, whole_problem):
     """MPC with |u| <= u_max and |x| <= x_max: the epigraph variables of interior inputs
     and states are often weakly active (their rows touch with zero multipliers, and the
     fixed point's other-side condition fails there), but no gradient of a parameter

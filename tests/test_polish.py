@@ -308,7 +308,9 @@ def test_a_polish_corrects_wrong_rows_of_its_estimate():
 
 
 @pytest.mark.parametrize("mode", ["reverse", "forward"])
-def test_a_free_epigraph_variable_is_pinned_so_that_its_layer_polishes(mode, unlimited_polishing):
+def test_a_free_epigraph_variable_is_pinned_so_that_its_layer_polishes(
+    mode, unlimited_polishing, whole_problem
+):
     # |u| <= 1 becomes u <= t, -u <= t, t <= 1: where |u| < 1 no objective term and no
     # active row holds t, so the estimate's reduced KKT system leaves it free and the
     # polished point violates t's rows. Pinned to t <= 1, every instance polishes at
@@ -399,20 +401,15 @@ def test_sparse_polish_recovers_from_a_lasso_estimate_with_features_held_at_zero
 
 @pytest.mark.parametrize(("horizon", "n_x"), [(20, 6), (30, 8)])
 def test_sparse_polish_leaves_tied_rows_of_an_mpc_in_place(
-    horizon, n_x, monkeypatch, unlimited_polishing
+    horizon, n_x, monkeypatch, unlimited_polishing, whole_problem
 ):
     # CVXPY writes |u| <= u_max with an epigraph variable t: u <= t, -u <= t, t <= u_max.
     # Any t between |u| and u_max is optimal, so the reduced QP's solution holds rows
     # with zero slack and a multiplier at round-off level. Dropping them (a multiplier
     # "<= 0") frees t, whose rows are then violated, and the rounds wander: the polish
     # after the first 100 iterations failed and ADMM ran 200 to 400. Ties stay as they
-    # are, and that first polish lands on Clarabel's solution. The layer solves the
-    # whole MPC here (x[0] == x_init not eliminated: `FixedVariables`), the QP whose
-    # polish wandered; without x[0] this instance's first polish succeeds either way.
-    import altdiff_modeling._layer as layer_module
+    # are, and that first polish lands on Clarabel's solution.
     import altdiff_modeling._sparse_polish as sparse_polish_module
-
-    monkeypatch.setattr(layer_module.FixedVariables, "of", staticmethod(lambda form: None))
 
     family = mpc(horizon, n_x, np.random.default_rng(1))
     for parameter, value in zip(family.parameters, family.values, strict=True):
