@@ -20,7 +20,6 @@ the parameters like the whole problem's, and nothing is formed per call.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -198,11 +197,7 @@ class Epigraphs:
             new = self.kept_row
         else:
             new = renumbered(self.free, self.free.size + self.eliminated.size)
-        index = spec.index
-        reads = index >= 0
-        if (new[index[reads]] < 0).any():
-            return None
-        return dataclasses.replace(spec, index=np.where(reads, new[np.maximum(index, 0)], -1))
+        return spec.renumbered(new)
 
     def recover(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The whole problem's multipliers ``(B, n_rows)`` from the reduced problem's

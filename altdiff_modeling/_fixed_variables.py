@@ -25,7 +25,6 @@ the eliminated variables' coefficients depend on batched parameters.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -35,7 +34,6 @@ import torch
 
 from ._canon import CanonicalForm, ConeProgram
 from ._parametric import VariableSpec, parameter_entries, to_torch_sparse
-from ._qp import QPData
 from ._sparse_data import compress_entries
 from ._triplets import Triplets, renumbered
 
@@ -257,20 +255,11 @@ class FixedVariables:
     def solved_spec(self, spec: VariableSpec) -> VariableSpec | None:
         """``spec`` over the reduced problem's solution and multipliers; None where it
         reads a fixed variable or the multiplier of a fixing row."""
-        kept, size = (
-            (self.kept, self.kept.size + self.rows.size)
-            if spec.is_dual
-            else (
-                self.free,
-                self.free.size + self.fixed.size,
-            )
-        )
-        new = renumbered(kept, size)
-        index = spec.index
-        reads = index >= 0
-        if (new[index[reads]] < 0).any():
-            return None
-        return dataclasses.replace(spec, index=np.where(reads, new[np.maximum(index, 0)], -1))
+        if spec.is_dual:
+            new = renumbered(self.kept, self.kept.size + self.rows.size)
+        else:
+            new = renumbered(self.free, self.free.size + self.fixed.size)
+        return spec.renumbered(new)
 
     def _torch(self, dtype: torch.dtype, device: torch.device) -> dict[str, torch.Tensor]:
         key = (dtype, device)
@@ -315,19 +304,21 @@ class FixedVariables:
             return out
         return out.index_add(1, index, terms.expand(batch, -1))
 
-    def reduce(self, data: QPData, values: FixedValues) -> QPData:
-        """The reduced problem's ``data`` plus a call's terms (`per_call`)."""
+    def terms(self, values: FixedValues) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """A call's terms (`per_call`) of the reduced q ``(Bt, n - f)`` and bounds
+        ``(Bt, n_rows - f)``, None where it has none."""
         t = self._torch(values.x.dtype, values.x.device)
-        batch = max(data.batch_size, values.x.shape[0])
-        q, bound = data.q, data.bound
+        batch = values.x.shape[0]
+        q = bound = None
         if self.P_terms.size:
-            terms = values.P_terms * values.x[:, t["P_terms_col"]]
-            q = self._scatter(q, t["P_terms_row"], terms, batch)
+            products = values.P_terms * values.x[:, t["P_terms_col"]]
+            zeros = values.x.new_zeros(1, self.free.size)
+            q = self._scatter(zeros, t["P_terms_row"], products, batch)
         if self.C_terms.size:
-            coefficients = values.C[:, t["C_terms"]]
-            terms = coefficients * values.x[:, t["C_terms_col"]]
-            bound = self._scatter(bound, t["C_terms_row"], -terms, batch)
-        return QPData(data.P, q, data.C, bound, data.n_eq, batch, data.cone_sizes)
+            products = values.C[:, t["C_terms"]] * values.x[:, t["C_terms_col"]]
+            zeros = values.x.new_zeros(1, self.kept.size)
+            bound = self._scatter(zeros, t["C_terms_row"], -products, batch)
+        return q, bound
 
     def recover(
         self, x: torch.Tensor, y: torch.Tensor, values: FixedValues

@@ -178,7 +178,7 @@ class AltDiffLayer(torch.nn.Module):
         self._form: CanonicalForm = reduce_problem(problem, parameters, variables, canon_backend)
         # Reverse mode solves the problem without what the presolve takes out (bound
         # epigraphs, fixed variables); forward mode's tangents need the whole one.
-        self._presolve = Presolve.of(self._form, self._read_nowhere())
+        self._presolve = Presolve.of(self._form, self._form.variables)
         self._fixed: FixedVariables | None = self._presolve.fixed
         self._solved: CanonicalForm = self._presolve.solved
         # Which parameters (by position) the fixed variables' terms depend on.
@@ -253,26 +253,16 @@ class AltDiffLayer(torch.nn.Module):
         key = (backend, device)
         if key not in self._masks:
             qp = self._sparse_qp if backend == "sparse" else self._qp
-            mask = qp.parametric_mask()
-            if self._fixed is not None:
-                mask = mask | self._fixed.touched()
+            mask = qp.parametric_mask() | self._presolve.touched()
             self._masks[key] = torch.as_tensor(mask, device=device)
         return self._masks[key]
 
-    def _read_nowhere(self) -> np.ndarray:
-        """``(n,)`` bool: the canonical variables that no primal output reads (CVXPY's
-        auxiliary variables)."""
-        hidden = np.ones(self._form.n, dtype=bool)
-        for spec in self._form.variables:
-            if not spec.is_dual:
-                hidden[spec.index[spec.index >= 0]] = False
-        return hidden
-
     def _hidden_variables(self, device: torch.device, solved: bool) -> torch.Tensor:
-        """`_read_nowhere` of the solved problem or (``solved=False``) the whole one."""
+        """``(n,)`` bool: the canonical variables that no primal output reads (CVXPY's
+        auxiliary variables), of the solved problem or (``solved=False``) the whole one."""
         key = ("hidden", device, solved)
         if key not in self._masks:
-            hidden = self._read_nowhere()
+            hidden = self._presolve.hidden
             if solved:
                 hidden = hidden[self._presolve.free]
             self._masks[key] = torch.as_tensor(hidden, device=device)
@@ -559,7 +549,7 @@ class AltDiffLayer(torch.nn.Module):
             return data, None
         call = _FixedCall(self._fixed, theta)
         if self._fixed.per_call:
-            data = self._fixed.reduce(data, call.values())
+            data = self._presolve.reduce(data, call.values())
         return data, call
 
     def _solved_outputs(

@@ -11,6 +11,7 @@ each one dense product of theta instead (`ParametricQP._dense_maps`).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from dataclasses import dataclass, field
@@ -75,6 +76,16 @@ class VariableSpec:
     index: np.ndarray
     is_dual: bool = False
     sign: float = 1.0
+
+    def renumbered(self, new: np.ndarray) -> VariableSpec | None:
+        """The output over a reduced problem whose index of each of this one's source
+        entries is ``new`` (-1 for an entry the reduced problem does not have); None
+        where the output reads such an entry."""
+        reads = self.index >= 0
+        if (new[self.index[reads]] < 0).any():
+            return None
+        index = np.where(reads, new[np.maximum(self.index, 0)], -1)
+        return dataclasses.replace(self, index=index)
 
     @functools.cached_property
     def span(self) -> slice | None:

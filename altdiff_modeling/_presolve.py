@@ -15,6 +15,7 @@ from ._canon import CanonicalForm
 from ._epigraphs import Epigraphs
 from ._fixed_variables import FixedValues, FixedVariables
 from ._parametric import VariableSpec
+from ._qp import QPData
 
 __all__ = ["Presolve"]
 
@@ -28,27 +29,36 @@ class Presolve:
         epigraphs: The bound epigraph variables eliminated, if any.
         fixed: The fixed variables eliminated (after the epigraphs), if any.
         free: ``(n_solved,)`` the whole problem's variables that the solved one keeps.
+        hidden: ``(n,)`` the whole problem's variables that no primal output reads
+            (CVXPY's auxiliary variables).
     """
 
     solved: CanonicalForm
     epigraphs: Epigraphs | None
     fixed: FixedVariables | None
     free: np.ndarray
+    hidden: np.ndarray
 
     @staticmethod
-    def of(form: CanonicalForm, hidden: np.ndarray) -> Presolve:
-        """The reductions of ``form``, whose variables ``hidden`` ``(n,)`` no output
-        reads (none apply: ``solved`` is ``form``)."""
+    def of(form: CanonicalForm, outputs: list[VariableSpec]) -> Presolve:
+        """The reductions of ``form`` for the ``outputs`` (none may apply: ``solved`` is
+        then ``form``)."""
+        hidden = np.ones(form.n, dtype=bool)
+        for spec in outputs:
+            if not spec.is_dual:
+                hidden[spec.index[spec.index >= 0]] = False
         solved, free = form, np.arange(form.n)
+        presolve = Presolve(solved, None, None, free, hidden)
         epigraphs = Epigraphs.of(solved, hidden)
         if epigraphs is not None:
-            solved, epigraphs = epigraphs
-            free = free[epigraphs.free]
+            solved, presolve.epigraphs = epigraphs
+            free = free[presolve.epigraphs.free]
         fixed = FixedVariables.of(solved)
         if fixed is not None:
-            solved, fixed = fixed
-            free = free[fixed.free]
-        return Presolve(solved, epigraphs, fixed, free)
+            solved, presolve.fixed = fixed
+            free = free[presolve.fixed.free]
+        presolve.solved, presolve.free = solved, free
+        return presolve
 
     @property
     def reduces(self) -> bool:
@@ -61,6 +71,26 @@ class Presolve:
             if step is not None and spec is not None:
                 spec = step.solved_spec(spec)
         return spec
+
+    def touched(self) -> np.ndarray:
+        """``(n_solved + m_solved,)`` bool: the solved problem's q entries, then rows,
+        that a call's fixed-variable terms change (a parameter's gradient may reach
+        them); all False without any."""
+        if self.fixed is None:
+            return np.zeros(self.solved.n + self.solved.n_rows, dtype=bool)
+        return self.fixed.touched()
+
+    def reduce(self, data: QPData, values: FixedValues) -> QPData:
+        """The solved problem's ``data`` with a call's fixed-variable terms added
+        (`FixedVariables.per_call`)."""
+        q_terms, bound_terms = self.fixed.terms(values)
+        batch = max(data.batch_size, values.x.shape[0])
+        q, bound = data.q, data.bound
+        if q_terms is not None:
+            q = q + q_terms
+        if bound_terms is not None:
+            bound = bound + bound_terms
+        return QPData(data.P, q, data.C, bound, data.n_eq, batch, data.cone_sizes)
 
     def recover(
         self, x: torch.Tensor, y: torch.Tensor, fixed_values: Callable[[], FixedValues]

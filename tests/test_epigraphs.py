@@ -59,9 +59,9 @@ def test_abs_and_max_bounds_are_solved_without_their_epigraphs(
     layer = AltDiffLayer(problem, params, outputs)
     # One t per |u_i| and one for max(x); each t <= c row and its rows combine into
     # -c <= u_i <= c and x_i <= 0.5.
-    assert layer._presolve.epigraphs.eliminated.size == 4
-    assert layer._solved.n == layer._form.n - 4
-    assert layer._solved.n_rows == layer._form.n_rows - 4
+    epigraphs = layer._presolve.epigraphs
+    assert epigraphs.eliminated.size == 4 and epigraphs.free.size == layer._form.n - 4
+    assert epigraphs.multipliers.shape == (layer._form.n_rows, layer._form.n_rows - 4)
     _check_against_clarabel(problem, params, values, outputs, bounds, backend, rng)
 
 
@@ -90,8 +90,9 @@ def test_a_variable_bounded_from_one_side_only_drops_its_rows() -> None:
     bound = x <= s
     problem = cp.Problem(cp.Minimize(cp.sum_squares(x - a)), [bound, x >= -1])
     layer = AltDiffLayer(problem, [a], [x, bound.dual_variables[0]], solver_args=TIGHT)
-    assert layer._presolve.epigraphs.eliminated.size == 2
-    assert layer._solved.n_rows == layer._form.n_rows - 2
+    epigraphs = layer._presolve.epigraphs
+    assert epigraphs.eliminated.size == 2
+    assert epigraphs.multipliers.shape == (layer._form.n_rows, layer._form.n_rows - 2)
     x_out, multiplier = layer(torch.tensor([0.3, -2.0], dtype=torch.float64))
     torch.testing.assert_close(
         x_out, torch.tensor([0.3, -1.0], dtype=torch.float64), atol=1e-8, rtol=0

@@ -85,19 +85,33 @@ def test_only_rows_of_one_constant_entry_fix_their_variable() -> None:
     assert reduced.n_eq == form.n_eq - 1
 
 
+@pytest.mark.parametrize("name", ["coupled", "relu"])
 def test_the_reduced_data_is_the_whole_data_without_the_fixed_rows_and_columns(
-    rng: np.random.Generator,
+    rng: np.random.Generator, name: str
 ) -> None:
-    problem, params, values, outputs, _ = _coupled_problem(rng)
+    """Constant coefficients' terms are in the reduced affine maps (the coupled
+    problem), parametric ones are a call's terms (the ReLU layer's W_tilde @ x)."""
+    if name == "coupled":
+        problem, params, values, outputs, _ = _coupled_problem(rng)
+    else:
+        D = 3
+        problem, params, z, _ = _relu_problem(D)
+        values, outputs = (
+            [rng.standard_normal(D), rng.standard_normal((D, D)), rng.standard_normal(D)],
+            [z],
+        )
     form = reduce_problem(problem, params, outputs)
     reduced_form, fixed = FixedVariables.of(form)
-    assert fixed.fixed.size == 4  # x0 and w
-    assert not fixed.per_call  # constant coefficients: their terms are in the affine maps
+    assert fixed.fixed.size == (4 if name == "coupled" else 9)  # x0 and w; W_tilde
+    assert fixed.per_call == (name == "relu")
     whole_qp, reduced_qp = dense_qp(form), dense_qp(reduced_form)
-    theta = torch.tensor(np.concatenate([np.ravel(v) for v in values]))[None]
+    theta = torch.tensor(np.concatenate([np.ravel(v, order="F") for v in values]))[None]
     whole = whole_qp.data(theta)
     values_ = fixed.values(theta)
-    data = fixed.reduce(reduced_qp.data(theta), values_)
+    data = reduced_qp.data(theta)
+    q_terms, bound_terms = fixed.terms(values_)
+    data_q = data.q if q_terms is None else data.q + q_terms
+    data_bound = data.bound if bound_terms is None else data.bound + bound_terms
 
     free, fx, kept, rows = (
         torch.as_tensor(a) for a in (fixed.free, fixed.fixed, fixed.kept, fixed.rows)
@@ -110,8 +124,8 @@ def test_the_reduced_data_is_the_whole_data_without_the_fixed_rows_and_columns(
     torch.testing.assert_close(data.C[0], C[kept][:, free], rtol=0, atol=1e-14)
     q = whole.q[0, free] + P[free][:, fx] @ x_fixed
     bound = whole.bound[0, kept] - C[kept][:, fx] @ x_fixed
-    torch.testing.assert_close(data.q[0], q, rtol=0, atol=1e-13)
-    torch.testing.assert_close(data.bound[0], bound, rtol=0, atol=1e-13)
+    torch.testing.assert_close(data_q[0], q, rtol=0, atol=1e-13)
+    torch.testing.assert_close(data_bound[0], bound, rtol=0, atol=1e-13)
     assert data.n_eq == whole.n_eq - rows.numel()
 
 
