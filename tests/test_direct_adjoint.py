@@ -61,6 +61,25 @@ def test_woodbury_solve_matches_each_instance_system():
     assert float(error.max()) <= 1e-11, error
 
 
+def test_woodbury_solve_where_an_instance_differs_in_row_zero_and_in_fewer_rows():
+    # Instance 0 differs from the majority in row 0 and one more row, instance 1 in six
+    # rows: instance 0's padding slots point at row 0 as well. They were written over
+    # its row-0 term (a shared polish of a box-constrained batch came out 10 off).
+    rng = np.random.default_rng(4)
+    m, B = 12, 5
+    RS = _shared_system(rng, m, rank=10)
+    inactive = torch.ones(B, m, dtype=torch.bool)  # the majority: every row inactive
+    inactive[0, [0, 5]] = False
+    inactive[1, [1, 2, 3, 4, 6, 7]] = False
+    rhs = torch.as_tensor(rng.standard_normal((B, m)))
+    _, differ = differing_rows(inactive)
+    assert bool(differ[0, 0]) and int(differ[0].sum()) < int(differ.sum(1).max())
+    systems = MajorityBases(RS).systems(inactive)
+    assert systems is not None and bool(systems.regular.all())
+    error = _relative_errors(systems.solve(rhs), _each_instance_solution(RS, inactive, rhs))
+    assert float(error.max()) <= 1e-11, error
+
+
 def test_merged_systems_solve_each_instance_on_its_replaced_pattern():
     # A batch's systems, then three instances polished again on corrected patterns (one
     # of them with more differing rows than any before): the merged systems solve every

@@ -189,7 +189,8 @@ class MajoritySystems:
             return p
         e = torch.where(self.valid, p.gather(1, self.rows), 0.0)
         xi = torch.where(self.valid, (self.inverse @ e.unsqueeze(-1)).squeeze(-1), 0.0)
-        return p + torch.zeros_like(p).scatter_(1, self.rows, xi) @ self.Wt
+        # Added, not written: a padding slot (row 0, xi = 0) may repeat a differing row.
+        return p + torch.zeros_like(p).scatter_add_(1, self.rows, xi) @ self.Wt
 
     def solve(self, rhs: torch.Tensor) -> torch.Tensor:
         """``c`` ``(B, m)`` with ``(RS - D_i) c_i = rhs_i`` ``(B, m)`` (zero where the
