@@ -583,6 +583,8 @@ def solve_reverse(
         SolverError: An instance was not solved and ``on_failure`` is ``"raise"``.
     """
     holder = holder if holder is not None else []
+    if data.batch_size == 0:  # nothing to solve: empty outputs, in the graph all the same
+        return data.q.expand(0, -1) * 0.0, data.bound.expand(0, -1) * 0.0
     P, C = data.P, data.C
     layout = (
         data.n_eq,

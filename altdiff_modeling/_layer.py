@@ -287,6 +287,8 @@ class AltDiffLayer(torch.nn.Module):
             removed += f"epigraphs={presolve.epigraphs.eliminated.size}, "
         if presolve.fixed is not None:
             removed += f"fixed={presolve.fixed.fixed.size}, "
+        if presolve.residuals is not None:
+            removed += f"residuals={presolve.residuals.eliminated.size}, "
         return (
             f"n={form.n}, n_eq={form.n_eq}, n_ineq={n_ineq}, {removed}parameters={names}, "
             f"backend={self.backend!r}"

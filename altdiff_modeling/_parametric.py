@@ -365,7 +365,7 @@ class ParametricQP:
             values[name] if name in values else self._stacked(blocks, values, *members)
             for name, members in _STACKS.items()
         )
-        batch = max(P.shape[0], q.shape[0], C.shape[0], bound.shape[0], theta.shape[0])
+        batch = theta.shape[0]  # every block has 1 row or theta's (0 for an empty batch)
         return QPData(P, q, C, bound, self.n_eq, batch, self.cone_sizes)
 
     def _block_values(

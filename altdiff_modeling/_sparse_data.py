@@ -188,7 +188,7 @@ class SparseParametricQP:
             values[name] = torch.sparse.mm(block, augmented.T).T
         P = BatchedSparse(values["P"], maps["P_pattern"])
         C = BatchedSparse(values["C"], maps["C_pattern"])
-        batch = max(max(v.shape[0] for v in values.values()), theta.shape[0])
+        batch = theta.shape[0]  # every block has 1 row or theta's (0 for an empty batch)
         return QPData(P, values["q"], C, values["bound"], self.n_eq, batch, self.cone_sizes)
 
 

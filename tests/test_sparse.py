@@ -169,7 +169,8 @@ def test_auto_picks_sparse_for_large_sparse_and_dense_for_small_dense(rng) -> No
 
 
 def test_override_at_construction_and_per_call() -> None:
-    fam = isotonic(260, np.random.default_rng(11))  # n + m = 1039: just above the size
+    # n + m = 1039 once the residuals x - y are substituted: just above the size.
+    fam = isotonic(520, np.random.default_rng(11))
     auto = AltDiffLayer(fam.problem, fam.parameters, fam.variables)
     forced = AltDiffLayer(
         fam.problem, fam.parameters, fam.variables, solver_args={"backend": "dense"}
@@ -185,7 +186,7 @@ def test_override_at_construction_and_per_call() -> None:
 
 
 def test_auto_serves_forward_mode_and_jacobian_with_the_dense_backend() -> None:
-    n = 300
+    n = 600  # n + m = 1199 once the residuals are substituted
     x, shift = cp.Variable(n), cp.Parameter()
     points = np.linspace(0.0, 3.0, n) + np.random.default_rng(19).standard_normal(n)
     problem = cp.Problem(cp.Minimize(0.5 * cp.sum_squares(x - points - shift)), [cp.diff(x) >= 0])
