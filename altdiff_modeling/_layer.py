@@ -499,7 +499,7 @@ class AltDiffLayer(torch.nn.Module):
     ) -> Solution | None:
         """The previous call's solution, when warm starts are on and it fits this call
         (``solves``: the same backend's, whose iterates and penalties it holds, of the
-        same problem: with or without the fixed variables)."""
+        same problem: the presolved one, or in forward mode the whole one)."""
         last = self._last_solution
         if not settings.warm_start or last is None or like is None:
             return None
