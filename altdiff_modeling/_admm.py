@@ -999,7 +999,7 @@ def admm_solve(
             attempt = time.perf_counter()
             x, z, y, kept = _try_interior_point(data, residuals, x, z, y, pending)
             choice.interior_point_ran(
-                time.perf_counter() - attempt, int(kept.sum()), rented=not handing_over
+                time.perf_counter() - attempt, int(kept.sum()), not handing_over, spent
             )
             converged = residuals.converged() & ~done
             pending = ~done & ~converged

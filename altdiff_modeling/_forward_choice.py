@@ -10,9 +10,9 @@ on draws from one distribution, so it measures, per batch shape:
 - A call runs ADMM until it has spent what the interior-point solve is expected to cost
   (its time measured on earlier calls, else the cost model's prediction), then hands the
   unfinished instances to the interior-point solve: rent or buy, at most twice the
-  cheaper method's time. It records the time of ADMM's whole solve where ADMM finished
-  first, or that ADMM did not finish within the price, and the interior-point solve's
-  time per instance it solved.
+  cheaper method's time. It records what the call cost by starting with ADMM (ADMM's
+  whole solve, or ADMM to the price plus the interior-point solve of the instances it
+  left), and the interior-point solve's time per instance it solved.
 - Once the interior-point solve has been measured cheaper than ADMM (medians of the last
   `WINDOW` records), calls hand every instance to it at the first check; one such call in
   `EXPLORE_EVERY` runs the rent-or-buy rule instead, so that a change in the data
@@ -50,7 +50,7 @@ class _Record:
     """The measured costs of one batch shape's calls."""
 
     def __init__(self) -> None:
-        # seconds of whole ADMM solves; inf where ADMM had not finished at the price
+        # seconds of calls that started with ADMM (their interior-point part included)
         self.admm: deque[float] = deque(maxlen=WINDOW)
         # seconds per instance solved of interior-point attempts (inf: none solved)
         self.interior_point: deque[float] = deque(maxlen=WINDOW)
@@ -117,10 +117,12 @@ class ForwardChoice:
             self._record.admm.append(seconds)
             self._record.admm_spent += seconds
 
-    def interior_point_ran(self, seconds: float, solved: int, rented: bool) -> None:
+    def interior_point_ran(
+        self, seconds: float, solved: int, rented: bool, before: float = 0.0
+    ) -> None:
         """Record an interior-point attempt that solved ``solved`` instances in
         ``seconds``; ``rented``: ADMM had run to the price first (it had not finished
-        within it)."""
+        within it), for ``before`` seconds."""
         record = self._record
         if record is None:
             return
@@ -134,7 +136,10 @@ class ForwardChoice:
         record.interior_point.append(per_instance)
         record.admm_spent = 0.0
         if rented:
-            record.admm.append(math.inf)
+            # What the call cost by starting with ADMM: its ADMM time and the
+            # interior-point solve of the instances ADMM left. Where ADMM left few of a
+            # large batch, that stays far below an interior-point solve of them all.
+            record.admm.append(before + seconds)
 
 
 class ForwardCosts:
