@@ -44,11 +44,10 @@ def _entries_of(entry_rows: np.ndarray, n_rows: int, rows: np.ndarray) -> tuple[
     return k, order[start[rows][k] + offset]
 
 
-def _candidates(program: ConeProgram, hidden: np.ndarray, A: Triplets) -> np.ndarray:
+def _candidates(program: ConeProgram, hidden: np.ndarray, A: Triplets, P: Triplets) -> np.ndarray:
     """``(n,)`` bool: the variables with no cost, no output, and constant coefficients
     in inequality rows only (no equality, no second-order cone)."""
     n, width = program.n, program.q.shape[1]
-    P = Triplets.of(program.P, n)
     q = sp.coo_array(program.q)
     costly = np.zeros(n + 1, dtype=bool)
     costly[P.row], costly[P.col] = True, True
@@ -87,8 +86,8 @@ class Epigraphs:
         ``(n,)``, the variables no output reads), and the elimination; None without any."""
         program = form.program
         n, n_rows, n_eq = program.n, program.n_rows, program.n_eq
-        A = Triplets.of(program.A, n_rows)
-        candidate = _candidates(program, hidden, A)
+        A, P = Triplets.of(program.A, n_rows), Triplets.of(program.P, n)
+        candidate = _candidates(program, hidden, A, P)
         on = A.where((A.col < n) & candidate[np.minimum(A.col, n - 1)])
         pairs, pair_of = np.unique(on.row * n + on.col, return_inverse=True)
         # g: the coefficient in G = -AF.
@@ -148,21 +147,18 @@ class Epigraphs:
             parts.append(rest.where(entry))
             targets.append(combo_index[combination])
             weights.append(scale[combination])
-        row = np.concatenate(targets)
-        col = np.concatenate([new_col[p.col] for p in parts])
-        column = np.concatenate([p.column for p in parts])
-        value = np.concatenate([p.value for p in parts]) * np.concatenate(weights)
-        reduced_A = sp.coo_array(
-            (value, (row + m * col, column)), shape=(m * (free.size + 1), program.q.shape[1])
-        )
-        reduced_A.sum_duplicates()
+        combined = Triplets.concatenated(parts)
+        width = program.q.shape[1]
+        reduced_A = Triplets(
+            np.concatenate(targets),
+            new_col[combined.col],
+            combined.column,
+            combined.value * np.concatenate(weights),
+        ).tensor(m, free.size + 1, width)
 
         q = sp.csr_array(program.q)
-        P = Triplets.of(program.P, n)
-        reduced_P = sp.coo_array(
-            (P.value, (new_col[P.row] + free.size * new_col[P.col], P.column)),
-            shape=(free.size * free.size, program.q.shape[1]),
-        )
+        # P has no entry of an eliminated variable (`_candidates`).
+        reduced_P = P.renumbered(new_col, new_col).tensor(free.size, free.size, width)
         reduced = ConeProgram(
             P=reduced_P,
             q=sp.csr_array(q[np.append(free, n)]),

@@ -161,35 +161,18 @@ class FixedVariables:
         )
         AF_constant, C_parametric = _constant_part(AF_keys, AF_maps, (m_kept, f))
         folded = sp.coo_array(AF_constant @ x_map)
-        stays = A.where((new_row[A.row] >= 0) & (new_col[A.col] >= 0))
-        reduced_A = sp.coo_array(
-            (
-                np.concatenate([stays.value, folded.data]),
-                (
-                    np.concatenate(
-                        [
-                            new_row[stays.row] + m_kept * new_col[stays.col],
-                            folded.row + m_kept * n_free,
-                        ]
-                    ),
-                    np.concatenate([stays.column, folded.col]),
-                ),
-            ),
-            shape=(m_kept * (n_free + 1), width),
-        )
-        reduced_A.sum_duplicates()
+        bound_column = np.full(folded.row.size, n_free)  # the folded terms are bg's
+        reduced_A = Triplets.concatenated(
+            [
+                A.renumbered(new_row, new_col),
+                Triplets(folded.row, bound_column, folded.col, folded.data),
+            ]
+        ).tensor(m_kept, n_free + 1, width)
         sign = np.where(AF_keys // f < n_eq - rows.size, 1.0, -1.0)  # C = [AF_eq; -AF_in]
         C_maps = sp.csr_array(sp.diags_array(sign) @ AF_maps)
 
         P = Triplets.of(program.P, n)
-        both_free = P.where((new_col[P.row] >= 0) & (new_col[P.col] >= 0))
-        reduced_P = sp.coo_array(
-            (
-                both_free.value,
-                (new_col[both_free.row] + n_free * new_col[both_free.col], both_free.column),
-            ),
-            shape=(n_free * n_free, width),
-        )
+        reduced_P = P.renumbered(new_col, new_col).tensor(n_free, n_free, width)
         to_q = P.where((new_col[P.row] >= 0) & (position[P.col] >= 0))
         Pq_keys, Pq_maps = compress_entries(
             new_col[to_q.row] * f + position[to_q.col], to_q.column, to_q.value, width

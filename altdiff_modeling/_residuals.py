@@ -119,27 +119,13 @@ class Residuals:
         left, right = _pairs_within(k_F)
         added_row, added_col = new_col[F.col[left]], new_col[F.col[right]]
         added_value = weight[k_F[left]] * F.value[left] * F.value[right]
-        kept_P = P.where(new_col[P.row] >= 0)
-        existing = np.unique(new_col[kept_P.row] + free.size * new_col[kept_P.col])
+        kept_P = P.renumbered(new_col, new_col)  # the residuals' own entries go
+        existing = np.unique(kept_P.row + free.size * kept_P.col)
         new_entries = np.setdiff1d(np.unique(added_row + free.size * added_col), existing)
         if new_entries.size > in_rows.row.size:
             return None
-        reduced_P = sp.coo_array(
-            (
-                np.concatenate([kept_P.value, added_value]),
-                (
-                    np.concatenate(
-                        [
-                            new_col[kept_P.row] + free.size * new_col[kept_P.col],
-                            added_row + free.size * added_col,
-                        ]
-                    ),
-                    np.concatenate([kept_P.column, np.full(added_value.size, width - 1)]),
-                ),
-            ),
-            shape=(free.size * free.size, width),
-        )
-        reduced_P.sum_duplicates()
+        added = Triplets(added_row, added_col, np.full(added_value.size, width - 1), added_value)
+        reduced_P = Triplets.concatenated([kept_P, added]).tensor(free.size, free.size, width)
 
         # q -= weight_i b_i F_i', with b = -bg: q += weight_i bg_i F_i'.
         q_from_bound = sp.csr_array(
@@ -151,12 +137,8 @@ class Residuals:
         reduced_q = sp.vstack(
             [q[free] - q_from_bound @ bg, q[[n]]], format="csr"
         )  # q_from_bound maps b = -bg
-        stays = A.where((new_row[A.row] >= 0) & (new_col[A.col] >= 0))
         m = kept.size
-        reduced_A = sp.coo_array(
-            (stays.value, (new_row[stays.row] + m * new_col[stays.col], stays.column)),
-            shape=(m * (free.size + 1), width),
-        )
+        reduced_A = A.renumbered(new_row, new_col).tensor(m, free.size + 1, width)
         reduced = ConeProgram(
             P=reduced_P,
             q=reduced_q,

@@ -9,6 +9,8 @@ import scipy.sparse as sp
 
 __all__ = ["Triplets", "renumbered"]
 
+_FIELDS = ("row", "col", "column", "value")
+
 
 @dataclass(frozen=True)
 class Triplets:
@@ -32,6 +34,26 @@ class Triplets:
 
     def where(self, mask: np.ndarray) -> Triplets:
         return Triplets(self.row[mask], self.col[mask], self.column[mask], self.value[mask])
+
+    def renumbered(self, new_row: np.ndarray, new_col: np.ndarray) -> Triplets:
+        """The entries whose row and column a reduced problem keeps, in its numbering
+        (``new_row``, ``new_col``: -1 for what it drops)."""
+        kept = self.where((new_row[self.row] >= 0) & (new_col[self.col] >= 0))
+        return Triplets(new_row[kept.row], new_col[kept.col], kept.column, kept.value)
+
+    @staticmethod
+    def concatenated(parts: list[Triplets]) -> Triplets:
+        return Triplets(*(np.concatenate([getattr(p, f) for p in parts]) for f in _FIELDS))
+
+    def tensor(self, n_rows: int, n_cols: int, width: int) -> sp.coo_array:
+        """The entries in CVXPY's layout, row ``row + n_rows * col``, duplicates summed:
+        ``(n_rows * n_cols, width)``."""
+        tensor = sp.coo_array(
+            (self.value, (self.row + n_rows * self.col, self.column)),
+            shape=(n_rows * n_cols, width),
+        )
+        tensor.sum_duplicates()
+        return tensor
 
 
 def renumbered(keep: np.ndarray, size: int) -> np.ndarray:
