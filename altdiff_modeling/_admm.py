@@ -547,7 +547,8 @@ def _try_polish(
             else:
                 if free_variables is not None:
                     pinned[index] = _pins(free_variables, data.q, estimate, index)
-                polished = _polish_instances(data, x, index, (estimate | pinned)[index], shared)
+                estimates = (estimate | pinned)[index]
+                polished = _polish_instances(data, x, y, index, estimates, shared)
                 xp, zp, yp, ok, solved = polished
             ok_any = bool(ok.any())  # waits for a device's work: it is timed
         x_new[index], z_new[index], y_new[index] = xp, zp, yp
@@ -630,12 +631,14 @@ def _try_interior_point(
 def _polish_instances(
     data: QPData,
     x: torch.Tensor,
+    y: torch.Tensor,
     index: torch.Tensor,
     active: torch.Tensor,
     shared: tuple[SharedPolisher, CholeskyFactor, torch.Tensor, float, Rates] | None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, MajoritySystems | None]:
-    """Polish the instances ``index`` ``(K,)`` on their estimates ``active`` ``(K, m)``
-    by the cheaper method available; returns their ``x``, ``z``, ``y`` in x's dtype,
+    """Polish the instances ``index`` ``(K,)`` of the iterate ``(x, y)`` on their
+    estimates ``active`` ``(K, m)`` by the cheaper method available (the general
+    `polish` starts from the iterate); returns their ``x``, ``z``, ``y`` in x's dtype,
     the ``(K,)`` mask of those whose reduced system could be solved, and the shared
     polisher's systems (None where the general `polish` served them)."""
 
@@ -643,8 +646,15 @@ def _polish_instances(
     # which float32 cannot resolve (its refinement would stall far from the solution).
     work = torch.float64
 
-    def pick(block: torch.Tensor) -> torch.Tensor:
-        return (block if block.shape[0] == 1 else block[index]).to(work)
+    def pick(block: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        return (block if block.shape[0] == 1 else block[rows]).to(work)
+
+    def general(chosen: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The general `polish` of the instances ``index[chosen]``, from the iterate."""
+        rows = index[chosen]
+        blocks = (pick(block, rows) for block in (data.P, data.q, data.C, data.bound))
+        start = (x[rows].to(work), y[rows].to(work))
+        return polish(*blocks, data.n_eq, active[chosen], start)
 
     polished, systems = None, None
     K, n, m = index.shape[0], data.n, active.shape[1]
@@ -654,16 +664,22 @@ def _polish_instances(
         or _shared_is_cheaper(shared[1], shared[4], K, n, m)
     ):
         factor, rows, sigma = shared[1:4]
-        polished = shared[0].polish(
-            factor, rows, sigma, pick(data.q), pick(data.bound), active, x[index]
+        result = shared[0].polish(
+            factor, rows, sigma, pick(data.q, index), pick(data.bound, index), active, x[index]
         )
-        if polished is not None:
-            *polished, systems = polished
+        if result is not None:
+            *polished, systems = result
     if polished is None:
-        polished = polish(
-            pick(data.P), pick(data.q), pick(data.C), pick(data.bound), data.n_eq, active
-        )
-    xp, zp, yp, ok = polished
+        xp, zp, yp, ok = general(torch.arange(K, device=index.device))
+    else:
+        # The general polish takes the instances whose own system is singular (an
+        # estimate with dependent active rows, as at a degenerate vertex of an LP):
+        # its regularized reduced system still finds their solution.
+        xp, zp, yp, ok = polished
+        singular = torch.nonzero(~ok).flatten()
+        if singular.numel():
+            xp, zp, yp, ok = (t.clone() for t in (xp, zp, yp, ok))
+            xp[singular], zp[singular], yp[singular], ok[singular] = general(singular)
     return xp.to(x.dtype), zp.to(x.dtype), yp.to(x.dtype), ok, systems
 
 

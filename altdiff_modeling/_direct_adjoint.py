@@ -117,7 +117,8 @@ class _SharedAdjoint:
 
     def __init__(self, L: torch.Tensor, LinvCt: torch.Tensor, rows: torch.Tensor) -> None:
         self.L, self.LinvCt = L, LinvCt
-        self.bases = MajorityBases(rows[0].unsqueeze(-1) * (LinvCt[0].T @ LinvCt[0]))
+        RS = rows[0].unsqueeze(-1) * (LinvCt[0].T @ LinvCt[0])
+        self.bases = MajorityBases(RS, LinvCt.shape[-2])
 
     def nbytes(self) -> int:
         """Bytes held (for the budget of a layer's factor cache)."""

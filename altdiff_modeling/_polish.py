@@ -144,6 +144,39 @@ def gather_active_rows(
     return rows * valid.unsqueeze(-1).to(C.dtype), valid, index
 
 
+def _masked_gram(C: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """``C' diag(rows) C`` ``(B, n, n)`` for ``C`` ``(1|B, m, n)`` and ``rows`` ``(B, m)``,
+    from the rows gathered where they are few."""
+    gathered = gather_active_rows(C, rows)
+    if gathered is None:
+        return C.transpose(-1, -2) @ (rows.to(C.dtype).unsqueeze(-1) * C)
+    return gathered[0].transpose(-1, -2) @ gathered[0]
+
+
+def active_gram(C: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
+    """``C_a' C_a`` ``(B, n, n)``: the sum of ``c_i c_i'`` over each instance's active
+    rows ``active`` ``(B, m)`` of ``C`` ``(1|B, m, n)``.
+
+    Where C is shared, its rows with one entry (bounds on a variable, most of an LP's
+    rows) add to the diagonal only, and the other rows active in every instance
+    (equalities) are summed once for the batch: only the rest is summed per instance.
+    """
+    if C.shape[0] != 1:
+        return _masked_gram(C, active)
+    single = (C[0] != 0).sum(-1) == 1  # (m,)
+    common = active.all(0) & ~single
+    rest = active & ~single & ~common
+    gram = _masked_gram(C, common.unsqueeze(0))
+    if bool(rest.any()):
+        gram = gram + _masked_gram(C, rest)
+    else:
+        gram = gram.expand(active.shape[0], -1, -1)
+    column = C[0].abs().argmax(-1)  # (m,): a bound's variable
+    weight = torch.where(active & single, C[0].gather(1, column[:, None])[:, 0] ** 2, 0.0)
+    diagonal = weight.new_zeros(active.shape[0], C.shape[-1]).index_add_(1, column, weight)
+    return gram + torch.diag_embed(diagonal)
+
+
 def first_of(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Each row's True positions of ``mask`` ``(B, m)`` first, in order: ``(B, k)``
     distinct indices (k the most any row has; after its own, a row's further indices
@@ -176,30 +209,40 @@ class ReducedKKT:
         B, m = active.shape
         n = P.shape[-1]
         eye = torch.eye(n, dtype=P.dtype, device=P.device)
-        gathered = gather_active_rows(C, active)
-        if gathered is None:
-            gram = C.transpose(-1, -2) @ (active.to(C.dtype).unsqueeze(-1) * C)
-        else:
-            gram = gathered[0].transpose(-1, -2) @ gathered[0]
+        # A per-instance C's refinement products use its active rows alone.
+        gathered = gather_active_rows(C, active) if C.shape[0] > 1 else None
+        gram = active_gram(C, active)
         L, info = torch.linalg.cholesky_ex((P + _DELTA * eye + gram / _DELTA).expand(B, n, n))
         self.ok = info == 0
         self._L = torch.where(self.ok[:, None, None], L, eye)
         self._P, self._C, self._active, self._m = P, C, active, m
         self._index = None
-        if gathered is not None and C.shape[0] > 1:
+        if gathered is not None:
             self._C, self._active, self._index = gathered
 
     def solve(
-        self, target_x: torch.Tensor, target_y: torch.Tensor
+        self,
+        target_x: torch.Tensor,
+        target_y: torch.Tensor,
+        start: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``x (B, n)`` and ``y (B, m)`` (zero on the inactive rows) for ``target_x``
-        ``(B, n)`` and ``target_y`` ``(B, m)`` (read on the active rows only)."""
-        if self._index is not None:
-            target_y = target_y.gather(1, self._index)
+        ``(B, n)`` and ``target_y`` ``(B, m)`` (read on the active rows only).
+
+        The refinement starts from ``start`` ``(x (B, n), y (B, m))``, zero where None.
+        Where the solution is not unique (dependent active rows: a degenerate vertex of
+        an LP has more active rows than variables), it ends at the one nearest its start.
+        """
         active = self._active
+        if start is None:
+            start = (target_x.new_zeros(target_x.shape), torch.zeros_like(target_y))
+        x0, y0 = start
+        if self._index is not None:
+            target_y, y0 = target_y.gather(1, self._index), y0.gather(1, self._index)
         x, y = _refine(
-            self._P, self._C, active, self._L, target_x, torch.where(active, target_y, 0.0)
-        )
+            self._P, self._C, active, self._L, target_x, torch.where(active, target_y, 0.0),
+            x0, torch.where(active, y0, 0.0),
+        )  # fmt: skip
         if self._index is not None:
             y = y.new_zeros(y.shape[0], self._m).scatter_(1, self._index, y)
         return x, y
@@ -241,12 +284,13 @@ def solve_reduced_kkt(
     active: torch.Tensor,
     target_x: torch.Tensor,
     target_y: torch.Tensor,
+    start: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """`ReducedKKT` for one right-hand side: ``x (B, n)``, ``y (B, m)`` (zero on the
-    inactive rows) and the ``(B,)`` mask of the instances whose system could be
-    factored."""
+    """`ReducedKKT` for one right-hand side (from ``start``, as `ReducedKKT.solve`):
+    ``x (B, n)``, ``y (B, m)`` (zero on the inactive rows) and the ``(B,)`` mask of the
+    instances whose system could be factored."""
     system = ReducedKKT(P, C, active)
-    x, y = system.solve(target_x, target_y)
+    x, y = system.solve(target_x, target_y, start)
     return x, y, system.ok
 
 
@@ -257,11 +301,14 @@ def _refine(
     L: torch.Tensor,
     target_x: torch.Tensor,
     target_y: torch.Tensor,
+    x: torch.Tensor,
+    y: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Iterative refinement of `ReducedKKT` from zero, with the factor ``L`` of
-    its regularized Schur complement; ``target_y`` is zero off the active rows, and so
-    is the returned y."""
-    B, n = target_x.shape
+    """Iterative refinement of `ReducedKKT` from ``(x, y)``, with the factor ``L`` of
+    its regularized Schur complement; ``target_y`` and ``y`` are zero off the active
+    rows, and so is the returned y. A step moves along a null vector of the system only
+    by its rounding: where the solution is not unique, the one returned is the start's
+    nearest."""
     weight = active.to(target_x.dtype) / _DELTA  # (B, m)
 
     def solve_regularized(
@@ -271,8 +318,6 @@ def _refine(
         dy = torch.where(active, weight * (matvec(C, dx) - r_y), -r_y)
         return dx, dy
 
-    x = target_x.new_zeros(B, n)
-    y = torch.zeros_like(target_y)
     # Refinement usually reaches round-off in three steps; the rest would be wasted.
     size = 1.0 + max(_max_abs(target_x), _max_abs(target_y))
     for _ in range(_REFINE_STEPS):
@@ -295,6 +340,7 @@ def polish(
     bound: torch.Tensor,
     n_eq: int,
     active: torch.Tensor,
+    start: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Polish a batch of iterates (scaled units).
 
@@ -302,6 +348,11 @@ def polish(
         P: ``(1|B, n, n)``.  q: ``(1|B, n)``.  C: ``(1|B, m, n)``.  bound: ``(1|B, m)``.
         n_eq: Number of equality rows.
         active: ``(B, m)`` bool, the iterates' `active_set` (equality rows included).
+        start: The iterates ``x (B, n)``, ``y (B, m)``, where the reduced system's
+            solve starts: at a degenerate vertex, whose multipliers are not unique, it
+            then returns those nearest the iterate's, which are nearly feasible (the
+            minimum-norm ones, nearest zero, have negative entries that fail the dual
+            residual once clamped: shortest-path LPs failed every polish so).
 
     Returns:
         ``x (B, n)``, ``z (B, m)``, ``y (B, m)`` of the polished points, and a ``(B,)``
@@ -310,7 +361,7 @@ def polish(
     B, m = active.shape
     n = q.shape[-1]
     bound = bound.expand(B, m)
-    x, y_p, ok = solve_reduced_kkt(P, C, active, -q.expand(B, n), bound)
+    x, y_p, ok = solve_reduced_kkt(P, C, active, -q.expand(B, n), bound, start)
     Cx = matvec(C, x)
     z_p = torch.cat([bound[:, :n_eq], torch.minimum(Cx[:, n_eq:], bound[:, n_eq:])], dim=1)
     y_p = torch.cat([y_p[:, :n_eq], y_p[:, n_eq:].clamp_min(0)], dim=1)
@@ -389,7 +440,7 @@ class SharedPolisher:
             LinvCt = torch.linalg.solve_triangular(L, self.C.T, upper=False)
             HinvCt = torch.linalg.solve_triangular(L.T, LinvCt, upper=True)
             shared = SharedPolishData(
-                MajorityBases(rows[0].unsqueeze(-1) * (LinvCt.T @ LinvCt)), HinvCt
+                MajorityBases(rows[0].unsqueeze(-1) * (LinvCt.T @ LinvCt), L.shape[-1]), HinvCt
             )
             factor.memo["polish"] = shared
             factor.ledger.work = 0.0  # spent on this setup

@@ -55,7 +55,7 @@ def test_woodbury_solve_matches_each_instance_system():
     _, differ = differing_rows(inactive)
     assert int(differ[0].sum()) == 0 and int(differ.sum(1).max()) >= 5
 
-    systems = MajorityBases(RS).systems(inactive)
+    systems = MajorityBases(RS, rank=RS.shape[0]).systems(inactive)
     assert systems is not None and bool(systems.regular.all())
     error = _relative_errors(systems.solve(rhs), _each_instance_solution(RS, inactive, rhs))
     assert float(error.max()) <= 1e-11, error
@@ -74,7 +74,7 @@ def test_woodbury_solve_where_an_instance_differs_in_row_zero_and_in_fewer_rows(
     rhs = torch.as_tensor(rng.standard_normal((B, m)))
     _, differ = differing_rows(inactive)
     assert bool(differ[0, 0]) and int(differ[0].sum()) < int(differ.sum(1).max())
-    systems = MajorityBases(RS).systems(inactive)
+    systems = MajorityBases(RS, rank=RS.shape[0]).systems(inactive)
     assert systems is not None and bool(systems.regular.all())
     error = _relative_errors(systems.solve(rhs), _each_instance_solution(RS, inactive, rhs))
     assert float(error.max()) <= 1e-11, error
@@ -87,7 +87,7 @@ def test_merged_systems_solve_each_instance_on_its_replaced_pattern():
     rng = np.random.default_rng(3)
     m, B = 40, 16
     RS = _shared_system(rng, m, rank=30)
-    bases = MajorityBases(RS)
+    bases = MajorityBases(RS, rank=RS.shape[0])
     inactive, rhs = _layer_like_batch(rng, B, m)
     systems = bases.systems(inactive)
     index = torch.tensor([2, 7, 11])
@@ -111,7 +111,7 @@ def test_merged_systems_solve_each_instance_on_its_replaced_pattern():
     assert float(_relative_errors(c[index], again.solve(rhs[index])).max()) <= 1e-10
     error = _relative_errors(c, _each_instance_solution(RS, expected_inactive, rhs))
     assert float(error.max()) <= 1e-10, error
-    other = MajorityBases(RS).systems(corrected)
+    other = MajorityBases(RS, rank=RS.shape[0]).systems(corrected)
     assert other is not None and systems.merged(index, other) is None
 
 
@@ -236,7 +236,7 @@ def test_woodbury_solve_of_a_well_conditioned_batch_skips_the_refinement():
     C = rng.standard_normal((m, 60)) / np.sqrt(60)
     RS = torch.from_numpy(0.5 * C @ C.T)  # condition numbers in the hundreds
     inactive, rhs = _layer_like_batch(rng, B, m)
-    systems = MajorityBases(RS).systems(inactive)
+    systems = MajorityBases(RS, rank=RS.shape[0]).systems(inactive)
     assert systems is not None and bool(systems.regular.all()) and not systems.refine
     error = _relative_errors(systems.solve(rhs), _each_instance_solution(RS, inactive, rhs))
     assert float(error.max()) <= 1e-12, error
@@ -252,7 +252,7 @@ def test_woodbury_solve_around_a_nearly_singular_majority_matrix_is_refined():
     own = RS.expand(B, m, m) - torch.diag_embed(inactive.to(RS.dtype))
     assert float(torch.linalg.cond(own).max()) < 1e6
     rhs = torch.from_numpy(np.random.default_rng(2).standard_normal((B, m)))
-    systems = MajorityBases(RS).systems(inactive)
+    systems = MajorityBases(RS, rank=RS.shape[0]).systems(inactive)
     assert systems is not None and systems.refine
     error = _relative_errors(systems.solve(rhs), _each_instance_solution(RS, inactive, rhs))
     assert float(error.max()) <= 1e-10, error
@@ -263,7 +263,7 @@ def test_woodbury_solve_gives_none_where_the_majority_matrix_is_singular():
     B, m = inactive.shape
     systems = RS.expand(B, m, m) - torch.diag_embed(inactive.to(RS.dtype))
     assert float(torch.linalg.cond(systems).max()) < 1e8
-    assert MajorityBases(RS).systems(inactive) is None
+    assert MajorityBases(RS, rank=RS.shape[0]).systems(inactive) is None
 
 
 def _counting_base_builds(monkeypatch) -> list[object]:
@@ -278,6 +278,23 @@ def _counting_base_builds(monkeypatch) -> list[object]:
     return built
 
 
+def test_a_pattern_with_more_active_rows_than_the_rank_is_not_inverted(monkeypatch):
+    # S = C K^{-1} C' has rank 30: with 35 rows active, a null vector of C_a' (zero on
+    # the inactive rows) solves RS - D0 to zero. No m x m inverse is tried for it.
+    built = _counting_base_builds(monkeypatch)
+    rng = np.random.default_rng(7)
+    m, B = 40, 8
+    RS = _shared_system(rng, m, rank=30)
+    inactive = torch.zeros(B, m, dtype=torch.bool)
+    inactive[:, 35:] = True
+    singular = RS - torch.diag(inactive[0].to(RS.dtype))
+    assert int(torch.linalg.matrix_rank(singular)) < m
+    assert MajorityBases(RS, rank=30).systems(inactive) is None
+    assert built == []
+    assert MajorityBases(RS, rank=m).systems(inactive) is None  # the inverse fails
+    assert len(built) == 1 and built[0] is None
+
+
 def test_kept_bases_serve_later_batches_near_their_pattern(monkeypatch):
     # A later batch on the same pattern, and a few instances whose own majority differs
     # from it in a few rows (the corrected polishes), reuse the kept inverse.
@@ -285,7 +302,7 @@ def test_kept_bases_serve_later_batches_near_their_pattern(monkeypatch):
     rng = np.random.default_rng(5)
     m, B = 40, 16
     RS = _shared_system(rng, m, rank=30)
-    bases = MajorityBases(RS)
+    bases = MajorityBases(RS, rank=RS.shape[0])
     inactive, rhs = _layer_like_batch(rng, B, m)
     again, rhs_again = _layer_like_batch(rng, B, m)
     few = inactive[:3].clone()
@@ -307,7 +324,7 @@ def test_a_lone_instance_reuses_a_kept_base_within_a_quarter_of_the_rows(monkeyp
     rng = np.random.default_rng(4)
     m = 40
     RS = _shared_system(rng, m, rank=30)
-    bases = MajorityBases(RS)
+    bases = MajorityBases(RS, rank=RS.shape[0])
     first = torch.from_numpy(rng.random((1, m)) > 0.3)
     first[:, :3] = False
     assert bases.systems(first) is not None and len(built) == 1
@@ -329,7 +346,7 @@ def test_a_batch_whose_pattern_gives_no_base_is_solved_on_a_kept_one(monkeypatch
     RS, inactive = _singular_majority_case()
     B, m = inactive.shape
     rng = np.random.default_rng(11)
-    bases = MajorityBases(RS)
+    bases = MajorityBases(RS, rank=RS.shape[0])
     first = torch.ones(2, m, dtype=torch.bool)
     first[:, 6:] = False
     assert bases.systems(first) is not None
@@ -340,7 +357,7 @@ def test_a_batch_whose_pattern_gives_no_base_is_solved_on_a_kept_one(monkeypatch
     error = _relative_errors(systems.solve(rhs), _each_instance_solution(RS, inactive, rhs))
     assert float(error.max()) <= 1e-9, error
     # A pattern known to fail is not inverted again.
-    assert MajorityBases(RS).systems(inactive) is None
+    assert MajorityBases(RS, rank=RS.shape[0]).systems(inactive) is None
     assert bases.systems(inactive) is not None and len(built) == 3
 
 
@@ -397,7 +414,7 @@ def test_a_singular_instance_is_flagged_and_the_others_are_solved():
     RS = _shared_system(rng, m, rank=30)
     inactive, rhs = _layer_like_batch(rng, B, m)
     inactive[1] = False
-    systems = MajorityBases(RS).systems(inactive)
+    systems = MajorityBases(RS, rank=RS.shape[0]).systems(inactive)
     assert systems is not None
     assert systems.regular.tolist() == [i != 1 for i in range(B)]
     c = systems.solve(rhs)

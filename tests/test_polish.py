@@ -10,6 +10,7 @@ import cvxpy as cp
 import numpy as np
 import pytest
 import torch
+from lp_layers import grid_shortest_path
 from sparse_families import mpc
 
 from altdiff_modeling import AltDiffLayer, solve_qp
@@ -498,3 +499,68 @@ def test_a_batch_polishes_every_instance_where_its_polish_is_unlimited(
     assert info.status == ["solved"] * B
     unfinished, chosen = attempts[0]
     assert unfinished >= B // 2 and chosen == unfinished
+
+
+def test_a_degenerate_vertex_polishes_from_the_iterate():
+    # A shortest path: every edge at a bound and every conservation row active, 21 active
+    # rows on 12 variables. x is unique, the multipliers are not: the reduced system's
+    # solve from zero returns multipliers of both signs, which fail the dual residual
+    # once clamped; from an iterate near a nonnegative dual solution it returns one.
+    from altdiff_modeling._polish import polish
+
+    N, supply = grid_shortest_path(3)
+    n_eq, n = N.shape
+    cost = np.exp(0.5 * np.random.default_rng(3).standard_normal(n))
+    x = cp.Variable(n)
+    conservation, lower, upper = N @ x == supply, x >= 0, x <= 1
+    problem = cp.Problem(cp.Minimize(cost @ x), [conservation, upper, lower])
+    problem.solve(cp.CLARABEL, tol_gap_abs=1e-12, tol_gap_rel=1e-12, tol_feas=1e-12)
+    C = np.vstack([N, np.eye(n), -np.eye(n)])
+    bound = np.concatenate([supply, np.ones(n), np.zeros(n)])
+    y_star = np.concatenate([conservation.dual_value, upper.dual_value, lower.dual_value])
+    active = np.concatenate([np.ones(n_eq, bool), C[n_eq:] @ x.value >= bound[n_eq:] - 1e-9])
+    assert active.sum() > n and np.linalg.matrix_rank(C[active]) == n  # x is pinned
+    rng = np.random.default_rng(4)
+    x_iterate = x.value + 1e-3 * rng.standard_normal(n)
+    y_iterate = y_star + 1e-3 * rng.standard_normal(y_star.shape)
+    y_iterate[n_eq:] = np.maximum(y_iterate[n_eq:], 0) * active[n_eq:]
+
+    def polished(start):
+        def t(a):
+            return torch.from_numpy(np.asarray(a, dtype=np.float64))[None]
+
+        rows = torch.from_numpy(active)[None]
+        xp, _, yp, ok = polish(t(np.zeros((n, n))), t(cost), t(C), t(bound), n_eq, rows, start)
+        assert bool(ok.all())
+        xp, yp = xp[0].numpy(), yp[0].numpy()
+        return np.abs(xp - x.value).max(), np.abs(cost + C.T @ yp).max()
+
+    primal, dual = polished((torch.from_numpy(x_iterate)[None], torch.from_numpy(y_iterate)[None]))
+    assert primal <= 1e-9 and dual <= 1e-12
+    primal, dual = polished(None)
+    assert primal <= 1e-9 and dual >= 1e-3
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_the_active_rows_gram_matrix_sums_each_part_its_own_way(shared: bool):
+    # Equalities (active everywhere), general inequalities and bounds (one entry each,
+    # of either sign and any scale): C_a'C_a as the dense product gives it.
+    from altdiff_modeling._polish import active_gram
+
+    rng = np.random.default_rng(5)
+    B, n, n_eq, n_general = 5, 9, 3, 6
+    bounds = np.vstack([np.diag(rng.uniform(0.5, 2.0, n)), -np.diag(rng.uniform(0.5, 2.0, n))])
+    C = np.vstack([rng.standard_normal((n_eq + n_general, n)), bounds])
+    C = np.repeat(C[None], 1 if shared else B, axis=0)
+    if not shared:
+        C = C + 0.1 * rng.standard_normal(C.shape) * (C != 0)
+    active = rng.random((B, C.shape[1])) < 0.5
+    active[:, :n_eq] = True
+    C_t, active_t = torch.from_numpy(C), torch.from_numpy(active)
+    expected = np.einsum(
+        "bmi,bm,bmj->bij",
+        np.broadcast_to(C, (B, *C.shape[1:])),
+        active,
+        np.broadcast_to(C, (B, *C.shape[1:])),
+    )
+    np.testing.assert_allclose(active_gram(C_t, active_t).numpy(), expected, rtol=1e-13, atol=1e-13)

@@ -221,6 +221,11 @@ def _reuses(batch: int, m: int, own: int, differing: int) -> bool:
 class MajorityBases:
     """The bases built for one ``RS`` ``(m, m)``, kept to build later batches' systems.
 
+    ``rank`` bounds the rank of ``S = C H^{-1} C'`` (n, C's columns). A pattern with
+    more active rows than that is singular (a null vector of ``C_a'``, zero on the
+    inactive rows, solves it to zero), as at a degenerate vertex of an LP: no base is
+    built for it, at the price of an ``m x m`` inverse that would fail.
+
     A batch whose instances differ from a kept base's pattern in hardly more rows than
     from their own majority pattern reuses that base: its capacitance systems grow by
     a few rows, and the ``m x m`` inverse is saved (`_reuses`). The successive calls of
@@ -230,8 +235,8 @@ class MajorityBases:
     no base (too ill-conditioned), the nearest kept one serves it.
     """
 
-    def __init__(self, RS: torch.Tensor) -> None:
-        self.RS = RS
+    def __init__(self, RS: torch.Tensor, rank: int) -> None:
+        self.RS, self.rank = RS, rank
         self._bases: list[MajorityBase] = []
         self._failed: list[torch.Tensor] = []  # patterns whose base could not be built
 
@@ -252,7 +257,8 @@ class MajorityBases:
         ):
             return MajoritySystems.build(self.RS, inactive, self._bases[nearest])
         base = None
-        if not any(bool((majority == failed).all()) for failed in self._failed):
+        singular = self.RS.shape[0] - int(majority.sum()) > self.rank
+        if not singular and not any(bool((majority == failed).all()) for failed in self._failed):
             base = MajorityBase.build(self.RS, majority)
             if base is None:
                 self._failed = [*self._failed[-_KEPT_BASES + 1 :], majority]
