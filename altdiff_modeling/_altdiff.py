@@ -379,7 +379,7 @@ def reverse_gradients(
             )
         if cones is not None:
             return cone_adjoint(data.P, C, r, jacobian, sigma)
-        return direct_adjoint(data.P, C, r, inactive, sigma, factor.memo, systems)
+        return direct_adjoint(data.P, C, r, inactive, sigma, factor.memo, systems, multiplier_rows)
 
     if method == "direct":
         solver = direct_solver()

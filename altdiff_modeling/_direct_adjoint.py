@@ -57,7 +57,7 @@ import numpy as np
 import torch
 
 from ._batched_sparse import BatchedSparse
-from ._costs import STEP_OPERATIONS, Rates, step_flops
+from ._costs import STEP_OPERATIONS, Rates, cholesky_flops, step_flops
 from ._polish import ReducedKKT
 from ._qp import matvec
 from .linsys.cholesky import CholeskyFactor
@@ -156,6 +156,7 @@ def direct_adjoint(
     sigma: float,
     memo: dict[str, object] | None = None,
     systems: ActiveSystems | None = None,
+    multiplier_rows: torch.Tensor | None = None,
 ) -> AdjointSolver | None:
     """Factor the fixed-point equations of the transposed Alt-Diff recursion.
 
@@ -168,6 +169,10 @@ def direct_adjoint(
             calls), or None.
         systems: Sparse data's active rows' systems, shared with the backward's other
             uses (a new set where None).
+        multiplier_rows: ``(1|B, m)`` bool, the rows whose multipliers reach the
+            gradients asked for (None: all). Where no active row is one, dependent
+            active rows (their multipliers not unique, as at a degenerate vertex of
+            an LP) leave the gradients unique, and the active rows' KKT system serves.
 
     Returns:
         A solver mapping source terms ``g_x (B, n)``, ``g_v (B, m)`` to the fixed point
@@ -181,8 +186,11 @@ def direct_adjoint(
         return _sparse_adjoint(systems or ActiveSystems(P, C), rows, inactive, sigma)
     work = torch.float64  # the small dense factorizations are cheap in float64
     rows = rows.to(work)
+    unseen = torch.zeros(inactive.shape[0], dtype=torch.bool, device=inactive.device)
+    if multiplier_rows is not None:
+        unseen = ~(~inactive & multiplier_rows).any(-1)
     if not (P.shape[0] == 1 and C.shape[0] == 1 and rows.shape[0] == 1):
-        return _per_instance_adjoint(P.to(work), C.to(work), rows, inactive, sigma)
+        return _per_instance_adjoint(P.to(work), C.to(work), rows, inactive, sigma, unseen)
     kept = memo.get("adjoint") if memo is not None else None
     if not isinstance(kept, _SharedAdjoint):
         factored = _factor_K(P.to(work), C.to(work), rows)
@@ -193,6 +201,14 @@ def direct_adjoint(
             memo["adjoint"] = kept
     L, LinvCt = kept.L[0], kept.LinvCt[0]  # (n, n), (n, m)
     systems = kept.bases.systems(inactive)
+    n, m = L.shape[0], inactive.shape[-1]
+    active_rows = int((~inactive).sum(-1).max()) if inactive.shape[0] else 0
+    reduced_flops = cholesky_flops(n) + 2 * n * n * active_rows  # and its Gram matrix
+    if systems is None and ((active_rows > n and bool(unseen.any())) or reduced_flops < 2 * m**3):
+        # Each instance's active rows' KKT system: where the m x m systems below are
+        # singular (more active rows than n) on instances whose gradients stay unique,
+        # or where it costs fewer operations than their inverses.
+        return _per_instance_adjoint(P.to(work), C.to(work), rows, inactive, sigma, unseen)
     if systems is None:  # each instance's own m x m system
         system = kept.bases.RS.expand(inactive.shape[0], -1, -1).clone()
         system.diagonal(dim1=-2, dim2=-1).sub_(inactive.to(work))
@@ -225,14 +241,23 @@ def _per_instance_adjoint(
     rows: torch.Tensor,
     inactive: torch.Tensor,
     sigma: float,
+    unseen: torch.Tensor,
 ) -> AdjointSolver:
     """`direct_adjoint` by the active rows' KKT system of each instance (module
     docstring). ``a`` and ``c`` are zero for an instance whose system is singular: its
     regularized solve would return one of many solutions, with no sign of it in the
-    residual."""
+    residual. On the ``unseen`` ``(B,)`` instances, whose active rows' multipliers reach
+    no gradient asked for, dependent active rows are allowed: t, and so every gradient
+    asked for, is unique where x is."""
     active = ~inactive
     system = ReducedKKT(P, C, active)
-    regular = (~system.singular()).unsqueeze(-1)
+    if bool(unseen.all()):
+        singular = system.primal_singular()
+    elif bool(unseen.any()):
+        singular = torch.where(unseen, system.primal_singular(), system.singular())
+    else:
+        singular = system.singular()
+    regular = (~singular).unsqueeze(-1)
 
     def solve(
         grad_x: torch.Tensor, g_v: torch.Tensor, rough: bool = False

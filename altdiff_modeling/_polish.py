@@ -277,6 +277,27 @@ class ReducedKKT:
             growth = torch.cat([v_x, v_y], dim=1).norm(dim=1)
         return ~self.ok | (growth * _DELTA * _SINGULAR_WITHIN >= 1)
 
+    def primal_singular(self) -> torch.Tensor:
+        """``(B,)`` bool: the instances whose solutions are not unique in x (a null
+        vector ``(x, 0)``: ``P x = 0``, ``C_a x = 0``), or whose system could not be
+        factored. Dependent active rows alone leave x unique.
+
+        Along such an x the Schur complement ``P + delta I + C_a'C_a / delta`` is
+        ``delta``; elsewhere it is at least the smallest positive eigenvalue of ``P``
+        on the null space of ``C_a`` or of ``C_a'C_a / delta``. Inverse iteration with
+        its factor finds the smallest, as in `singular`.
+        """
+        B, n = self._L.shape[0], self._L.shape[-1]
+        dtype, device = self._L.dtype, self._L.device
+        v = torch.sin(torch.arange(1, n + 1, dtype=dtype, device=device) * 0.7548776662)
+        v = v.expand(B, n)
+        growth = torch.ones(B, dtype=dtype, device=device)
+        for _ in range(_INVERSE_ITERATIONS):
+            v = v / v.norm(dim=1, keepdim=True).clamp_min(_TINY)
+            v = cholesky_solve(v.unsqueeze(-1), self._L).squeeze(-1)
+            growth = v.norm(dim=1)
+        return ~self.ok | (growth * _DELTA * _SINGULAR_WITHIN >= 1)
+
 
 def solve_reduced_kkt(
     P: torch.Tensor,

@@ -543,3 +543,38 @@ def test_a_direct_backward_of_an_ill_conditioned_p_is_refined_instead_of_rejecte
         for got, expected in zip(grads, (reference[1], reference[5]), strict=True):
             error = np.linalg.norm(got[i].numpy() - expected) / np.linalg.norm(expected)
             assert error <= 1e-7, (i, error)
+
+
+def test_a_degenerate_lp_layer_backward_is_solved_directly():
+    # A regularized shortest path with every conservation row: the edges sit at their
+    # bounds, so more rows are active than there are variables and the multipliers are
+    # not unique. x is, and the costs are the only parameters: the active rows' KKT
+    # system gives the backward in one solve (GMRES on the recursion took a hundred
+    # steps and more on such layers), with the gradients of central differences.
+    import cvxpy as cp
+    from lp_layers import grid_shortest_path
+    from reference import finite_difference_gradient
+
+    from altdiff_modeling import AltDiffLayer
+
+    N, supply = grid_shortest_path(3)
+    n = N.shape[1]
+    x = cp.Variable(n)
+    cost = cp.Parameter(n)
+    problem = cp.Problem(
+        cp.Minimize(cost @ x + 0.005 * cp.sum_squares(x)), [N @ x == supply, x >= 0, x <= 1]
+    )
+    rng = np.random.default_rng(11)
+    costs = np.exp(0.5 * rng.standard_normal((4, n)))
+    weights = rng.standard_normal((4, n))
+    args = {"eps_abs": 1e-10, "eps_rel": 1e-10, "backward_method": "direct"}
+    layer = AltDiffLayer(problem, [cost], [x], solver_args=args)
+    costs_t = torch.tensor(costs, requires_grad=True)
+    (solution,), info = layer(costs_t, return_info=True)
+    (solution * torch.from_numpy(weights)).sum().backward()
+    assert info.backward_iterations == 1 and info.backward_status == ["converged"] * 4
+    active = (solution.detach().numpy() < 1e-8) | (solution.detach().numpy() > 1 - 1e-8)
+    assert int(active.sum(1).min()) + N.shape[0] > n  # more active rows than variables
+    for i in range(4):
+        expected = finite_difference_gradient(problem, {cost: costs[i]}, [x], [weights[i]])
+        np.testing.assert_allclose(costs_t.grad[i].numpy(), expected[cost], atol=1e-6)

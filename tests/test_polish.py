@@ -564,3 +564,20 @@ def test_the_active_rows_gram_matrix_sums_each_part_its_own_way(shared: bool):
         np.broadcast_to(C, (B, *C.shape[1:])),
     )
     np.testing.assert_allclose(active_gram(C_t, active_t).numpy(), expected, rtol=1e-13, atol=1e-13)
+
+
+def test_the_reduced_system_tells_a_free_x_from_dependent_rows():
+    # Dependent active rows (a row repeated) leave x unique; an LP variable no active
+    # row holds is free. `singular` sees both, `primal_singular` only the second.
+    from altdiff_modeling._polish import ReducedKKT
+
+    rng = np.random.default_rng(6)
+    n = 5
+    C = torch.from_numpy(np.vstack([np.eye(n), np.eye(n)[:1], rng.standard_normal((2, n))]))[None]
+    P = torch.zeros(1, n, n, dtype=F64)
+    pinned = torch.tensor([[True] * n + [True, False, False]])  # rows 0 and 5 repeat
+    loose = torch.tensor([[True] * (n - 1) + [False, False, False, False]])  # x_4 free
+    regular = torch.tensor([[True] * n + [False, False, False]])
+    system = ReducedKKT(P, C, torch.cat([pinned, loose, regular]))
+    assert system.singular().tolist() == [True, True, False]
+    assert system.primal_singular().tolist() == [False, True, False]
