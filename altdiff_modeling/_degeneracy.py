@@ -124,10 +124,17 @@ def absorbed(
         absorbing = torch.zeros_like(active).index_add_(1, C.rows, entry_free.to(active.dtype)) > 0
     else:
         on = (data.C != 0).to(grad_x.dtype)  # (1|B, m, n)
-        in_rows = (active.unsqueeze(-1) * on).sum(1)  # (B, n) active rows per variable
+        count = (active.unsqueeze(1) @ on).squeeze(1)  # (B, n) active rows per variable
         free = ((data.P != 0).sum(-2) == 0) & (grad_x == 0) & ~live_q  # (B, n)
-        others = in_rows.unsqueeze(1) - active.unsqueeze(-1) * on  # (B, m, n)
-        absorbing = ((on > 0) & (others == 0) & free.unsqueeze(1)).any(-1)
+
+        # No other active row touches a free variable of a row where the active rows
+        # touching it are the row itself (an active row) or none (an inactive one):
+        # two products with the 0/1 pattern, not a (B, m, n) comparison.
+        def reaches(alone: torch.Tensor) -> torch.Tensor:
+            return (on @ alone.to(on.dtype).unsqueeze(-1)).squeeze(-1) > 0  # (B, m)
+
+        alone_active, alone_inactive = free & (count == 1), free & (count == 0)
+        absorbing = torch.where(active > 0, reaches(alone_active), reaches(alone_inactive))
     return rows & absorbing & ~multiplier_rows
 
 

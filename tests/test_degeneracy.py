@@ -180,3 +180,39 @@ def test_mpc_layer_epigraph_rows_are_absorbed(monkeypatch, backend, whole_proble
         statuses += info.backward_status
     assert sum(weak_seen) > 0  # the case the test is about occurred
     assert set(statuses) == {"converged"}
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_absorbing_rows_follow_their_definition(shared: bool):
+    # A row absorbs its change of side where one of its variables is free and no other
+    # active row touches it: the (B, m, n) comparison of that definition, against the
+    # pattern products the backward computes.
+    from types import SimpleNamespace
+
+    from altdiff_modeling._degeneracy import absorbed
+
+    rng = np.random.default_rng(12)
+    B, m, n = 6, 15, 10
+    found = 0
+    for _ in range(10):
+        C = rng.standard_normal((1 if shared else B, m, n)) * (
+            rng.random((1 if shared else B, m, n)) < 0.2
+        )
+        P = rng.standard_normal((1, n, n)) * (rng.random((1, n, n)) < 0.1)
+        data = SimpleNamespace(C=torch.from_numpy(C), P=torch.from_numpy(P + P.transpose(0, 2, 1)))
+        inactive = torch.from_numpy(rng.random((B, m)) < 0.5)
+        rows = torch.from_numpy(rng.random((B, m)) < 0.7)
+        grad_x = torch.from_numpy(rng.standard_normal((B, n)) * (rng.random((B, n)) < 0.3))
+        live = torch.from_numpy(rng.random((B, n)) < 0.2)
+        multiplier_rows = torch.from_numpy(rng.random((1, m)) < 0.2)
+        on = (C != 0).astype(int)
+        active = (~inactive.numpy()).astype(int)
+        count = np.einsum("bm,bmn->bn", active, np.broadcast_to(on, (B, m, n)))
+        free = ((data.P.numpy() != 0).sum(-2) == 0) & (grad_x.numpy() == 0) & ~live.numpy()
+        others = count[:, None, :] - active[:, :, None] * on  # (B, m, n)
+        expected = ((on > 0) & (others == 0) & free[:, None, :]).any(-1)
+        expected &= rows.numpy() & ~multiplier_rows.numpy()
+        result = absorbed(data, rows, inactive, grad_x, live, multiplier_rows)
+        np.testing.assert_array_equal(result.numpy(), expected)
+        found += int(expected.sum())
+    assert found > 0
