@@ -216,20 +216,6 @@ def _dense_case(cond: float, active: float, batch: int | None, n: int, seed: int
 # ----------------------------------------------------------------------------- (b)
 
 
-def grid_incidence(k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Node-edge incidence of a k x k grid whose edges point right and down, and the
-    supply vector of one unit from the top-left to the bottom-right node."""
-    index = np.arange(k * k).reshape(k, k)
-    edges = [(index[i, j], index[i, j + 1]) for i in range(k) for j in range(k - 1)]
-    edges += [(index[i, j], index[i + 1, j]) for i in range(k - 1) for j in range(k)]
-    N = np.zeros((k * k, len(edges)))
-    for e, (u, v) in enumerate(edges):
-        N[u, e], N[v, e] = 1.0, -1.0
-    s = np.zeros(k * k)
-    s[0], s[-1] = 1.0, -1.0
-    return N, s
-
-
 def _regularizer(gamma: float, x: cp.Variable) -> cp.Expression | float:
     return gamma / 2 * cp.sum_squares(x) if gamma else 0.0
 
@@ -244,7 +230,9 @@ def _shortest_path_case(k: int, gamma: float, batch: int, seed: int) -> Case:
     The CVXPY form keeps every conservation row, as a user writes it; the raw QP drops
     the last (redundant) one.
     """
-    N, s = grid_incidence(k)
+    from lp_layers import grid_shortest_path  # tests/, on the path by _common
+
+    N, s = grid_shortest_path(k)
     n_edges = N.shape[1]
 
     def sample(r: np.random.Generator) -> list[np.ndarray]:
