@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ._batched_sparse import BatchedSparse
+from ._batched_sparse import BatchedSparse, SparsePattern
 from ._qp import Matrix, QPData, select_rows
 
 __all__ = ["Equilibration", "Scaling", "equilibrate", "ruiz_scaling"]
@@ -86,8 +86,19 @@ def equilibrate(P: torch.Tensor, C: torch.Tensor, iterations: int = 10) -> Equil
     """
     if isinstance(P, BatchedSparse):
         return _equilibrate_sparse(P, C, iterations)
+    batch = max(P.shape[0], C.shape[0])
+    if C.shape[0] == batch > 1:
+        with torch.no_grad():
+            C_pattern, P_pattern = _union_pattern(C), _union_pattern(P)
+        # Per-instance matrices whose entries are mostly zero in every instance (a
+        # canonical form's, such as an MPC's parametric dynamics): the passes on their
+        # nonzeros, a fraction of the (B, m, n) entries each pass would read.
+        if (
+            4 * (C_pattern.values.shape[1] + P_pattern.values.shape[1])
+            <= C[0].numel() + P[0].numel()
+        ):
+            return _equilibrate_sparse(P_pattern, C_pattern, iterations)
     with torch.no_grad():
-        batch = max(P.shape[0], C.shape[0])
         n, m = P.shape[-1], C.shape[1]
         # The passes only choose the scaling, so they work on single-precision copies of
         # |P| and |C| (half the memory traffic of the batched passes, which dominate
@@ -115,6 +126,13 @@ def equilibrate(P: torch.Tensor, C: torch.Tensor, iterations: int = 10) -> Equil
             C_s.mul_(e.unsqueeze(-1)).mul_(d.unsqueeze(-2))
         P_norm = _amax(P_s, -2).mean(-1, keepdim=True).to(P.dtype)  # (batch, 1)
     return Equilibration(D=D, E=E, P_norm=P_norm)
+
+
+def _union_pattern(M: torch.Tensor) -> BatchedSparse:
+    """A dense batch ``(1|B, r, c)`` on the pattern of the entries nonzero in some
+    instance."""
+    rows, cols = torch.nonzero((M != 0).any(0), as_tuple=True)
+    return BatchedSparse(M[:, rows, cols], SparsePattern(rows, cols, tuple(M.shape[1:])))
 
 
 def _equilibrate_around_shared_constraints(

@@ -65,3 +65,38 @@ def test_a_shared_scaling_solves_each_instance_exactly():
         assert relative_error(grad_q[i].numpy(), dq) <= 1e-6
         assert relative_error(grad_P[i].numpy(), dP) <= 1e-6
     assert active >= B  # the gradients pass through active inequalities
+
+
+def _ruiz_passes(P: np.ndarray, C: np.ndarray, passes: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """Each instance's Ruiz factors D, E by the definition: every pass divides each row
+    and column of ``[[P, C'], [C, 0]]`` by the square root of its largest entry."""
+    Ds, Es = [], []
+    for P_i, C_i in zip(np.broadcast_to(P, (C.shape[0], *P.shape[1:])), C, strict=True):
+        P_s, C_s = np.abs(P_i), np.abs(C_i)
+        D, E = np.ones(P_s.shape[0]), np.ones(C_s.shape[0])
+        for _ in range(passes):
+            columns = np.maximum(P_s.max(0), C_s.max(0))
+            d = 1 / np.sqrt(np.where(columns < 1e-4, 1.0, np.minimum(columns, 1e4)))
+            rows = C_s.max(1)
+            e = 1 / np.sqrt(np.where(rows < 1e-4, 1.0, np.minimum(rows, 1e4)))
+            D, E = D * d, E * e
+            P_s, C_s = d[:, None] * P_s * d, e[:, None] * C_s * d
+        Ds.append(D)
+        Es.append(E)
+    return np.stack(Ds), np.stack(Es)
+
+
+def test_per_instance_matrices_of_few_entries_are_equilibrated_on_their_nonzeros():
+    # An MPC-like C: a fixed sparse pattern (4% of the entries) with per-instance values
+    # over four orders of magnitude, and a shared P. The passes over the nonzeros give
+    # the factors of the definition.
+    rng = np.random.default_rng(3)
+    B, m, n = 6, 40, 30
+    pattern = rng.random((m, n)) < 0.04
+    C = np.where(pattern, rng.standard_normal((B, m, n)) * 10.0 ** rng.uniform(-2, 2, (B, m, n)), 0)
+    P = np.diag(rng.uniform(0.1, 10.0, n))[None]
+    scaling = equilibrate(torch.from_numpy(P), torch.from_numpy(C))
+    D, E = _ruiz_passes(P, C)
+    # The passes run in single precision.
+    np.testing.assert_allclose(scaling.D.numpy(), D, rtol=1e-5)
+    np.testing.assert_allclose(scaling.E.numpy(), E, rtol=1e-5)
