@@ -216,3 +216,35 @@ def test_absorbing_rows_follow_their_definition(shared: bool):
         np.testing.assert_array_equal(result.numpy(), expected)
         found += int(expected.sum())
     assert found > 0
+
+
+def test_dependent_rows_no_gradient_sees_skip_the_null_space_test(monkeypatch):
+    # Instance 0: a row repeated (dependent active rows), x pinned, no multiplier row:
+    # cleared by the Schur complement's screen, without the LDL' null-space test.
+    # Instance 1: x_2 free (P = 0, no active row on it) and seen by the loss: tested,
+    # and flagged.
+    from types import SimpleNamespace
+
+    import altdiff_modeling._degeneracy as degeneracy
+
+    tested = []
+    original = degeneracy._dense_null_spaces
+
+    def spy(data, active, index):
+        tested.append(index.tolist())
+        return original(data, active, index)
+
+    monkeypatch.setattr(degeneracy, "_dense_null_spaces", spy)
+    n = 3
+    C = torch.tensor([[1.0, 0, 0], [0, 1, 0], [0, 0, 1], [1, 0, 0]], dtype=torch.float64)[None]
+    data = SimpleNamespace(P=torch.zeros(1, n, n, dtype=torch.float64), C=C, n=n)
+    inactive = torch.tensor([[False, False, False, False], [False, False, True, True]])
+    flagged = degeneracy.singular_systems(
+        data,
+        inactive,
+        torch.ones(2, dtype=torch.bool),
+        torch.zeros(1, 4, dtype=torch.bool),
+        torch.tensor([[0.0, 0, 1], [0, 0, 1]], dtype=torch.float64),
+    )
+    assert flagged.tolist() == [False, True]
+    assert tested == [[1]]
