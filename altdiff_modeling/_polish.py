@@ -144,10 +144,13 @@ def gather_active_rows(
     return rows * valid.unsqueeze(-1).to(C.dtype), valid, index
 
 
-def _masked_gram(C: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+def _masked_gram(
+    C: torch.Tensor,
+    rows: torch.Tensor,
+    gathered: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None,
+) -> torch.Tensor:
     """``C' diag(rows) C`` ``(B, n, n)`` for ``C`` ``(1|B, m, n)`` and ``rows`` ``(B, m)``,
-    from the rows gathered where they are few."""
-    gathered = gather_active_rows(C, rows)
+    from ``gathered``, their `gather_active_rows`, where they are few."""
     if gathered is None:
         return C.transpose(-1, -2) @ (rows.to(C.dtype).unsqueeze(-1) * C)
     return gathered[0].transpose(-1, -2) @ gathered[0]
@@ -162,13 +165,13 @@ def active_gram(C: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
     (equalities) are summed once for the batch: only the rest is summed per instance.
     """
     if C.shape[0] != 1:
-        return _masked_gram(C, active)
+        return _masked_gram(C, active, gather_active_rows(C, active))
     single = (C[0] != 0).sum(-1) == 1  # (m,)
-    common = active.all(0) & ~single
+    common = (active.all(0) & ~single).unsqueeze(0)
     rest = active & ~single & ~common
-    gram = _masked_gram(C, common.unsqueeze(0))
+    gram = _masked_gram(C, common, gather_active_rows(C, common))
     if bool(rest.any()):
-        gram = gram + _masked_gram(C, rest)
+        gram = gram + _masked_gram(C, rest, gather_active_rows(C, rest))
     else:
         gram = gram.expand(active.shape[0], -1, -1)
     column = C[0].abs().argmax(-1)  # (m,): a bound's variable
@@ -209,9 +212,14 @@ class ReducedKKT:
         B, m = active.shape
         n = P.shape[-1]
         eye = torch.eye(n, dtype=P.dtype, device=P.device)
-        # A per-instance C's refinement products use its active rows alone.
-        gathered = gather_active_rows(C, active) if C.shape[0] > 1 else None
-        gram = active_gram(C, active)
+        # A per-instance C's Gram matrix and refinement products use its active rows
+        # alone, gathered once.
+        gathered = None
+        if C.shape[0] > 1:
+            gathered = gather_active_rows(C, active)
+            gram = _masked_gram(C, active, gathered)
+        else:
+            gram = active_gram(C, active)
         L, info = torch.linalg.cholesky_ex((P + _DELTA * eye + gram / _DELTA).expand(B, n, n))
         self.ok = info == 0
         self._L = torch.where(self.ok[:, None, None], L, eye)
