@@ -89,15 +89,12 @@ def equilibrate(P: torch.Tensor, C: torch.Tensor, iterations: int = 10) -> Equil
     batch = max(P.shape[0], C.shape[0])
     if C.shape[0] == batch > 1:
         with torch.no_grad():
-            C_pattern, P_pattern = _union_pattern(C), _union_pattern(P)
-        # Per-instance matrices whose entries are mostly zero in every instance (a
-        # canonical form's, such as an MPC's parametric dynamics): the passes on their
-        # nonzeros, a fraction of the (B, m, n) entries each pass would read.
-        if (
-            4 * (C_pattern.values.shape[1] + P_pattern.values.shape[1])
-            <= C[0].numel() + P[0].numel()
-        ):
-            return _equilibrate_sparse(P_pattern, C_pattern, iterations)
+            C_on, P_on = (C != 0).any(0), (P != 0).any(0)
+            # Per-instance matrices whose entries are mostly zero in every instance (a
+            # canonical form's, such as an MPC's parametric dynamics): the passes on
+            # their nonzeros, a fraction of the (B, m, n) entries each pass would read.
+            if 4 * int(C_on.sum() + P_on.sum()) <= C_on.numel() + P_on.numel():
+                return _equilibrate_sparse(_on(P, P_on), _on(C, C_on), iterations)
     with torch.no_grad():
         n, m = P.shape[-1], C.shape[1]
         # The passes only choose the scaling, so they work on single-precision copies of
@@ -128,10 +125,10 @@ def equilibrate(P: torch.Tensor, C: torch.Tensor, iterations: int = 10) -> Equil
     return Equilibration(D=D, E=E, P_norm=P_norm)
 
 
-def _union_pattern(M: torch.Tensor) -> BatchedSparse:
-    """A dense batch ``(1|B, r, c)`` on the pattern of the entries nonzero in some
-    instance."""
-    rows, cols = torch.nonzero((M != 0).any(0), as_tuple=True)
+def _on(M: torch.Tensor, pattern: torch.Tensor) -> BatchedSparse:
+    """A dense batch ``(1|B, r, c)`` on ``pattern`` ``(r, c)``, the entries nonzero in
+    some instance."""
+    rows, cols = torch.nonzero(pattern, as_tuple=True)
     return BatchedSparse(M[:, rows, cols], SparsePattern(rows, cols, tuple(M.shape[1:])))
 
 
