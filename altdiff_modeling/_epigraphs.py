@@ -28,20 +28,9 @@ import torch
 
 from ._canon import CanonicalForm, ConeProgram
 from ._parametric import VariableSpec, to_torch_sparse
-from ._triplets import Triplets, renumbered
+from ._triplets import Triplets, entries_of, renumbered
 
 __all__ = ["Epigraphs"]
-
-
-def _entries_of(entry_rows: np.ndarray, n_rows: int, rows: np.ndarray) -> tuple[np.ndarray, ...]:
-    """``(k, entry)``: the entries (indices into ``entry_rows``) of each of ``rows``,
-    with the position k in ``rows`` of the row each one is of."""
-    order = np.argsort(entry_rows, kind="stable")
-    start = np.searchsorted(entry_rows[order], np.arange(n_rows + 1))
-    counts = start[rows + 1] - start[rows]
-    k = np.repeat(np.arange(rows.size), counts)
-    offset = np.arange(k.size) - np.repeat(np.cumsum(counts) - counts, counts)
-    return k, order[start[rows][k] + offset]
 
 
 def _candidates(program: ConeProgram, hidden: np.ndarray, A: Triplets, P: Triplets) -> np.ndarray:
@@ -143,7 +132,7 @@ class Epigraphs:
         targets = [new_row[parts[0].row]]
         weights = [np.ones(parts[0].row.size)]
         for rows, scale in ((combo_row, combo_weight), (combo_pivot, combo_pivot_weight)):
-            combination, entry = _entries_of(rest.row, n_rows, rows)
+            combination, entry = entries_of(rest.row, n_rows, rows)
             parts.append(rest.where(entry))
             targets.append(combo_index[combination])
             weights.append(scale[combination])

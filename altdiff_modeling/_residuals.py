@@ -24,7 +24,7 @@ import torch
 
 from ._canon import CanonicalForm, ConeProgram
 from ._parametric import VariableSpec, to_torch_sparse
-from ._triplets import Triplets, renumbered
+from ._triplets import Triplets, entries_of, renumbered
 
 __all__ = ["Residuals"]
 
@@ -116,7 +116,7 @@ class Residuals:
 
         # P += weight_i F_i' F_i: pairs of row i's entries.
         k_F = k_of_row[F.row]
-        left, right = _pairs_within(k_F)
+        left, right = entries_of(k_F, rows.size, k_F)  # each entry with every one of its row
         added_row, added_col = new_col[F.col[left]], new_col[F.col[right]]
         added_value = weight[k_F[left]] * F.value[left] * F.value[right]
         kept_P = P.renumbered(new_col, new_col)  # the residuals' own entries go
@@ -181,16 +181,3 @@ class Residuals:
         else:
             new = renumbered(self.free, self.free.size + self.eliminated.size)
         return spec.renumbered(new)
-
-
-def _pairs_within(group: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """All ordered pairs ``(e, f)`` of entries with ``group[e] == group[f]``."""
-    order = np.argsort(group, kind="stable")
-    sorted_group = group[order]
-    start = np.searchsorted(sorted_group, sorted_group, side="left")
-    end = np.searchsorted(sorted_group, sorted_group, side="right")
-    counts = end - start
-    left = np.repeat(np.arange(group.size), counts)
-    offset = np.arange(left.size) - np.repeat(np.cumsum(counts) - counts, counts)
-    right = start[left] + offset
-    return order[left], order[right]

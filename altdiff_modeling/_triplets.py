@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-__all__ = ["Triplets", "renumbered"]
+__all__ = ["Triplets", "entries_of", "renumbered"]
 
 _FIELDS = ("row", "col", "column", "value")
 
@@ -61,3 +61,14 @@ def renumbered(keep: np.ndarray, size: int) -> np.ndarray:
     new = np.full(size, -1, dtype=np.int64)
     new[keep] = np.arange(keep.size)
     return new
+
+
+def entries_of(entry_rows: np.ndarray, n_rows: int, rows: np.ndarray) -> tuple[np.ndarray, ...]:
+    """``(k, entry)``: the entries (indices into ``entry_rows``) of each of ``rows``,
+    with the position k in ``rows`` of the row each one is of."""
+    order = np.argsort(entry_rows, kind="stable")
+    start = np.searchsorted(entry_rows[order], np.arange(n_rows + 1))
+    counts = start[rows + 1] - start[rows]
+    k = np.repeat(np.arange(rows.size), counts)
+    offset = np.arange(k.size) - np.repeat(np.cumsum(counts) - counts, counts)
+    return k, order[start[rows][k] + offset]
