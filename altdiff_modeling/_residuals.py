@@ -159,19 +159,23 @@ class Residuals:
         """Terms ``(Bt, n)`` of q and ``(Bt, n_rows)`` of the bounds of the problem
         before the substitution as the solved problem's: a substituted row's bound
         term moves into q."""
-        key = (bound.dtype, bound.device) if bound is not None else None
         if q is not None:
-            q = q[:, torch.as_tensor(self.free, device=q.device)]
+            q = q[:, self._index("free", q.device)]
         if bound is None:
             return q, None
+        key = (bound.dtype, bound.device)
         if key not in self._torch_cache:
-            self._torch_cache[key] = (
-                to_torch_sparse(self.q_from_bound, bound.dtype, bound.device),
-                torch.as_tensor(self.kept, device=bound.device),
-            )
-        q_from_bound, kept = self._torch_cache[key]
-        moved = torch.sparse.mm(q_from_bound, bound.T).T
-        return (moved if q is None else q + moved), bound[:, kept]
+            self._torch_cache[key] = to_torch_sparse(self.q_from_bound, bound.dtype, bound.device)
+        moved = torch.sparse.mm(self._torch_cache[key], bound.T).T
+        return (moved if q is None else q + moved), bound[:, self._index("kept", bound.device)]
+
+    def _index(self, name: str, device: torch.device) -> torch.Tensor:
+        """``free`` or ``kept`` as a tensor on ``device``, made once (per call it is
+        an index of the call's terms)."""
+        key = (name, device)
+        if key not in self._torch_cache:
+            self._torch_cache[key] = torch.as_tensor(getattr(self, name), device=device)
+        return self._torch_cache[key]
 
     def solved_spec(self, spec: VariableSpec) -> VariableSpec | None:
         """``spec`` over the reduced problem's solution and multipliers (no output reads
