@@ -45,6 +45,18 @@ def _relative_errors(c: torch.Tensor, expected: torch.Tensor) -> torch.Tensor:
     return (c - expected).norm(dim=1) / expected.norm(dim=1)
 
 
+def _assert_solves_each_instance(
+    systems: MajoritySystems,
+    RS: torch.Tensor,
+    inactive: torch.Tensor,
+    rhs: torch.Tensor,
+    tol: float,
+) -> None:
+    """``systems.solve(rhs)`` is each instance's own solution, to ``tol`` relative."""
+    error = _relative_errors(systems.solve(rhs), _each_instance_solution(RS, inactive, rhs))
+    assert float(error.max()) <= tol, error
+
+
 def test_woodbury_solve_matches_each_instance_system():
     rng = np.random.default_rng(0)
     m, B = 40, 16
@@ -57,8 +69,7 @@ def test_woodbury_solve_matches_each_instance_system():
 
     systems = MajorityBases(RS, rank=RS.shape[0]).systems(inactive)
     assert systems is not None and bool(systems.regular.all())
-    error = _relative_errors(systems.solve(rhs), _each_instance_solution(RS, inactive, rhs))
-    assert float(error.max()) <= 1e-11, error
+    _assert_solves_each_instance(systems, RS, inactive, rhs, 1e-11)
 
 
 def test_woodbury_solve_where_an_instance_differs_in_row_zero_and_in_fewer_rows():
@@ -76,8 +87,7 @@ def test_woodbury_solve_where_an_instance_differs_in_row_zero_and_in_fewer_rows(
     assert bool(differ[0, 0]) and int(differ[0].sum()) < int(differ.sum(1).max())
     systems = MajorityBases(RS, rank=RS.shape[0]).systems(inactive)
     assert systems is not None and bool(systems.regular.all())
-    error = _relative_errors(systems.solve(rhs), _each_instance_solution(RS, inactive, rhs))
-    assert float(error.max()) <= 1e-11, error
+    _assert_solves_each_instance(systems, RS, inactive, rhs, 1e-11)
 
 
 def test_merged_systems_solve_each_instance_on_its_replaced_pattern():
@@ -238,8 +248,7 @@ def test_woodbury_solve_of_a_well_conditioned_batch_skips_the_refinement():
     inactive, rhs = _layer_like_batch(rng, B, m)
     systems = MajorityBases(RS, rank=RS.shape[0]).systems(inactive)
     assert systems is not None and bool(systems.regular.all()) and not systems.refine
-    error = _relative_errors(systems.solve(rhs), _each_instance_solution(RS, inactive, rhs))
-    assert float(error.max()) <= 1e-12, error
+    _assert_solves_each_instance(systems, RS, inactive, rhs, 1e-12)
 
 
 def test_woodbury_solve_around_a_nearly_singular_majority_matrix_is_refined():
@@ -254,8 +263,7 @@ def test_woodbury_solve_around_a_nearly_singular_majority_matrix_is_refined():
     rhs = torch.from_numpy(np.random.default_rng(2).standard_normal((B, m)))
     systems = MajorityBases(RS, rank=RS.shape[0]).systems(inactive)
     assert systems is not None and systems.refine
-    error = _relative_errors(systems.solve(rhs), _each_instance_solution(RS, inactive, rhs))
-    assert float(error.max()) <= 1e-10, error
+    _assert_solves_each_instance(systems, RS, inactive, rhs, 1e-10)
 
 
 def test_woodbury_solve_gives_none_where_the_majority_matrix_is_singular():
@@ -311,8 +319,7 @@ def test_kept_bases_serve_later_batches_near_their_pattern(monkeypatch):
     for batch, right in ((inactive, rhs), (few, rhs[:3]), (again, rhs_again)):
         systems = bases.systems(batch)
         assert systems is not None and bool(systems.regular.all())
-        error = _relative_errors(systems.solve(right), _each_instance_solution(RS, batch, right))
-        assert float(error.max()) <= 1e-11, error
+        _assert_solves_each_instance(systems, RS, batch, right, 1e-11)
     assert len(built) == 1
 
 
@@ -334,8 +341,7 @@ def test_a_lone_instance_reuses_a_kept_base_within_a_quarter_of_the_rows(monkeyp
         rhs = torch.from_numpy(rng.standard_normal((1, m)))
         systems = bases.systems(later)
         assert systems is not None and len(built) == 1 + new_bases
-        error = _relative_errors(systems.solve(rhs), _each_instance_solution(RS, later, rhs))
-        assert float(error.max()) <= 1e-10, error
+        _assert_solves_each_instance(systems, RS, later, rhs, 1e-10)
 
 
 def test_a_batch_whose_pattern_gives_no_base_is_solved_on_a_kept_one(monkeypatch):
@@ -354,8 +360,7 @@ def test_a_batch_whose_pattern_gives_no_base_is_solved_on_a_kept_one(monkeypatch
     systems = bases.systems(inactive)
     assert [base is None for base in built] == [False, True]
     assert systems is not None and bool(systems.regular.all())
-    error = _relative_errors(systems.solve(rhs), _each_instance_solution(RS, inactive, rhs))
-    assert float(error.max()) <= 1e-9, error
+    _assert_solves_each_instance(systems, RS, inactive, rhs, 1e-9)
     # A pattern known to fail is not inverted again.
     assert MajorityBases(RS, rank=RS.shape[0]).systems(inactive) is None
     assert bases.systems(inactive) is not None and len(built) == 3
