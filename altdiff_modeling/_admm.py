@@ -897,17 +897,26 @@ def admm_solve(
     fallback_open = settings.interior_point and tangents is None and dtype == torch.float64
     # A warm start is ADMM's: its calls neither learn from nor follow the layer's record.
     learning = costs is not None and fallback_open and warm_start is None
+    interior_point_tried = False
     shape_costs = None if costs is None else costs.record(B, n, m, data.sparse, dtype, device)
     choice = ForwardChoice(shape_costs if learning else None, B)
 
-    def fallback_price(pending: torch.Tensor) -> float:
-        instances = int(pending.sum())
+    def fallback_price(instances: int) -> float:
+        """The cost model's price of an interior-point solve of ``instances`` instances
+        (at the rates of the factor of the ``it.x.shape[0]`` instances iterating)."""
+        iterating = it.x.shape[0]
         if data.sparse:
-            per_factor = it.factor.seconds / (1 if it.factor.shared else pending.shape[0])
+            per_factor = it.factor.seconds / (1 if it.factor.shared else iterating)
             return TYPICAL_STEPS * 2 * instances * per_factor
-        rates = rates_so_far(it.factor, pending.shape[0])
+        rates = rates_so_far(it.factor, iterating)
         flops = instances * interior_point_flops(n, n_eq, m)
         return TYPICAL_STEPS * rates.seconds(flops, INTERIOR_POINT_OPERATIONS)
+
+    def share_scale(instances: int) -> float:
+        """The model's time per instance of a solve of the call's B instances over that
+        of ``instances`` of them: a measured attempt on fewer than B spreads its fixed
+        costs over fewer (`ForwardChoice.interior_point_ran`)."""
+        return (fallback_price(B) / B) / (fallback_price(instances) / instances)
 
     budget = PolishBudget(predict, None if shape_costs is None else shape_costs.polish)
     plan = _PolishPlan(settings, budget, cones)
@@ -929,6 +938,8 @@ def admm_solve(
         out_rho, out_factor = rho.clone(), factor.copy()
     batch = torch.arange(B, device=device)
     done = torch.zeros(B, dtype=torch.bool, device=device)  # of `batch`
+    # of `batch`: handed to the interior-point solve (once per solve: it would fail again)
+    handed = torch.zeros_like(done)
 
     def record(mask: torch.Tensor, code: torch.Tensor, k: int) -> None:
         """Store the outcome of the instances ``mask`` of `batch`."""
@@ -975,7 +986,7 @@ def admm_solve(
         handing_over = (
             fallback_open
             and k == settings.check_every
-            and choice.hand_over_first(int(waiting.sum()), fallback_price(waiting))
+            and choice.hand_over_first(int(waiting.sum()), fallback_price(int(waiting.sum())))
         )
         chosen = None
         if not handing_over:  # handed over: no polish first
@@ -1005,18 +1016,25 @@ def admm_solve(
                 x, z = it.x, it.z
             checked = time.perf_counter()  # the polish's time is not the iterations'
         pending = ~done & ~converged
+        untried = pending & ~handed
         spent = budget.iterating + budget.polishing
-        if (
-            fallback_open
-            and bool(pending.any())
-            and (handing_over or spent >= choice.price(int(pending.sum()), fallback_price(pending)))
-        ):
-            fallback_open = False  # one attempt per solve: the others would fail again
+        hand_over, instances = False, 0
+        if fallback_open and bool(untried.any()):
+            instances = int(untried.sum())
+            price = choice.price(instances, fallback_price(instances))
+            hand_over = handing_over or spent >= price
+        if hand_over:
+            if handing_over:
+                instances = choice.handed_over(instances, price)
+                untried = untried & (untried.cumsum(0) <= instances)
+            handed = handed | untried
+            fallback_open = bool((pending & ~handed).any())
+            interior_point_tried = True
             attempt = time.perf_counter()
-            x, z, y, kept = _try_interior_point(data, residuals, x, z, y, pending)
-            choice.interior_point_ran(
-                time.perf_counter() - attempt, int(kept.sum()), not handing_over, spent
-            )
+            x, z, y, kept = _try_interior_point(data, residuals, x, z, y, untried)
+            seconds = time.perf_counter() - attempt
+            scale = share_scale(instances) if instances < B else 1.0
+            choice.interior_point_ran(seconds, int(kept.sum()), not handing_over, spent, scale)
             converged = residuals.converged() & ~done
             pending = ~done & ~converged
             if bool(kept.any()):
@@ -1063,7 +1081,7 @@ def admm_solve(
                 polish_systems = None  # of the previous factor
         if tangents is None and unfinished <= _COMPACT_FRACTION * done.shape[0]:
             keep = torch.nonzero(~done).flatten()
-            batch, done, data = batch[keep], done[keep], data.select(keep)
+            batch, done, handed, data = batch[keep], done[keep], handed[keep], data.select(keep)
             it.select(keep)
             residuals = residuals.select(keep)
             plan.select(keep)
@@ -1071,7 +1089,7 @@ def admm_solve(
                 rho, systems = rho[keep], systems.select(keep)
 
     solve_time = time.perf_counter() - start
-    if fallback_open and not bool((status == MAX_ITER).any()):
+    if fallback_open and not interior_point_tried and not bool((status == MAX_ITER).any()):
         choice.admm_finished(solve_time)  # ADMM ended the call alone
     if per_instance:
         rho, factor = out_rho, out_factor

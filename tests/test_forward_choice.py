@@ -94,6 +94,27 @@ def test_an_unmeasured_interior_point_is_explored_once_admm_has_spent_its_price(
     assert record.backoff == 2 * EXPLORE_EVERY
 
 
+def test_an_exploring_call_hands_over_what_one_admm_call_pays_for():
+    # ADMM's calls take 0.5 s; the interior point is expected to take 4 s for all 64
+    record = _record(admm=[0.5], interior_point=[])
+    exploring = ForwardChoice(record, 64)
+    assert exploring.handed_over(64, price=4.0) == 8
+    assert exploring.handed_over(3, price=4.0) == 1  # at least one
+    assert exploring.handed_over(64, price=0.4) == 64  # all: no dearer than ADMM's call
+    assert ForwardChoice(_Record(), 64).handed_over(64, price=4.0) == 64  # ADMM unmeasured
+    preferred = _record(admm=[0.5], interior_point=[0.001])
+    choice = ForwardChoice(preferred, 64)
+    assert choice.start_with_interior_point and choice.handed_over(64, price=4.0) == 64
+
+
+def test_an_attempt_on_a_share_records_its_time_per_instance_at_the_whole_batch():
+    # 8 of 64 in 0.4 s; by the cost model an instance of the whole batch costs 0.75 of
+    # one of 8 (the solve's fixed costs spread over more instances)
+    record = _Record()
+    ForwardChoice(record, 64).interior_point_ran(0.4, solved=8, rented=False, scale=0.75)
+    assert record.interior_point[0] == pytest.approx(0.0375)
+
+
 def test_an_interior_point_solve_that_solves_nothing_is_never_preferred():
     record = _Record()
     ForwardChoice(record, 2).interior_point_ran(0.001, solved=0, rented=True)
@@ -150,3 +171,33 @@ def test_a_layer_that_hands_its_instances_over_gives_exact_solutions_and_gradien
             assert np.abs(x[k].detach().numpy() - x_ref).max() < 1e-8
             assert np.abs(grad[k].numpy() - (-2 * dq)).max() < 1e-7  # q = -2 c
     assert attempts == [4, 4, 4]
+
+
+def test_an_exploring_call_hands_a_share_over_and_admm_solves_the_rest(monkeypatch):
+    """A call that explores the interior-point solve where it is expected to cost four
+    ADMM calls hands over a quarter of its instances; ADMM solves the others, and every
+    instance's solution is Clarabel's within the tolerances."""
+    record = _record(admm=[1.0], interior_point=[])
+    record.admm_spent = math.inf  # ADMM has spent any price: this call explores
+    monkeypatch.setattr(ForwardCosts, "record", lambda self, *key: record)
+    monkeypatch.setattr(ForwardChoice, "price", lambda self, instances, predicted: 4.0)
+    attempts = []
+    original = _admm._try_interior_point
+
+    def counted(data, residuals, x, z, y, pending):
+        attempts.append(int(pending.sum()))
+        return original(data, residuals, x, z, y, pending)
+
+    monkeypatch.setattr(_admm, "_try_interior_point", counted)
+    n, B = 6, 8
+    layer = _capped_simplex_layer(n)
+    P, A, b = 2 * np.eye(n), np.ones((1, n)), np.ones(1)
+    G, h = np.vstack([-np.eye(n), np.eye(n)]), np.r_[np.zeros(n), np.full(n, 0.6)]
+    costs = torch.tensor(np.random.default_rng(1).normal(0.2, 0.5, (B, n)), dtype=DT)
+    (x,), info = layer(costs, return_info=True)
+    assert attempts == [B // 4]
+    assert info.status == ["solved"] * B
+    assert len(record.interior_point) == 1  # the share's time, recorded
+    for k in range(B):
+        x_ref = solve_qp_reference(P, -2 * costs[k].numpy(), A, b, G, h)[0]
+        assert np.abs(x[k].numpy() - x_ref).max() < 1e-6
