@@ -139,13 +139,15 @@ def _capped_simplex_layer(n: int) -> AltDiffLayer:
     return AltDiffLayer(problem, [c], [x], solver_args={"remember_active_sets": False})
 
 
-def test_a_layer_that_hands_its_instances_over_gives_exact_solutions_and_gradients(monkeypatch):
-    """Where the record says the interior-point solve is cheaper, every instance is
-    handed to it at the first check; with its steps past the tolerances, its solutions
-    and gradients are Clarabel's and KKT differentiation's, not tolerance-close."""
-    preferred = _record(admm=[math.inf], interior_point=[0.0])
-    monkeypatch.setattr(ForwardCosts, "record", lambda self, *key: preferred)
-    attempts = []
+def _capped_simplex_qp(n: int) -> tuple[np.ndarray, ...]:
+    """``P, A, b, G, h`` of `_capped_simplex_layer` (its q is ``-2 c``)."""
+    G = np.vstack([-np.eye(n), np.eye(n)])
+    return 2 * np.eye(n), np.ones((1, n)), np.ones(1), G, np.r_[np.zeros(n), np.full(n, 0.6)]
+
+
+def _counted_attempts(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The number of instances of each interior-point attempt, as the solves make them."""
+    attempts: list[int] = []
     original = _admm._try_interior_point
 
     def counted(data, residuals, x, z, y, pending):
@@ -153,10 +155,19 @@ def test_a_layer_that_hands_its_instances_over_gives_exact_solutions_and_gradien
         return original(data, residuals, x, z, y, pending)
 
     monkeypatch.setattr(_admm, "_try_interior_point", counted)
+    return attempts
+
+
+def test_a_layer_that_hands_its_instances_over_gives_exact_solutions_and_gradients(monkeypatch):
+    """Where the record says the interior-point solve is cheaper, every instance is
+    handed to it at the first check; with its steps past the tolerances, its solutions
+    and gradients are Clarabel's and KKT differentiation's, not tolerance-close."""
+    preferred = _record(admm=[math.inf], interior_point=[0.0])
+    monkeypatch.setattr(ForwardCosts, "record", lambda self, *key: preferred)
+    attempts = _counted_attempts(monkeypatch)
     n = 6
     layer = _capped_simplex_layer(n)
-    P, A, b = 2 * np.eye(n), np.ones((1, n)), np.ones(1)
-    G, h = np.vstack([-np.eye(n), np.eye(n)]), np.r_[np.zeros(n), np.full(n, 0.6)]
+    P, A, b, G, h = _capped_simplex_qp(n)
     r = np.random.default_rng(0)
     for _ in range(3):
         costs = torch.tensor(r.normal(0.2, 0.5, (4, n)), dtype=DT, requires_grad=True)
@@ -181,18 +192,10 @@ def test_an_exploring_call_hands_a_share_over_and_admm_solves_the_rest(monkeypat
     record.admm_spent = math.inf  # ADMM has spent any price: this call explores
     monkeypatch.setattr(ForwardCosts, "record", lambda self, *key: record)
     monkeypatch.setattr(ForwardChoice, "price", lambda self, instances, predicted: 4.0)
-    attempts = []
-    original = _admm._try_interior_point
-
-    def counted(data, residuals, x, z, y, pending):
-        attempts.append(int(pending.sum()))
-        return original(data, residuals, x, z, y, pending)
-
-    monkeypatch.setattr(_admm, "_try_interior_point", counted)
+    attempts = _counted_attempts(monkeypatch)
     n, B = 6, 8
     layer = _capped_simplex_layer(n)
-    P, A, b = 2 * np.eye(n), np.ones((1, n)), np.ones(1)
-    G, h = np.vstack([-np.eye(n), np.eye(n)]), np.r_[np.zeros(n), np.full(n, 0.6)]
+    P, A, b, G, h = _capped_simplex_qp(n)
     costs = torch.tensor(np.random.default_rng(1).normal(0.2, 0.5, (B, n)), dtype=DT)
     (x,), info = layer(costs, return_info=True)
     assert attempts == [B // 4]
