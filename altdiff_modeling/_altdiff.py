@@ -46,10 +46,10 @@ from ._direct_adjoint import (
 from ._krylov import batched_gmres
 from ._polish import SharedPolishData
 from ._projection import ProjectionJacobian
-from ._qp import QPData, matvec, rmatvec
+from ._qp import Matrix, QPData, matvec, rmatvec, select_rows
 from ._settings import SolverSettings
 from .linsys.cholesky import CholeskyFactor
-from .linsys.systems import ActiveSystems, sparse_P
+from .linsys.systems import ActiveSystems, Factor, sparse_P
 
 __all__ = ["DataGradients", "DataTangents", "ForwardTangents", "reverse_gradients"]
 
@@ -158,6 +158,31 @@ def _iterate(
             break
         previous_change = change
     return state, steps
+
+
+def _transposed_step(
+    factor: Factor,
+    C: Matrix,
+    r: torch.Tensor,
+    jacobian: ProjectionJacobian,
+    sigma: float,
+) -> tuple[Callable[..., tuple[torch.Tensor, torch.Tensor]], Callable[..., State]]:
+    """The transposed recursion's ``products(a, c)``, ``t = H^{-1} (a + C'c)`` and
+    ``R C t`` (a step's, and the gradients', parts), and ``adjoint_step(a, c, parts)``,
+    ``M' (a, c)`` without the source term (from its products where known), for the
+    factor of H, C ``(1|B, m, n)``, the penalty ``r`` ``(1|B, m)`` and J of a batch."""
+
+    def products(a: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        t = factor.solve(a + rmatvec(C, c))
+        return t, r * matvec(C, t)
+
+    def adjoint_step(
+        a: torch.Tensor, c: torch.Tensor, parts: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> State:
+        t, rCt = products(a, c) if parts is None else parts
+        return sigma * t, jacobian.mix(rCt, c - rCt)
+
+    return products, adjoint_step
 
 
 def _refined_direct(
@@ -278,18 +303,7 @@ def reverse_gradients(
 
     n = grad_x.shape[-1]
 
-    def products(a: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``t = H^{-1} (a + C'c)`` and ``R C t``: a step's, and the gradients', parts."""
-        t = factor.solve(a + rmatvec(C, c))
-        return t, r * matvec(C, t)
-
-    def adjoint_step(
-        a: torch.Tensor, c: torch.Tensor, parts: tuple[torch.Tensor, torch.Tensor] | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``M' (a, c)``: one transposed Alt-Diff step, without the source term (from
-        its `products` where known)."""
-        t, rCt = products(a, c) if parts is None else parts
-        return sigma * t, jacobian.mix(rCt, c - rCt)
+    products, adjoint_step = _transposed_step(factor, C, r, jacobian, sigma)
 
     def step(state: State, parts: tuple[torch.Tensor, torch.Tensor] | None = None) -> State:
         a_step, c_step = adjoint_step(*state, parts)
@@ -399,26 +413,41 @@ def reverse_gradients(
                 state, parts = (start[:, :n], start[:, n:]), None
         method = "gmres"
     if method == "gmres" and not solved:
-
-        def operator(w: torch.Tensor) -> torch.Tensor:
-            a_next, c_next = adjoint_step(w[:, :n], w[:, n:])
-            return w - torch.cat([a_next, c_next], dim=1)
-
         deadline = None
         if direct_price is not None and chosen == "gmres":
             deadline = time.perf_counter() + direct_price
 
         def gmres(start: torch.Tensor, deadline: float | None) -> torch.Tensor:
+            """GMRES from ``start`` on the instances not converged yet, alone: where the
+            direct solve took all but one of 256 instances, GMRES's steps on the whole
+            batch cost 16 s for that one."""
             nonlocal converged, iterations
-            w, matvecs, gmres_converged = batched_gmres(
+            rows = torch.nonzero(~converged).flatten()
+            step_of = adjoint_step
+            if rows.shape[0] < converged.shape[0]:
+                step_of = _transposed_step(
+                    factor.select(rows),
+                    select_rows(C, rows),
+                    select_rows(r, rows),
+                    jacobian.select(rows),
+                    sigma,
+                )[1]
+
+            def operator(w: torch.Tensor) -> torch.Tensor:
+                return w - torch.cat(step_of(w[:, :n], w[:, n:]), dim=1)
+
+            w_rows, matvecs, rows_converged = batched_gmres(
                 operator,
-                source,
-                start,
+                source[rows],
+                start[rows],
                 settings.backward_eps,
                 settings.backward_max_iter - iterations,
                 deadline=deadline,
             )
-            converged = converged | gmres_converged
+            w = start.clone()
+            w[rows] = w_rows
+            converged = converged.clone()
+            converged[rows] = rows_converged
             iterations += matvecs
             return w
 

@@ -157,6 +157,18 @@ class ConeJacobian:
         rows_boundary = self.boundary[:, cones.cone_of_row] & cones._tail
         self._w = torch.where(rows_boundary, v / safe[:, cones.cone_of_row], torch.zeros_like(v))
 
+    def select(self, index: torch.Tensor) -> ConeJacobian:
+        """The Jacobians of the instances ``index`` ``(K,)``."""
+        out = object.__new__(ConeJacobian)
+        out.cones = self.cones
+        out.inside, out.polar, out.boundary = (
+            self.inside[index],
+            self.polar[index],
+            self.boundary[index],
+        )
+        out._ratio, out._w = self._ratio[index], self._w[index]
+        return out
+
     def submatrix(self, rows: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """``(B, k, k)``: J on the cone rows ``rows`` ``(B, k)`` (their rows and
         columns), zero where ``valid`` ``(B, k)`` is False; formed from the closed form,

@@ -84,6 +84,12 @@ class ProjectionJacobian:
             point = bound[:, first:] - v[:, first:]
         return cls(_clipped(v < bound, n_eq, cones), cones, point)
 
+    def select(self, index: torch.Tensor) -> ProjectionJacobian:
+        """The Jacobians of the instances ``index`` ``(K,)``."""
+        out = ProjectionJacobian(self.inactive[index], self.cones)
+        out._cone = None if self._cone is None else self._cone.select(index)
+        return out
+
     def mix(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """``J a + (I - J) b`` for ``a``, ``b`` ``(B, m)`` or ``(B, m, K)``."""
         inactive = self.inactive if a.dim() == 2 else self.inactive.unsqueeze(-1)
