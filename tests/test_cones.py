@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from altdiff_modeling._cones import SecondOrderCones
+from altdiff_modeling._projection import ProjectionJacobian
 
 SIZES = [3, 1, 5, 2, 4]
 
@@ -133,6 +134,22 @@ def test_jacobian_submatrix_is_the_matrix_on_those_rows():
     expected = matrices.gather(1, rows).gather(2, index.unsqueeze(1).expand(6, 9, 9))
     expected = expected * (valid.unsqueeze(-1) & valid.unsqueeze(1))
     torch.testing.assert_close(sub, expected, rtol=0, atol=1e-14)
+
+
+def test_selected_jacobians_are_those_of_the_selected_instances():
+    """`ProjectionJacobian.select` (with `ConeJacobian.select`) acts on the instances it
+    keeps as the whole batch's Jacobian acts on them: clipped rows and cones."""
+    cones = SecondOrderCones(SIZES)
+    B, clipped = 6, 4
+    v = _points(B, SIZES, 7)
+    bound = torch.zeros(1, clipped + cones.rows, dtype=v.dtype)
+    point = torch.cat([torch.randn(B, clipped, dtype=v.dtype), -v], dim=1)  # h - v = v
+    J = ProjectionJacobian.at_point(point, bound, 1, cones)
+    a, b = torch.randn(2, B, clipped + cones.rows, dtype=v.dtype)
+    index = torch.tensor([4, 1, 3])
+    torch.testing.assert_close(
+        J.select(index).mix(a[index], b[index]), J.mix(a, b)[index], rtol=0, atol=0
+    )
 
 
 def test_cone_sizes_are_checked():
