@@ -309,6 +309,16 @@ def reverse_gradients(
         a_step, c_step = adjoint_step(*state, parts)
         return a_step + grad_x, c_step + g_v
 
+    def adjoint_step_of(rows: torch.Tensor) -> Callable[..., State]:
+        """`adjoint_step` of the instances ``rows`` ``(K,)`` alone: GMRES and the plain
+        recursion iterate on the instances still unsolved only (where the direct solve
+        took all but one of 256 instances, GMRES's steps on the whole batch cost 16 s
+        for that one)."""
+        if rows.shape[0] == grad_x.shape[0]:
+            return adjoint_step
+        selected = (factor.select(rows), select_rows(C, rows), select_rows(r, rows))
+        return _transposed_step(*selected, jacobian.select(rows), sigma)[1]
+
     def measure(state: State) -> torch.Tensor:
         return torch.cat(state, dim=1)
 
@@ -418,20 +428,10 @@ def reverse_gradients(
             deadline = time.perf_counter() + direct_price
 
         def gmres(start: torch.Tensor, deadline: float | None) -> torch.Tensor:
-            """GMRES from ``start`` on the instances not converged yet, alone: where the
-            direct solve took all but one of 256 instances, GMRES's steps on the whole
-            batch cost 16 s for that one."""
+            """GMRES from ``start`` on the instances not converged yet, alone."""
             nonlocal converged, iterations
             rows = torch.nonzero(~converged).flatten()
-            step_of = adjoint_step
-            if rows.shape[0] < converged.shape[0]:
-                step_of = _transposed_step(
-                    factor.select(rows),
-                    select_rows(C, rows),
-                    select_rows(r, rows),
-                    jacobian.select(rows),
-                    sigma,
-                )[1]
+            step_of = adjoint_step_of(rows)
 
             def operator(w: torch.Tensor) -> torch.Tensor:
                 return w - torch.cat(step_of(w[:, :n], w[:, n:]), dim=1)
@@ -467,9 +467,19 @@ def reverse_gradients(
             state, solved = (w[:, :n], w[:, n:]), bool(converged.all())
     if not solved:
         # The plain recursion: the chosen method, or where GMRES could not solve the
-        # system (a singular one, at a degenerate point), from GMRES's best iterate.
+        # system (a singular one, at a degenerate point), from GMRES's best iterate, on
+        # the instances still unsolved.
         budget = settings.backward_max_iter - iterations
-        state, steps = _iterate(step, state, measure, settings, max(budget, 0))
+        rows = torch.nonzero(~converged).flatten()
+        step_of, source_of = adjoint_step_of(rows), (grad_x[rows], g_v[rows])
+
+        def unsolved_step(part: State) -> State:
+            return tuple(a + b for a, b in zip(step_of(*part), source_of, strict=True))
+
+        part, steps = _iterate(
+            unsolved_step, tuple(v[rows] for v in state), measure, settings, max(budget, 0)
+        )
+        state = tuple(v.index_put((rows,), p) for v, p in zip(state, part, strict=True))
         iterations += steps
         # Which instances reached the fixed point: its residual, within the tolerance
         # or at round-off.

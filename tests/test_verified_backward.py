@@ -369,3 +369,38 @@ def test_gmres_takes_only_the_instances_the_direct_solve_left(monkeypatch):
     grad = gradient({"backward_method": "direct", "remember_active_sets": False})
     assert rows == [2]
     np.testing.assert_allclose(grad.numpy(), reference.numpy(), atol=1e-8)
+
+
+def test_the_plain_recursion_takes_only_the_instances_gmres_left(monkeypatch):
+    """Where GMRES leaves instances unsolved (a singular system), the plain recursion
+    that follows runs on those alone, to their fixed point."""
+    x, q = cp.Variable(6), cp.Parameter(6)
+    problem = cp.Problem(cp.Minimize(cp.sum_squares(x - q)), [cp.sum(x) == 1, x >= 0, x <= 0.5])
+    rng = np.random.default_rng(4)
+    q_value = torch.tensor(rng.normal(0.2, 0.4, (6, 6)))
+    w = torch.tensor(rng.standard_normal((6, 6)))
+
+    def gradient() -> torch.Tensor:
+        layer = AltDiffLayer(problem, [q], [x], solver_args={"eps_abs": 1e-9, "eps_rel": 1e-9})
+        values = q_value.clone().requires_grad_()
+        (solution,) = layer(values, solver_args={"backward_method": "gmres"})
+        return torch.autograd.grad((w * solution).sum(), values)[0]
+
+    reference = gradient()
+    original_gmres, original_iterate = altdiff_module.batched_gmres, altdiff_module._iterate
+    unsolved = torch.tensor([False, True, False, False, True, False])
+    rows = []
+
+    def gmres_leaving_two(*args, **kwargs):
+        solution, matvecs, converged = original_gmres(*args, **kwargs)
+        return solution, matvecs, converged & ~unsolved
+
+    def iterate_spy(step, state, *args):
+        rows.append(state[0].shape[0])
+        return original_iterate(step, state, *args)
+
+    monkeypatch.setattr(altdiff_module, "batched_gmres", gmres_leaving_two)
+    monkeypatch.setattr(altdiff_module, "_iterate", iterate_spy)
+    grad = gradient()
+    assert rows == [2]
+    np.testing.assert_allclose(grad.numpy(), reference.numpy(), atol=1e-7)
