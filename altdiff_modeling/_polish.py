@@ -16,6 +16,7 @@ caller accepts a polished point only if it meets the termination criteria.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import TypeVar
 
 import numpy as np
@@ -266,24 +267,22 @@ class ReducedKKT:
         iteration from a fixed start find the smallest modulus: against the next
         one, it grows by their ratio each step.
         """
-        B, n = self._L.shape[0], self._L.shape[-1]
-        k = self._active.shape[1]
+        n = self._L.shape[-1]
         C, active = self._C, self._active
         weight = active.to(self._L.dtype) / _DELTA
-        dtype, device = self._L.dtype, self._L.device
-        start = torch.sin(torch.arange(1, n + k + 1, dtype=dtype, device=device) * 0.7548776662)
-        v_x, v_y = start[:n].expand(B, n), torch.where(active, start[n:], 0.0)
-        growth = torch.ones(B, dtype=dtype, device=device)
-        for _ in range(_INVERSE_ITERATIONS):
-            size = torch.cat([v_x, v_y], dim=1).norm(dim=1, keepdim=True).clamp_min(_TINY)
-            v_x, v_y = v_x / size, v_y / size
+        start = _fixed_start(n + active.shape[1], self._L)
+        start = torch.cat(
+            [start[:n].expand(active.shape[0], n), torch.where(active, start[n:], 0.0)], 1
+        )
+
+        def inverse(v: torch.Tensor) -> torch.Tensor:
             # The regularized matrix's inverse: the Schur complement's factor, then y.
+            v_x, v_y = v[:, :n], v[:, n:]
             u_x = cholesky_solve((v_x + rmatvec(C, weight * v_y)).unsqueeze(-1), self._L)
             u_x = u_x.squeeze(-1)
-            v_y = torch.where(active, weight * (matvec(C, u_x) - v_y), -v_y)
-            v_x = u_x
-            growth = torch.cat([v_x, v_y], dim=1).norm(dim=1)
-        return ~self.ok | (growth * _DELTA * _SINGULAR_WITHIN >= 1)
+            return torch.cat([u_x, torch.where(active, weight * (matvec(C, u_x) - v_y), -v_y)], 1)
+
+        return self._flagged(inverse, start)
 
     def primal_singular(self) -> torch.Tensor:
         """``(B,)`` bool: the instances whose solutions are not unique in x (a null
@@ -296,15 +295,30 @@ class ReducedKKT:
         its factor finds the smallest, as in `singular`.
         """
         B, n = self._L.shape[0], self._L.shape[-1]
-        dtype, device = self._L.dtype, self._L.device
-        v = torch.sin(torch.arange(1, n + 1, dtype=dtype, device=device) * 0.7548776662)
-        v = v.expand(B, n)
-        growth = torch.ones(B, dtype=dtype, device=device)
+
+        def inverse(v: torch.Tensor) -> torch.Tensor:
+            return cholesky_solve(v.unsqueeze(-1), self._L).squeeze(-1)
+
+        return self._flagged(inverse, _fixed_start(n, self._L).expand(B, n))
+
+    def _flagged(
+        self, inverse: Callable[[torch.Tensor], torch.Tensor], v: torch.Tensor
+    ) -> torch.Tensor:
+        """``(B,)``: where `_INVERSE_ITERATIONS` steps of inverse iteration by
+        ``inverse`` from ``v`` ``(B, N)`` grow past ``1 / (10 delta)`` (a smallest
+        eigenvalue modulus within ten times delta), or the system was not factored."""
+        growth = torch.ones(v.shape[0], dtype=v.dtype, device=v.device)
         for _ in range(_INVERSE_ITERATIONS):
-            v = v / v.norm(dim=1, keepdim=True).clamp_min(_TINY)
-            v = cholesky_solve(v.unsqueeze(-1), self._L).squeeze(-1)
+            v = inverse(v / v.norm(dim=1, keepdim=True).clamp_min(_TINY))
             growth = v.norm(dim=1)
         return ~self.ok | (growth * _DELTA * _SINGULAR_WITHIN >= 1)
+
+
+def _fixed_start(size: int, like: torch.Tensor) -> torch.Tensor:
+    """``(size,)`` a fixed start of inverse iteration, in ``like``'s dtype and device,
+    with no structure a null vector could be orthogonal to."""
+    steps = torch.arange(1, size + 1, dtype=like.dtype, device=like.device)
+    return torch.sin(steps * 0.7548776662)
 
 
 def solve_reduced_kkt(
