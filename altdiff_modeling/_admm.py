@@ -63,7 +63,7 @@ from ._polish import (
     contradicted_rows,
     polish,
 )
-from ._qp import Matrix, QPData, matvec, rmatvec
+from ._qp import Matrix, QPData, matvec, rmatvec, select_rows
 from ._scaling import Scaling
 from ._settings import SolverSettings
 from ._sparse_polish import sparse_polish
@@ -594,7 +594,7 @@ def _pins(
     """``(K, m)``: the rows that pin the variables the estimates ``estimate[index]``
     leave free (`_free_variables`), for the instances ``index`` ``(K,)``."""
     free_variables = free_variables.select(index)
-    q = q if q.shape[0] == 1 else q[index]
+    q = select_rows(q, index)
     return free_variables.pinned(free_variables.free(estimate[index], q))
 
 
@@ -647,7 +647,7 @@ def _polish_instances(
     work = torch.float64
 
     def pick(block: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        return (block if block.shape[0] == 1 else block[rows]).to(work)
+        return select_rows(block, rows).to(work)
 
     def general(chosen: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """The general `polish` of the instances ``index[chosen]``, from the iterate."""
@@ -691,7 +691,7 @@ def _polish_faces(
     work = torch.float64
 
     def pick(block: torch.Tensor) -> torch.Tensor:
-        return (block if block.shape[0] == 1 else block[index]).to(work)
+        return select_rows(block, index).to(work)
 
     polished = cone_polish(
         pick(data.P), pick(data.q), pick(data.C), pick(data.bound), data.n_eq,

@@ -24,7 +24,7 @@ import torch
 from ._admm import SolveResult
 from ._batched_sparse import BatchedSparse
 from ._polish import ReducedKKT, gather_active_rows
-from ._qp import Matrix, QPData, matvec
+from ._qp import Matrix, QPData, matvec, select_rows
 from ._scaling import Scaling
 from .linsys.systems import ActiveSystems, sparse_P
 
@@ -210,17 +210,13 @@ def _cleared(
     test flags a smallest eigenvalue modulus of at most 1e-8 of the largest entry.
     """
     cleared = torch.zeros_like(index, dtype=torch.bool)
-    rows = multiplier_rows if multiplier_rows.shape[0] == 1 else multiplier_rows[index]
-    unseen = ~(active[index] & rows).any(-1)
+    unseen = ~(active[index] & select_rows(multiplier_rows, index)).any(-1)
     if not bool(unseen.any()):
         return cleared
     screened = index[unseen]
-
-    def pick(block: torch.Tensor) -> torch.Tensor:
-        # float64: the Schur complement is regularized by 1e-6, as the polish's
-        return (block if block.shape[0] == 1 else block[screened]).to(torch.float64)
-
-    system = ReducedKKT(pick(data.P), pick(data.C), active[screened])
+    # float64: the Schur complement is regularized by 1e-6, as the polish's
+    P, C = (select_rows(block, screened).to(torch.float64) for block in (data.P, data.C))
+    system = ReducedKKT(P, C, active[screened])
     cleared[unseen] = ~system.primal_singular()
     return cleared
 
