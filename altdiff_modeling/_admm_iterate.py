@@ -128,7 +128,7 @@ class AdmmIterate:
         elif self.shared:
             torch.mm(x, self.C.T, out=out)
         else:
-            torch.bmm(self.C, x.unsqueeze(-1), out=out.unsqueeze(-1))
+            torch.bmm(x.unsqueeze(1), self.C.transpose(1, 2), out=out.unsqueeze(1))
 
     def y(self) -> torch.Tensor:
         """``(B, m)`` the multipliers ``r (v - z)`` (a new tensor)."""

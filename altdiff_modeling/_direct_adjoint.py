@@ -224,7 +224,7 @@ def direct_adjoint(
         if systems is not None:
             c = systems.solve(rhs)
         else:
-            c = (inverse @ rhs.unsqueeze(-1)).squeeze(-1)
+            c = matvec(inverse, rhs)
         c = torch.where(torch.isfinite(c), c, 0.0)
         # t = K^{-1} (g_x + C'c) = L'^{-1} (L^{-1} g_x + L^{-1} C' c)
         half = Linv_gx + c @ LinvCt.T

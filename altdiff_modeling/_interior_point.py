@@ -103,11 +103,11 @@ class _DenseKKT:
     def solve(self, r_x: torch.Tensor, r_y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         n_eq, d = self.n_eq, self.d
         r_in = r_y[:, n_eq:] / d[:, n_eq:]
-        top = r_x + (self.G.transpose(1, 2) @ r_in.unsqueeze(-1)).squeeze(-1)
+        top = r_x + rmatvec(self.G, r_in)
         rhs = torch.cat([top, r_y[:, :n_eq]], 1).unsqueeze(-1)
         sol = torch.linalg.lu_solve(self.lu.LU, self.lu.pivots, rhs).squeeze(-1)
         dx = sol[:, : self.n]
-        dy_in = (self.G @ dx.unsqueeze(-1)).squeeze(-1) / d[:, n_eq:] - r_in
+        dy_in = matvec(self.G, dx) / d[:, n_eq:] - r_in
         return dx, torch.cat([sol[:, self.n :], dy_in], 1)
 
 

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import torch
 
+from .._qp import matvec
+
 __all__ = [
     "MajorityBase",
     "MajorityBases",
@@ -188,7 +190,7 @@ class MajoritySystems:
         if self.inverse is None:
             return p
         e = torch.where(self.valid, p.gather(1, self.rows), 0.0)
-        xi = torch.where(self.valid, (self.inverse @ e.unsqueeze(-1)).squeeze(-1), 0.0)
+        xi = torch.where(self.valid, matvec(self.inverse, e), 0.0)
         # Added, not written: a padding slot (row 0, xi = 0) may repeat a differing row.
         return p + torch.zeros_like(p).scatter_add_(1, self.rows, xi) @ self.Wt
 
