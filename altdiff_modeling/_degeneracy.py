@@ -210,7 +210,7 @@ def _cleared(
     test flags a smallest eigenvalue modulus of at most 1e-8 of the largest entry.
     """
     cleared = torch.zeros_like(index, dtype=torch.bool)
-    unseen = ~(active[index] & select_rows(multiplier_rows, index)).any(-1)
+    unseen = ReducedKKT.multipliers_unseen(active[index], select_rows(multiplier_rows, index))
     if not bool(unseen.any()):
         return cleared
     screened = index[unseen]

@@ -188,7 +188,7 @@ def direct_adjoint(
     rows = rows.to(work)
     unseen = torch.zeros(inactive.shape[0], dtype=torch.bool, device=inactive.device)
     if multiplier_rows is not None:
-        unseen = ~(~inactive & multiplier_rows).any(-1)
+        unseen = ReducedKKT.multipliers_unseen(~inactive, multiplier_rows)
     if not (P.shape[0] == 1 and C.shape[0] == 1 and rows.shape[0] == 1):
         return _per_instance_adjoint(P.to(work), C.to(work), rows, inactive, sigma, unseen)
     kept = memo.get("adjoint") if memo is not None else None

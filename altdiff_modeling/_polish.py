@@ -284,6 +284,14 @@ class ReducedKKT:
 
         return self._flagged(inverse, start)
 
+    @staticmethod
+    def multipliers_unseen(active: torch.Tensor, multiplier_rows: torch.Tensor) -> torch.Tensor:
+        """``(B,)`` bool: the instances none of whose ``active`` ``(B, m)`` rows is one of
+        the ``multiplier_rows`` ``(1|B, m)`` whose multipliers reach the gradients asked
+        for. Their systems need only be regular in x (`primal_singular`): dependent
+        active rows, whose multipliers are not unique, change no gradient of theirs."""
+        return ~(active & multiplier_rows).any(-1)
+
     def primal_singular(self) -> torch.Tensor:
         """``(B,)`` bool: the instances whose solutions are not unique in x (a null
         vector ``(x, 0)``: ``P x = 0``, ``C_a x = 0``), or whose system could not be
